@@ -1,0 +1,83 @@
+"""What a training run reports: per-evaluation records, progress events and the final result.
+
+The trainer yields :class:`TrainEvent` objects from ``Trainer.iter_fit()``; the orchestrator
+streams them from a Ray actor to the driver. Everything here is plain data (picklable, and
+``asdict``-able into a Parquet row).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class TrialStatus(str, enum.Enum):
+    """How a run ended. The first three come from the engine, the rest from the orchestrator."""
+
+    COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    OOM = "oom"
+
+    def is_success(self) -> bool:
+        return self in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """Metrics at one evaluation. Losses are nats per token; bpc is bits per *character*."""
+
+    step: int
+    epoch: float
+    train_loss: float
+    val_loss: float
+    val_bpc: float
+    val_perplexity: float
+    val_accuracy: float
+    lr: float
+    grad_norm: float
+    samples_per_s: float
+    tokens_per_s: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress event.
+
+    kind:
+      - ``start``: ``info`` holds params, device, precision, vocab_size, corpus_sha256, ...
+      - ``eval``: ``record`` is set.
+      - ``checkpoint``: validation improved; ``checkpoint`` is the path of the new best file.
+      - ``end``: ``result`` is set. Always the last event.
+    """
+
+    kind: str
+    step: int
+    record: Optional[EvalRecord] = None
+    checkpoint: Optional[str] = None
+    result: Optional["TrainResult"] = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of one run."""
+
+    status: TrialStatus
+    steps: int
+    params: int
+    device: str
+    precision: str
+    train_time_s: float
+    best_val_loss: Optional[float] = None
+    best_val_bpc: Optional[float] = None
+    best_val_accuracy: Optional[float] = None
+    best_step: Optional[int] = None
+    best_checkpoint: Optional[str] = None
+    corpus_sha256: Optional[str] = None
+    vocab_size: Optional[int] = None
+    error: Optional[str] = None
+    evals: tuple[EvalRecord, ...] = ()
