@@ -1,0 +1,198 @@
+"""Split, tokenize, and cut token streams into windows, all on the training device.
+
+The corpus is split contiguously at a character position (nanoGPT's convention):
+``train = text[:int(n * (1 - val_fraction))]``, ``val`` the rest. The tokenizer is
+trained on the training text only, and the two splits are encoded separately.
+
+Each split is held as one 1-D ``torch.long`` tensor on the device. Training windows are
+gathered from it with device ops and a device ``torch.Generator`` (no DataLoader, no host
+copy or sync per step); validation windows are precomputed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnn.config import DataConfig
+from rnn.corpus import Corpus, load_corpus
+from rnn.tokenizer import Tokenizer, build_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The corpus and data settings cannot produce training (or validation) windows."""
+
+
+@dataclass(eq=False)  # tensors have no useful ==
+class LMData:
+    """Token streams and the windows cut from them.
+
+    Validation windows: window ``i`` is ``val[i*seq_len : i*seq_len + seq_len + 1]``; they
+    predict every validation token after the first exactly once. When ``len(val) - 1`` is
+    not a multiple of ``seq_len``, the tail is covered by one final, *shorter* window
+    (yielded alone as a ``[1, tail + 1]`` batch), so weight losses by target count
+    (``num_val_targets``), not by batch.
+    """
+
+    train: Tensor = field(repr=False)  # (N_train,) long, on the device
+    val: Tensor = field(repr=False)  # (N_val,) long, same device; empty without validation
+    tokenizer: Tokenizer
+    corpus: Corpus = field(repr=False)
+    seq_len: int
+    val_chars: int  # characters in the validation text
+    train_chars: int  # characters in the training text
+    _offsets: Tensor = field(init=False, repr=False)
+    _val_windows: Tensor = field(init=False, repr=False)
+    _val_tail: Optional[Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.train.dim() != 1 or self.val.dim() != 1:
+            raise ValueError("LMData.train and LMData.val must be 1-D token streams")
+        if self.train.numel() < self.seq_len + 1:
+            raise DataError(f"the training stream has {self.train.numel()} tokens; one window needs {self.seq_len + 1}")
+        L = self.seq_len + 1
+        self._offsets = torch.arange(L, device=self.train.device)  # (L,)
+        n_val = self.val.numel()
+        n_full = (n_val - 1) // self.seq_len if n_val >= 2 else 0
+        # Stride seq_len, length seq_len + 1: consecutive windows share one token (a window's
+        # last target is the next one's first input), so each token is predicted once.
+        if n_full:
+            self._val_windows = self.val.unfold(0, L, self.seq_len).contiguous()  # (n_full, L)
+        else:
+            self._val_windows = self.val.new_empty((0, L))
+        tail_start = n_full * self.seq_len
+        self._val_tail = self.val[tail_start:].clone() if n_val - tail_start >= 2 else None  # (tail + 1,)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def tokens_per_char_val(self) -> float:
+        """Validation tokens per validation character (NaN without validation).
+
+        bits/char = val_loss_nats_per_token * tokens_per_char_val / ln 2.
+        """
+        return self.val.numel() / self.val_chars if self.val_chars else math.nan
+
+    @property
+    def num_val_targets(self) -> int:
+        """Tokens predicted across :meth:`val_batches`: ``len(val) - 1`` (0 without validation)."""
+        return max(self.val.numel() - 1, 0)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Optimizer steps for ``batch_size`` windows to see about as many tokens as the train split."""
+        return math.ceil(self.train.numel() / (batch_size * self.seq_len))
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """``batch_size`` random windows of ``seq_len + 1`` tokens from the train stream.
+
+        ``generator`` must live on the data's device (``torch.Generator(device=...)``), so the
+        draw stays on the device and the sequence of batches is reproducible from its seed.
+        Returns ``(batch_size, seq_len + 1)`` long.
+        """
+        device = self.train.device
+        if generator.device.type != device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the data is on {device}; "
+                f"create it with torch.Generator(device={str(device)!r})"
+            )
+        L = self.seq_len + 1
+        starts = torch.randint(
+            0, self.train.numel() - L + 1, (batch_size,), generator=generator, device=device
+        )  # (B,)
+        index = starts[:, None] + self._offsets[None, :]  # (B, L)
+        return self.train[index]  # (B, L): one gather
+
+    def val_batches(self, batch_size: int) -> Iterator[Tensor]:
+        """Fixed validation windows in order: ``(b, seq_len + 1)`` batches of at most
+        ``batch_size``, then the shorter tail window if any as ``(1, tail + 1)``. Yields
+        nothing without validation."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        for start in range(0, self._val_windows.shape[0], batch_size):
+            yield self._val_windows[start : start + batch_size]  # (b, L)
+        if self._val_tail is not None:
+            yield self._val_tail[None, :]  # (1, tail + 1)
+
+
+def prepare_data(
+    cfg: DataConfig,
+    device: Union[torch.device, str] = "cpu",
+    cache_dir: Optional[Union[str, Path]] = None,
+    data_dir: Optional[Union[str, Path]] = None,
+) -> LMData:
+    """Load ``cfg.corpus``, split it, train the tokenizer on the train split, and put both
+    encoded splits on ``device``.
+
+    Args:
+        cfg: corpus, level, vocab_size, seq_len and val_fraction.
+        device: where the token streams live (the training device).
+        cache_dir: tokenizer cache directory (see :func:`rnn.tokenizer.build_tokenizer`).
+        data_dir: first place to look for downloadable corpora (see :func:`rnn.corpus.load_corpus`).
+
+    Raises:
+        CorpusError: the corpus cannot be loaded.
+        DataError: a split is too short for one window of ``seq_len + 1`` tokens.
+    """
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in [0, 1) (got {cfg.val_fraction})")
+    if cfg.seq_len < 1:
+        raise DataError(f"data.seq_len must be >= 1 (got {cfg.seq_len})")
+    device = torch.device(device)
+    corpus = load_corpus(cfg.corpus, data_dir)
+    text = corpus.text
+    n_train_chars = int(len(text) * (1.0 - cfg.val_fraction))
+    train_text, val_text = text[:n_train_chars], text[n_train_chars:]
+
+    t0 = time.perf_counter()
+    tokenizer = build_tokenizer(cfg.level, train_text, cfg.resolved_vocab_size(), cache_dir=cache_dir)
+    t1 = time.perf_counter()
+    train = _to_stream(tokenizer.encode(train_text), device)
+    val = _to_stream(tokenizer.encode(val_text), device)
+    logger.info(
+        "corpus %s (%d chars, sha256 %s...): %s vocab %d, %d train / %d val tokens "
+        "(tokenizer %.2fs, encode %.2fs)",
+        corpus.name, len(text), corpus.sha256[:12], cfg.level, tokenizer.vocab_size,
+        train.numel(), val.numel(), t1 - t0, time.perf_counter() - t1,
+    )
+
+    window = cfg.seq_len + 1
+    if train.numel() < window:
+        raise DataError(
+            f"corpus {corpus.name!r} ({corpus.source}): the training split has {train.numel()} "
+            f"{cfg.level} tokens but one window needs seq_len + 1 = {window}; lower data.seq_len "
+            f"or use a bigger corpus"
+        )
+    if cfg.val_fraction > 0 and val.numel() < window:
+        raise DataError(
+            f"corpus {corpus.name!r} ({corpus.source}): the validation split "
+            f"(val_fraction {cfg.val_fraction}) has {val.numel()} {cfg.level} tokens but one "
+            f"window needs seq_len + 1 = {window}; lower data.seq_len, raise data.val_fraction, "
+            f"or use a bigger corpus (val_fraction 0 turns validation off)"
+        )
+    return LMData(
+        train=train,
+        val=val,
+        tokenizer=tokenizer,
+        corpus=corpus,
+        seq_len=cfg.seq_len,
+        val_chars=len(val_text),
+        train_chars=len(train_text),
+    )
+
+
+def _to_stream(ids: list[int], device: torch.device) -> Tensor:
+    """ids -> 1-D long tensor on ``device`` (numpy first: ~4x faster than torch.tensor(list))."""
+    arr = np.fromiter(ids, dtype=np.int64, count=len(ids))
+    return torch.from_numpy(arr).to(device)  # (N,)

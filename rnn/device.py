@@ -1,0 +1,250 @@
+"""Device and precision policy: the device a run uses, its autocast dtype, and what the machine is.
+
+Nothing here runs at import time: the device is decided when a run starts, from its config
+(``TrainConfig.device`` and ``TrainConfig.amp``), so the same code behaves the same in a test,
+a notebook and a Ray actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from typing import Any, Literal, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "bf16"]
+
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+AMP_CHOICES: tuple[str, ...] = ("auto", "off", "fp16", "bf16")
+
+
+class DeviceUnavailableError(RuntimeError):
+    """An explicitly requested device (or a precision on it) is not available on this machine."""
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def detect_device(override: str = "auto") -> torch.device:
+    """The device a run should use.
+
+    ``"auto"`` picks MPS if available, else CUDA, else CPU (the seed project's order; a machine
+    has at most one of MPS and CUDA in practice). An explicit ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or ``"mps"`` is honoured or refused: silently falling back to the CPU would
+    turn a GPU sweep into a days-long CPU one.
+
+    Raises:
+        ValueError: ``override`` is not one of ``auto | cpu | cuda[:N] | mps``.
+        DeviceUnavailableError: the requested device is not available here.
+    """
+    name = override.strip().lower()
+    if name == "auto":
+        if _mps_available():
+            return torch.device("mps")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(
+            f"unknown device {override!r}; expected one of {', '.join(DEVICE_CHOICES)} "
+            "(or 'cuda:N' for a specific GPU)"
+        )
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not _mps_available():
+            raise DeviceUnavailableError(
+                "device 'mps' requested but torch.backends.mps.is_available() is False "
+                "(needs Apple silicon and a macOS build of torch); use device: auto or cpu"
+            )
+        return torch.device("mps")
+    # cuda
+    if not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"device {override!r} requested but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+            "install a CUDA build of torch or use device: auto or cpu"
+        )
+    if index:
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise DeviceUnavailableError(
+                f"device {override!r} requested but only {count} CUDA device(s) are visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})"
+            )
+    return torch.device(name)
+
+
+def _cuda_bf16_supported() -> bool:
+    # including_emulation=False: pre-Ampere GPUs "support" bf16 only by emulation, which is
+    # slower than fp32, so they count as unsupported here.
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch without the keyword
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def resolve_precision(amp: str, device: torch.device, layer_norm: bool = False) -> Precision:
+    """The autocast precision for a run: ``"fp32"`` (no autocast), ``"fp16"`` or ``"bf16"``.
+
+    ``amp`` is ``TrainConfig.amp``:
+
+    - ``"off"``: fp32.
+    - ``"fp16"`` / ``"bf16"``: as asked, where it can run. fp16 on the CPU is refused (CPU
+      autocast's fp16 path is neither fast nor well covered; use bf16 there), and so is bf16
+      on a CUDA device without native bf16 (pre-Ampere), where it is emulated and slower,
+      and on MPS before macOS 14.
+    - ``"auto"``: the measured-faster choice per device:
+
+      - CPU and MPS: fp32 (as the seed project had it; autocast there gains little for these
+        small recurrent models and changes numerics).
+      - CUDA, plain cells (``layer_norm=False``): fp32. The fused cuDNN kernels are already
+        fast in fp32, and autocast adds casts around them: on an H100 at the seed's shape,
+        cuDNN LSTM ran ~303k samples/s in fp32 against ~245k with bf16 autocast.
+      - CUDA, layer-norm LSTM (``layer_norm=True``): bf16 where the GPU supports it natively,
+        else fp32. The LN-LSTM is a Python loop of small kernels, and bf16 halves the memory
+        traffic of each. fp16 is never chosen automatically: it needs a GradScaler and can
+        overflow in long recurrences.
+
+      The best choice depends on the shape, not only the cell. On an H100 (torch 2.11,
+      2-layer, E=128, H=512, T=100, AdamW steps) bf16 autocast was *faster* for cuDNN LSTM at
+      B=1024 (80k vs 55k samples/s) and B=4096 (90k vs 61k) but slower at B=256 (10k vs 22k),
+      and for the LN-LSTM slower at B=1024 (6.4k vs 8.0k) but faster at B=4096 (25k vs 13k).
+      "auto" is a default, not a tuner: set ``amp`` explicitly, or measure with a throughput
+      job, when speed at a given shape matters.
+
+    Raises:
+        ValueError: unknown ``amp``, or fp16 on a CPU.
+        DeviceUnavailableError: bf16 requested on a CUDA device without native bf16, or on
+            MPS before macOS 14.
+    """
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"unknown amp {amp!r}; expected one of {', '.join(AMP_CHOICES)}")
+    kind = device.type
+    if amp == "off":
+        return "fp32"
+    if amp == "fp16":
+        if kind == "cpu":
+            raise ValueError(
+                "amp 'fp16' is not supported on the CPU; use amp: bf16 or amp: off (or auto)"
+            )
+        return "fp16"
+    if amp == "bf16":
+        if kind == "cuda" and not _cuda_bf16_supported():
+            raise DeviceUnavailableError(
+                f"amp 'bf16' requested but {_cuda_name(device)} has no native bf16 support "
+                "(needs compute capability >= 8.0); use amp: fp16, off or auto"
+            )
+        if kind == "mps" and not _mps_bf16_supported():
+            raise DeviceUnavailableError(
+                "amp 'bf16' requested on MPS, which needs macOS 14 or newer for bf16; "
+                "use amp: fp16, off or auto"
+            )
+        return "bf16"
+    # auto
+    if kind == "cuda" and layer_norm and _cuda_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    """The ``torch.autocast`` dtype for a resolved precision, or None for fp32 (autocast off)."""
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _mps_bf16_supported() -> bool:
+    # MPS gained bf16 with macOS 14 (Sonoma).
+    check = getattr(torch.backends.mps, "is_macos_or_newer", None)
+    try:
+        return bool(check(14, 0)) if check is not None else False
+    except Exception:  # noqa: BLE001 - an unknown OS version counts as unsupported
+        return False
+
+
+def _cuda_name(device: torch.device) -> str:
+    try:
+        return torch.cuda.get_device_name(device)
+    except Exception:  # noqa: BLE001 - a name is only for a message
+        return f"CUDA device {device}"
+
+
+def _cpu_name() -> str:
+    # platform.processor() is empty or just "x86_64" on most Linux systems; /proc/cpuinfo
+    # has the marketing name there.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _total_ram_bytes() -> Optional[int]:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not on Windows
+        return None
+
+
+def device_report(device: Optional[torch.device] = None) -> dict[str, Any]:
+    """What a run's device is, for the start event, ``cli devices`` and result records.
+
+    Keys (prefixed where a bare name would be ambiguous once merged into a larger record):
+    ``device_type``, ``device_name``, ``total_memory_bytes`` (GPU memory on CUDA; system RAM
+    on the CPU and on MPS, whose memory is unified), ``bf16_supported`` (native bf16 on CUDA;
+    on the CPU autocast bf16 always runs, natively fast only with AVX512-BF16/AMX - see
+    ``cpu_capability``), ``torch_version``, ``cuda_version``, ``cudnn_version``, ``cpu_count``,
+    ``cpu_capability``, ``num_threads`` and ``num_interop_threads``. CUDA adds
+    ``compute_capability`` and ``device_count``.
+
+    ``device=None`` reports the device ``detect_device("auto")`` would pick.
+    """
+    device = detect_device("auto") if device is None else torch.device(device)
+    report: dict[str, Any] = {"device_type": device.type}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        report.update(
+            device_name=props.name,
+            total_memory_bytes=int(props.total_memory),
+            bf16_supported=_cuda_bf16_supported(),
+            compute_capability=f"{props.major}.{props.minor}",
+            device_count=torch.cuda.device_count(),
+        )
+    elif device.type == "mps":
+        get_name = getattr(torch.backends.mps, "get_name", None)
+        try:
+            name = f"Apple MPS ({get_name()})" if get_name else "Apple MPS"
+        except Exception:  # noqa: BLE001 - best-effort name
+            name = "Apple MPS"
+        report.update(
+            device_name=name,
+            total_memory_bytes=_total_ram_bytes(),
+            bf16_supported=_mps_bf16_supported(),
+        )
+    else:
+        report.update(
+            device_name=_cpu_name(), total_memory_bytes=_total_ram_bytes(), bf16_supported=True
+        )
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    report.update(
+        torch_version=torch.__version__,
+        cuda_version=torch.version.cuda,
+        cudnn_version=cudnn,
+        cpu_count=os.cpu_count(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        num_threads=torch.get_num_threads(),
+        num_interop_threads=torch.get_num_interop_threads(),
+    )
+    return report

@@ -1,0 +1,194 @@
+"""Recurrent language models: embedding -> dropout -> recurrent stack -> dropout -> linear head.
+
+Cells are ``lstm``, ``gru`` and ``rnn`` (tanh), as fused cuDNN/oneDNN modules, or the layer-norm
+LSTM from :mod:`rnn.lnlstm`. A bidirectional model is ELMo-style: two separate unidirectional
+stacks, the backward one reading the sequence reversed, sharing the embedding and the head.
+(A stacked ``nn.LSTM(bidirectional=True)`` would feed layer 1's backward states, which have
+read the future, into layer 2's forward direction.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from rnn.config import CELLS, ModelConfig
+from rnn.lnlstm import LayerNormLSTM
+
+logger = logging.getLogger(__name__)
+
+#: A stack's recurrent state: ``(h, c)`` for LSTMs, ``h`` for GRU/RNN; each ``[num_layers, B, H]``.
+RecurrentState = Union[Tensor, tuple[Tensor, Tensor]]
+
+_FUSED: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class LMOutput(NamedTuple):
+    """What :meth:`LanguageModel.forward` returns for a window ``[B, L]``.
+
+    ``logits``: ``[B, L-1, V]``, the forward direction's prediction of ``window[:, 1:]``;
+    position t has read ``window[:, :t+1]`` only.
+    ``backward_logits``: ``[B, L-1, V]``, the backward direction's prediction of
+    ``window[:, :-1]`` (position t has read ``window[:, t+1:]`` only), or None when the model
+    is unidirectional.
+    """
+
+    logits: Tensor
+    backward_logits: Optional[Tensor] = None
+
+
+def _validate(cfg: ModelConfig, vocab_size: int) -> None:
+    """Refuse configs the engine cannot build; every message names the field and the fix."""
+    if cfg.cell not in CELLS:
+        raise ValueError(
+            f"model.cell: unknown cell {cfg.cell!r}; expected one of {', '.join(CELLS)}"
+        )
+    if cfg.layer_norm and cfg.cell != "lstm":
+        raise ValueError(
+            f"model.layer_norm: the layer-norm cell exists only for cell 'lstm' (got cell "
+            f"{cfg.cell!r}); set layer_norm: false or cell: lstm"
+        )
+    if cfg.tie_weights and cfg.embedding_dim != cfg.hidden_size:
+        raise ValueError(
+            f"model.tie_weights: tied weights need embedding_dim == hidden_size (got "
+            f"embedding_dim={cfg.embedding_dim}, hidden_size={cfg.hidden_size}); make them "
+            "equal or set tie_weights: false"
+        )
+    for name in ("embedding_dim", "hidden_size", "num_layers"):
+        value = getattr(cfg, name)
+        if value < 1:
+            raise ValueError(f"model.{name}: must be >= 1 (got {value})")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"model.dropout: must be in [0, 1) (got {cfg.dropout})")
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1 (got {vocab_size}); is the tokenizer empty?")
+
+
+def _init_fused(rnn: nn.RNNBase, cell: str) -> None:
+    """Xavier-uniform weights, zero biases; for LSTMs the forget gate's bias sums to 1.
+
+    PyTorch's LSTM adds ``bias_ih + bias_hh``; the forget slice (gate order i, f, g, o) is set
+    to 1 in ``bias_ih`` and 0 in ``bias_hh``, so the effective forget bias is 1 (Jozefowicz et
+    al. 2015), which keeps the cell state (and its gradient) flowing early in training.
+    """
+    hidden = rnn.hidden_size
+    for name, param in rnn.named_parameters():
+        if name.startswith(("weight_ih", "weight_hh")):
+            nn.init.xavier_uniform_(param)
+        elif name.startswith(("bias_ih", "bias_hh")):
+            nn.init.zeros_(param)
+            if cell == "lstm" and name.startswith("bias_ih"):
+                with torch.no_grad():
+                    param[hidden : 2 * hidden] = 1.0
+
+
+def _make_stack(cfg: ModelConfig) -> nn.Module:
+    """One unidirectional recurrent stack, ``batch_first``, returning ``(output, state)``."""
+    if cfg.layer_norm:
+        return LayerNormLSTM(cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, _between(cfg))
+    kwargs = {"nonlinearity": "tanh"} if cfg.cell == "rnn" else {}
+    rnn = _FUSED[cfg.cell](
+        cfg.embedding_dim,
+        cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        batch_first=True,
+        dropout=_between(cfg),
+        **kwargs,
+    )
+    _init_fused(rnn, cfg.cell)
+    return rnn
+
+
+def _between(cfg: ModelConfig) -> float:
+    # Dropout between stacked layers; with one layer PyTorch would warn that it does nothing.
+    return cfg.dropout if cfg.num_layers > 1 else 0.0
+
+
+class LanguageModel(nn.Module):
+    """A recurrent language model over token ids.
+
+    :func:`build_model` is the usual entry point; the constructor validates ``cfg`` either way.
+    ``cfg`` and ``vocab_size`` are kept as attributes so a checkpoint can store what rebuilds
+    the model. Embedding and (untied) head weights start at N(0, 0.02), the head bias at 0, so
+    the initial loss is close to ln(vocab_size).
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        _validate(cfg, vocab_size)
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.forward_rnn = _make_stack(cfg)
+        self.backward_rnn = _make_stack(cfg) if cfg.bidirectional else None
+        self.head = nn.Linear(cfg.hidden_size, vocab_size)
+
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        if cfg.tie_weights:
+            # One Parameter in two modules (Press & Wolf 2017); parameters() yields it once.
+            self.head.weight = self.embedding.weight
+        else:
+            nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.backward_rnn is not None
+
+    def forward(self, window: Tensor) -> LMOutput:
+        """Logits for a window ``[B, L]`` of token ids (``L >= 2``); see :class:`LMOutput`."""
+        if window.dim() != 2 or window.shape[1] < 2:
+            raise ValueError(
+                f"window must be [batch, length >= 2] token ids (got {tuple(window.shape)})"
+            )
+        emb = self.drop(self.embedding(window))  # [B, L, E]
+
+        out, _ = self.forward_rnn(emb[:, :-1])  # [B, L-1, H]; step t has read window[:, :t+1]
+        logits = self.head(self.drop(out))  # [B, L-1, V]
+
+        backward_logits = None
+        if self.backward_rnn is not None:
+            # Reversed, the backward stack reads window[:, L-1], window[:, L-2], ...; after
+            # flipping back, position t has read window[:, t+1:] and predicts window[:, t].
+            rev, _ = self.backward_rnn(emb[:, 1:].flip(1))  # [B, L-1, H], reversed time
+            backward_logits = self.head(self.drop(rev.flip(1)))  # [B, L-1, V]
+        return LMOutput(logits, backward_logits)
+
+    def step(
+        self, tokens: Tensor, state: Optional[RecurrentState] = None
+    ) -> tuple[Tensor, RecurrentState]:
+        """Run the forward direction over ``tokens`` ``[B, T]`` from ``state``, for sampling.
+
+        Returns ``(logits [B, T, V], state)``, where ``logits[:, t]`` predicts the token after
+        ``tokens[:, t]`` and ``state`` continues the sequence on the next call.
+        """
+        emb = self.drop(self.embedding(tokens))  # [B, T, E]
+        out, state = self.forward_rnn(emb, state)  # [B, T, H]
+        return self.head(self.drop(out)), state  # [B, T, V]
+
+    def num_parameters(self) -> int:
+        """Trainable parameter count; a tied embedding/head weight counts once."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> LanguageModel:
+    """Build a :class:`LanguageModel` from ``cfg`` for a vocabulary of ``vocab_size`` tokens.
+
+    Raises:
+        ValueError: unknown ``cell`` (the message lists the valid ones); ``layer_norm`` with a
+            cell other than ``lstm``; ``tie_weights`` with ``embedding_dim != hidden_size``;
+            non-positive sizes or dropout outside [0, 1).
+    """
+    model = LanguageModel(cfg, vocab_size)
+    logger.debug(
+        "built %s%s%s model: %d parameters",
+        "bidirectional " if cfg.bidirectional else "",
+        "layer-norm " if cfg.layer_norm else "",
+        cfg.cell,
+        model.num_parameters(),
+    )
+    return model

@@ -1,0 +1,221 @@
+"""The trainer: budgets, schedules, early stopping, divergence, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnn.checkpoint import load_checkpoint, save_checkpoint
+from rnn.data import prepare_data
+from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainConfig
+from rnn.errors import CheckpointError, is_out_of_memory
+from rnn.events import TrialStatus
+from rnn.sample import generate
+from rnn.train import Trainer
+
+TINY = RunConfig(
+    data=DataConfig(corpus="builtin", level="char", seq_len=16),
+    model=ModelConfig(cell="lstm", embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
+    train=TrainConfig(batch_size=8, max_steps=40, eval_every=10, lr=3e-3, scheduler="constant", seed=0),
+)
+
+
+def tiny(**train: object) -> RunConfig:
+    return replace(TINY, train=replace(TINY.train, **train))
+
+
+def test_fit_reports_evals_and_saves_best(tmp_path: Path) -> None:
+    events = list(Trainer(TINY, tmp_path).iter_fit())
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds.count("eval") == 4
+    result = events[-1].result
+    assert result.status is TrialStatus.COMPLETED and result.steps == 40
+    assert [r.step for r in result.evals] == [10, 20, 30, 40]
+    # Checkpoints are written only when validation improves.
+    improvements = sum(
+        1 for i, r in enumerate(result.evals) if r.val_loss < min([math.inf] + [p.val_loss for p in result.evals[:i]])
+    )
+    assert kinds.count("checkpoint") == improvements
+    assert result.best_val_loss == min(r.val_loss for r in result.evals)
+    assert Path(result.best_checkpoint).is_file()
+    rec = result.evals[-1]
+    assert rec.val_bpc == pytest.approx(rec.val_loss / math.log(2), rel=0.05)  # char level: ~1 token per char
+    assert rec.val_perplexity == pytest.approx(math.exp(rec.val_loss))
+    assert 0 <= rec.val_accuracy <= 1 and rec.samples_per_s > 0 and rec.tokens_per_s == pytest.approx(
+        rec.samples_per_s * 16
+    )
+    assert events[0].info["params"] == result.params > 0
+    assert len(events[0].info["corpus_sha256"]) == 64
+
+
+def test_resume_continues_the_same_run(tmp_path: Path) -> None:
+    cfg = tiny(max_steps=60, eval_every=20, scheduler="onecycle")
+    cfg = replace(cfg, model=replace(cfg.model, dropout=0.1, num_layers=2))  # dropout exercises the RNG state
+    full = Trainer(cfg, tmp_path / "full").fit()
+
+    # Interrupt after the first checkpoint, as a killed worker would.
+    part_dir = tmp_path / "part"
+    for event in Trainer(cfg, part_dir).iter_fit():
+        if event.kind == "checkpoint":
+            break
+    ckpt_step = load_checkpoint(part_dir / "best.pt")["step"]
+    assert ckpt_step == 20
+    resumed = Trainer(cfg, tmp_path / "resumed").fit(resume_from=part_dir / "best.pt")
+    assert [r.step for r in resumed.evals] == [20, 40, 60]
+    for a, b in zip(full.evals, resumed.evals):
+        assert a.step == b.step
+        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-6, abs=1e-7)
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-6, abs=1e-7)
+        assert b.lr == pytest.approx(a.lr)
+    assert resumed.best_val_loss == pytest.approx(full.best_val_loss, rel=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
+    Trainer(tiny(max_steps=10), tmp_path / "a").fit()
+    other = replace(TINY, model=replace(TINY.model, hidden_size=48))
+    with pytest.raises(CheckpointError, match="different model"):
+        Trainer(other, tmp_path / "b").fit(resume_from=tmp_path / "a" / "best.pt")
+
+
+def test_nan_loss_stops_as_diverged_and_names_the_step(tmp_path: Path) -> None:
+    def poison(step: int, model: torch.nn.Module) -> None:
+        if step == 7:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    result = Trainer(tiny(max_steps=100, eval_every=50), tmp_path, step_hook=poison).fit()
+    assert result.status is TrialStatus.DIVERGED
+    assert "step 8" in result.error  # the first step computed with NaN weights
+    assert result.steps < 100
+
+
+def test_early_stopping_after_patience(tmp_path: Path) -> None:
+    # A learning rate of ~0 cannot improve validation by min_delta.
+    cfg = tiny(lr=1e-9, max_steps=200, eval_every=5, early_stopping=EarlyStopping(patience=2, min_delta=0.01))
+    result = Trainer(cfg, tmp_path).fit()
+    assert result.status is TrialStatus.EARLY_STOPPED
+    assert result.steps == 15  # best at step 5, then two evaluations without improvement
+    assert result.best_step == 5
+
+
+def test_max_epochs_and_time_budgets(tmp_path: Path) -> None:
+    cfg = tiny(max_steps=None, max_epochs=0.001, eval_every=1000)
+    result = Trainer(cfg, tmp_path / "e").fit()
+    steps_per_epoch = prepare_data(cfg.data).steps_per_epoch(8)
+    assert result.steps == math.ceil(0.001 * steps_per_epoch)
+    timed = Trainer(tiny(max_steps=None, max_time_s=0.5, scheduler="constant", eval_every=10_000), tmp_path / "t").fit()
+    assert timed.status is TrialStatus.COMPLETED and 0 < timed.steps < 10_000
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "plateau", "step", "constant"])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_schedules_and_optimizers_run(tmp_path: Path, scheduler: str, optimizer: str) -> None:
+    cfg = tiny(max_steps=12, eval_every=4, scheduler=scheduler, optimizer=optimizer, label_smoothing=0.1)
+    result = Trainer(cfg, tmp_path).fit()
+    assert result.status is TrialStatus.COMPLETED and len(result.evals) == 3
+    lrs = [r.lr for r in result.evals]
+    if scheduler == "constant":
+        assert lrs == [cfg.train.lr] * 3
+    if scheduler == "onecycle":
+        assert lrs[-1] < max(lrs)
+
+
+def test_scheduler_without_step_budget_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a step budget"):
+        Trainer(tiny(max_steps=None, max_time_s=1.0, scheduler="cosine"), tmp_path).fit()
+
+
+@pytest.mark.parametrize("cell,bidirectional,level", [("gru", True, "char"), ("rnn", False, "bpe"), ("lstm", True, "word")])
+def test_cells_levels_and_bidirectional_train(tmp_path: Path, cell: str, bidirectional: bool, level: str) -> None:
+    cfg = replace(
+        TINY,
+        data=replace(TINY.data, level=level, vocab_size=300 if level != "char" else None),
+        model=replace(TINY.model, cell=cell, bidirectional=bidirectional),
+        train=replace(TINY.train, max_steps=10, eval_every=5),
+    )
+    result = Trainer(cfg, tmp_path, cache_dir=tmp_path / "cache").fit()
+    assert result.status is TrialStatus.COMPLETED
+    assert all(math.isfinite(r.val_bpc) for r in result.evals)
+    if level != "char":
+        assert result.vocab_size <= 300
+
+
+def test_checkpoint_is_safe_to_load(tmp_path: Path) -> None:
+    result = Trainer(tiny(max_steps=10), tmp_path).fit()
+    path = Path(result.best_checkpoint)
+    state = load_checkpoint(path)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "tokenizer", "config", "step"} <= set(state)
+    # Truncated file.
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(bad)
+
+    # A pickle that would run code is refused, and the code does not run.
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):  # noqa: D401
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "payload": Evil()}, evil)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    evil.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"step": 1})
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {"step": 2, "bad": Unpicklable()})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_generate_from_checkpoint(tmp_path: Path) -> None:
+    result = Trainer(tiny(max_steps=20), tmp_path).fit()
+    text = generate(result.best_checkpoint, prompt="The ", length=30, temperature=0.8, top_k=5, seed=1)
+    assert text.startswith("The ") and len(text) == 34
+    assert text == generate(result.best_checkpoint, prompt="The ", length=30, temperature=0.8, top_k=5, seed=1)
+    greedy = generate(result.best_checkpoint, prompt="The ", length=10, temperature=0)
+    assert greedy == generate(result.best_checkpoint, prompt="The ", length=10, temperature=0, seed=99)
+
+
+def test_out_of_memory_classification() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_learns_shakespeare_well_below_unigram_entropy(tmp_path: Path, shakespeare_path: Path) -> None:
+    """A real learning check: 300 AdamW steps of a 1-layer LN-LSTM on Tiny Shakespeare."""
+    cfg = RunConfig(
+        data=DataConfig(corpus=str(shakespeare_path), level="char", seq_len=64),
+        model=ModelConfig(cell="lstm", embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.0, layer_norm=True),
+        train=TrainConfig(batch_size=32, max_steps=300, eval_every=300, lr=3e-3, scheduler="onecycle", seed=0),
+    )
+    result = Trainer(cfg, tmp_path).fit()
+    text = shakespeare_path.read_text(encoding="utf-8")
+    counts = torch.tensor([text.count(c) for c in set(text)], dtype=torch.float64)
+    p = counts / counts.sum()
+    unigram_nats = float(-(p * p.log()).sum())  # about 3.3 nats/char
+    assert result.best_val_loss < unigram_nats - 1.0, (result.best_val_loss, unigram_nats)
