@@ -1,0 +1,174 @@
+"""Report plots as inline SVG strings.
+
+Figures are built with ``matplotlib.figure.Figure`` and never touch pyplot, so no GUI backend
+is selected and no global figure state is kept (the SVG backend renders headless, like Agg).
+Text stays text (``svg.fonttype: none``): the files are small and the labels searchable.
+Inputs are plain Python data, so the plots can be tested without any results files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import matplotlib
+from matplotlib.figure import Figure
+
+__all__ = [
+    "Curve",
+    "ThroughputSeries",
+    "config_colors",
+    "config_points_svg",
+    "throughput_svg",
+    "to_svg",
+    "validation_curves_svg",
+]
+
+_MAX_LEGEND = 20  # legend entries; more configurations than this are noise in a legend
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One trial's validation curve, coloured by its configuration."""
+
+    trial_id: str
+    config: str
+    steps: Sequence[float]
+    values: Sequence[float]
+
+
+@dataclass(frozen=True)
+class ThroughputSeries:
+    """Samples/s by batch size for one model configuration on one device."""
+
+    label: str
+    batch_sizes: Sequence[int]  # the ``ok`` points
+    samples_per_s: Sequence[float]
+    oom_batch_sizes: Sequence[int] = ()
+    error_batch_sizes: Sequence[int] = ()
+    best: Optional[tuple[int, float]] = None  # (batch size, samples/s)
+
+
+def _text(s: str) -> str:
+    """Labels come from data: a ``$`` would switch matplotlib into mathtext and may fail to parse."""
+    return s.replace("$", r"\$")
+
+
+def config_colors(configs: Sequence[str]) -> dict[str, tuple]:
+    """A stable colour per configuration (in first-seen order)."""
+    unique = list(dict.fromkeys(configs))
+    if len(unique) <= 20:  # qualitative maps keep neighbours distinguishable
+        cmap = matplotlib.colormaps["tab10" if len(unique) <= 10 else "tab20"]
+        return {c: cmap(i) for i, c in enumerate(unique)}
+    cmap = matplotlib.colormaps["viridis"]
+    return {c: cmap(i / (len(unique) - 1)) for i, c in enumerate(unique)}
+
+
+def to_svg(fig: Figure, key: str) -> str:
+    """Serialise a figure to an ``<svg>`` element: no XML prolog or DOCTYPE, deterministic ids.
+
+    ``key`` salts the element ids so several figures inlined in one page do not collide.
+    """
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"report-{key}"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight",
+                    metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    svg = buf.getvalue()
+    return svg[re.search(r"<svg[\s>]", svg).start():].strip()
+
+
+def _legend(ax, handles_by_label: dict) -> None:
+    labels = list(handles_by_label)
+    if not labels:
+        return
+    shown = labels[:_MAX_LEGEND]
+    title = None if len(labels) <= _MAX_LEGEND else f"first {_MAX_LEGEND} of {len(labels)}"
+    ax.legend([handles_by_label[k] for k in shown], [_text(k) for k in shown], title=title,
+              fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def validation_curves_svg(
+    curves: Sequence[Curve], ylabel: str, colors: Optional[Mapping[str, Any]] = None
+) -> str:
+    """One line per trial, metric against step; colour = configuration (``colors``, by label,
+    keeps colours the same across plots)."""
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.add_subplot()
+    colors = colors or config_colors([c.config for c in curves])
+    handles: dict[str, object] = {}
+    for c in curves:
+        (line,) = ax.plot(c.steps, c.values, color=colors[c.config], lw=1.3, alpha=0.85,
+                          marker="o" if len(c.steps) == 1 else None, ms=3)
+        handles.setdefault(c.config, line)
+    ax.set_xlabel("step")
+    ax.set_ylabel(_text(ylabel))
+    ax.grid(alpha=0.3)
+    _legend(ax, handles)
+    return to_svg(fig, "curves")
+
+
+def config_points_svg(
+    labels: Sequence[str], means: Sequence[float], half_widths: Sequence[float],
+    ns: Sequence[int], xlabel: str, colors: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """Mean per configuration with 95% CI error bars (none for n=1), one row each."""
+    fig = Figure(figsize=(9, max(2.2, 0.45 * len(labels) + 1.0)))
+    ax = fig.add_subplot()
+    colors = colors or config_colors(labels)
+    for y, (label, mean, half, n) in enumerate(zip(labels, means, half_widths, ns)):
+        if not math.isfinite(mean):
+            continue
+        xerr = half if math.isfinite(half) else None
+        ax.errorbar([mean], [y], xerr=xerr, fmt="o", color=colors[label], capsize=4, ms=6)
+        ax.annotate(f"n={n}", (mean, y), textcoords="offset points", xytext=(0, 7),
+                    ha="center", fontsize=7)
+    ax.set_yticks(range(len(labels)), [_text(lbl) for lbl in labels], fontsize=8)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.invert_yaxis()  # the table's order, top to bottom
+    ax.set_xlabel(_text(xlabel))
+    ax.grid(axis="x", alpha=0.3)
+    return to_svg(fig, "configs")
+
+
+def throughput_svg(series: Sequence[ThroughputSeries]) -> str:
+    """Samples/s against batch size (log2 x); the best point starred, OOM/error points as crosses."""
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.add_subplot()
+    colors = config_colors([s.label for s in series])
+    handles: dict[str, object] = {}
+    top = max((v for s in series for v in s.samples_per_s if math.isfinite(v)), default=1.0)
+    for s in series:
+        color = colors[s.label]
+        pts = sorted(zip(s.batch_sizes, s.samples_per_s))
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o", ms=4)
+        handles.setdefault(s.label, line)
+        if s.best is not None:
+            ax.plot([s.best[0]], [s.best[1]], marker="*", ms=15, color=color, mec="black", ls="none")
+        # OOM points have no throughput: draw them on the x axis, where nothing else sits.
+        if s.oom_batch_sizes:
+            ax.plot(list(s.oom_batch_sizes), [0.0] * len(s.oom_batch_sizes), marker="X", ms=9,
+                    color=color, mec="black", ls="none")
+        if s.error_batch_sizes:
+            ax.plot(list(s.error_batch_sizes), [0.0] * len(s.error_batch_sizes), marker="s",
+                    ms=7, mfc="none", color=color, ls="none")
+    if any(s.oom_batch_sizes for s in series):
+        handles["OOM (out of memory)"] = ax.plot([], [], marker="X", ms=9, color="gray", mec="black", ls="none")[0]
+    if any(s.error_batch_sizes for s in series):
+        handles["error"] = ax.plot([], [], marker="s", ms=7, mfc="none", color="gray", ls="none")[0]
+    if any(s.best for s in series):
+        handles["best batch size"] = ax.plot([], [], marker="*", ms=12, color="gray", mec="black", ls="none")[0]
+    ax.set_xscale("log", base=2)
+    # Label the batch sizes that were measured, as plain numbers rather than powers of two.
+    ticks = sorted({b for s in series for b in (*s.batch_sizes, *s.oom_batch_sizes, *s.error_batch_sizes)})
+    if ticks:
+        ax.set_xticks(ticks, [str(b) for b in ticks])
+        ax.minorticks_off()
+    ax.set_ylim(bottom=-0.04 * top, top=top * 1.1)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("samples / s")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, handles)
+    return to_svg(fig, "throughput")

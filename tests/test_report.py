@@ -1,0 +1,165 @@
+"""The report: rebuilt from the Parquet files alone, self-contained HTML, the right numbers."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.report import build_report
+from orchestrator.results import ResultsError, ResultsStore, write_manifest
+from rnn.events import EvalRecord
+
+# Per-seed best val loss. gru: mean 1.1, sd 0.1 -> 95% CI half-width 4.302653 * 0.1 / sqrt 3 = 0.2484.
+# lstm - gru per seed: 0.10, 0.20, 0.15 -> mean +0.15, t = 0.15 / (0.05 / sqrt 3) = 5.196, p = 0.0351.
+LOSSES = {"gru": [1.0, 1.1, 1.2], "lstm": [1.1, 1.3, 1.35], "rnn": [1.9]}
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "train.py", line 1\n'
+    "RuntimeError: bad <script>alert(1)</script> state"
+)
+
+
+def _config(cell: str, seed: int, level: str = "char") -> dict:
+    return {"data": {"level": level, "seq_len": 32}, "model": {"cell": cell, "hidden_size": 16},
+            "train": {"lr": 0.002, "seed": seed}}
+
+
+def _evals(final: float) -> list[EvalRecord]:
+    return [EvalRecord(step=s, epoch=s / 100, train_loss=final + 0.2, val_loss=final + 1 / s,
+                       val_bpc=(final + 1 / s) / math.log(2), val_perplexity=math.exp(final), val_accuracy=0.5,
+                       lr=1e-3, grad_norm=1.0, samples_per_s=50.0, tokens_per_s=1600.0, elapsed_s=s / 10)
+            for s in (10, 20, 40)]
+
+
+def _completed(store: ResultsStore, tid: str, loss: float, config: dict) -> None:
+    store.upsert_trial({"trial_id": tid, "status": "completed", "best_val_loss": loss,
+                        "best_val_bpc": loss / math.log(2), "best_val_accuracy": 0.55, "best_step": 40,
+                        "params": 4321, "steps": 40, "train_time_s": 1.5, "corpus_sha256": "f00d" * 16,
+                        "config": config})
+    store.replace_evals(tid, _evals(loss))
+
+
+@pytest.fixture
+def train_job(tmp_path: Path) -> Path:
+    job = tmp_path / "cells"
+    store = ResultsStore(job)
+    for cell, losses in LOSSES.items():
+        for seed, loss in enumerate(losses):
+            _completed(store, f"{cell}-{seed}", loss, _config(cell, seed))
+    store.upsert_trial({"trial_id": "rnn-1", "status": "diverged", "best_val_loss": float("nan"),
+                        "error": "loss became NaN at step 12", "config": _config("rnn", 1)})
+    store.upsert_trial({"trial_id": "rnn-2", "status": "failed", "error": TRACEBACK, "attempts": 3,
+                        "config": _config("rnn", 2)})
+    write_manifest(job, "name: cells\nkind: train\n", "jobs/cells.yaml",
+                   {"corpus_sha256": {"builtin": "f00d" * 16}, "devices": [{"type": "cpu"}]})
+    return job
+
+
+def _assert_self_contained(html: str) -> None:
+    assert "<svg" in html
+    assert not re.search(r"<script|<link|<iframe|<img|@import|\bsrc\s*=", html, re.I)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", html, re.I)
+    hrefs = re.findall(r"href\s*=\s*['\"]([^'\"]*)['\"]", html)
+    assert all(h.startswith("#") for h in hrefs), [h for h in hrefs if not h.startswith("#")]
+    assert "<?xml" not in html and "<!DOCTYPE svg" not in html
+
+
+def test_training_report(train_job: Path) -> None:
+    md_path, html_path = build_report(train_job)
+    assert (md_path, html_path) == (train_job / "report.md", train_job / "report.html")
+    html, md = html_path.read_text(), md_path.read_text()
+    _assert_self_contained(html)
+    assert html.count("<svg") == 2  # validation curves + configuration CIs
+    for text in (html, md):
+        assert "Report: cells" in text and "Kind: train" in text
+        assert "f00d" * 16 in text and "jobs/cells.yaml" in text
+        # configurations are named by what varies (the cell), not by the seed
+        assert "model.cell=gru" in text and "model.cell=lstm" in text and "train.seed=" not in text
+        assert "± 0.2484 [0.8516, 1.3484]" in text  # gru: mean 1.1 ± t(0.975, 2) · 0.1 / √3
+        assert "± 0.3286" in text  # lstm
+        assert "n=1" in text  # rnn has one completed seed: no CI
+        assert "Paired comparison" in text and "Best configuration: model.cell=gru" in text
+        assert "+0.1500" in text and "5.196" in text and "0.0351" in text
+        assert "no test: 1 shared seed(s)" in text  # rnn vs gru
+        assert "loss became NaN at step 12" in text
+    assert "RuntimeError: bad &lt;script&gt;alert(1)&lt;/script&gt; state" in html  # last traceback line, escaped
+    assert "RuntimeError: bad <script>alert(1)</script> state" in md
+    assert "<svg" not in md and "![" not in md and "see report.html" in md
+    # best-trials table: gru-0 first, with its varying config value and metrics
+    best_rows = [ln for ln in md.splitlines() if ln.startswith("| 1 |")]
+    assert best_rows == ["| 1 | gru-0 | gru | 0 | 1.0000 | 1.4427 | 0.5500 | 4,321 | 40 | 1.5 |"]
+    assert list(train_job.glob(".*.tmp")) == []
+
+
+def test_report_compares_on_bpc_when_the_tokenization_varies(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    _completed(store, "c", 1.0, _config("gru", 0, level="char"))
+    _completed(store, "b", 3.0, _config("gru", 0, level="bpe"))
+    md = build_report(tmp_path)[0].read_text()
+    assert "Compared on bits per character: data.level vary" in md
+    assert "best_val_bpc by configuration" in md and "data.level=char" in md
+
+
+@pytest.mark.parametrize("case", ["no_evals", "all_failed", "single_trial", "nan_metric", "manifest_only"])
+def test_edge_cases_do_not_crash(tmp_path: Path, case: str) -> None:
+    store = ResultsStore(tmp_path)
+    if case == "no_evals":
+        for tid, cell, loss in (("a", "gru", 1.0), ("b", "lstm", 2.0)):
+            store.upsert_trial({"trial_id": tid, "status": "completed", "best_val_loss": loss,
+                                "config": _config(cell, 0)})
+        expected = "No evaluations recorded yet."
+    elif case == "all_failed":
+        for seed in range(2):
+            store.upsert_trial({"trial_id": f"f{seed}", "status": "oom", "error": "",
+                                "config": _config("gru", seed)})
+        expected = "No completed trials yet."
+    elif case == "single_trial":
+        _completed(store, "only", 1.25, _config("gru", 0))
+        expected = "| all trials | 1 | 1.2500 | n=1 |"
+    elif case == "nan_metric":
+        _completed(store, "a", float("nan"), _config("gru", 0))
+        _completed(store, "b", 1.0, _config("gru", 1))
+        store.replace_evals("a", [])
+        expected = "| all trials | 1 | 1.0000 | n=1 |"
+    else:
+        write_manifest(tmp_path, "kind: throughput\n", None)
+        expected = "Kind: throughput"
+    md_path, html_path = build_report(tmp_path)
+    assert expected in md_path.read_text()
+    assert html_path.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="no results in"):
+        build_report(tmp_path / "missing")
+
+
+def test_throughput_report(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    for cell, oom_at in (("lstm", 256), ("gru", None)):
+        rows = []
+        for bs in (32, 64, 128, 256):
+            if bs == oom_at:
+                rows.append({"batch_size": bs, "status": "oom", "device": "cuda", "device_name": "H100",
+                             "error": "CUDA out of memory. Tried to allocate 4.00 GiB"})
+            else:
+                rows.append({"batch_size": bs, "status": "ok", "samples_per_s": 10.0 * bs ** 0.5,
+                             "tokens_per_s": 320.0 * bs ** 0.5, "step_time_ms": 2.0, "step_time_ms_max": 3.0,
+                             "peak_mem_mb": float(bs), "device": "cuda", "device_name": "H100",
+                             "precision": "bf16", "torch_version": "2.13"})
+        config = {"model": {"cell": cell}, "train": {"seed": 0}, "throughput": {"batch_sizes": [32, 64, 128, 256]}}
+        store.replace_throughput(f"tp-{cell}", config, rows)
+        store.upsert_trial({"trial_id": f"tp-{cell}", "status": "completed", "config": config})
+    md_path, html_path = build_report(tmp_path)
+    html, md = html_path.read_text(), md_path.read_text()
+    _assert_self_contained(html)
+    assert "Kind: throughput" in md and "Throughput by batch size" in md
+    assert "Validation curves" not in md  # a throughput job has no validation metrics
+    assert "| model.cell=lstm @ H100 | — | 256 | OOM |" in md
+    assert "CUDA out of memory. Tried to allocate 4.00 GiB" in md
+    assert "| model.cell=lstm @ H100 | bf16 | 128 | ok | 113.1 |" in md and "★ best" in md
+    svg = html[html.index("<svg"):]
+    assert "OOM (out of memory)" in svg and "best batch size" in svg  # legend entries of the markers
+    assert ">256<" in svg and ">32<" in svg  # measured batch sizes label the log2 axis

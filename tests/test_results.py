@@ -1,0 +1,403 @@
+"""Results tables: explicit schemas, upserts, atomic writes, the manifest, the lock."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+from orchestrator import results as R
+from orchestrator.results import (
+    EVAL_SCHEMA,
+    SUCCESS_STATUSES,
+    THROUGHPUT_FIXED,
+    TRIAL_FIXED,
+    JobLock,
+    ResultsError,
+    ResultsLockedError,
+    ResultsStore,
+    flatten_config,
+    fresh_start,
+    read_manifest,
+    trial_row,
+    write_manifest,
+)
+from rnn.events import EvalRecord, TrainResult, TrialStatus
+
+REPO = Path(__file__).resolve().parent.parent
+UTC = dt.timezone.utc
+T0 = dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def _row(tid: str, status: str = "completed", **config_overrides: object) -> dict:
+    config = {"data": {"level": "char", "seq_len": 64}, "model": {"cell": "gru"}, "train": {"lr": 0.002, "seed": 0}}
+    for dotted, value in config_overrides.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
+    return {
+        "trial_id": tid, "status": status, "best_val_loss": 1.25, "best_val_bpc": 1.8,
+        "best_val_accuracy": 0.6, "best_step": 40, "params": 1234, "steps": 50, "device": "cpu",
+        "precision": "fp32", "train_time_s": 2.5, "started_at": T0, "finished_at": T0 + dt.timedelta(seconds=3),
+        "error": None, "checkpoint": f"checkpoints/{tid}/best.pt", "attempts": 1,
+        "corpus_sha256": "ab" * 32, "vocab_size": 65, "config": config,
+    }
+
+
+def _eval(step: int, val_loss: float = 1.5) -> EvalRecord:
+    return EvalRecord(step=step, epoch=step / 100, train_loss=1.6, val_loss=val_loss, val_bpc=2.1,
+                      val_perplexity=math.exp(val_loss), val_accuracy=0.5, lr=1e-3, grad_norm=0.9,
+                      samples_per_s=100.0, tokens_per_s=6400.0, elapsed_s=step / 10)
+
+
+def _temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*.tmp")]
+
+
+# --- schemas and round trips ---------------------------------------------------------------
+
+
+def test_trials_round_trip_with_exact_schema(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "job")
+    store.upsert_trial(_row("t1"))
+    table = ResultsStore(tmp_path / "job").read_trials()
+    assert table.schema.remove_metadata() == pa.schema([
+        *TRIAL_FIXED,
+        ("data.level", pa.string()), ("data.seq_len", pa.int64()), ("model.cell", pa.string()),
+        ("train.lr", pa.float64()), ("train.seed", pa.int64()),
+    ])
+    row = table.to_pylist()[0]
+    assert row["started_at"] == T0 and row["started_at"].utcoffset() == dt.timedelta(0)
+    assert row["attempts"] == 1 and row["model.cell"] == "gru" and row["train.lr"] == 0.002
+    assert table.schema.field("attempts").type == pa.int32()
+
+
+def test_upsert_replaces_the_row_and_keeps_its_place(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    for tid in ("a", "b", "c"):
+        store.upsert_trial(_row(tid, status="failed"))
+    store.upsert_trial({**_row("b"), "attempts": 2, "best_val_loss": 0.5})
+    table = store.read_trials()
+    assert table["trial_id"].to_pylist() == ["a", "b", "c"]
+    b = table.to_pylist()[1]
+    assert (b["status"], b["attempts"], b["best_val_loss"]) == ("completed", 2, 0.5)
+    assert store.finished_trial_ids() == {"a", "b", "c"}
+    assert store.finished_trial_ids(SUCCESS_STATUSES) == {"b"}
+    assert store.finished_trial_ids([TrialStatus.FAILED]) == {"a", "c"}
+
+
+def test_config_column_types_promote_and_stay_stable(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.upsert_trial(_row("a", train__lr=1, train__clip=None, model__tie=True, train__sizes=[32, 64]))
+    types = store.read_trials().schema
+    assert types.field("train.lr").type == pa.int64() and types.field("train.clip").type == pa.null()
+    assert types.field("model.tie").type == pa.bool_() and types.field("train.sizes").type == pa.string()
+    store.upsert_trial(_row("b", train__lr=0.5, train__clip=1.0, model__tie=False, train__sizes=(1,)))
+    table = store.read_trials()
+    assert table.schema.field("train.lr").type == pa.float64()
+    assert table["train.lr"].to_pylist() == [1.0, 0.5]
+    assert table.schema.field("train.clip").type == pa.float64()
+    assert table["train.clip"].to_pylist() == [None, 1.0]
+    assert table["train.sizes"].to_pylist() == ["[32, 64]", "[1]"]
+    # Replacing the only row with a value by a None keeps the column's type (no flip to null).
+    store.upsert_trial(_row("b", train__lr=0.5, train__clip=None))
+    assert store.read_trials().schema.field("train.clip").type == pa.float64()
+    # A column that mixes kinds becomes string, never loses values.
+    store.upsert_trial(_row("c", model__tie="yes"))
+    assert store.read_trials()["model.tie"].to_pylist() == ["true", None, "yes"]  # b was replaced without it
+
+
+def test_flatten_config() -> None:
+    @dataclasses.dataclass
+    class ES:
+        patience: int = 3
+
+    flat = flatten_config({"train": {"early_stopping": ES(), "sched": TrialStatus.COMPLETED, "opt": {}},
+                           "model": {"cell": "gru", "dims": (1, 2)}, "x": Path("/a")})
+    assert flat == {"train.early_stopping.patience": 3, "train.sched": "completed", "train.opt": "{}",
+                    "model.cell": "gru", "model.dims": "[1, 2]", "x": "/a"}
+
+
+def test_bad_rows_are_refused_with_the_reason(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    with pytest.raises(ValueError, match="unknown trials column.*best_val_los"):
+        store.upsert_trial({**_row("a"), "best_val_los": 1.0})
+    with pytest.raises(ValueError, match="status 'done'"):
+        store.upsert_trial({**_row("a"), "status": "done"})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.upsert_trial({**_row("a"), "started_at": dt.datetime(2025, 1, 1)})
+    with pytest.raises(ValueError, match="clash"):
+        store.upsert_trial({**_row("a"), "config": {"status": 1}})
+    assert not (tmp_path / "trials.parquet").exists()
+
+
+def test_replace_evals_never_duplicates(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.replace_evals("a", [_eval(10), _eval(20)])
+    store.replace_evals("b", [dataclasses.asdict(_eval(10))])
+    store.replace_evals("a", [_eval(10), _eval(20), _eval(30)])  # a retry reports its full history
+    table = store.read_evals()
+    assert table.schema == EVAL_SCHEMA
+    assert EVAL_SCHEMA.names == ["trial_id", *(f.name for f in dataclasses.fields(EvalRecord))]
+    assert EVAL_SCHEMA.field("step").type == pa.int64() and EVAL_SCHEMA.field("epoch").type == pa.float64()
+    assert sorted(zip(table["trial_id"].to_pylist(), table["step"].to_pylist())) == [
+        ("a", 10), ("a", 20), ("a", 30), ("b", 10)]
+    store.replace_evals("a", [])
+    assert store.read_evals()["trial_id"].to_pylist() == ["b"]
+    with pytest.raises(ValueError, match="EvalRecord fields"):
+        store.replace_evals("a", [{"step": 1}])
+
+
+def test_empty_store_reads_empty_tables(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "nothing-yet")
+    assert store.read_trials().schema == TRIAL_FIXED and store.read_trials().num_rows == 0
+    assert store.read_evals().num_rows == 0 and store.read_throughput().num_rows == 0
+    assert store.finished_trial_ids() == set()
+    assert not (tmp_path / "nothing-yet").exists()  # reading creates nothing
+
+
+def test_throughput_round_trip_and_best(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    rows = [
+        {"batch_size": 32, "status": "ok", "samples_per_s": 100.0, "tokens_per_s": 6400.0, "step_time_ms": 3.0,
+         "step_time_ms_max": 4.0, "peak_mem_mb": 10.0, "device": "cpu", "device_name": "x86",
+         "precision": "fp32", "torch_version": "2.13"},
+        {"batch_size": 64, "status": "ok", "samples_per_s": 150.0},
+        {"batch_size": 128, "status": "oom", "error": "out of memory"},
+    ]
+    cfg = {"model": {"cell": "lstm"}, "throughput": {"batch_sizes": "auto"}}
+    store.replace_throughput("t1", cfg, rows)
+    store.replace_throughput("t1", cfg, rows)  # no duplicates
+    table = store.read_throughput()
+    assert table.schema.remove_metadata() == pa.schema(
+        [*THROUGHPUT_FIXED, ("model.cell", pa.string()), ("throughput.batch_sizes", pa.string())])
+    assert table["batch_size"].to_pylist() == [32, 64, 128]
+    assert table["is_best"].to_pylist() == [False, True, False]
+    with pytest.raises(ValueError, match="throughput status 'OOM'"):
+        store.replace_throughput("t2", cfg, [{"batch_size": 1, "status": "OOM"}])
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def test_crash_inside_the_writer_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultsStore(tmp_path)
+    store.upsert_trial(_row("a"))
+    before = (tmp_path / "trials.parquet").read_bytes()
+
+    def crash_midway(table: pa.Table, where: object, **kw: object) -> None:
+        where.write(b"PAR1 half a file")  # the temp file now holds garbage ...
+        assert _temps(tmp_path)  # ... next to the real one
+        raise KeyboardInterrupt  # ... and the process is interrupted
+
+    monkeypatch.setattr(R.pq, "write_table", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        store.upsert_trial(_row("b"))
+    assert (tmp_path / "trials.parquet").read_bytes() == before
+    assert _temps(tmp_path) == []
+
+
+def test_failed_rename_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultsStore(tmp_path)
+    store.replace_evals("a", [_eval(1)])
+
+    def no_rename(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(R.os, "replace", no_rename)
+    with pytest.raises(ResultsError, match=r"cannot write .*evals\.parquet: No space left"):
+        store.replace_evals("a", [_eval(1), _eval(2)])
+    monkeypatch.undo()
+    assert store.read_evals().num_rows == 1 and _temps(tmp_path) == []
+
+
+_WRITER = """
+import datetime as dt, sys
+from orchestrator.results import ResultsStore
+store = ResultsStore(sys.argv[1])
+i = 0
+while True:
+    i += 1
+    store.upsert_trial({"trial_id": f"t{i % 7}", "status": "completed", "steps": i,
+                        "config": {"model": {"hidden": i}, "train": {"pad": "x" * (i % 50)}}})
+"""
+
+
+def test_reader_never_sees_a_partial_file_even_when_the_writer_is_killed(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.upsert_trial(_row("seed-row"))
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], cwd=REPO)
+    try:
+        reads, deadline = 0, time.monotonic() + 30
+        while reads < 40 and time.monotonic() < deadline:  # every read is a whole, valid table
+            table = store.read_trials()
+            assert table.num_rows >= 1 and table.column_names[: len(TRIAL_FIXED)] == TRIAL_FIXED.names
+            reads += 1 if table.num_rows > 1 else 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert reads == 40, "the writer subprocess never wrote"
+    assert 2 <= store.read_trials().num_rows <= 8
+    # The killed writer's temporary files are removed by the next run that takes the lock.
+    stale = tmp_path / f".trials.parquet.{proc.pid}.0123abcd.tmp"
+    stale.write_bytes(b"partial")
+    with JobLock(tmp_path):
+        pass
+    assert _temps(tmp_path) == []
+
+
+def test_unwritable_output_names_the_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    store = ResultsStore(blocker / "job")
+    with pytest.raises(ResultsError, match=r"cannot create the results folder .*not-a-folder/job: Not a directory"):
+        store.upsert_trial(_row("a"))
+    with pytest.raises(ResultsError, match="not-a-folder"):
+        JobLock(blocker / "job").acquire()
+
+
+def test_checkpoint_bytes(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    rel = store.write_checkpoint_bytes("t1", b"weights")
+    assert rel == "checkpoints/t1/best.pt"
+    assert store.checkpoint_path("t1") == tmp_path / rel and (tmp_path / rel).read_bytes() == b"weights"
+    store.write_checkpoint_bytes("t1", b"better")
+    assert (tmp_path / rel).read_bytes() == b"better" and _temps(tmp_path) == []
+    with pytest.raises(ValueError, match="cannot name a folder"):
+        store.checkpoint_path("../evil")
+
+
+# --- filesystems ---------------------------------------------------------------------------
+
+
+def test_file_uri_and_a_pyarrow_filesystem(tmp_path: Path) -> None:
+    uri_store = ResultsStore(f"file://{tmp_path}/viauri")
+    uri_store.upsert_trial(_row("a"))
+    assert uri_store.is_local and (tmp_path / "viauri" / "trials.parquet").is_file()
+    # A non-local pyarrow filesystem goes through open_output_stream + move.
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    remote = ResultsStore("remote/job", filesystem=fs)
+    assert not remote.is_local
+    remote.upsert_trial(_row("a"))
+    remote.upsert_trial(_row("a", model__cell="lstm"))
+    remote.replace_evals("a", [_eval(1)])
+    assert remote.read_trials()["model.cell"].to_pylist() == ["lstm"]
+    assert remote.read_evals().num_rows == 1
+    assert remote.write_checkpoint_bytes("a", b"w") == "checkpoints/a/best.pt"
+    assert (tmp_path / "remote/job/checkpoints/a/best.pt").read_bytes() == b"w"
+    assert _temps(tmp_path) == []
+    with pytest.raises(ResultsError, match="not a local folder"):
+        remote.checkpoint_path("a")
+
+
+# --- lock, fresh start, manifest -------------------------------------------------------------
+
+
+def test_lock_refuses_a_second_holder_in_process(tmp_path: Path) -> None:
+    with JobLock(tmp_path / "job"):
+        with pytest.raises(ResultsLockedError) as err:
+            JobLock(tmp_path / "job").acquire()  # a second open file description
+        msg = str(err.value)
+        assert f"another run (pid {os.getpid()}, started 20" in msg
+        assert f"is writing to {tmp_path / 'job'}; wait for it or use a different output/name" in msg
+    with JobLock(tmp_path / "job"):  # released on exit
+        pass
+
+
+_HOLDER = """
+import sys
+from orchestrator.results import JobLock
+with JobLock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_lock_refuses_another_process(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ResultsLockedError, match=f"pid {proc.pid}") as err:
+            JobLock(tmp_path).acquire()
+        assert err.value.pid == proc.pid
+        with pytest.raises(ResultsLockedError):
+            fresh_start(tmp_path)  # never move a folder that another run is writing
+    finally:
+        proc.communicate("", timeout=30)
+    with JobLock(tmp_path):  # the holder exited
+        pass
+
+
+def test_fresh_start_moves_aside(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    assert fresh_start(job) is None
+    ResultsStore(job).upsert_trial(_row("a"))
+    first = Path(fresh_start(job))
+    assert not job.exists() and (first / "trials.parquet").is_file()
+    assert first.name.startswith("job.old-") and first.name.endswith("Z")
+    ResultsStore(job).upsert_trial(_row("b"))
+    second = Path(fresh_start(job))  # within the same second: a distinct name, nothing lost
+    assert second != first and (second / "trials.parquet").is_file() and first.exists()
+
+
+def test_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not a git repository
+    path = write_manifest(tmp_path / "job", "name: x\nkind: train\n", "jobs/x.yaml",
+                          {"name": "x", "corpus_sha256": {"builtin": "ab12"}, "devices": [{"type": "cpu"}]})
+    m = json.loads(Path(path).read_text())
+    assert m == read_manifest(tmp_path / "job")
+    assert m["spec_text"] == "name: x\nkind: train\n" and m["spec_path"] == "jobs/x.yaml"
+    assert m["corpus_sha256"] == {"builtin": "ab12"} and m["devices"] == [{"type": "cpu"}]
+    assert m["versions"]["pyarrow"] == pa.__version__ and m["versions"]["python"].count(".") == 2
+    assert set(m["versions"]) >= {"torch", "ray", "pyarrow", "tokenizers", "numpy", "python"}
+    assert m["git_commit"] is None and m["host"]["hostname"]
+    assert dt.datetime.fromisoformat(m["created_at"]).tzinfo is not None
+    assert read_manifest(tmp_path / "elsewhere") is None
+
+
+def test_manifest_records_the_git_commit_without_importing_torch_or_ray(tmp_path: Path) -> None:
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    code = textwrap.dedent("""
+        import json, sys
+        from orchestrator.results import write_manifest
+        p = write_manifest(sys.argv[1], "name: x", None)
+        assert "torch" not in sys.modules and "ray" not in sys.modules, "manifest imported torch/ray"
+        print(json.load(open(p))["git_commit"])
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == head
+
+
+def test_trial_row_from_a_train_result(tmp_path: Path) -> None:
+    result = TrainResult(status=TrialStatus.EARLY_STOPPED, steps=80, params=999, device="cpu", precision="fp32",
+                         train_time_s=4.0, best_val_loss=1.1, best_val_bpc=1.6, best_val_accuracy=0.7,
+                         best_step=60, best_checkpoint="/node/local/best.pt", corpus_sha256="cd" * 32, vocab_size=65)
+    trial = SimpleNamespace(trial_id="t1", config={"model": {"cell": "lstm"}, "train": {"seed": 3}})
+    store = ResultsStore(tmp_path)
+    store.upsert_trial(trial_row(trial, status=result.status, result=result, attempts=2, started_at=T0,
+                                 finished_at=T0, checkpoint=store.checkpoint_relpath("t1")))
+    # A crash before any result: what the start event said still fills the row.
+    crashed = SimpleNamespace(trial_id="t2", config={"model": {"cell": "gru"}, "train": {"seed": 3}})
+    store.upsert_trial(trial_row(crashed, status="oom", error="CUDA out of memory", info={"params": 5, "host": "n1"}))
+    rows = {r["trial_id"]: r for r in store.read_trials().to_pylist()}
+    assert rows["t1"]["status"] == "early_stopped" and rows["t1"]["checkpoint"] == "checkpoints/t1/best.pt"
+    assert rows["t1"]["best_step"] == 60 and rows["t1"]["attempts"] == 2 and rows["t1"]["train.seed"] == 3
+    assert (rows["t2"]["status"], rows["t2"]["params"], rows["t2"]["error"]) == ("oom", 5, "CUDA out of memory")
