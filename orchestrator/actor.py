@@ -1,0 +1,110 @@
+"""The thin Ray actor around the engine's trainer.
+
+One actor runs one trial at a time and is reused for the next (starting a worker and
+importing torch costs seconds). ``run`` is a streaming generator: the driver sees each
+event as it happens. Events are plain dicts:
+
+- ``{"kind": "start", "info": {...}}``
+- ``{"kind": "eval", "record": EvalRecord}``
+- ``{"kind": "checkpoint", "step": int, "data": bytes}``: the new best checkpoint travels to
+  the driver, so a multi-node cluster needs no shared filesystem;
+- ``{"kind": "end", "result": TrainResult}``
+- ``{"kind": "error", "oom": bool, "error": str}``: an exception inside the trainer, with the
+  worker's traceback. Always the last event when present.
+
+Only a lost worker (killed process, dead node) surfaces as a Ray error on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from orchestrator.faults import Fault, step_hook
+
+log = logging.getLogger(__name__)
+
+
+def format_exception(exc: BaseException) -> str:
+    """``Type: message`` on the first line, then the traceback."""
+    head = f"{type(exc).__name__}: {exc}".strip()
+    return head + "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class TrainerActor:
+    """Runs trials with the engine. Wrapped with ``ray.remote`` by the dispatcher.
+
+    Args:
+        num_threads: torch intra-op threads, the actor's CPU reservation.
+        data_dir: where to look for downloadable corpora on this node.
+    """
+
+    def __init__(self, num_threads: int, data_dir: Optional[str] = None) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, num_threads))
+        self._num_threads = num_threads
+        self._data_dir = data_dir
+        self._scratch = Path(tempfile.mkdtemp(prefix="rnn-trial-"))
+
+    def describe(self) -> dict[str, Any]:
+        """Where this actor runs: host, pid and the engine's device report."""
+        from rnn.device import detect_device, device_report
+
+        return {"host": socket.gethostname(), "pid": os.getpid(), **device_report(detect_device("auto"))}
+
+    def run(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        attempt: int = 1,
+        resume: Optional[bytes] = None,
+        fault: Optional[Fault] = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Train one trial, yielding event dicts (see the module docstring)."""
+        from rnn.config import RunConfig
+        from rnn.errors import is_out_of_memory
+        from rnn.train import Trainer
+
+        run_dir = self._scratch / trial_id
+        shutil.rmtree(run_dir, ignore_errors=True)
+        trainer = Trainer(
+            RunConfig.from_dict(config),
+            run_dir,
+            num_threads=self._num_threads,
+            data_dir=self._data_dir,
+            step_hook=step_hook(fault) if fault and fault.applies(trial_id, attempt) else None,
+        )
+        try:
+            for event in trainer.iter_fit(resume_from=resume):
+                if event.kind == "start":
+                    yield {"kind": "start", "info": {**event.info, "host": socket.gethostname(), "pid": os.getpid()}}
+                elif event.kind == "eval":
+                    yield {"kind": "eval", "record": event.record}
+                elif event.kind == "checkpoint":
+                    yield {"kind": "checkpoint", "step": event.step, "data": Path(event.checkpoint).read_bytes()}
+                elif event.kind == "end":
+                    yield {"kind": "end", "result": event.result}
+        except Exception as exc:  # reported as data; the driver decides what it means
+            oom = is_out_of_memory(exc)
+            if oom:
+                _release_device_memory()
+            log.warning("trial %s raised %s", trial_id, type(exc).__name__)
+            yield {"kind": "error", "oom": oom, "error": format_exception(exc)}
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _release_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if hasattr(torch, "mps") and torch.backends.mps.is_available():
+        torch.mps.empty_cache()

@@ -1,0 +1,161 @@
+"""``run``: one job spec from validation to report.
+
+Validate → expand → resolve the output folder → lock it → skip finished trials → connect to
+Ray → dispatch → report. Bad input (a bad spec, an output folder that cannot be used) raises
+:class:`UsageError` *before* anything is dispatched or written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from orchestrator.faults import faults_from_env
+from orchestrator.results import (
+    TERMINAL_STATUSES,
+    JobLock,
+    ResultsError,
+    ResultsStore,
+    fresh_start,
+    write_manifest,
+)
+from orchestrator.spec import JobSpec, load_spec
+from orchestrator.sweep import expand
+
+log = logging.getLogger(__name__)
+
+#: Set by Ray's job manager in the entrypoint's environment under ``ray job submit``.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+#: Trials with these statuses are not run again; ``failed`` ones are (the cause may be fixed).
+SKIP_STATUSES = TERMINAL_STATUSES - {"failed"}
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input that the user must fix; the CLI prints it and exits with status 2."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: int
+    job_dir: str
+
+
+def resolve_job_dir(spec: JobSpec, output_override: Optional[str], environ: Optional[dict] = None) -> str:
+    """``<output>/<name>`` as an absolute path or URI.
+
+    Under ``ray job submit --working-dir .`` the working directory is Ray's temporary copy on
+    the head node, so a relative output would vanish with it: there it must be absolute.
+    """
+    env = os.environ if environ is None else environ
+    output = output_override or spec.output
+    if "://" in output:
+        return output.rstrip("/") + "/" + spec.name
+    path = Path(output).expanduser()
+    if not path.is_absolute() and RAY_JOB_ENV in env:
+        raise UsageError(
+            f"output {output!r} is relative, but this runs under `ray job submit`, whose working directory "
+            "is a temporary copy on the head node; pass an absolute folder, e.g. "
+            "`-- python -m orchestrator run SPEC --output /shared/results`, or set an absolute `output:`"
+        )
+    return str((Path.cwd() / path / spec.name).resolve())
+
+
+def connect(address: Optional[str]) -> bool:
+    """Connect to Ray; returns True when an embedded local instance was started.
+
+    ``--address`` wins; otherwise ``RAY_ADDRESS`` (set inside ``ray job submit``) joins that
+    cluster; otherwise a single-node Ray starts in this process, bound to loopback.
+    """
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or None, log_to_driver=False, logging_level=logging.WARNING)
+        log.info("connected to the Ray cluster at %s", address or os.environ["RAY_ADDRESS"])
+        return False
+    # Loopback only, and no token auth: a token file left by an embedded Ray would otherwise
+    # make a later `ray start` demand a token from every client.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    log.info("started a local Ray instance with %d CPUs", os.cpu_count() or 1)
+    return True
+
+
+def run_job(
+    spec_path: str,
+    *,
+    address: Optional[str] = None,
+    output: Optional[str] = None,
+    fresh: bool = False,
+    stop: Optional[threading.Event] = None,
+) -> RunOutcome:
+    """Run every unfinished trial of the spec at ``spec_path`` and rebuild the report."""
+    from orchestrator.dispatch import Dispatcher
+    from orchestrator.report import build_report
+
+    spec = load_spec(spec_path)  # SpecError: the CLI reports it with exit status 2
+    trials = expand(spec)
+    job_dir = resolve_job_dir(spec, output)
+    try:
+        if fresh:
+            moved = fresh_start(job_dir)  # refuses while another run holds the folder
+            if moved:
+                log.info("--fresh: kept the previous results at %s", moved)
+        lock = JobLock(job_dir).acquire()
+    except ResultsError as e:
+        raise UsageError(str(e)) from e
+    try:
+        store = ResultsStore(job_dir)
+        finished = store.finished_trial_ids(SKIP_STATUSES)
+        todo = [t for t in trials if t.trial_id not in finished]
+        if finished:
+            log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
+        manifest = {"name": spec.name, "kind": spec.kind, "trials": len(trials)}
+        spec_text = Path(spec_path).read_text(encoding="utf-8")
+        write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+        faults = tuple(faults_from_env())
+        summary = None
+        if todo:
+            started_here = connect(address)
+            try:
+                dispatcher = Dispatcher(
+                    todo,
+                    spec.resources,
+                    store,
+                    total=len(trials),
+                    faults=faults,
+                    data_dir=os.environ.get("RNN_DATA_DIR"),
+                    stop=stop,
+                )
+                summary = dispatcher.run()
+                manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
+                write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+            finally:
+                if started_here:
+                    import ray
+
+                    ray.shutdown()
+        else:
+            log.info("all %d trials are finished; rebuilding the report", len(trials))
+        md, html = build_report(job_dir)
+        log.info("results: %s", job_dir)
+        log.info("report:  %s", html)
+    finally:
+        lock.release()
+    if summary is not None and summary.interrupted:
+        return RunOutcome(EXIT_INTERRUPTED, job_dir)
+    # oom and diverged are results; a failed trial is a bug or an environment problem.
+    failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
+    return RunOutcome(EXIT_TRIALS_FAILED if failed else EXIT_OK, job_dir)
