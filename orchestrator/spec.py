@@ -1,0 +1,256 @@
+"""The job spec: a strict pydantic schema for the YAML a user writes.
+
+Every level forbids unknown keys, choice fields are closed sets, numbers are strictly typed
+(no ``"5"`` for an int, no ``true`` for a number; an int is fine where a float is expected)
+and range-checked, so absurd sizes are refused before anything allocates.
+:func:`load_spec` reports every problem at once (see :mod:`orchestrator.checks` for the
+cross-field and sweep checks) as a :class:`~orchestrator.errors.SpecError`.
+
+The section models mirror the engine's dataclasses in :mod:`rnn.config` field for field,
+with the same defaults (a test keeps them in step); a validated section becomes an engine
+config with ``DataConfig(**spec.data.model_dump())``.
+
+Relative paths (a corpus file, a local ``output``) are resolved against the current working
+directory, like any command-line tool, not against the spec file's directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_serializer, field_validator
+from pydantic_core import PydanticCustomError
+
+from orchestrator.errors import SpecError, problems_from_pydantic
+from orchestrator.sweep import Seed, SweepSpec
+from orchestrator.yamlio import load_yaml
+from rnn.config import Amp, Cell, DeviceName, Level, Optimizer, Scheduler
+
+Kind = Literal["train", "throughput"]
+KINDS: tuple[str, ...] = ("train", "throughput")
+
+#: Largest accepted model (estimated by :func:`orchestrator.checks.estimate_parameters`).
+MAX_PARAMETERS = 2_000_000_000
+MAX_BATCH_SIZE = 1_048_576
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://.+")
+
+_Dim = Annotated[int, Strict(), Field(ge=1, le=65_536)]
+_BatchSize = Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)]
+_Steps = Annotated[int, Strict(), Field(ge=1, le=10**9)]
+_Fraction = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
+_NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+_Text = Annotated[str, Strict(), Field(min_length=1, max_length=4096)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Section):
+    """``data``: which text, how it is tokenized, how it is cut into windows (rnn.config.DataConfig)."""
+
+    corpus: _Text = "builtin"  # builtin | shakespeare | a UTF-8 text file (relative to the cwd)
+    level: Level = "char"
+    vocab_size: Optional[Annotated[int, Strict(), Field(ge=2, le=1_048_576)]] = None  # bpe/word only
+    seq_len: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 100
+    val_fraction: _Fraction = 0.1
+
+
+class ModelSpec(_Section):
+    """``model``: the recurrent language model (rnn.config.ModelConfig)."""
+
+    cell: Cell = "lstm"
+    embedding_dim: _Dim = 128
+    hidden_size: _Dim = 512
+    num_layers: Annotated[int, Strict(), Field(ge=1, le=64)] = 2
+    dropout: _Fraction = 0.1
+    layer_norm: Annotated[bool, Strict()] = False
+    bidirectional: Annotated[bool, Strict()] = False
+    tie_weights: Annotated[bool, Strict()] = False
+
+
+class EarlyStoppingSpec(_Section):
+    """``train.early_stopping`` (rnn.config.EarlyStopping)."""
+
+    patience: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 5
+    min_delta: _NonNegative = 0.0
+
+
+class TrainSpec(_Section):
+    """``train``: optimisation, budget, evaluation, precision (rnn.config.TrainConfig)."""
+
+    batch_size: _BatchSize = 64
+    max_steps: Optional[_Steps] = 1000
+    max_epochs: Optional[Annotated[float, Strict(), Field(gt=0, le=1_000_000, allow_inf_nan=False)]] = None
+    max_time_s: Optional[Annotated[float, Strict(), Field(gt=0, le=31_536_000, allow_inf_nan=False)]] = None
+    eval_every: _Steps = 250
+    optimizer: Optimizer = "adamw"
+    lr: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 2e-3
+    weight_decay: _NonNegative = 0.01
+    scheduler: Scheduler = "onecycle"
+    warmup_fraction: _Fraction = 0.05
+    # null disables clipping (the engine also reads 0 that way; the spec asks for null, which says so).
+    clip_grad_norm: Optional[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]] = 1.0
+    label_smoothing: _Fraction = 0.0
+    amp: Amp = "auto"
+    early_stopping: Optional[EarlyStoppingSpec] = None
+    seed: Seed = 0
+    device: DeviceName = "auto"
+
+
+class ThroughputSpec(_Section):
+    """``throughput``: samples/s by batch size, ``kind: throughput`` only (rnn.config.ThroughputConfig)."""
+
+    batch_sizes: Union[Literal["auto"], tuple[int, ...]] = (512, 1024, 2048)
+    warmup_steps: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 3
+    measure_steps: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 10
+    auto_start: _BatchSize = 32
+    auto_max_batch_size: _BatchSize = 65536
+    auto_min_gain: Annotated[float, Strict(), Field(ge=0, le=10, allow_inf_nan=False)] = 0.03
+    auto_time_budget_s: Annotated[float, Strict(), Field(gt=0, le=604_800, allow_inf_nan=False)] = 120.0
+
+    @field_validator("batch_sizes", mode="plain")
+    @classmethod
+    def _batch_sizes(cls, value: Any) -> Union[str, tuple[int, ...]]:
+        if value == "auto":
+            return "auto"
+        expected = f"'auto' or a non-empty list of distinct integers between 1 and {MAX_BATCH_SIZE}"
+        if not isinstance(value, (list, tuple)) or not value:
+            raise PydanticCustomError("batch_sizes", f"should be {expected}")
+        for i, size in enumerate(value):
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
+                raise PydanticCustomError("batch_sizes", f"should be {expected}; item [{i}] is {size!r}")
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("batch_sizes", f"should be {expected}; a size is repeated")
+        return tuple(value)
+
+    @field_serializer("batch_sizes")
+    def _dump_batch_sizes(self, value: Union[str, tuple[int, ...]]) -> Union[str, list[int]]:
+        # Explicit because pydantic's union serializer warns on a tuple in JSON mode.
+        return value if isinstance(value, str) else list(value)
+
+
+class ResourcesSpec(_Section):
+    """``resources``: what one trial reserves, and how many run at once."""
+
+    cpus_per_trial: Annotated[float, Strict(), Field(gt=0, le=1024, allow_inf_nan=False)] = 1.0
+    gpus_per_trial: Annotated[float, Strict(), Field(ge=0, le=64, allow_inf_nan=False)] = 0.0
+    max_concurrent: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 4
+    max_retries: Annotated[int, Strict(), Field(ge=0, le=100)] = 2
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):  # Ray shares a GPU by fractions, not several
+            raise PydanticCustomError("gpus", "should be a fraction up to 1 (e.g. 0.25) or a whole number")
+        return value
+
+
+#: Config sections by name; the trial config holds the first three, plus throughput for throughput jobs.
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "throughput": ThroughputSpec,
+}
+
+
+def config_sections(kind: Optional[str]) -> tuple[str, ...]:
+    """The sections a trial config of this kind holds."""
+    return ("data", "model", "train", "throughput") if kind == "throughput" else ("data", "model", "train")
+
+
+def set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for ``path="a.b"``, creating missing or null mappings."""
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[leaf] = value
+
+
+class JobSpec(_Section):
+    """A validated job: what to run (sections), how to sweep it, with what, and where results go.
+
+    Build it with :func:`load_spec` or :func:`orchestrator.checks.validate_spec`:
+    ``JobSpec.model_validate`` alone checks fields but not the cross-field and sweep rules.
+    """
+
+    name: Annotated[str, Strict()]
+    kind: Kind = "train"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    throughput: Optional[ThroughputSpec] = None  # kind: throughput only; filled with defaults there
+    sweep: Optional[SweepSpec] = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    output: _Text = "results"  # a local directory or a pyarrow filesystem URI (scheme://...)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if not _NAME_RE.fullmatch(value) or value in (".", ".."):  # fullmatch: "$" allows a trailing newline
+            raise PydanticCustomError(
+                "name",
+                "should be 1-100 letters, digits, '.', '_' or '-' (not '.' or '..'): it names the results folder",
+            )
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, value: str) -> str:
+        if "\x00" in value:
+            raise PydanticCustomError("output", "should not contain a NUL character")
+        if "://" in value and not _URI_RE.match(value):
+            raise PydanticCustomError("output", "should be a local path or a URI like s3://bucket/prefix")
+        return value
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The config sections this job's trials hold."""
+        return config_sections(self.kind)
+
+    def base_config(self) -> dict[str, Any]:
+        """The unswept config as plain JSON types: ``{"data": {...}, "model": {...}, ...}``."""
+        sections = {name: getattr(self, name) for name in self.sections}
+        if sections.get("throughput", "") is None:
+            sections["throughput"] = ThroughputSpec()
+        return {name: section.model_dump(mode="json") for name, section in sections.items()}
+
+    def resolve(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The base config with ``overrides`` (dotted path -> value) applied and re-validated.
+
+        Raises:
+            SpecError: an override is not valid at its path (cannot happen for the sweep
+            of a spec that came through :func:`load_spec`).
+        """
+        config = self.base_config()
+        for path, value in overrides.items():
+            set_path(config, path, copy.deepcopy(value))
+        resolved, problems = {}, []
+        for name in self.sections:
+            try:
+                resolved[name] = SECTIONS[name].model_validate(config[name]).model_dump(mode="json")
+            except ValidationError as e:
+                problems += problems_from_pydantic(e, SECTIONS[name], (name,))
+        if problems:
+            raise SpecError(problems, file=self.name)
+        return resolved
+
+
+def load_spec(path: Union[str, os.PathLike[str]]) -> JobSpec:
+    """Read, parse and validate a job spec file.
+
+    Raises:
+        SpecError: every problem found (unreadable file, YAML, schema, cross-field, sweep).
+    """
+    from orchestrator.checks import validate_spec  # checks.py builds on this module: import on use
+
+    return validate_spec(load_yaml(path), source=str(path))

@@ -1,0 +1,151 @@
+"""The ``validate`` and ``plan`` commands: output, exit codes, speed, and no torch/ray imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import cli
+from orchestrator.plan import allowed_concurrency, estimate_trial_seconds, local_gpu_count, makespan
+from orchestrator.spec import ResourcesSpec, load_spec
+from orchestrator.sweep import expand
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = "jobs/quickstart.yaml"
+
+_PROBE = """
+import json, runpy, sys, time
+sys.argv = ["orchestrator", *sys.argv[1:]]
+started = time.perf_counter()
+try:
+    runpy.run_module("orchestrator", run_name="__main__")
+except SystemExit as exit_:
+    status = exit_.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "ray"))
+print(json.dumps({"status": status, "heavy": heavy, "seconds": time.perf_counter() - started}))
+"""
+
+
+def probe(*args: str) -> tuple[dict, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    *out, last = proc.stdout.splitlines()
+    return json.loads(last), "\n".join(out)
+
+
+def test_validate_and_plan_import_neither_torch_nor_ray() -> None:
+    result, out = probe("validate", QUICKSTART)
+    assert result["status"] == 0 and result["heavy"] == []
+    assert out == f"{QUICKSTART}: ok (4 trials)"
+    assert result["seconds"] < 4.0  # imports included, on a busy shared 2-core box (0.6-0.9 s measured there)
+    result, out = probe("plan", "jobs/architectures.yaml")
+    assert result["status"] == 0 and result["heavy"] == []
+    assert "18 trials" in out
+
+
+def test_validate_is_fast_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(REPO)
+    cli.main(["validate", QUICKSTART])  # warm imports
+    started = time.perf_counter()
+    assert cli.main(["validate", *sorted(str(p.relative_to(REPO)) for p in (REPO / "jobs").glob("*.yaml"))]) == 0
+    assert time.perf_counter() - started < 1.0  # all the example jobs, imports already warm
+    assert capsys.readouterr().out.count(": ok (") == len(list((REPO / "jobs").glob("*.yaml"))) + 1
+
+
+def test_only_real_subcommands_are_registered() -> None:
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert set(sub.choices) == {"validate", "plan"}
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_plan_shows_trials_resources_concurrency_and_time(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO)
+    assert cli.main(["plan", QUICKSTART, "--cpus", "2", "--gpus", "0"]) == 0
+    out = capsys.readouterr().out
+    for trial in expand(load_spec(QUICKSTART)):
+        assert trial.trial_id in out
+    assert "model.cell=gru  train.seed=1" in out
+    assert "each trial reserves 1 CPU and 0 GPUs" in out
+    assert "this machine: 2 CPUs, 0 GPUs -> 2 trials at a time (max_concurrent 2)" in out
+    assert "rough time" in out and "for the job" in out
+
+
+def test_plan_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text((REPO / QUICKSTART).read_text())
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["plan", "job.yaml", "--cpus", "1"]) == 0
+    assert "1 trial at a time" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["job.yaml"]
+
+
+def test_plan_says_when_no_trial_fits(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(REPO)
+    assert cli.main(["plan", "jobs/char_max_accuracy.yaml", "--cpus", "16", "--gpus", "0"]) == 0
+    assert "no trial fits here" in capsys.readouterr().out
+
+
+def test_plan_of_a_bad_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\nmodel: {cell: lstmm}\n")
+    assert cli.main(["plan", str(spec)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"{spec}: model.cell: should be")
+
+
+@pytest.mark.parametrize(
+    "resources,cpus,gpus,expected",
+    [
+        ({"cpus_per_trial": 1, "max_concurrent": 4}, 2, 0, 2),
+        ({"cpus_per_trial": 1, "max_concurrent": 4}, 16, 0, 4),
+        ({"cpus_per_trial": 0.1, "max_concurrent": 100}, 1, 0, 10),
+        ({"cpus_per_trial": 3, "max_concurrent": 4}, 2, 0, 0),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 0.25, "max_concurrent": 16}, 16, 1, 4),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 1, "max_concurrent": 16}, 16, 0, 0),
+        ({"cpus_per_trial": 2, "gpus_per_trial": 0.5, "max_concurrent": 16}, 6, 8, 3),
+    ],
+)
+def test_allowed_concurrency(resources: dict, cpus: float, gpus: float, expected: int) -> None:
+    assert allowed_concurrency(ResourcesSpec(**resources), cpus, gpus) == expected
+
+
+def test_makespan() -> None:
+    assert makespan([10, 10, 10, 10], 2) == 20
+    assert makespan([30, 10, 10, 10], 2) == 30
+    assert makespan([5], 4) == 5
+    assert makespan([], 2) == 0
+
+
+def test_time_estimate_is_plausible_for_quickstart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    spec = load_spec(QUICKSTART)
+    seconds = [estimate_trial_seconds(t, spec.kind, spec.resources) for t in expand(spec)]
+    assert all(s is not None and 1 < s < 600 for s in seconds)
+    lstm, gru = seconds[0], seconds[2]
+    assert lstm > gru  # 4 gates cost more than 3
+
+
+def test_local_gpu_count_honours_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert local_gpu_count() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpu_count() == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert local_gpu_count() == 0

@@ -1,0 +1,179 @@
+"""The job spec schema: defaults, strictness, cross-field rules, and agreement with rnn.config."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from orchestrator.checks import estimate_parameters, sweepable_paths, validate_spec
+from orchestrator.errors import Problem, SpecError
+from orchestrator.spec import (
+    DataSpec,
+    EarlyStoppingSpec,
+    JobSpec,
+    ModelSpec,
+    ThroughputSpec,
+    TrainSpec,
+    load_spec,
+)
+from rnn import config as engine
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        validate_spec(raw, "s.yaml")
+    return info.value.lines()
+
+
+@pytest.mark.parametrize(
+    "spec_cls,engine_cls",
+    [(DataSpec, engine.DataConfig), (ModelSpec, engine.ModelConfig), (TrainSpec, engine.TrainConfig),
+     (EarlyStoppingSpec, engine.EarlyStopping), (ThroughputSpec, engine.ThroughputConfig)],
+)
+def test_sections_mirror_engine_dataclasses(spec_cls: type, engine_cls: type) -> None:
+    engine_fields = {f.name: f for f in dataclasses.fields(engine_cls)}
+    assert list(spec_cls.model_fields) == list(engine_fields)
+    for name, field in engine_fields.items():
+        assert field.default_factory is dataclasses.MISSING  # nothing to compare against otherwise
+        assert spec_cls.model_fields[name].default == field.default, name
+
+
+def test_minimal_spec_gets_engine_defaults() -> None:
+    spec = validate_spec({"name": "tiny"})
+    assert spec.kind == "train"
+    assert spec.data == DataSpec() and spec.model == ModelSpec() and spec.train == TrainSpec()
+    assert spec.throughput is None and spec.sweep is None and spec.output == "results"
+    assert engine.DataConfig(**spec.data.model_dump()) == engine.DataConfig()
+    assert engine.ModelConfig(**spec.model.model_dump()) == engine.ModelConfig()
+    assert engine.TrainConfig(**spec.train.model_dump()) == engine.TrainConfig()
+
+
+def test_sections_build_engine_configs() -> None:
+    spec = validate_spec({"name": "x", "train": {"early_stopping": {"patience": 2, "min_delta": 0.01}, "lr": 1}})
+    train = engine.TrainConfig(**spec.train.model_dump())
+    assert train.early_stopping == engine.EarlyStopping(patience=2, min_delta=0.01)
+    assert train.lr == 1.0 and isinstance(train.lr, float)  # an int is fine where a float is expected
+
+
+def test_null_section_means_defaults() -> None:
+    assert validate_spec({"name": "x", "model": None, "sweep": None}).model == ModelSpec()
+
+
+def test_throughput_job_gets_default_throughput_section() -> None:
+    spec = validate_spec({"name": "t", "kind": "throughput"})
+    assert spec.throughput == ThroughputSpec()
+    assert spec.base_config()["throughput"]["batch_sizes"] == [512, 1024, 2048]
+    assert "throughput" not in validate_spec({"name": "x"}).base_config()
+
+
+def test_throughput_batch_sizes_auto_or_list() -> None:
+    assert ThroughputSpec(batch_sizes="auto").batch_sizes == "auto"
+    assert ThroughputSpec.model_validate({"batch_sizes": [8, 16]}).batch_sizes == (8, 16)
+    for bad in ([], [8, 8], [True], "big", [0]):
+        with pytest.raises(ValidationError):
+            ThroughputSpec.model_validate({"batch_sizes": bad})
+
+
+def test_spec_is_immutable() -> None:
+    spec = validate_spec({"name": "x"})
+    with pytest.raises(ValidationError):
+        spec.name = "y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("output", ["results", "/abs/dir", "s3://bucket/prefix", "gs://b", "file:///tmp/x"])
+def test_output_local_path_or_uri(output: str) -> None:
+    assert validate_spec({"name": "x", "output": output}).output == output
+
+
+@pytest.mark.parametrize("gpus", [0, 0.25, 1, 2])
+def test_gpu_fractions_and_whole_numbers(gpus: float) -> None:
+    assert validate_spec({"name": "x", "resources": {"gpus_per_trial": gpus}}).resources.gpus_per_trial == gpus
+
+
+def test_budget_may_be_time_or_epochs_alone() -> None:
+    assert validate_spec({"name": "x", "train": {"max_steps": None, "max_time_s": 60}}).train.max_time_s == 60
+    assert validate_spec({"name": "x", "train": {"max_steps": None, "max_epochs": 0.5}}).train.max_epochs == 0.5
+
+
+def test_throughput_job_needs_no_training_budget() -> None:
+    assert validate_spec({"name": "t", "kind": "throughput", "train": {"max_steps": None}}).kind == "throughput"
+
+
+def test_corpus_file_is_resolved_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "text.txt").write_text("hello")
+    (tmp_path / "text.txt").write_text("hello")
+    spec_file = tmp_path / "specs" / "job.yaml"
+    spec_file.write_text("name: x\ndata: {corpus: text.txt}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(spec_file).data.corpus == "text.txt"
+    (tmp_path / "text.txt").unlink()  # next to the spec is not where it is looked for
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_file)
+    assert f"data.corpus: no such file ({tmp_path / 'text.txt'};" in str(info.value)
+
+
+def test_vocab_size_is_ignored_for_char_but_validated() -> None:
+    assert validate_spec({"name": "x", "data": {"vocab_size": 300}}).data.vocab_size == 300
+    assert problems({"name": "x", "data": {"vocab_size": 10**7}}) == [
+        "s.yaml: data.vocab_size: should be less than or equal to 1048576 (got 10000000)"]
+
+
+def test_cross_field_rules_are_reported_alongside_field_errors() -> None:
+    lines = problems({"name": "x", "model": {"cell": "gru", "layer_norm": True, "hidden_size": 0,
+                                             "tie_weights": True, "embedding_dim": 64},
+                      "train": {"max_steps": None}})
+    assert lines == [
+        "s.yaml: model.hidden_size: should be greater than or equal to 1 (got 0)",
+        "s.yaml: model.layer_norm: the layer-norm cell exists for lstm only (got cell 'gru'); "
+        "set layer_norm: false or cell: lstm",
+        "s.yaml: train: no budget: set at least one of max_steps, max_epochs, max_time_s",
+    ]  # tie_weights is not judged: hidden_size itself is wrong
+
+
+def test_tie_weights_with_equal_sizes_is_fine() -> None:
+    spec = validate_spec({"name": "x", "model": {"tie_weights": True, "embedding_dim": 256, "hidden_size": 256}})
+    assert spec.model.tie_weights
+
+
+def test_resolve_applies_and_validates_overrides() -> None:
+    spec = validate_spec({"name": "x", "model": {"hidden_size": 64}})
+    config = spec.resolve({"model.cell": "gru", "train.early_stopping.patience": 3, "train.lr": 1})
+    assert config["model"]["cell"] == "gru" and config["model"]["hidden_size"] == 64
+    assert config["train"]["early_stopping"] == {"patience": 3, "min_delta": 0.0}
+    assert config["train"]["lr"] == 1.0 and isinstance(config["train"]["lr"], float)
+    assert set(config) == {"data", "model", "train"}
+    with pytest.raises(SpecError) as info:
+        spec.resolve({"model.cell": "lstmm"})
+    assert "model.cell: should be 'lstm', 'gru' or 'rnn' (got 'lstmm')" in str(info.value)
+
+
+def test_sweepable_paths() -> None:
+    paths = sweepable_paths("train")
+    assert "model.cell" in paths and "train.early_stopping.patience" in paths and "data.seq_len" in paths
+    assert not any(p.startswith(("throughput.", "resources.", "sweep.")) or p in ("name", "kind") for p in paths)
+    assert "throughput.batch_sizes" in sweepable_paths("throughput")
+
+
+def test_spec_error_renders_one_line_per_problem() -> None:
+    error = SpecError([Problem("train.lr", "should be greater than 0", got=0), Problem("", "bad YAML", line=3),
+                       Problem("train.lr", "should be greater than 0", got=0)], file="a.yaml")
+    assert error.lines() == ["a.yaml: train.lr: should be greater than 0 (got 0)", "a.yaml: line 3: bad YAML"]
+    assert error.lines("b.yaml")[0].startswith("b.yaml: ")
+    assert str(error) == "\n".join(error.lines())
+
+
+def test_parameter_estimate_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    for cell, module in (("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU), ("rnn", torch.nn.RNN)):
+        model = {"cell": cell, "embedding_dim": 24, "hidden_size": 40, "num_layers": 3}
+        layers = [torch.nn.Embedding(50, 24), module(24, 40, 3), torch.nn.Linear(40, 50)]
+        actual = sum(p.numel() for layer in layers for p in layer.parameters())
+        assert estimate_parameters(model, 50) == actual, cell
+    tied = {"cell": "lstm", "embedding_dim": 40, "hidden_size": 40, "num_layers": 1, "tie_weights": True}
+    untied_count = sum(p.numel() for m in (torch.nn.Embedding(50, 40), torch.nn.LSTM(40, 40)) for p in m.parameters())
+    assert estimate_parameters(tied, 50) == untied_count + 50  # the head adds only its bias
