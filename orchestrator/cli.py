@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from orchestrator.sweep import Trial
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
 
 
@@ -98,8 +99,178 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plan)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a job spec: every unfinished trial on Ray, then the report."""
+    import signal
+    import threading
+
+    from orchestrator.results import ResultsError
+    from orchestrator.runner import UsageError, run_job
+
+    if load_or_report(args.spec) is None:
+        return EXIT_BAD_SPEC
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second Ctrl-C: stop waiting for the clean shutdown
+            raise KeyboardInterrupt
+        logging.getLogger("orchestrator").warning(
+            "%s received: stopping running trials and writing what finished (again to force)",
+            signal.Signals(signum).name,
+        )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        outcome = run_job(args.spec, address=args.address, output=args.output, fresh=args.fresh, stop=stop)
+    except (UsageError, SpecError) as e:
+        lines = e.lines(args.spec) if isinstance(e, SpecError) else [f"{args.spec}: {e}"]
+        for line in lines:
+            print(line, file=sys.stderr)
+        return EXIT_BAD_SPEC
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return outcome.exit_code
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a job: every unfinished trial, then the report",
+        description="Run a job spec's trials on Ray and write Parquet results and a report under OUTPUT/NAME. "
+        "Connects to --address, else to RAY_ADDRESS (set inside `ray job submit`), else starts a local Ray. "
+        "Finished trials are skipped, so running the same command again resumes. Exit status: 0 done, "
+        "1 some trial failed, 2 bad input, 130 interrupted.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="job spec YAML file")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--output", default=None, help="results root, overriding the spec's `output` "
+                   "(must be absolute under `ray job submit`)")
+    p.add_argument("--fresh", action="store_true", help="start over: move the job's old results aside first")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild report.md and report.html from a job folder's Parquet files."""
+    from pathlib import Path
+
+    from orchestrator.report import build_report
+
+    root = Path(args.dir)
+    jobs = [root] if (root / "trials.parquet").is_file() else sorted(p.parent for p in root.glob("*/trials.parquet"))
+    if not jobs:
+        print(f"{args.dir}: no results here (expected trials.parquet in it or in its subfolders)", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    for job in jobs:
+        md, html = build_report(job)
+        print(f"{job}: {md} and {html}")
+    return EXIT_OK
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild a job's report from its Parquet files",
+                       description="Rebuild report.md and report.html from the Parquet files in DIR (a job folder, "
+                                   "or a results folder holding several).")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """What this machine can run: the engine's device report."""
+    import json
+
+    from rnn.device import detect_device, device_report
+
+    report = device_report(detect_device("auto"))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def _add_devices(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("devices", help="show the device trials would use here",
+                       description="Show the device a trial would use on this machine (MPS, then CUDA, then CPU), "
+                                   "its memory, bf16 support and the torch version.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_devices)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Generate text from a checkpoint."""
+    from rnn.device import DeviceUnavailableError
+    from rnn.errors import CheckpointError
+    from rnn.sample import generate
+
+    try:
+        text = generate(args.checkpoint, prompt=args.prompt, length=args.length, temperature=args.temperature,
+                        top_k=args.top_k, seed=args.seed, device=args.device)
+    except (CheckpointError, DeviceUnavailableError, ValueError) as e:
+        print(f"{args.checkpoint}: {e}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    print(text)
+    return EXIT_OK
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Continue a prompt with text sampled from a trained checkpoint "
+                                   "(e.g. results/quickstart/checkpoints/<trial_id>/best.pt).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--length", type=int, default=500, help="tokens to generate (default 500)")
+    p.add_argument("--temperature", type=_non_negative, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
+    p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Remove temporary files and unneeded checkpoints from a job folder."""
+    from pathlib import Path
+
+    from orchestrator.clean import clean_job
+    from orchestrator.results import ResultsError
+
+    if not (Path(args.dir) / "trials.parquet").is_file():
+        print(f"{args.dir}: not a job folder (no trials.parquet)", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    try:
+        report = clean_job(args.dir, keep_top=args.keep_top, dry_run=args.dry_run)
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    verb = "would remove" if args.dry_run else "removed"
+    for rel in report.removed:
+        print(f"{verb} {rel}")
+    print(f"{verb} {len(report.removed)} files, {report.freed_bytes / 1e6:.1f} MB")
+    return EXIT_OK
+
+
+def _add_clean(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("clean", help="remove temporary files and unneeded checkpoints",
+                       description="Remove temporary files left by killed writers and the checkpoints of failed, "
+                                   "diverged and out-of-memory trials from a job folder; with --keep-top N, also "
+                                   "every checkpoint but those of the N best trials.")
+    p.add_argument("dir", metavar="DIR", help="a job folder, e.g. results/quickstart")
+    p.add_argument("--keep-top", type=int, default=None, metavar="N")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.set_defaults(func=cmd_clean)
+
+
 #: Every subcommand's parser builder, in the order ``--help`` lists them.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_plan]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_run, _add_validate, _add_plan, _add_report, _add_devices, _add_sample, _add_clean,
+]
+#: Commands whose progress lines are their output: they log at INFO by default.
+_CHATTY = {"run", "report", "clean"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status."""
     args = build_parser().parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    verbosity = args.verbose + (1 if args.command in _CHATTY else 0)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    # Our own loggers speak at the chosen level; third-party libraries stay at WARNING.
+    for name in ("orchestrator", "rnn"):
+        logging.getLogger(name).setLevel(level)
     return int(args.func(args))

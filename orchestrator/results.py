@@ -673,6 +673,10 @@ class ResultsStore:
         self._storage.write_atomic(rel, lambda f: f.write(data))
         return rel
 
+    def read_checkpoint_bytes(self, trial_id: str) -> Optional[bytes]:
+        """A trial's stored best checkpoint, or None when it has none (resume starts over)."""
+        return self._storage.read_bytes(self.checkpoint_relpath(trial_id))
+
     def write_text(self, relpath: str, text: str) -> str:
         """Atomically write a UTF-8 text file in the job folder; returns its location."""
         self._storage.write_atomic(relpath, lambda f: f.write(text.encode("utf-8")))

@@ -93,6 +93,28 @@ def connect(address: Optional[str]) -> bool:
     return True
 
 
+def preflight_data(trials: list) -> None:
+    """Load, split and tokenize every distinct corpus once, before anything is dispatched.
+
+    A missing, empty, non-UTF-8 or too-short corpus is a :class:`UsageError` here rather than
+    N failed trials later; trained tokenizers land in the cache the workers on this node share.
+    """
+    from rnn.corpus import CorpusError
+    from rnn.data import DataError, prepare_data
+
+    seen = set()
+    for trial in trials:
+        cfg = trial.run_config().data
+        if cfg in seen:
+            continue
+        seen.add(cfg)
+        try:
+            prepare_data(cfg, "cpu", data_dir=os.environ.get("RNN_DATA_DIR"))
+        except (CorpusError, DataError) as e:
+            where = "data.corpus" if isinstance(e, CorpusError) else "data"
+            raise UsageError(f"{where}: {e} (trial {trial.trial_id})") from e
+
+
 def run_job(
     spec_path: str,
     *,
@@ -108,6 +130,7 @@ def run_job(
     spec = load_spec(spec_path)  # SpecError: the CLI reports it with exit status 2
     trials = expand(spec)
     job_dir = resolve_job_dir(spec, output)
+    preflight_data(trials)
     try:
         if fresh:
             moved = fresh_start(job_dir)  # refuses while another run holds the folder

@@ -1,0 +1,60 @@
+"""``clean``: remove what a job folder no longer needs.
+
+Always: temporary files left by writers that were killed mid-write. Checkpoints of trials
+that failed, diverged or ran out of memory. With ``keep_top=N``: every checkpoint except
+those of the N trials with the best validation loss. The trials table's ``checkpoint``
+column is cleared for each checkpoint removed, so the table never points at a missing file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from orchestrator.results import FAILURE_STATUSES, JobLock, ResultsStore
+
+log = logging.getLogger(__name__)
+
+#: Temporary files of the atomic writers (``.<name>.<pid>.<hex>.tmp``, ``.<name>.<random>.tmp``).
+_TEMP = re.compile(r"^\..+\.tmp$")
+
+
+@dataclass
+class CleanReport:
+    removed: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = False) -> CleanReport:
+    """Remove temporary files and unneeded checkpoints under the local folder ``job_dir``."""
+    root = Path(job_dir)
+    report = CleanReport()
+    with JobLock(root):  # never clean under a running sweep
+        store = ResultsStore(root)
+        trials = store.read_trials().to_pylist()
+        drop: set[str] = {r["trial_id"] for r in trials if r["status"] in FAILURE_STATUSES}
+        if keep_top is not None:
+            ranked = sorted(
+                (r for r in trials if r["best_val_loss"] is not None and r["status"] not in FAILURE_STATUSES),
+                key=lambda r: r["best_val_loss"],
+            )
+            drop |= {r["trial_id"] for r in ranked[keep_top:]}
+        victims = [p for p in root.rglob("*") if p.is_file() and _TEMP.match(p.name) and p.name != ".lock"]
+        victims += [root / store.checkpoint_relpath(t) for t in sorted(drop)]
+        for path in victims:
+            if not path.exists():
+                continue
+            report.removed.append(str(path.relative_to(root)))
+            report.freed_bytes += path.stat().st_size
+            if not dry_run:
+                path.unlink()
+                if path.parent.name in drop and not any(path.parent.iterdir()):
+                    path.parent.rmdir()
+        if not dry_run:
+            for row in trials:
+                if row["trial_id"] in drop and row["checkpoint"]:
+                    store.upsert_trial({**row, "checkpoint": None})
+    return report
