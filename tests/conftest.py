@@ -17,3 +17,52 @@ def shakespeare_path() -> Path:
     if not path.is_file():
         pytest.skip(f"Tiny Shakespeare not found at {path}")
     return path
+
+
+# --- real-Ray end-to-end helpers --------------------------------------------------------------
+
+import os
+import subprocess
+import sys
+from typing import Any, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: A sweep small enough to finish in seconds: 2 cells x 2 seeds of a tiny char LSTM/GRU.
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "data": {"corpus": "builtin", "level": "char", "seq_len": 16},
+    "model": {"cell": "lstm", "embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+    "train": {"batch_size": 8, "max_steps": 20, "eval_every": 10, "scheduler": "constant", "device": "cpu"},
+    "sweep": {"grid": {"model.cell": ["lstm", "gru"]}, "seeds": [0, 1]},
+    "resources": {"cpus_per_trial": 1, "max_concurrent": 2, "max_retries": 1},
+}
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def ray_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """Environment for a real-Ray subprocess: loopback only, no token auth, private caches."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="disabled",
+        RNN_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python -m orchestrator ARGS`` in a subprocess; output is captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,213 @@
+"""Atomic file storage for a job folder: a local folder or a pyarrow filesystem.
+
+Every file is written atomically: into a temporary sibling named
+``.<name>.<pid>.<random>.tmp``, then renamed over the target, so a kill at any moment leaves
+the previous good version. On a local disk the file and its folder are fsynced, so the new
+version survives a crash too. Temporary files of killed writers are removed by
+:func:`cleanup_stale_temps` (which :class:`orchestrator.lock.JobLock` calls once it holds
+the folder). :class:`ResultsError` is the one error this layer raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import posixpath
+import re
+import secrets
+from typing import Any, Callable, Optional
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = ["ResultsError", "Storage", "cleanup_stale_temps", "open_storage"]
+
+log = logging.getLogger(__name__)
+
+_LOCAL_FS = pafs.LocalFileSystem()
+# Matches the names write_atomic() gives its temporary files; the pid tells a live writer's
+# file from one a killed writer left behind.
+_TEMP_RE = re.compile(r"\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+class ResultsError(Exception):
+    """A results folder cannot be read or written; the message names the path and the cause."""
+
+
+class Storage:
+    """A job folder on the local disk (``fs`` is None: os calls, fsync, flock) or on a
+    pyarrow filesystem (``fs.move`` replaces the file; atomic where the filesystem's rename is)."""
+
+    def __init__(self, fs: Optional[pafs.FileSystem], root: str) -> None:
+        self.fs, self.root = fs, root
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local folder (os calls, fsync, flock), False for a pyarrow filesystem."""
+        return self.fs is None
+
+    def location(self, rel: str) -> str:
+        """Where ``rel`` (relative to the root; ``""`` is the root itself) lives."""
+        if not rel:
+            return self.root
+        return os.path.join(self.root, rel) if self.is_local else posixpath.join(self.root, rel)
+
+    def exists_abs(self, path: str) -> bool:
+        """Whether ``path`` (absolute, on this storage's filesystem) exists."""
+        if self.is_local:
+            return os.path.exists(path)
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def exists(self, rel: str) -> bool:
+        """Whether ``rel`` (relative to the root) exists."""
+        return self.exists_abs(self.location(rel))
+
+    def read_bytes(self, rel: str) -> Optional[bytes]:
+        """A file's content, or None when it does not exist."""
+        path = self.location(rel)
+        try:
+            with (self.fs or _LOCAL_FS).open_input_stream(path) as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise ResultsError(f"cannot read {path}: {e}") from e
+
+    def read_text(self, rel: str) -> Optional[str]:
+        """A UTF-8 text file's content, or None when it does not exist."""
+        data = self.read_bytes(rel)
+        return None if data is None else data.decode("utf-8")
+
+    def read_table(self, rel: str) -> Optional[pa.Table]:
+        """A Parquet file as a table, or None when it does not exist."""
+        path = self.location(rel)
+        try:
+            # Open once and read through that handle: given a path, pyarrow stats the file and
+            # then opens it again, and a rename in between pairs the old size with the new file.
+            with (self.fs or _LOCAL_FS).open_input_file(path) as f:
+                return pq.read_table(f)
+        except (FileNotFoundError, NotADirectoryError):  # nothing written yet
+            return None
+        except (OSError, pa.ArrowException) as e:
+            raise ResultsError(
+                f"cannot read {path}: {e}; if it is damaged, move the job folder aside (fresh start)"
+            ) from e
+
+    def write_atomic(self, rel: str, write: Callable[[Any], Any]) -> None:
+        """Write ``rel`` through ``write(file)`` into a temporary sibling, then rename it over."""
+        final = self.location(rel)
+        folder = os.path.dirname(final) if self.is_local else posixpath.dirname(final)
+        tmp_name = f".{os.path.basename(final)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = os.path.join(folder, tmp_name) if self.is_local else posixpath.join(folder, tmp_name)
+        try:
+            if self.is_local:
+                os.makedirs(folder, exist_ok=True)
+            else:
+                self.fs.create_dir(folder, recursive=True)
+        except OSError as e:
+            raise ResultsError(
+                f"cannot create the results folder {folder}: {e.strerror or e}; check that the "
+                "output folder is writable or choose another output"
+            ) from e
+        try:
+            try:
+                if self.is_local:
+                    # O_EXCL: never follow or reuse someone else's file; 0o666 & umask, not mkstemp's 0o600.
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                    with os.fdopen(fd, "wb") as f:
+                        write(f)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, final)
+                    _fsync_dir(folder)
+                else:
+                    with self.fs.open_output_stream(tmp) as f:
+                        write(f)
+                    self.fs.move(tmp, final)
+            except BaseException:
+                self._discard(tmp)
+                raise
+        except OSError as e:
+            raise ResultsError(f"cannot write {final}: {e.strerror or e}; check the output folder") from e
+
+    def write_text(self, rel: str, text: str) -> str:
+        """Atomically write a UTF-8 text file; returns its location."""
+        self.write_atomic(rel, lambda f: f.write(text.encode("utf-8")))
+        return self.location(rel)
+
+    def _discard(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            if self.is_local:
+                os.unlink(path)
+            else:
+                self.fs.delete_file(path)
+
+    def move_root(self, target: str) -> None:
+        """Rename the whole root folder to ``target`` (an absolute path on this filesystem)."""
+        try:
+            if self.is_local:
+                os.rename(self.root, target)
+            else:
+                self.fs.move(self.root, target)
+        except OSError as e:
+            raise ResultsError(f"cannot move {self.root} aside to {target}: {e.strerror or e}") from e
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make the rename itself durable (a crash right after it could otherwise undo it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def open_storage(job_dir: str | os.PathLike[str], filesystem: Optional[pafs.FileSystem]) -> Storage:
+    """The storage of ``job_dir``: a path on ``filesystem`` when given, else a local path or a
+    pyarrow URI (a ``file://`` URI is treated as the local folder it names). Creates nothing."""
+    text = os.fspath(job_dir)
+    if filesystem is not None:
+        fs, path = filesystem, text
+    elif "://" in text:
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise ResultsError(f"cannot open the output {text}: {e}") from e
+    else:
+        return Storage(None, os.path.abspath(text))
+    if isinstance(fs, pafs.LocalFileSystem):
+        return Storage(None, os.path.abspath(path))
+    return Storage(fs, path.rstrip("/"))
+
+
+def cleanup_stale_temps(root: str) -> None:
+    """Remove temporary files left by killed writers (their pid is gone)."""
+    for folder in [root, *glob.glob(os.path.join(root, "checkpoints", "*"))]:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            m = _TEMP_RE.fullmatch(name)
+            if m and not _pid_alive(int(m["pid"])):
+                log.info("removing a temporary file left by a killed run: %s", name)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True

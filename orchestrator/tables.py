@@ -1,0 +1,338 @@
+"""The rows of a job's tables: explicit Arrow schemas, row validation and config flattening.
+
+``trials.parquet`` and ``throughput.parquet`` have fixed columns (:data:`TRIAL_FIXED`,
+:data:`THROUGHPUT_FIXED`) followed by the trial config flattened into dotted columns
+(``model.cell``); ``evals.parquet`` has exactly :data:`EVAL_SCHEMA`. A config column's Arrow
+type is inferred from its values and only ever promoted (null < bool, int64 < float64 < string),
+so it stays stable as trials arrive. Nothing here touches the disk: see
+:mod:`orchestrator.storage` for that and :class:`orchestrator.results.ResultsStore` for the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from rnn.events import EvalRecord, TrialStatus
+
+__all__ = [
+    "EVAL_SCHEMA",
+    "FAILURE_STATUSES",
+    "SUCCESS_STATUSES",
+    "TERMINAL_STATUSES",
+    "THROUGHPUT_FIXED",
+    "THROUGHPUT_STATUSES",
+    "TRIAL_FIXED",
+    "build_table",
+    "enum_value",
+    "eval_rows",
+    "flatten_config",
+    "normalize_trial_row",
+    "throughput_rows",
+]
+
+#: Statuses after which a trial is not run again: all of them, for a finished run.
+TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus)
+#: Statuses of a trial that produced a usable model.
+SUCCESS_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus if s.is_success())
+#: Statuses listed under "Failures" in the report; a dispatcher that retries failures on
+#: resume passes ``TERMINAL_STATUSES - FAILURE_STATUSES`` to :meth:`ResultsStore.finished_trial_ids`.
+FAILURE_STATUSES: frozenset[str] = TERMINAL_STATUSES - SUCCESS_STATUSES
+#: Outcomes of one batch size in a throughput measurement.
+THROUGHPUT_STATUSES: tuple[str, ...] = ("ok", "oom", "error")
+
+
+# --- schemas -------------------------------------------------------------------------------
+
+_TS = pa.timestamp("us", tz="UTC")
+
+#: The fixed columns of ``trials.parquet``; flattened config columns (``model.cell``) follow.
+TRIAL_FIXED: pa.Schema = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("status", pa.string()),  # a TrialStatus value
+        ("best_val_loss", pa.float64()),
+        ("best_val_bpc", pa.float64()),
+        ("best_val_accuracy", pa.float64()),
+        ("best_step", pa.int64()),
+        ("params", pa.int64()),
+        ("steps", pa.int64()),
+        ("device", pa.string()),
+        ("precision", pa.string()),
+        ("train_time_s", pa.float64()),
+        ("started_at", _TS),
+        ("finished_at", _TS),
+        ("error", pa.string()),
+        ("checkpoint", pa.string()),  # relative to the job folder
+        ("attempts", pa.int32()),
+        ("corpus_sha256", pa.string()),
+        ("vocab_size", pa.int64()),
+    ]
+)
+
+
+def _eval_schema() -> pa.Schema:
+    types = {"int": pa.int64(), "float": pa.float64()}
+    fields = [pa.field("trial_id", pa.string())]
+    for f in dataclasses.fields(EvalRecord):
+        if str(f.type) not in types:  # fail at import, not in the middle of a sweep
+            raise TypeError(f"EvalRecord.{f.name} has type {f.type}; orchestrator/tables.py maps only int/float")
+        fields.append(pa.field(f.name, types[str(f.type)]))
+    return pa.schema(fields)
+
+
+#: ``evals.parquet``: ``trial_id`` then exactly the fields of ``rnn.events.EvalRecord``.
+EVAL_SCHEMA: pa.Schema = _eval_schema()
+
+#: The fixed columns of ``throughput.parquet``; flattened config columns follow.
+THROUGHPUT_FIXED: pa.Schema = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("batch_size", pa.int64()),
+        ("status", pa.string()),  # ok | oom | error
+        ("samples_per_s", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("step_time_ms", pa.float64()),  # median
+        ("step_time_ms_max", pa.float64()),
+        ("peak_mem_mb", pa.float64()),
+        ("device", pa.string()),
+        ("device_name", pa.string()),
+        ("precision", pa.string()),
+        ("torch_version", pa.string()),
+        ("error", pa.string()),
+        ("is_best", pa.bool_()),
+    ]
+)
+
+
+# --- rows: flattening, type inference, validation ---------------------------------------------
+
+
+def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Flatten a nested config into dotted scalar columns: ``{"model": {"cell": "gru"}}`` ->
+    ``{"model.cell": "gru"}``.
+
+    Leaves become bool/int/float/str/None; lists and tuples become JSON strings, enums their
+    values, an empty mapping ``"{}"``, anything else ``str(value)``. Dataclasses are accepted.
+    """
+
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            node = dataclasses.asdict(node)
+        for key, value in node.items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = dataclasses.asdict(value)
+            name = f"{prefix}{key}"
+            if isinstance(value, Mapping) and value:
+                walk(value, name + ".")
+            else:
+                out[name] = "{}" if isinstance(value, Mapping) else _scalar(value)
+
+    walk(config, "")
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), default=str)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _kind(value: Any) -> str:
+    for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if isinstance(value, types):  # bool before int: True is an int to Python
+            return kind
+    return "other"
+
+
+def _column_type(values: list[Any], previous: Optional[pa.DataType] = None) -> pa.DataType:
+    """A config column's type from all its values and the type it had before.
+
+    Promotions only go up (null < bool, int64 < float64 < string; any other mix is string),
+    so a column's type is stable as trials arrive, are replaced, or hold None.
+    """
+    kinds = {_kind(v) for v in values if v is not None}
+    if not kinds:
+        typ = pa.null()
+    elif kinds == {"bool"}:
+        typ = pa.bool_()
+    elif kinds == {"int"}:
+        typ = pa.int64()
+    elif kinds <= {"int", "float"}:
+        typ = pa.float64()
+    else:
+        typ = pa.string()
+    if previous is None or previous == typ or pa.types.is_null(previous):
+        return typ
+    if pa.types.is_null(typ):
+        return previous
+    if {str(previous), str(typ)} == {"int64", "double"}:
+        return pa.float64()
+    return pa.string()
+
+
+def _coerce(value: Any, typ: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_float64(typ):
+        return float(value)
+    if pa.types.is_string(typ) and not isinstance(value, str):
+        return json.dumps(value)
+    return value
+
+
+def build_table(
+    fixed: pa.Schema, rows: list[dict[str, Any]], previous: Optional[pa.Schema] = None
+) -> pa.Table:
+    """Fixed columns with their declared types, then config columns in first-seen order,
+    each typed from its values and its type in ``previous`` (the schema on disk)."""
+    extra: dict[str, None] = {}
+    for row in rows:
+        extra.update((k, None) for k in row if k not in fixed.names and k not in extra)
+    fields, arrays = list(fixed), []
+    for f in fixed:
+        arrays.append(_array(f.name, [r.get(f.name) for r in rows], f.type))
+    for name in extra:
+        values = [r.get(name) for r in rows]
+        prev = previous.field(name).type if previous is not None and name in previous.names else None
+        typ = _column_type(values, prev)
+        fields.append(pa.field(name, typ))
+        arrays.append(_array(name, [_coerce(v, typ) for v in values], typ))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _array(name: str, values: list[Any], typ: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, type=typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+        raise ValueError(f"column {name!r}: cannot store {values!r} as {typ} ({e})") from e
+
+
+def enum_value(value: Any) -> Any:
+    """An enum's value (``TrialStatus.COMPLETED`` -> ``"completed"``); anything else unchanged."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _timestamp(value: Any, name: str) -> Optional[dt.datetime]:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise ValueError(
+            f"{name} must be a timezone-aware datetime or epoch seconds (got {value!r}); "
+            "use datetime.now(timezone.utc)"
+        )
+    return value.astimezone(dt.timezone.utc)
+
+
+def _merge_config(out: dict[str, Any], config: Mapping[str, Any], fixed: pa.Schema) -> None:
+    flat = flatten_config(config)
+    clash = sorted(set(flat) & set(fixed.names))
+    if clash:
+        raise ValueError(f"config keys {clash} clash with fixed result columns; rename them")
+    out.update(flat)
+
+
+def normalize_trial_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a trials row and flatten it for :func:`build_table` with :data:`TRIAL_FIXED`.
+
+    ``row`` holds fixed columns, plus the config as a nested ``"config"`` mapping or as dotted
+    keys. Raises ValueError naming an unknown column, a missing ``trial_id``, a status that is
+    not a :class:`~rnn.events.TrialStatus` value, or a naive timestamp.
+    """
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in row.items():
+        if key == "config":
+            _merge_config(out, value, TRIAL_FIXED)
+        elif key in TRIAL_FIXED.names:
+            out[key] = enum_value(value)
+        elif "." in key:
+            out[key] = _scalar(value)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"unknown trials column(s) {unknown}; expected {TRIAL_FIXED.names}, a nested "
+            "'config' mapping, or dotted config keys such as 'model.cell'"
+        )
+    tid = out.get("trial_id")
+    if not isinstance(tid, str) or not tid:
+        raise ValueError(f"a trial row needs a non-empty string trial_id (got {tid!r})")
+    if out.get("status") not in TERMINAL_STATUSES:
+        raise ValueError(
+            f"trial {tid}: status {out.get('status')!r} is not one of {sorted(TERMINAL_STATUSES)}"
+        )
+    for name in ("started_at", "finished_at"):
+        out[name] = _timestamp(out.get(name), name)
+    return out
+
+
+def eval_rows(trial_id: str, rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """``rows`` (``EvalRecord`` objects or mappings with exactly its fields) as
+    :data:`EVAL_SCHEMA` dicts of ``trial_id``; ValueError on any other set of fields."""
+    names = EVAL_SCHEMA.names[1:]
+    out = []
+    for row in rows:
+        d = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else dict(row)
+        if set(d) != set(names):
+            raise ValueError(
+                f"trial {trial_id}: an evaluation row has fields {sorted(d)}; expected exactly "
+                f"the EvalRecord fields {names}"
+            )
+        out.append({"trial_id": trial_id, **d})
+    return out
+
+
+def throughput_rows(
+    trial_id: str, config: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Validated :data:`THROUGHPUT_FIXED` rows of ``trial_id``, each with ``config`` flattened in.
+
+    When no row sets ``is_best``, the ``ok`` row with the highest finite samples/s is marked.
+    """
+    flat: dict[str, Any] = {}
+    _merge_config(flat, config, THROUGHPUT_FIXED)
+    out = []
+    for row in rows:
+        d = {k: enum_value(v) for k, v in row.items()}
+        unknown = sorted(set(d) - set(THROUGHPUT_FIXED.names))
+        if unknown:
+            raise ValueError(
+                f"trial {trial_id}: unknown throughput field(s) {unknown}; expected {THROUGHPUT_FIXED.names[1:]}"
+            )
+        if d.setdefault("trial_id", trial_id) != trial_id:
+            raise ValueError(f"a throughput row of trial {trial_id} names trial {d['trial_id']!r}")
+        if d.get("status") not in THROUGHPUT_STATUSES:
+            raise ValueError(
+                f"trial {trial_id}: throughput status {d.get('status')!r} is not one of {THROUGHPUT_STATUSES}"
+            )
+        out.append({**d, **flat})
+    if all(r.get("is_best") is None for r in out):
+        ok = [r for r in out if r["status"] == "ok" and _finite(r.get("samples_per_s"))]
+        best = max(ok, key=lambda r: r["samples_per_s"]) if ok else None
+        for r in out:
+            r["is_best"] = r is best
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,103 @@
+"""Faults on real local Ray: lost workers are retried, OOM / NaN / errors are recorded, not retried;
+a driver killed with SIGKILL resumes without losing or duplicating a trial."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, TINY_SPEC, ray_env, run_cli, write_spec
+from orchestrator.spec import load_spec
+from orchestrator.sweep import expand
+
+
+def _ids_by_cell_seed(spec_path: Path) -> dict[tuple[str, int], str]:
+    return {(t.config["model"]["cell"], t.config["train"]["seed"]): t.trial_id for t in expand(load_spec(spec_path))}
+
+
+def test_lost_worker_is_retried_and_unfixable_errors_are_recorded(tmp_path: Path) -> None:
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(name="faults", output=str(tmp_path / "results"))
+    spec["train"]["max_steps"] = 30
+    spec_path = write_spec(tmp_path / "faults.yaml", spec)
+    ids = _ids_by_cell_seed(spec_path)
+    lost, oom, nan, bug = ids[("lstm", 0)], ids[("lstm", 1)], ids[("gru", 0)], ids[("gru", 1)]
+    faults = [
+        # The worker process dies after its first checkpoint (step 10), on the first attempt only.
+        {"trial": lost, "kind": "exit", "at_step": 15, "attempts": [1]},
+        {"trial": oom, "kind": "oom", "at_step": 5},
+        {"trial": nan, "kind": "nan", "at_step": 12},
+        {"trial": bug, "kind": "error", "at_step": 3},
+    ]
+    env = ray_env(tmp_path, {"RNN_ORCH_FAULTS": json.dumps(faults)})
+    proc = run_cli(["run", str(spec_path)], env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out  # a trial failed (a bug in trainer code): exit status 1
+    assert "Traceback" not in proc.stderr
+
+    rows = {r["trial_id"]: r for r in pq.read_table(tmp_path / "results" / "faults" / "trials.parquet").to_pylist()}
+    assert len(rows) == 4
+    # Lost worker: retried on a fresh actor from the driver's checkpoint, then completed.
+    assert rows[lost]["status"] == "completed" and rows[lost]["attempts"] == 2 and rows[lost]["steps"] == 30
+    assert "retrying (attempt 2) from checkpoint at step 10" in out
+    # Out of memory: recorded, not retried.
+    assert rows[oom]["status"] == "oom" and rows[oom]["attempts"] == 1
+    assert "OutOfMemoryError" in rows[oom]["error"]
+    # NaN: the engine's divergence check says where.
+    assert rows[nan]["status"] == "diverged" and "non-finite at step 13" in rows[nan]["error"]
+    # An exception in trainer code: failed, with type, message and the worker's traceback.
+    assert rows[bug]["status"] == "failed" and rows[bug]["attempts"] == 1
+    assert rows[bug]["error"].startswith("RuntimeError: injected fault at step 3")
+    assert "Traceback (most recent call last)" in rows[bug]["error"]
+    evals = pq.read_table(tmp_path / "results" / "faults" / "evals.parquet").to_pylist()
+    assert sorted(e["step"] for e in evals if e["trial_id"] == lost) == [10, 20, 30]  # no duplicates after retry
+    assert "## Failures (3)" in (tmp_path / "results" / "faults" / "report.md").read_text()
+
+
+def test_driver_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(name="killme", output=str(tmp_path / "results"))
+    spec["resources"]["max_concurrent"] = 1
+    spec["train"]["max_steps"] = 40
+    spec_path = write_spec(tmp_path / "killme.yaml", spec)
+    job = tmp_path / "results" / "killme"
+    env = ray_env(tmp_path)
+    # A session of its own: the driver and the Ray processes it starts form one process group we own.
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(spec_path)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (job / "trials.parquet").exists() and len(pq.read_table(job / "trials.parquet")) >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {r["trial_id"]: r for r in pq.read_table(job / "trials.parquet").to_pylist()}
+    assert 1 <= len(before) < 4
+
+    rerun = run_cli(["run", str(spec_path)], env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"skipping {len(before)} finished trials" in rerun.stdout
+    rows = pq.read_table(job / "trials.parquet").to_pylist()
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert {r["status"] for r in rows} == {"completed"}
+    for r in rows:  # finished trials were not retrained
+        if r["trial_id"] in before:
+            assert r["finished_at"] == before[r["trial_id"]]["finished_at"]
+    evals = pq.read_table(job / "evals.parquet").to_pylist()
+    assert len(evals) == 4 * 4 and len({(e["trial_id"], e["step"]) for e in evals}) == 16
