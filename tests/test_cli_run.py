@@ -1,0 +1,82 @@
+"""`run` with bad input: exit status 2, one clear line, no traceback, nothing dispatched or written."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_SPEC, write_spec
+from orchestrator.cli import main
+from orchestrator.lock import JobLock
+from orchestrator.runner import RAY_JOB_ENV, UsageError, resolve_job_dir
+from orchestrator.spec import load_spec
+
+
+def _spec(tmp_path: Path, **data: object) -> Path:
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(name="bad", output=str(tmp_path / "results"))
+    spec["data"].update(data)
+    return write_spec(tmp_path / "bad.yaml", spec)
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"", "empty"),
+        (b"caf\xe9 au lait " * 100, "UTF-8"),
+        (b"too short", "window"),
+    ],
+    ids=["empty", "not-utf8", "shorter-than-a-window"],
+)
+def test_bad_corpus_file_is_refused_before_dispatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, content: bytes, expected: str
+) -> None:
+    monkeypatch.setenv("RNN_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    spec_path = _spec(tmp_path, corpus=str(corpus))
+    assert main(["run", str(spec_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec_path}: data" in err and expected in err and "corpus.txt" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_unusable_output_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec_path = _spec(tmp_path)
+    assert main(["run", str(spec_path), "--output", str(blocker / "results")]) == 2
+    err = capsys.readouterr().err
+    assert str(blocker) in err and "Traceback" not in err
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_path = _spec(tmp_path)
+    with JobLock(tmp_path / "results" / "bad"):
+        assert main(["run", str(spec_path)]) == 2
+    err = capsys.readouterr().err
+    assert "another run" in err and "Traceback" not in err
+
+
+def test_relative_output_under_ray_job_submit_must_be_absolute(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "rel.yaml", dict(TINY_SPEC, output="results")))
+    with pytest.raises(UsageError, match="ray job submit"):
+        resolve_job_dir(spec, None, environ={RAY_JOB_ENV: "{}"})
+    assert resolve_job_dir(spec, str(tmp_path / "abs"), environ={RAY_JOB_ENV: "{}"}) == str(tmp_path / "abs" / "tiny")
+    assert resolve_job_dir(spec, "s3://bucket/runs", environ={}) == "s3://bucket/runs/tiny"
+    assert resolve_job_dir(spec, None, environ={}) == str((Path.cwd() / "results" / "tiny").resolve())
+
+
+def test_run_with_a_bad_spec_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(output=str(tmp_path / "results"))
+    spec["model"]["hidden_size"] = 10**12
+    spec["train"]["lr"] = -1
+    spec_path = write_spec(tmp_path / "bad.yaml", spec)
+    assert main(["run", str(spec_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec_path}: model.hidden_size" in err and f"{spec_path}: train.lr" in err
+    assert not (tmp_path / "results").exists()
