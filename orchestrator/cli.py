@@ -101,28 +101,13 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job spec: every unfinished trial on Ray, then the report."""
-    import signal
-    import threading
-
     from orchestrator.results import ResultsError
-    from orchestrator.runner import UsageError, run_job
+    from orchestrator.runner import EXIT_INTERRUPTED, UsageError, run_job
 
     if load_or_report(args.spec) is None:
         return EXIT_BAD_SPEC
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set():  # a second Ctrl-C: stop waiting for the clean shutdown
-            raise KeyboardInterrupt
-        logging.getLogger("orchestrator").warning(
-            "%s received: stopping running trials and writing what finished (again to force)",
-            signal.Signals(signum).name,
-        )
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        outcome = run_job(args.spec, address=args.address, output=args.output, fresh=args.fresh, stop=stop)
+        outcome = run_job(args.spec, address=args.address, output=args.output, fresh=args.fresh)
     except (UsageError, SpecError) as e:
         lines = e.lines(args.spec) if isinstance(e, SpecError) else [f"{args.spec}: {e}"]
         for line in lines:
@@ -131,9 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return outcome.exit_code
 
 

@@ -7,8 +7,10 @@ Ray → dispatch → report. Bad input (a bad spec, an output folder that cannot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,31 @@ def connect(address: Optional[str]) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event):
+    """SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt).
+
+    Installed *after* ``ray.init``, which puts in a handler of its own that aborts the process.
+    """
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("%s received: stopping running trials, keeping what finished (again to force)",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are delivered to the main thread only
+        return
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def preflight_data(trials: list) -> None:
     """Load, split and tokenize every distinct corpus once, before anything is dispatched.
 
@@ -162,7 +189,8 @@ def run_job(
                     data_dir=os.environ.get("RNN_DATA_DIR"),
                     stop=stop,
                 )
-                summary = dispatcher.run()
+                with stop_on_signals(dispatcher.stop):
+                    summary = dispatcher.run()
                 manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
                 write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
             finally:

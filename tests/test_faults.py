@@ -101,3 +101,32 @@ def test_driver_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) 
             assert r["finished_at"] == before[r["trial_id"]]["finished_at"]
     evals = pq.read_table(job / "evals.parquet").to_pylist()
     assert len(evals) == 4 * 4 and len({(e["trial_id"], e["step"]) for e in evals}) == 16
+
+
+def test_sigterm_stops_the_sweep_writes_what_finished_and_says_interrupted(tmp_path: Path) -> None:
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(name="term", output=str(tmp_path / "results"))
+    spec["resources"]["max_concurrent"] = 1
+    spec["train"]["max_steps"] = 40
+    spec_path = write_spec(tmp_path / "term.yaml", spec)
+    job = tmp_path / "results" / "term"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(spec_path)],
+        cwd=REPO, env=ray_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in driver.stdout:  # wait until the first trial has finished and the second runs
+            if "progress: 1/4 done" in line:
+                break
+        driver.send_signal(signal.SIGTERM)
+        out, _ = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, out
+    assert "SIGTERM received" in out and "interrupted" in out and "Traceback" not in out
+    rows = pq.read_table(job / "trials.parquet").to_pylist()
+    assert 1 <= len(rows) < 4 and {r["status"] for r in rows} == {"completed"}
+    assert (job / "report.html").is_file()
