@@ -9,6 +9,8 @@ event as it happens. Events are plain dicts:
 - ``{"kind": "checkpoint", "step": int, "data": bytes}``: the new best checkpoint travels to
   the driver, so a multi-node cluster needs no shared filesystem;
 - ``{"kind": "end", "result": TrainResult}``
+- ``{"kind": "row", "row": ThroughputRow}``: one measured batch size (throughput trials),
+  followed by ``{"kind": "end", "result": None}``;
 - ``{"kind": "error", "oom": bool, "error": str}``: an exception inside the trainer, with the
   worker's traceback. Always the last event when present.
 
@@ -26,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from orchestrator.faults import Fault, step_hook
+from orchestrator.faults import Fault, batch_hook, step_hook
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,32 @@ class TrainerActor:
             yield {"kind": "error", "oom": oom, "error": format_exception(exc)}
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+    def throughput(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        attempt: int = 1,
+        fault: Optional[Fault] = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Measure one throughput trial, yielding a ``row`` event per batch size."""
+        from rnn.config import RunConfig, ThroughputConfig
+        from rnn.errors import is_out_of_memory
+        from rnn.throughput import iter_throughput
+
+        tp = ThroughputConfig(**config["throughput"])
+        hook = batch_hook(fault) if fault and fault.applies(trial_id, attempt) else None
+        try:
+            yield {"kind": "start", "info": {"host": socket.gethostname(), "pid": os.getpid()}}
+            for row in iter_throughput(
+                RunConfig.from_dict(config), tp, num_threads=self._num_threads, data_dir=self._data_dir,
+                batch_hook=hook,
+            ):
+                yield {"kind": "row", "row": row}
+            yield {"kind": "end", "result": None}
+        except Exception as exc:  # set-up failures; per-size errors are rows
+            yield {"kind": "error", "oom": is_out_of_memory(exc), "error": format_exception(exc)}
 
 
 def _release_device_memory() -> None:

@@ -50,6 +50,7 @@ class _Task:
     started_at: Optional[datetime] = None
     started_mono: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    rows: list[Any] = field(default_factory=list)  # throughput rows
 
 
 @dataclass
@@ -162,6 +163,7 @@ class Dispatcher:
                         ray.kill(actor)
                         if task.attempt <= self.res.max_retries:
                             task.attempt += 1
+                            task.rows = []
                             pending.appendleft(task)
                             how = f"from checkpoint at step {task.resume_step}" if task.resume else "from scratch"
                             progress.trial_requeued(task.tag, f"retrying (attempt {task.attempt}) {how}")
@@ -199,7 +201,10 @@ class Dispatcher:
 
     def _launch(self, actor: Any, task: _Task) -> Any:
         fault = next((f for f in self.faults if f.applies(task.trial.trial_id, task.attempt)), None)
-        return actor.run.remote(task.trial.trial_id, task.trial.config, task.attempt, task.resume, fault)
+        t = task.trial
+        if "throughput" in t.config:
+            return actor.throughput.remote(t.trial_id, t.config, task.attempt, fault)
+        return actor.run.remote(t.trial_id, t.config, task.attempt, task.resume, fault)
 
     def _advance(self, gen: Any, task: _Task, progress: Progress) -> Optional[str]:
         """Handle the next event of ``gen``; a non-None return means the trial left its actor."""
@@ -223,12 +228,16 @@ class Dispatcher:
         if kind == "start":
             info = event["info"]
             task.info.update(info)
-            self.corpora[info["corpus"]] = info["corpus_sha256"]
-            device = {k: info.get(k) for k in ("host", "device", "device_name", "precision")}
-            if device not in self.devices:
-                self.devices.append(device)
-            progress.line(task.tag, f"running on {event['info']['host']} ({event['info']['device']}, "
-                          f"{event['info']['precision']}, {event['info']['params']:,} params)")
+            if "corpus" in info:
+                self.corpora[info["corpus"]] = info["corpus_sha256"]
+            if "device" in info:
+                device = {k: info.get(k) for k in ("host", "device", "device_name", "precision")}
+                if device not in self.devices:
+                    self.devices.append(device)
+                progress.line(task.tag, f"running on {info['host']} ({info['device']}, {info['precision']}, "
+                              f"{info['params']:,} params)")
+            else:
+                progress.line(task.tag, f"running on {info['host']}")
         elif kind == "eval":
             r = event["record"]
             progress.line(
@@ -236,19 +245,44 @@ class Dispatcher:
                 f"step {r.step}: train {r.train_loss:.4f}, val {r.val_loss:.4f} ({r.val_bpc:.3f} bpc, "
                 f"acc {r.val_accuracy:.3f}), {r.samples_per_s:,.0f} samples/s",
             )
+        elif kind == "row":
+            row = event["row"]
+            task.rows.append(row)
+            task.info.update(device=row.device, precision=row.precision)
+            speed = f"{row.samples_per_s:,.0f} samples/s, {row.step_time_ms:.1f} ms/step" if row.status == "ok" else (
+                (row.error or "").splitlines()[0] if row.error else "")
+            progress.line(task.tag, f"batch {row.batch_size}: {row.status} {speed}".rstrip())
         elif kind == "checkpoint":
             task.resume, task.resume_step = event["data"], event["step"]
             self.store.write_checkpoint_bytes(task.trial.trial_id, event["data"])
         elif kind == "end":
             result = event["result"]
-            self._finish(task, progress, result.status.value, result, result.error)
+            if result is None:  # a throughput trial: its rows are the result
+                self._finish_throughput(task, progress)
+            else:
+                self._finish(task, progress, result.status.value, result, result.error)
             return "done"
         elif kind == "error":
             self._finish(task, progress, "oom" if event["oom"] else "failed", None, event["error"])
             return "done"
         return None
 
-    def _finish(self, task: _Task, progress: Progress, status: str, result: Any, error: Optional[str]) -> None:
+    def _finish_throughput(self, task: _Task, progress: Progress) -> None:
+        from dataclasses import asdict
+
+        from rnn.throughput import mark_best
+
+        task.rows = mark_best(task.rows)
+        self.store.replace_throughput(task.trial.trial_id, task.trial.config, [asdict(r) for r in task.rows])
+        errors = [r for r in task.rows if r.status == "error"]
+        status = "failed" if errors and len(errors) == len(task.rows) else "completed"
+        error = errors[0].error if errors else None
+        self._finish(task, progress, status, None, error, summary=_best_line(task.rows))
+
+    def _finish(
+        self, task: _Task, progress: Progress, status: str, result: Any, error: Optional[str],
+        summary: Optional[str] = None,
+    ) -> None:
         from orchestrator.results import trial_row
 
         finished = datetime.now(timezone.utc)
@@ -269,12 +303,21 @@ class Dispatcher:
             self.store.replace_evals(task.trial.trial_id, list(result.evals))
         self.statuses[status] += 1
         duration = time.monotonic() - task.started_mono
-        if result is not None and result.best_val_loss is not None:
+        if summary is not None:
+            msg = f"{status}: {summary} in {format_duration(duration)}"
+        elif result is not None and result.best_val_loss is not None:
             msg = (f"{status}: best val {result.best_val_loss:.4f} ({result.best_val_bpc:.3f} bpc) at step "
                    f"{result.best_step}, {result.steps} steps in {format_duration(duration)}")
         else:
             msg = f"{status}: {(error or '').splitlines()[0] if error else 'no evaluation'}"
         progress.trial_finished(task.tag, msg, duration, ok=status in ("completed", "early_stopped"))
+
+
+def _best_line(rows: list[Any]) -> str:
+    best = next((r for r in rows if r.is_best), None)
+    ooms = [r.batch_size for r in rows if r.status == "oom"]
+    text = f"best batch {best.batch_size}: {best.samples_per_s:,.0f} samples/s" if best else "no batch size ran"
+    return text + (f"; out of memory at {ooms}" if ooms else "")
 
 
 def _checkpoint_step(data: bytes) -> Optional[int]:

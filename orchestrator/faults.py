@@ -12,6 +12,9 @@ environment for them. Each fault::
 - ``error`` raises a ``RuntimeError``;
 - ``exit`` kills the worker process with ``os._exit`` (a lost actor, like a SIGKILL).
 
+For throughput trials ``at_batch_size`` names the batch size at which an ``oom`` or ``error``
+fault is raised (before it is measured).
+
 ``attempts`` (default: every attempt) limits the fault to those attempts of the trial, so a
 test can kill attempt 1 and let the retry succeed.
 """
@@ -33,6 +36,7 @@ class Fault:
     kind: str
     at_step: int = 1
     attempts: tuple[int, ...] = field(default_factory=tuple)
+    at_batch_size: Optional[int] = None
 
     def applies(self, trial_id: str, attempt: int) -> bool:
         return self.trial in ("*", trial_id) and (not self.attempts or attempt in self.attempts)
@@ -51,6 +55,7 @@ def faults_from_env(environ: Optional[dict[str, str]] = None) -> list[Fault]:
                 kind=str(d["kind"]),
                 at_step=int(d.get("at_step", 1)),
                 attempts=tuple(int(a) for a in d.get("attempts", ())),
+                at_batch_size=int(d["at_batch_size"]) if d.get("at_batch_size") is not None else None,
             )
             for d in items
         ]
@@ -62,22 +67,39 @@ def faults_from_env(environ: Optional[dict[str, str]] = None) -> list[Fault]:
     return faults
 
 
+def _raise(fault: Fault, where: str) -> None:
+    import torch
+
+    if fault.kind == "oom":
+        raise torch.OutOfMemoryError(f"CUDA out of memory. (injected fault at {where})")
+    if fault.kind == "error":
+        raise RuntimeError(f"injected fault at {where}")
+    if fault.kind == "exit":
+        os._exit(137)
+
+
+def batch_hook(fault: Fault) -> Callable[[int], None]:
+    """A throughput ``batch_hook`` that triggers ``fault`` at its batch size."""
+
+    def hook(batch_size: int) -> None:
+        if fault.at_batch_size is None or batch_size == fault.at_batch_size:
+            _raise(fault, f"batch size {batch_size}")
+
+    return hook
+
+
 def step_hook(fault: Fault) -> Callable[[int, Any], None]:
     """A trainer ``step_hook`` that triggers ``fault`` once the run reaches its step."""
 
     def hook(step: int, model: Any) -> None:
         if step < fault.at_step:
             return
-        import torch
-
-        if fault.kind == "oom":
-            raise torch.OutOfMemoryError(f"CUDA out of memory. (injected fault at step {step})")
         if fault.kind == "nan":
+            import torch
+
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
-        elif fault.kind == "error":
-            raise RuntimeError(f"injected fault at step {step}")
-        elif fault.kind == "exit":
-            os._exit(137)
+        else:
+            _raise(fault, f"step {step}")
 
     return hook
