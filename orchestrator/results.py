@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 
 # Re-exported: importers keep using ``orchestrator.results`` for every name of __all__ (and the
 # job folder's file names), wherever each now lives.
-from orchestrator.lock import LOCK_FILE, JobLock, ResultsLockedError
-from orchestrator.manifest import MANIFEST_FILE, package_versions, read_manifest, write_manifest
+from orchestrator.lock import JobLock, ResultsLockedError
+from orchestrator.manifest import package_versions, read_manifest, write_manifest
 from orchestrator.storage import ResultsError, Storage, open_storage
 from orchestrator.tables import (
     EVAL_SCHEMA,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
+from rnn.atomic import atomic_write
 from rnn.errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
@@ -26,20 +26,8 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(source: Union[PathLike, bytes], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:

@@ -19,12 +19,13 @@ import hashlib
 import logging
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
+
+from rnn.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def _load_shakespeare(data_dir: Optional[PathLike], *, url: str, timeout: float)
             f"Nothing was saved; check the URL or save a verified copy as {target}"
         )
     try:
-        _atomic_write_bytes(target, data)
+        atomic_write(target, lambda f: f.write(data))
     except OSError as e:
         raise CorpusError(
             f"corpus 'shakespeare': downloaded it but could not save it to {target} ({e}); "
@@ -182,21 +183,6 @@ def _download(url: str, timeout: float) -> bytes:
     logger.info("downloading %s", url)
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL by default)
         return response.read()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_path(path: Path) -> Corpus:

@@ -21,15 +21,14 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from rnn.atomic import atomic_write
 from rnn.config import DEFAULT_VOCAB_SIZE, LEVELS
 from rnn.corpus import cache_root
 
@@ -265,7 +264,7 @@ def build_tokenizer(
     logger.info("training %s tokenizer (vocab cap %d) on %d chars", level, size, len(train_text))
     hf = _TRAIN[level](train_text, size)
     try:
-        _atomic_save(hf, path)
+        atomic_write(path, lambda f: f.write(hf.to_str().encode("utf-8")))
     except OSError as e:  # a read-only cache costs a retrain next time, nothing more
         logger.warning("could not cache the %s tokenizer at %s (%s)", level, path, e)
     return cls(hf)
@@ -275,19 +274,6 @@ def _file_safe_key(key: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key):
         return key
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-
-
-def _atomic_save(tok: HFTokenizer, path: Path) -> None:
-    """Save via a temp file and rename: concurrent runs never read a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tok.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tokenizer_from_state(state: dict[str, Any]) -> Tokenizer:

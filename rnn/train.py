@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 BEST_CHECKPOINT = "best.pt"
 #: Read the device-side divergence flag and the wall clock at most this many steps apart.
 CHECK_EVERY = 50
+#: Validation needs no backward pass, so it runs in batches of up to this many logits
+#: (256 MB in fp32), never fewer rows than the training batch: small training batches would
+#: otherwise make evaluation a long loop of tiny kernels.
+EVAL_LOGITS_BUDGET = 2**26
+EVAL_MAX_BATCH = 1024
+
+
+def eval_batch_size(train_batch: int, seq_len: int, vocab_size: int) -> int:
+    """Rows per validation batch: as many as the logits budget allows, within [train_batch, 1024]."""
+    return max(train_batch, min(EVAL_MAX_BATCH, EVAL_LOGITS_BUDGET // max(1, seq_len * vocab_size)))
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -287,7 +297,8 @@ class Trainer:
         nll = torch.zeros((), dtype=torch.float64, device=train_loss.device)
         correct = torch.zeros((), dtype=torch.long, device=train_loss.device)
         count = 0
-        for window in data.val_batches(self.config.train.batch_size):  # (b, T+1)
+        rows = eval_batch_size(self.config.train.batch_size, data.seq_len, data.vocab_size)
+        for window in data.val_batches(rows):  # (b, T+1)
             with autocast:
                 logits = model(window).logits  # (b, T, V); forward direction only
             targets = window[:, 1:]

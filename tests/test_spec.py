@@ -14,7 +14,6 @@ from orchestrator.errors import Problem, SpecError
 from orchestrator.spec import (
     DataSpec,
     EarlyStoppingSpec,
-    JobSpec,
     ModelSpec,
     ThroughputSpec,
     TrainSpec,
