@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from orchestrator.actor import TrainerActor
+from orchestrator.errors import UsageError
 from orchestrator.faults import Fault
 from orchestrator.progress import Progress, format_duration, trial_label
 from orchestrator.results import ResultsStore
@@ -88,6 +89,8 @@ class Dispatcher:
         faults: injected faults (chaos drills), see :mod:`orchestrator.faults`.
         data_dir: corpus directory passed to the workers.
         stop: set by a signal handler to stop the sweep early.
+        wait_for_resources: on a cluster that cannot fit a trial yet, wait for an autoscaler
+            instead of failing (an existing cluster; never for embedded local Ray).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Dispatcher:
         faults: tuple[Fault, ...] = (),
         data_dir: Optional[str] = None,
         stop: Optional[threading.Event] = None,
+        wait_for_resources: bool = False,
     ) -> None:
         self.trials = trials
         self.res = resources
@@ -108,6 +112,7 @@ class Dispatcher:
         self.faults = faults
         self.data_dir = data_dir
         self.stop = stop or threading.Event()
+        self.wait_for_resources = wait_for_resources
         self.statuses: collections.Counter[str] = collections.Counter()
         #: What the trials reported at start, for the manifest: corpus name -> sha256, and
         #: one entry per distinct (host, device, device name).
@@ -123,17 +128,21 @@ class Dispatcher:
             self.res.max_concurrent, self.res.cpus_per_trial, self.res.gpus_per_trial, ray.cluster_resources()
         )
         if slots < 1 and self.trials:
-            raise RuntimeError(
-                f"the cluster cannot fit one trial: each asks for {self.res.cpus_per_trial} CPU and "
-                f"{self.res.gpus_per_trial} GPU, the cluster has {ray.cluster_resources()}"
-            )
+            need = f"each trial asks for {self.res.cpus_per_trial} CPU and {self.res.gpus_per_trial} GPU"
+            if not self.wait_for_resources:
+                raise UsageError(
+                    f"resources: this machine cannot fit one trial: {need}, it has {ray.cluster_resources()}; "
+                    "lower resources.cpus_per_trial / gpus_per_trial"
+                )
+            log.warning("the cluster cannot fit a trial yet (%s); waiting for the autoscaler to add nodes", need)
+            slots = 1
         slots = min(slots, len(self.trials)) or 1
         progress = Progress(len(self.trials), slots)
         log.info(
             "running %d trials (%d finished earlier, skipped) on %d actors of %s CPU / %s GPU each",
             len(self.trials), skipped, slots, self.res.cpus_per_trial, self.res.gpus_per_trial,
         )
-        pending: collections.deque[_Task] = collections.deque(self._task(i, t) for i, t in enumerate(self.trials))
+        pending: collections.deque[_Task] = collections.deque(self._task(t) for t in self.trials)
         idle: list[Any] = []
         running: dict[Any, tuple[Any, _Task]] = {}
         actor_cls = ray.remote(TrainerActor).options(
@@ -174,6 +183,10 @@ class Dispatcher:
                         self._finish(task, progress, "oom", None, task.info.get("lost_reason"))
                     else:
                         idle.append(actor)
+                if not pending:
+                    # An idle actor keeps its reservation: free it for actors still waiting to start.
+                    while idle:
+                        ray.kill(idle.pop())
         finally:
             for actor in idle + [a for a, _ in running.values()]:
                 ray.kill(actor)
@@ -186,7 +199,7 @@ class Dispatcher:
         return SweepSummary(self.total, skipped, dict(self.statuses), interrupted)
 
     # ------------------------------------------------------------------ pieces
-    def _task(self, index: int, trial: Trial) -> _Task:
+    def _task(self, trial: Trial) -> _Task:
         tag = f"{trial.index + 1}/{self.total} {trial.trial_id}"
         label = trial_label(trial.overrides)
         task = _Task(trial=trial, tag=f"{tag} {label}".strip())

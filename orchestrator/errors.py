@@ -214,3 +214,8 @@ def problems_from_pydantic(error: Any, root: type, prefix: tuple[Any, ...] = ())
                 got = _MISSING  # a whole-mapping check names the values it compared itself
             problems.append(Problem(path, message, got=got))
     return problems
+
+
+class UsageError(Exception):
+    """Bad input that is not in the spec file itself (an unusable output folder, a corpus that is
+    too short, a machine that cannot fit a trial); the CLI prints it and exits with status 2."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from orchestrator.errors import UsageError
 from orchestrator.faults import faults_from_env
 from orchestrator.results import (
     TERMINAL_STATUSES,
@@ -36,10 +37,6 @@ RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 SKIP_STATUSES = TERMINAL_STATUSES - {"failed"}
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
-    """Bad input that the user must fix; the CLI prints it and exits with status 2."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +185,7 @@ def run_job(
                     faults=faults,
                     data_dir=os.environ.get("RNN_DATA_DIR"),
                     stop=stop,
+                    wait_for_resources=not started_here,
                 )
                 with stop_on_signals(dispatcher.stop):
                     summary = dispatcher.run()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPEC, write_spec
+from conftest import TINY_SPEC, ray_env, write_spec
 from orchestrator.cli import main
 from orchestrator.lock import JobLock
 from orchestrator.runner import RAY_JOB_ENV, UsageError, resolve_job_dir
@@ -80,3 +80,17 @@ def test_run_with_a_bad_spec_writes_nothing(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert f"{spec_path}: model.hidden_size" in err and f"{spec_path}: train.lr" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_trial_bigger_than_this_machine_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in ray_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(output=str(tmp_path / "results"))
+    spec["resources"]["cpus_per_trial"] = 512
+    assert main(["run", str(write_spec(tmp_path / "big.yaml", spec))]) == 2
+    err = capsys.readouterr().err
+    assert "cannot fit one trial" in err and "cpus_per_trial" in err and "Traceback" not in err
