@@ -1,0 +1,123 @@
+"""``python -m bench``: engine-vs-baseline ratios and sweep dispatch figures, as a table and JSON.
+
+Every line is a ratio of two things timed alternately in this run; see ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+PARTS = ("cells", "trainer", "dispatch")
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+#: Per-device defaults: (timed steps per block, rounds, warm-up steps, dispatch steps per trial).
+DEFAULTS = {"cpu": (2, 5, 2, 150), "cuda": (20, 6, 10, 150), "mps": (5, 4, 3, 150)}
+#: Trainer comparison: windows per run (the first is warm-up and dropped).
+TRAINER_WINDOWS = 4
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default auto)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny shape, one step per block and a 2-trial sweep: checks the harness runs; figures mean nothing")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per block in ratios 1-2 (default 2 on CPU, 20 on CUDA); ratio 3's windows are twice that")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternations of engine and baseline in ratios 1-2 (default 5 CPU, 6 CUDA); ratio 3 runs one fewer")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per side before timing")
+    p.add_argument("--full-shapes", action="store_true", help="on the CPU, use the full batch sizes (slow: 10-20 s a step)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: 1 on the CPU, see docs/benchmarks.md; torch's default elsewhere)")
+    p.add_argument("--amp", default="auto", help="the engine's amp setting (auto | off | bf16 | fp16; default auto)")
+    p.add_argument("--only", action="append", choices=PARTS, help="run only these parts (repeatable)")
+    p.add_argument("--skip", action="append", choices=PARTS, default=[], help="skip these parts (repeatable)")
+    p.add_argument("--dispatch-trials", type=int, default=8, help="trials in the dispatch sweep (default 8)")
+    p.add_argument("--dispatch-steps", type=int, default=None, help="training steps per dispatch trial (default 150)")
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default bench/out/bench-<date>.json)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (progress of every part)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import torch
+
+    from bench.common import QUICK_SHAPES, SHAPES, format_table, machine, write_json
+    from bench.dispatch import format_dispatch
+    from bench.dispatch import measure as measure_dispatch
+    from bench.engine import compare_cells, compare_trainer, prepare
+    from rnn.device import detect_device
+
+    device = detect_device(args.device)
+    # One thread on the CPU by default: the ratios compare code paths, not thread scaling, and on
+    # a shared machine a 2-thread OpenMP step stalls whenever a sibling thread is descheduled
+    # (10-20x slower steps on the 2-core dev VM while other jobs ran; 1 thread stayed steady).
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    block, rounds, warmup, dispatch_steps = DEFAULTS.get(device.type, DEFAULTS["cpu"])
+    if args.quick:
+        block, rounds, warmup, dispatch_steps = 1, 1, 1, 4
+    block = args.steps or block
+    rounds = args.rounds or rounds
+    warmup = args.warmup if args.warmup is not None else warmup
+    dispatch_steps = args.dispatch_steps or dispatch_steps
+    dispatch_trials = 2 if args.quick and args.dispatch_trials == 8 else args.dispatch_trials
+    parts = [p for p in (args.only or PARTS) if p not in args.skip]
+
+    meta = machine(device)
+    settings = {"steps_per_block": block, "rounds": rounds, "warmup": warmup, "amp": args.amp,
+                "quick": args.quick, "full_shapes": args.full_shapes, "parts": parts, "threads": threads,
+                "argv": list(argv) if argv is not None else sys.argv[1:]}
+    print(f"bench on {meta['device']} ({meta['device_name']}); CPU {meta['cpu_model']} x{meta['cpu_count']}, "
+          f"{meta['torch_threads']} torch threads; torch {meta['torch_version']}; {meta['date']}")
+    print(f"settings: {block} timed step(s) per block, {rounds} round(s), {warmup} warm-up step(s); parts {', '.join(parts)}")
+    t0 = time.perf_counter()
+
+    ratios = []
+    for base in (QUICK_SHAPES if args.quick else SHAPES) if {"cells", "trainer"} & set(parts) else ():
+        shape = base.on(device, args.full_shapes)
+        if shape.batch_size != base.batch_size:
+            print(f"  {shape.name}: batch {base.batch_size} -> {shape.batch_size} on the CPU (--full-shapes for the full batch)")
+        data = prepare(shape, device)
+        if "cells" in parts:
+            ratios += compare_cells(shape, device, data, amp=args.amp, warmup=warmup, block=block, rounds=rounds)
+        if "trainer" in parts:
+            ratios.append(compare_trainer(shape, device, data, amp=args.amp, window=2 * block,
+                                          windows=TRAINER_WINDOWS, rounds=max(1, rounds - 1)))
+        del data
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if ratios:
+        print()
+        print(format_table(ratios))
+
+    dispatch: Optional[dict[str, Any]] = None
+    if "dispatch" in parts:
+        dispatch = measure_dispatch(trials=dispatch_trials, steps=dispatch_steps)
+        print()
+        print(format_dispatch(dispatch))
+
+    elapsed = time.perf_counter() - t0
+    print(f"\n{elapsed:.0f}s. Ratios compare sides timed alternately in this run; on a shared machine the"
+          " absolute figures are noisy.")
+    out = args.out or OUT_DIR / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    payload = {"machine": meta, "settings": settings, "elapsed_s": elapsed,
+               "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch}
+    print(f"wrote {write_json(out, payload)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Smoke tests of the benchmark harness (bench/): tiny settings, CPU, no timing assertions.
+
+The sweep-dispatch part starts Ray, which alone takes longer than this file's budget, so it is
+covered here only through the functions that turn ``trials.parquet`` rows into figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+# bench/ is a script folder, not an installed package: `python -m pytest` from the repo root
+# finds it, plain `pytest` needs the root on the path.
+
+from bench.__main__ import main as bench_main  # noqa: E402
+from bench.common import Shape  # noqa: E402
+from bench.dispatch import format_dispatch, overheads_in_start_order  # noqa: E402
+from bench.engine import BareLM, bare_step, run_config  # noqa: E402
+from bench.jobs import format_rows, load_trials, run_spec  # noqa: E402
+
+SMALL_THROUGHPUT_SPEC = """\
+name: bench-smoke
+kind: throughput
+data: {corpus: builtin, level: char, seq_len: 8}
+model: {cell: lstm, embedding_dim: 8, hidden_size: 16, num_layers: 1, dropout: 0.0}
+train: {device: cpu}
+throughput: {batch_sizes: [4, 8], warmup_steps: 1, measure_steps: 1}
+"""
+
+
+@pytest.fixture
+def keep_threads():
+    """``python -m bench`` sets torch's thread count; give the rest of the session its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep_threads) -> None:
+    out = tmp_path / "bench.json"
+    assert bench_main(["--quick", "--device", "cpu", "--skip", "dispatch", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for line in ("engine LSTM / bare nn.LSTM", "engine LN-LSTM / bare nn.LSTM", "Trainer / bare loop (same model)"):
+        assert line in printed
+    assert "torch " + torch.__version__ in printed
+
+    payload = json.loads(out.read_text())
+    assert payload["machine"]["device"] == "cpu"
+    assert payload["machine"]["torch_version"] == torch.__version__
+    assert payload["machine"]["torch_threads"] == 1  # the CPU default, see bench/__main__.py
+    assert payload["dispatch"] is None
+    ratios = payload["ratios"]
+    assert [r["measure"] for r in ratios] == [
+        "engine LSTM / bare nn.LSTM", "engine LN-LSTM / bare nn.LSTM", "Trainer / bare loop (same model)",
+    ]
+    for r in ratios:
+        assert r["engine_samples_per_s"] > 0 and r["baseline_samples_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["engine_samples_per_s"] / r["baseline_samples_per_s"])
+        assert r["meets_target"] is None if r["target"] is None else isinstance(r["meets_target"], bool)
+
+
+def test_bare_baseline_learns_a_fixed_batch() -> None:
+    # The baseline must be a real training step, or ratio 1 would compare against nothing.
+    torch.manual_seed(0)
+    small = Shape("t", batch_size=4, seq_len=8, embedding_dim=8, hidden_size=16, num_layers=1, cpu_batch_size=4)
+    window = torch.randint(0, 12, (4, 9))  # (B, T+1)
+    train = replace(run_config(small, torch.device("cpu"), layer_norm=False, amp="off").train, lr=1e-2)
+    step = bare_step(BareLM(12, small), window, train)
+    losses = [float(step()) for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def _row(start: float, end: float, train: float | None) -> dict:
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    return {"started_at": t0 + dt.timedelta(seconds=start), "finished_at": t0 + dt.timedelta(seconds=end),
+            "train_time_s": train}
+
+
+def test_overheads_are_in_start_order_and_skip_rows_without_times() -> None:
+    rows = [_row(10, 15, 4.5), _row(0, 8, 5.0), _row(1, 9, 6.0), _row(2, 3, None)]
+    assert overheads_in_start_order(rows) == pytest.approx([3.0, 2.0, 0.5])
+
+
+def test_dispatch_summary_names_the_figures_and_targets() -> None:
+    d = {"trials": 8, "steps_per_trial": 150, "max_concurrent": 2, "serial_s": 40.0, "sweep_window_s": 22.0,
+         "sweep_end_to_end_s": 30.0, "speedup": 40 / 22, "speedup_end_to_end": 40 / 30, "speedup_target": 1.7,
+         "overhead_s": 0.1, "overhead_max_s": 0.2, "serial_setup_s": 0.05, "net_overhead_s": 0.05,
+         "overhead_target_s": 0.3, "warm_trials": 6, "cold_overhead_s": 3.0, "speedup_excluding_startup": 40 / 19, "serial_train_s": 5.0,
+         "sweep_train_s": 5.2}
+    text = format_dispatch(d)
+    assert "speedup 1.82x (target >= 1.7x: ok)" in text
+    assert "dispatch overhead 0.05s (target <= 0.3s: ok)" in text
+    cold = format_dispatch({**d, "warm_trials": 0, "overhead_s": math.nan, "net_overhead_s": math.nan})
+    assert "n/a (no trial reused an actor" in cold
+
+
+def test_jobs_runs_a_throughput_spec_through_the_engine(tmp_path: Path, keep_threads) -> None:
+    spec = tmp_path / "tp.yaml"
+    spec.write_text(SMALL_THROUGHPUT_SPEC)
+    rows = run_spec(str(spec), "cpu")
+    assert [(r["batch_size"], r["status"]) for r in rows] == [(4, "ok"), (8, "ok")]
+    assert sum(r["is_best"] for r in rows) == 1
+    assert all(r["estimate_mb"] > 0 for r in rows)
+    table = format_rows(rows)
+    assert "samples/s" in table and len(table.splitlines()) == 4
+
+
+def test_jobs_reads_a_spec_without_pydantic(tmp_path: Path, monkeypatch) -> None:
+    spec = tmp_path / "tp.yaml"
+    spec.write_text(SMALL_THROUGHPUT_SPEC)
+    monkeypatch.setitem(sys.modules, "orchestrator.spec", None)  # import raises ImportError
+    [(trial_id, overrides, cfg, tp)] = load_trials(str(spec))
+    assert trial_id == "unvalidated" and overrides == {}
+    assert (cfg.model.hidden_size, cfg.data.seq_len, cfg.train.device) == (16, 8, "cpu")
+    assert tp.batch_sizes == (4, 8) and tp.measure_steps == 1
+
+
+def test_gpu_script_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu.sh")], check=True)
