@@ -121,7 +121,7 @@ def compare_cells(
     steps: dict[str, Callable[[], object]] = {"bare": bare_step(BareLM(V, shape).to(device), window, plain.train)}
     precisions = {}
     for name, cfg in (("lstm", plain), ("ln", ln)):
-        precisions[name] = resolve_precision(amp, device, layer_norm=cfg.model.layer_norm)
+        precisions[name] = resolve_precision(amp, device, batch_size=B)
         model = build_model(cfg.model, V).to(device)
         steps[name] = TrainStep(model, data, cfg.train, precisions[name], B)
     times = rotate(steps, device, warmup=warmup, block=block, rounds=rounds)
@@ -183,8 +183,8 @@ def compare_trainer(
     """
     cfg = run_config(shape, device, layer_norm=False, amp=amp)
     cfg = replace(cfg, train=replace(cfg.train, max_steps=window * windows, eval_every=window))
-    precision = resolve_precision(amp, device, layer_norm=False)
     B = shape.batch_size
+    precision = resolve_precision(amp, device, batch_size=B)
     torch.manual_seed(0)
     bare_model = build_model(cfg.model, data.vocab_size).to(device)
     bare_model.train()

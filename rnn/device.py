@@ -92,7 +92,11 @@ def _cuda_bf16_supported() -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
-def resolve_precision(amp: str, device: torch.device, layer_norm: bool = False) -> Precision:
+#: ``amp: auto`` on CUDA turns on bf16 autocast from this many rows per batch (see below).
+AUTO_BF16_MIN_BATCH = 4096
+
+
+def resolve_precision(amp: str, device: torch.device, batch_size: Optional[int] = None) -> Precision:
     """The autocast precision for a run: ``"fp32"`` (no autocast), ``"fp16"`` or ``"bf16"``.
 
     ``amp`` is ``TrainConfig.amp``:
@@ -102,24 +106,21 @@ def resolve_precision(amp: str, device: torch.device, layer_norm: bool = False) 
       autocast's fp16 path is neither fast nor well covered; use bf16 there), and so is bf16
       on a CUDA device without native bf16 (pre-Ampere), where it is emulated and slower,
       and on MPS before macOS 14.
-    - ``"auto"``: the measured-faster choice per device:
+    - ``"auto"``: the measured-faster choice:
 
       - CPU and MPS: fp32 (as the seed project had it; autocast there gains little for these
         small recurrent models and changes numerics).
-      - CUDA, plain cells (``layer_norm=False``): fp32. The fused cuDNN kernels are already
-        fast in fp32, and autocast adds casts around them: on an H100 at the seed's shape,
-        cuDNN LSTM ran ~303k samples/s in fp32 against ~245k with bf16 autocast.
-      - CUDA, layer-norm LSTM (``layer_norm=True``): bf16 where the GPU supports it natively,
-        else fp32. The LN-LSTM is a Python loop of small kernels, and bf16 halves the memory
-        traffic of each. fp16 is never chosen automatically: it needs a GradScaler and can
-        overflow in long recurrences.
+      - CUDA: bf16 when ``batch_size >= AUTO_BF16_MIN_BATCH`` and the GPU has native bf16,
+        else fp32; the same for plain cuDNN cells and the layer-norm LSTM. fp16 is never
+        chosen automatically: it needs a GradScaler and can overflow in long recurrences.
 
-      The best choice depends on the shape, not only the cell. On an H100 (torch 2.11,
-      2-layer, E=128, H=512, T=100, AdamW steps) bf16 autocast was *faster* for cuDNN LSTM at
-      B=1024 (80k vs 55k samples/s) and B=4096 (90k vs 61k) but slower at B=256 (10k vs 22k),
-      and for the LN-LSTM slower at B=1024 (6.4k vs 8.0k) but faster at B=4096 (25k vs 13k).
-      "auto" is a default, not a tuner: set ``amp`` explicitly, or measure with a throughput
-      job, when speed at a given shape matters.
+      Measured on an H100 (torch 2.11) with ``bash bench/gpu.sh`` (``jobs/throughput_amp.yaml``:
+      T 25, E 192, H 384, 2 layers; samples/s fp32 → bf16): plain LSTM B 2048 249k → 225k,
+      B 8192 365k → 564k; layer-norm LSTM B 2048 47k → 41k, B 8192 79k → 137k. A second
+      measurement (E 128, H 512, T 100) agreed at B 4096 (cuDNN 61k → 90k, LN 13k → 25k).
+      Below a few thousand rows the step is launch-bound and autocast's casts cost more than
+      bf16 saves (the seed's shape, B 2048, is fp32). "auto" is a default, not a tuner: set
+      ``amp`` explicitly, or measure with a throughput job, when speed at a shape matters.
 
     Raises:
         ValueError: unknown ``amp``, or fp16 on a CPU.
@@ -150,7 +151,8 @@ def resolve_precision(amp: str, device: torch.device, layer_norm: bool = False) 
             )
         return "bf16"
     # auto
-    if kind == "cuda" and layer_norm and _cuda_bf16_supported():
+    large = batch_size is not None and batch_size >= AUTO_BF16_MIN_BATCH
+    if kind == "cuda" and large and _cuda_bf16_supported():
         return "bf16"
     return "fp32"
 

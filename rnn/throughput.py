@@ -267,15 +267,18 @@ class _Session:
         self.model.train()
         # Each size starts from the same weights, so results do not depend on the order sizes run in.
         self.initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.precision = resolve_precision(config.train.amp, device, layer_norm=config.model.layer_norm)
         self.device_name = str(device_report(device).get("device_name") or device.type)
+
+    def precision(self, batch_size: int) -> str:
+        """``amp: auto`` depends on the batch size, so each size resolves its own precision."""
+        return resolve_precision(self.config.train.amp, self.device, batch_size=batch_size)
 
     def row(self, batch_size: int, status: str, error: Optional[str] = None, **timing: Any) -> ThroughputRow:
         fields = dict(samples_per_s=None, tokens_per_s=None, step_time_ms=None, step_time_ms_max=None, peak_mem_mb=None)
         fields.update(timing)
         return ThroughputRow(
             batch_size=batch_size, status=status, device=self.device.type, device_name=self.device_name,
-            precision=self.precision, torch_version=torch.__version__, error=error, **fields,
+            precision=self.precision(batch_size), torch_version=torch.__version__, error=error, **fields,
         )
 
     def memory_guard(self, batch_size: int) -> Optional[str]:
@@ -314,7 +317,7 @@ class _Session:
         try:
             if batch_hook is not None:
                 batch_hook(batch_size)
-            step = TrainStep(self.model, self.data, self.config.train, self.precision, batch_size)
+            step = TrainStep(self.model, self.data, self.config.train, self.precision(batch_size), batch_size)
             for _ in range(self.tp.warmup_steps):
                 step()
             times = time_steps(step, self.tp.measure_steps, self.device)
@@ -377,7 +380,7 @@ def iter_throughput(
     session = _Session(config, tp, dev, data)
     log.info(
         "throughput on %s (%s, %s): %s, %d parameters",
-        dev, session.device_name, session.precision, tp.batch_sizes, session.model.num_parameters(),
+        dev, session.device_name, config.train.amp, tp.batch_sizes, session.model.num_parameters(),
     )
     sizes = _sizes_explicit(tp)
     if sizes is not None:

@@ -125,7 +125,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         data = prepare_data(cfg.data, device, cache_dir=self._cache_dir, data_dir=self._data_dir)
         model = build_model(cfg.model, data.vocab_size).to(device)
-        precision = resolve_precision(tc.amp, device, layer_norm=cfg.model.layer_norm)
+        precision = resolve_precision(tc.amp, device, batch_size=tc.batch_size)
         total_steps = self._total_steps(data)
         es = tc.early_stopping
         optimizer = build_optimizer(model, tc)

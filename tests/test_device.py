@@ -12,6 +12,7 @@ import torch
 
 from rnn import device as dev
 from rnn.device import (
+    AUTO_BF16_MIN_BATCH,
     DeviceUnavailableError,
     autocast_dtype,
     detect_device,
@@ -101,31 +102,32 @@ def test_real_auto_detection_on_this_machine():
 
 
 @pytest.mark.parametrize("d", [CPU, MPS, CUDA])
-@pytest.mark.parametrize("layer_norm", [False, True])
-def test_off_is_fp32_everywhere(machine, d, layer_norm):
+@pytest.mark.parametrize("batch_size", [None, 64, 8192])
+def test_off_is_fp32_everywhere(machine, d, batch_size):
     machine(mps=True, cuda=True)
-    assert resolve_precision("off", d, layer_norm) == "fp32"
+    assert resolve_precision("off", d, batch_size) == "fp32"
 
 
 @pytest.mark.parametrize(
-    ("d", "layer_norm", "expected"),
+    ("d", "batch_size", "expected"),
     [
-        (CPU, False, "fp32"),
-        (CPU, True, "fp32"),
-        (MPS, False, "fp32"),
-        (MPS, True, "fp32"),
-        (CUDA, False, "fp32"),  # cuDNN fused cells: fp32 measured faster than bf16 autocast
-        (CUDA, True, "bf16"),  # the Python-loop LN-LSTM gains from bf16
+        (CPU, 8192, "fp32"),
+        (MPS, 8192, "fp32"),
+        (CUDA, None, "fp32"),
+        (CUDA, 2048, "fp32"),  # the seed's shape: launch-bound, fp32 measured faster
+        (CUDA, AUTO_BF16_MIN_BATCH - 1, "fp32"),
+        (CUDA, AUTO_BF16_MIN_BATCH, "bf16"),  # large batches: bf16 measured 1.5-1.9x faster
+        (CUDA, 8192, "bf16"),
     ],
 )
-def test_auto_policy_per_device_and_cell(machine, d, layer_norm, expected):
+def test_auto_policy_per_device_and_batch(machine, d, batch_size, expected):
     machine(mps=True, cuda=True, cuda_bf16=True)
-    assert resolve_precision("auto", d, layer_norm=layer_norm) == expected
+    assert resolve_precision("auto", d, batch_size=batch_size) == expected
 
 
-def test_auto_ln_lstm_on_cuda_without_bf16_falls_back_to_fp32(machine):
+def test_auto_on_cuda_without_bf16_falls_back_to_fp32(machine):
     machine(cuda=True, cuda_bf16=False)
-    assert resolve_precision("auto", CUDA, layer_norm=True) == "fp32"
+    assert resolve_precision("auto", CUDA, batch_size=8192) == "fp32"
 
 
 def test_explicit_precisions_where_supported(machine):
