@@ -52,9 +52,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
                 time.sleep(1)
         yield address, env
     finally:
+        # `ray start --block` stops the head's processes on SIGTERM; it may linger over its own
+        # shutdown, so the group we own gets SIGKILL after a short grace.
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
