@@ -8,6 +8,7 @@ column is cleared for each checkpoint removed, so the table never points at a mi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -29,10 +30,15 @@ class CleanReport:
 
 
 def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = False) -> CleanReport:
-    """Remove temporary files and unneeded checkpoints under the local folder ``job_dir``."""
+    """Remove temporary files and unneeded checkpoints under the local folder ``job_dir``.
+
+    ``dry_run`` only lists them, and takes no lock (taking the lock already removes the
+    temporary files of writers that are gone).
+    """
     root = Path(job_dir)
     report = CleanReport()
-    with JobLock(root):  # never clean under a running sweep
+    temps = [p for p in root.rglob("*") if p.is_file() and _TEMP.match(p.name)]
+    with contextlib.nullcontext() if dry_run else JobLock(root):  # never clean under a running sweep
         store = ResultsStore(root)
         trials = store.read_trials().to_pylist()
         drop: set[str] = {r["trial_id"] for r in trials if r["status"] in FAILURE_STATUSES}
@@ -42,17 +48,17 @@ def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = Fals
                 key=lambda r: r["best_val_loss"],
             )
             drop |= {r["trial_id"] for r in ranked[keep_top:]}
-        victims = [p for p in root.rglob("*") if p.is_file() and _TEMP.match(p.name) and p.name != ".lock"]
-        victims += [root / store.checkpoint_relpath(t) for t in sorted(drop)]
-        for path in victims:
-            if not path.exists():
-                continue
+        checkpoints = [root / store.checkpoint_relpath(t) for t in sorted(drop)]
+        for path in temps + [c for c in checkpoints if c.exists()]:
             report.removed.append(str(path.relative_to(root)))
+            if not path.exists():  # a temp file the lock already removed
+                continue
             report.freed_bytes += path.stat().st_size
-            if not dry_run:
-                path.unlink()
-                if path.parent.name in drop and not any(path.parent.iterdir()):
-                    path.parent.rmdir()
+            if dry_run:
+                continue
+            path.unlink()
+            if path.parent.name in drop and not any(path.parent.iterdir()):
+                path.parent.rmdir()
         if not dry_run:
             for row in trials:
                 if row["trial_id"] in drop and row["checkpoint"]:

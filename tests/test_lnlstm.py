@@ -13,14 +13,7 @@ from rnn.lnlstm import LayerNormLSTM, ln_lstm_recurrence
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: intra-op threads only add OpenMP spin-waits, which on a shared
-    # CPU made the full gradcheck ~10x slower. Restored afterwards for other modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _layer_norm(v: torch.Tensor, gain: torch.Tensor, beta: torch.Tensor, eps: float):

@@ -21,14 +21,7 @@ VARIANTS = [("lstm", False), ("gru", False), ("rnn", False), ("lstm", True)]
 VARIANT_IDS = ["lstm", "gru", "rnn", "ln-lstm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: intra-op threads only add OpenMP spin-waits, which on a shared
-    # CPU made the full gradcheck ~10x slower. Restored afterwards for other modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(
