@@ -6,7 +6,7 @@
    two run in lockstep (a bare step inside the trainer's ``step_hook``).
 
 1 and 2 time the step :func:`rnn.throughput.measure_throughput` times
-(:class:`rnn.throughput.TrainStep`), so the table says what a throughput job reports. The
+(:class:`rnn.step.TrainStep`), so the table says what a throughput job reports. The
 three sides run in rotation, a block of steps each (bare, LSTM, LN-LSTM, then the reverse
 order), and each side's figure is its median step time.
 """
@@ -31,7 +31,8 @@ from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.data import LMData, prepare_data
 from rnn.device import autocast_dtype, resolve_precision
 from rnn.models import LanguageModel, build_model
-from rnn.throughput import TrainStep, time_steps
+from rnn.step import TrainStep
+from rnn.throughput import time_steps
 from rnn.train import Trainer
 
 log = logging.getLogger(__name__)

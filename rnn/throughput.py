@@ -31,36 +31,31 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import statistics
-import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
-from rnn.config import ModelConfig, RunConfig, ThroughputConfig, TrainConfig
+from rnn.config import RunConfig, ThroughputConfig
 from rnn.data import LMData, prepare_data
-from rnn.device import autocast_dtype, detect_device, device_report, resolve_precision
+from rnn.device import detect_device, device_report, resolve_precision
 from rnn.errors import is_out_of_memory
-from rnn.models import LanguageModel, build_model
-from rnn.optim import build_optimizer
-from rnn.train import lm_loss
+from rnn.memory import (  # noqa: F401  (re-exported: the throughput sweep's memory guard)
+    ACTIVATION_SAFETY,
+    CPU_MEMORY_FRACTION,
+    LAYER_FLOATS_PER_H,
+    available_memory_bytes,
+    estimate_step_memory,
+    peak_memory_mb,
+)
+from rnn.models import build_model
+from rnn.step import TrainStep
 
 log = logging.getLogger(__name__)
 
-#: A CPU batch is skipped when its estimated memory exceeds this fraction of free RAM.
-CPU_MEMORY_FRACTION = 0.8
-#: Headroom on the activation estimate for allocator fragmentation and transient copies.
-ACTIVATION_SAFETY = 1.25
-#: Floats kept for backward per token, per layer, in units of hidden_size. Measured on the CPU
-#: (torch 2.13, peak RSS of one AdamW step, E=192/H=384 and E=128/H=512): LSTM ~12H, GRU ~10H,
-#: tanh RNN ~4.2H, layer-norm LSTM ~24H (its Python-level recurrence keeps every
-#: intermediate). cuDNN keeps less, so these are upper bounds on CUDA.
-LAYER_FLOATS_PER_H = {"lstm": 12.5, "gru": 10.5, "rnn": 4.5, "lnlstm": 25.0}
 SKIPPED_AFTER_OOM = "skipped: a smaller batch ran out of memory"
 _MAX_ERROR_CHARS = 2000
 
@@ -99,65 +94,6 @@ class ThroughputRow:
         return asdict(self)
 
 
-class TrainStep:
-    """One training step as :class:`rnn.train.Trainer` runs it, with a fresh optimiser.
-
-    Draws ``batch_size`` windows on the device, runs :func:`rnn.train.lm_loss` under the
-    run's autocast, scales the loss for fp16, clips the gradient norm and steps the optimiser.
-    It leaves out the trainer's per-step bookkeeping (a loss sum, a finiteness flag and the
-    lr schedule): a few scalar kernels per step.
-
-    Args:
-        model: the model, already on ``device``.
-        data: token streams on ``device``.
-        train: optimiser, lr, clipping, label smoothing and seed.
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (see :func:`rnn.device.resolve_precision`).
-        batch_size: windows per step.
-    """
-
-    def __init__(
-        self, model: LanguageModel, data: LMData, train: TrainConfig, precision: str, batch_size: int
-    ) -> None:
-        self.model = model
-        self.data = data
-        self.train = train
-        self.batch_size = batch_size
-        self.device = data.train.device
-        self.optimizer: Optional[torch.optim.Optimizer] = build_optimizer(model, train)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(train.seed)
-        dtype = autocast_dtype(precision)
-        self._autocast = (
-            torch.autocast(device_type=self.device.type, dtype=dtype) if dtype is not None else nullcontext()
-        )
-        self._params = [p for p in model.parameters() if p.requires_grad]
-
-    def __call__(self) -> torch.Tensor:
-        """Run one step; returns the (detached) loss without reading it back to the host."""
-        assert self.optimizer is not None, "TrainStep used after release()"
-        window = self.data.sample_batch(self.batch_size, self.generator)  # (B, T+1)
-        with self._autocast:
-            loss = lm_loss(self.model, window, self.train.label_smoothing)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        if self.train.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self._params, self.train.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def release(self) -> None:
-        """Drop the gradients and the optimiser state (after an OOM, or between batch sizes)."""
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.optimizer.state.clear()
-        self.optimizer = None
-        for p in self._params:
-            p.grad = None
-
-
 def time_steps(step: Callable[[], Any], n: int, device: torch.device) -> list[float]:
     """Run ``step`` ``n`` times and return each step's duration in seconds (see the module doc)."""
     if n < 1:
@@ -180,74 +116,6 @@ def time_steps(step: Callable[[], Any], n: int, device: torch.device) -> list[fl
         sync()
         times.append(time.perf_counter() - t0)
     return times
-
-
-def estimate_step_memory(
-    cfg: ModelConfig, vocab_size: int, batch_size: int, seq_len: int, num_params: int
-) -> int:
-    """Bytes one fp32 AdamW training step needs at ``batch_size``: a pessimistic estimate.
-
-    Activations kept for backward, per token (``B * T`` of them), in floats: the embedding
-    output and its dropout (2E); per layer and direction the cell's gate activations and states
-    (:data:`LAYER_FLOATS_PER_H` x H); the head's input (H) and the logits with their softmax
-    and gradient (3V). Times :data:`ACTIVATION_SAFETY`. Plus the window and its gather index
-    (int64), and 20 bytes per parameter: weights, gradients, AdamW's two moments, and the copy
-    of the initial weights :func:`iter_throughput` restores between sizes. Mixed precision
-    needs less; the estimate ignores that.
-    """
-    kind = "lnlstm" if cfg.layer_norm else cfg.cell
-    directions = 2 if cfg.bidirectional else 1
-    tokens = batch_size * seq_len
-    per_token = 2 * cfg.embedding_dim + directions * (
-        cfg.num_layers * LAYER_FLOATS_PER_H[kind] * cfg.hidden_size + cfg.hidden_size + 3 * vocab_size
-    )
-    activations = 4 * tokens * per_token * ACTIVATION_SAFETY
-    windows = 2 * 8 * batch_size * (seq_len + 1)
-    return int(activations + windows + 20 * num_params)
-
-
-def available_memory_bytes() -> Optional[int]:
-    """RAM this process can still use: ``MemAvailable``, capped by a cgroup v2 memory limit.
-
-    Falls back to ``os.sysconf`` free pages off Linux; None when nothing says.
-    """
-    free: Optional[int] = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    free = int(line.split()[1]) * 1024  # reported in kB
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if free is None:
-        try:
-            free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, ValueError, OSError):
-            return None
-    # In a container MemAvailable describes the host; the cgroup limit is what the OOM killer uses.
-    cgroup = Path("/sys/fs/cgroup")
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            used = int((cgroup / "memory.current").read_text().strip())
-            free = min(free, max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return free
-
-
-def _peak_memory_mb(device: torch.device) -> Optional[float]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    if device.type == "mps":
-        return torch.mps.driver_allocated_memory() / 2**20
-    try:
-        import resource  # Unix only
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
 
 
 def _empty_cache(device: torch.device) -> None:
@@ -321,7 +189,7 @@ class _Session:
             for _ in range(self.tp.warmup_steps):
                 step()
             times = time_steps(step, self.tp.measure_steps, self.device)
-            peak = _peak_memory_mb(self.device)
+            peak = peak_memory_mb(self.device)
         except Exception as e:  # noqa: BLE001 - every failure at one size is a row, not a crash
             status = "oom" if is_out_of_memory(e) else "error"
             failure = (status, f"{type(e).__name__}: {e}"[:_MAX_ERROR_CHARS])

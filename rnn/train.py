@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
@@ -29,7 +28,8 @@ from rnn.device import detect_device, device_report, resolve_precision
 from rnn.errors import CheckpointError
 from rnn.events import EvalRecord, TrainEvent, TrainResult, TrialStatus
 from rnn.models import LanguageModel, build_model
-from rnn.optim import build_optimizer, build_scheduler
+from rnn.optim import build_scheduler
+from rnn.step import TrainStep, lm_loss  # noqa: F401  (lm_loss: part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +46,6 @@ EVAL_MAX_BATCH = 1024
 def eval_batch_size(train_batch: int, seq_len: int, vocab_size: int) -> int:
     """Rows per validation batch: as many as the logits budget allows, within [train_batch, 1024]."""
     return max(train_batch, min(EVAL_MAX_BATCH, EVAL_LOGITS_BUDGET // max(1, seq_len * vocab_size)))
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def lm_loss(model: LanguageModel, window: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Next-token cross-entropy; for bidirectional models the mean of both directions (ELMo)."""
-    out = model(window)  # logits: (B, L-1, V)
-    loss = F.cross_entropy(out.logits.flatten(0, 1), window[:, 1:].flatten(), label_smoothing=label_smoothing)
-    if out.backward_logits is not None:
-        # The backward direction predicts the previous token.
-        back = F.cross_entropy(
-            out.backward_logits.flatten(0, 1), window[:, :-1].flatten(), label_smoothing=label_smoothing
-        )
-        loss = 0.5 * (loss + back)
-    return loss
 
 
 class Trainer:
@@ -128,13 +114,11 @@ class Trainer:
         precision = resolve_precision(tc.amp, device, batch_size=tc.batch_size)
         total_steps = self._total_steps(data)
         es = tc.early_stopping
-        optimizer = build_optimizer(model, tc)
+        train_step = TrainStep(model, data, tc, precision, tc.batch_size)
+        optimizer, scaler, generator = train_step.optimizer, train_step.scaler, train_step.generator
         plateau_patience = max(1, es.patience // 2) if es else 2
         scheduler = build_scheduler(optimizer, tc, total_steps, plateau_patience)
         per_step_schedule = scheduler is not None and tc.scheduler != "plateau"
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        generator = torch.Generator(device=device)
-        generator.manual_seed(tc.seed)
 
         st = _RunState()
         if resume_from is not None:
@@ -160,13 +144,8 @@ class Trainer:
             },
         )
 
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
-            if precision in _DTYPES
-            else nullcontext()
-        )
+        autocast = train_step.autocast
         B, T = tc.batch_size, cfg.data.seq_len
-        params_list = [p for p in model.parameters() if p.requires_grad]
         steps_per_epoch = data.steps_per_epoch(B)
         # Device-side accumulators: read back only at check points.
         loss_sum = torch.zeros((), device=device)
@@ -179,21 +158,9 @@ class Trainer:
 
         model.train()
         while total_steps is None or st.step < total_steps:
-            window = data.sample_batch(B, generator)  # (B, T+1)
-            with autocast:
-                loss = lm_loss(model, window, tc.label_smoothing)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if tc.clip_grad_norm:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params_list, tc.clip_grad_norm)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params_list if p.grad is not None])
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm = train_step()  # on the device; nothing read back here
             if per_step_schedule:
                 scheduler.step()  # type: ignore[union-attr]
-            loss = loss.detach()
             loss_sum += loss
             bad = ~torch.isfinite(loss)
             first_bad = torch.where(bad & (first_bad < 0), st.step + 1, first_bad)
