@@ -146,6 +146,7 @@ def test_cells_levels_and_bidirectional_train(tmp_path: Path, cell: str, bidirec
         assert result.vocab_size <= 300
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made evil pickle below
 def test_checkpoint_is_safe_to_load(tmp_path: Path) -> None:
     result = Trainer(tiny(max_steps=10), tmp_path).fit()
     path = Path(result.best_checkpoint)
