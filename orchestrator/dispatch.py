@@ -217,7 +217,10 @@ class Dispatcher:
         t = task.trial
         if "throughput" in t.config:
             return actor.throughput.remote(t.trial_id, t.config, task.attempt, fault)
-        return actor.run.remote(t.trial_id, t.config, task.attempt, task.resume, fault)
+        # Backpressure 1: the worker goes on only once the driver has taken its last event, so
+        # a checkpoint it yielded has reached the driver before the worker can die after it.
+        run = actor.run.options(_generator_backpressure_num_objects=1)
+        return run.remote(t.trial_id, t.config, task.attempt, task.resume, fault)
 
     def _advance(self, gen: Any, task: _Task, progress: Progress) -> Optional[str]:
         """Handle the next event of ``gen``; a non-None return means the trial left its actor."""
