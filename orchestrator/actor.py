@@ -55,12 +55,6 @@ class TrainerActor:
         self._data_dir = data_dir
         self._scratch = Path(tempfile.mkdtemp(prefix="rnn-trial-"))
 
-    def describe(self) -> dict[str, Any]:
-        """Where this actor runs: host, pid and the engine's device report."""
-        from rnn.device import detect_device, device_report
-
-        return {"host": socket.gethostname(), "pid": os.getpid(), **device_report(detect_device("auto"))}
-
     def run(
         self,
         trial_id: str,

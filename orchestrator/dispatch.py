@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Optional
 from orchestrator.actor import TrainerActor
 from orchestrator.errors import UsageError
 from orchestrator.faults import Fault
+from orchestrator.plan import allowed_concurrency
 from orchestrator.progress import Progress, format_duration, trial_label
 from orchestrator.results import ResultsStore
 from orchestrator.sweep import Trial
@@ -62,20 +62,6 @@ class SweepSummary:
     skipped: int
     statuses: dict[str, int]
     interrupted: bool
-
-    @property
-    def failed(self) -> int:
-        return sum(n for s, n in self.statuses.items() if s in ("failed", "oom", "diverged"))
-
-
-def allowed_slots(max_concurrent: int, cpus_per_trial: float, gpus_per_trial: float, resources: dict) -> int:
-    """How many trials may run at once given ``max_concurrent`` and the cluster's totals."""
-    slots = max_concurrent
-    if cpus_per_trial > 0:
-        slots = min(slots, int(math.floor(resources.get("CPU", 0) / cpus_per_trial + 1e-9)))
-    if gpus_per_trial > 0:
-        slots = min(slots, int(math.floor(resources.get("GPU", 0) / gpus_per_trial + 1e-9)))
-    return slots
 
 
 class Dispatcher:
@@ -124,9 +110,8 @@ class Dispatcher:
         import ray
 
         skipped = self.total - len(self.trials)
-        slots = allowed_slots(
-            self.res.max_concurrent, self.res.cpus_per_trial, self.res.gpus_per_trial, ray.cluster_resources()
-        )
+        cluster = ray.cluster_resources()
+        slots = allowed_concurrency(self.res, cluster.get("CPU", 0), cluster.get("GPU", 0))
         if slots < 1 and self.trials:
             need = f"each trial asks for {self.res.cpus_per_trial} CPU and {self.res.gpus_per_trial} GPU"
             if not self.wait_for_resources:

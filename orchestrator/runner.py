@@ -36,7 +36,7 @@ RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 #: Trials with these statuses are not run again; ``failed`` ones are (the cause may be fixed).
 SKIP_STATUSES = TERMINAL_STATUSES - {"failed"}
 
-EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 @dataclass(frozen=True)
