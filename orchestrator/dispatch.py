@@ -30,7 +30,7 @@ from orchestrator.errors import UsageError
 from orchestrator.faults import Fault
 from orchestrator.plan import allowed_concurrency
 from orchestrator.progress import Progress, format_duration, trial_label
-from orchestrator.results import ResultsStore
+from orchestrator.results import SUCCESS_STATUSES, ResultsStore, trial_row
 from orchestrator.sweep import Trial
 
 log = logging.getLogger(__name__)
@@ -284,8 +284,6 @@ class Dispatcher:
         self, task: _Task, progress: Progress, status: str, result: Any, error: Optional[str],
         summary: Optional[str] = None,
     ) -> None:
-        from orchestrator.results import trial_row
-
         finished = datetime.now(timezone.utc)
         has_ckpt = task.resume is not None and result is not None and result.best_checkpoint
         row = trial_row(
@@ -310,8 +308,8 @@ class Dispatcher:
             msg = (f"{status}: best val {result.best_val_loss:.4f} ({result.best_val_bpc:.3f} bpc) at step "
                    f"{result.best_step}, {result.steps} steps in {format_duration(duration)}")
         else:
-            msg = f"{status}: {(error or '').splitlines()[0] if error else 'no evaluation'}"
-        progress.trial_finished(task.tag, msg, duration, ok=status in ("completed", "early_stopped"))
+            msg = f"{status}: {error.splitlines()[0] if error else 'no evaluation'}"
+        progress.trial_finished(task.tag, msg, duration, ok=status in SUCCESS_STATUSES)
 
 
 def _best_line(rows: list[Any]) -> str:
