@@ -4,7 +4,7 @@ Serial baseline: ``Trainer.fit`` once per trial in this process with
 ``torch.set_num_threads(1)``, matching the sweep, where each actor reserves 1 CPU and runs
 with 1 torch thread; so the comparison is one core vs two, not two threads vs two processes.
 
-Sweep: :func:`orchestrator.runner.run_job` on a spec written to a temporary folder
+Sweep: :func:`orchestrator.run.runner.run_job` on a spec written to a temporary folder
 (``max_concurrent: 2``, ``cpus_per_trial: 1``), results in another temporary folder.
 
 Figures (all from the same run):
@@ -70,9 +70,9 @@ def overheads_in_start_order(rows: list[dict[str, Any]]) -> list[float]:
 def measure(trials: int = 8, steps: int = 150) -> dict[str, Any]:
     """Run the serial baseline and the sweep; returns the figures described in the module doc."""
     from orchestrator.results import ResultsStore
-    from orchestrator.runner import run_job
-    from orchestrator.spec import load_spec
-    from orchestrator.sweep import expand
+    from orchestrator.run.runner import run_job
+    from orchestrator.spec.schema import load_spec
+    from orchestrator.spec.sweep import expand
     from rnn.train import Trainer
 
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:

@@ -22,15 +22,15 @@ from bench.common import machine, write_json
 def load_trials(spec_path: str) -> list[tuple[str, dict[str, Any], Any, Any]]:
     """``(trial_id, overrides, RunConfig, ThroughputConfig)`` for each trial of a throughput spec.
 
-    Validates and expands the spec with :mod:`orchestrator.spec`. Where pydantic is not
+    Validates and expands the spec with :mod:`orchestrator.spec.schema`. Where pydantic is not
     installed (a bare GPU image), a spec *without* a ``sweep`` section is read with plain YAML
     into the engine's dataclasses instead, which apply the same defaults but check nothing.
     """
     from rnn.config import RunConfig, ThroughputConfig
 
     try:
-        from orchestrator.spec import load_spec
-        from orchestrator.sweep import expand
+        from orchestrator.spec.schema import load_spec
+        from orchestrator.spec.sweep import expand
     except ImportError as e:  # no pydantic here
         import yaml
 

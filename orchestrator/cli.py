@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from orchestrator.errors import SpecError
 
 if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
-    from orchestrator.sweep import Trial
+    from orchestrator.spec.schema import JobSpec
+    from orchestrator.spec.sweep import Trial
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -31,8 +31,8 @@ EXIT_BAD_SPEC = 2
 
 def load_or_report(path: str) -> Optional[tuple["JobSpec", list["Trial"]]]:
     """The spec and its trials, or None after printing every problem to stderr (no traceback)."""
-    from orchestrator.spec import load_spec
-    from orchestrator.sweep import expand
+    from orchestrator.spec.schema import load_spec
+    from orchestrator.spec.sweep import expand
 
     try:
         spec = load_spec(path)
@@ -102,7 +102,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job spec: every unfinished trial on Ray, then the report."""
     from orchestrator.results import ResultsError
-    from orchestrator.runner import EXIT_INTERRUPTED, UsageError, run_job
+    from orchestrator.run.runner import EXIT_INTERRUPTED, UsageError, run_job
 
     if load_or_report(args.spec) is None:
         return EXIT_BAD_SPEC
@@ -143,7 +143,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild report.md and report.html from a job folder's Parquet files."""
     from pathlib import Path
 
-    from orchestrator.report import build_report
+    from orchestrator.report.render import build_report
 
     root = Path(args.dir)
     jobs = [root] if (root / "trials.parquet").is_file() else sorted(p.parent for p in root.glob("*/trials.parquet"))
@@ -221,7 +221,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     """Remove temporary files and unneeded checkpoints from a job folder."""
     from pathlib import Path
 
-    from orchestrator.clean import clean_job
+    from orchestrator.results.clean import clean_job
     from orchestrator.results import ResultsError
 
     if not (Path(args.dir) / "trials.parquet").is_file():

@@ -24,9 +24,9 @@ import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-from orchestrator.checks import estimate_parameters, estimate_vocab_size
-from orchestrator.spec import JobSpec, ResourcesSpec
-from orchestrator.sweep import Trial
+from orchestrator.spec.checks import estimate_parameters, estimate_vocab_size
+from orchestrator.spec.schema import JobSpec, ResourcesSpec, allowed_concurrency
+from orchestrator.spec.sweep import Trial
 
 # nn.LSTM/GRU training measured 24-30 GFLOP/s on one core of the 2-core dev VM (B 32-64, H 128-512);
 # linear in cpus_per_trial, which is optimistic past a few cores.
@@ -38,18 +38,6 @@ LAYER_NORM_OVERHEAD_FACTOR = 10.0
 EVAL_OVERHEAD = 0.10
 SHAKESPEARE_CHARS = 1_115_394  # tiny-shakespeare
 CHARS_PER_TOKEN = {"char": 1.0, "bpe": 3.5, "word": 5.5}
-
-
-def allowed_concurrency(resources: ResourcesSpec, total_cpus: float, total_gpus: float) -> int:
-    """Trials that fit at once: ``min(max_concurrent, cpus // cpus_per_trial, gpus // gpus_per_trial)``.
-
-    0 means a single trial asks for more than there is.
-    """
-    eps = 1e-9  # 1.0 / 0.1 is 9.999...: do not lose a slot to rounding
-    fits = min(resources.max_concurrent, math.floor(total_cpus / resources.cpus_per_trial + eps))
-    if resources.gpus_per_trial > 0:
-        fits = min(fits, math.floor(total_gpus / resources.gpus_per_trial + eps))
-    return max(fits, 0)
 
 
 def local_gpu_count() -> int:

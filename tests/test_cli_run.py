@@ -9,9 +9,9 @@ import pytest
 
 from conftest import TINY_SPEC, ray_env, write_spec
 from orchestrator.cli import main
-from orchestrator.lock import JobLock
-from orchestrator.runner import RAY_JOB_ENV, UsageError, resolve_job_dir
-from orchestrator.spec import load_spec
+from orchestrator.results.lock import JobLock
+from orchestrator.run.runner import RAY_JOB_ENV, UsageError, resolve_job_dir
+from orchestrator.spec.schema import load_spec
 
 
 def _spec(tmp_path: Path, **data: object) -> Path:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import cli
-from orchestrator.plan import allowed_concurrency, estimate_trial_seconds, local_gpu_count, makespan
-from orchestrator.spec import ResourcesSpec, load_spec
-from orchestrator.sweep import expand
+from orchestrator.plan import estimate_trial_seconds, local_gpu_count, makespan
+from orchestrator.spec import allowed_concurrency
+from orchestrator.spec.schema import ResourcesSpec, load_spec
+from orchestrator.spec.sweep import expand
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = "jobs/quickstart.yaml"

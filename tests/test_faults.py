@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, TINY_SPEC, ray_env, run_cli, write_spec
-from orchestrator.spec import load_spec
-from orchestrator.sweep import expand
+from orchestrator.spec.schema import load_spec
+from orchestrator.spec.sweep import expand
 
 
 def _ids_by_cell_seed(spec_path: Path) -> dict[tuple[str, int], str]:

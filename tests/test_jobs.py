@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import load_spec
-from orchestrator.sweep import expand
+from orchestrator.spec.schema import load_spec
+from orchestrator.spec.sweep import expand
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 JOB_FILES = sorted(JOBS.glob("*.yaml"))

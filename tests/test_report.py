@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.report import build_report
+from orchestrator.report.render import build_report
 from orchestrator.results import ResultsError, ResultsStore, write_manifest
 from rnn.events import EvalRecord
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from orchestrator import results as R
+from orchestrator.results import store as R
 from orchestrator.results import (
     EVAL_SCHEMA,
     SUCCESS_STATUSES,

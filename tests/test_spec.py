@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.checks import estimate_parameters, sweepable_paths, validate_spec
+from orchestrator.spec.checks import estimate_parameters, sweepable_paths, validate_spec
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec import (
+from orchestrator.spec.schema import (
     DataSpec,
     EarlyStoppingSpec,
     ModelSpec,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from orchestrator.stats import config_label, mean_ci, paired_test, shared_seeds, varying_columns
+from orchestrator.report.stats import config_label, mean_ci, paired_test, shared_seeds, varying_columns
 
 
 def test_mean_ci_hand_computed() -> None:

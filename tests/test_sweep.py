@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.checks import validate_spec
-from orchestrator.sweep import Trial, canonical_json, expand, sample_space, trial_id_for
+from orchestrator.spec.checks import validate_spec
+from orchestrator.spec.sweep import Trial, canonical_json, expand, sample_space, trial_id_for
 from rnn.config import EarlyStopping, RunConfig, ThroughputConfig
 
 BASE: dict[str, Any] = {"name": "s", "model": {"hidden_size": 64}, "train": {"max_steps": 100}}

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchestrator.errors import SpecError
-from orchestrator.yamlio import MAX_ALIASES, MAX_SPEC_BYTES, load_yaml, parse_yaml
+from orchestrator.spec.yamlio import MAX_ALIASES, MAX_SPEC_BYTES, load_yaml, parse_yaml
 
 
 def refused(text: str | bytes) -> str:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 if TYPE_CHECKING:  # spec.py imports this module; the reverse import is for type checkers only
     from rnn.config import RunConfig, ThroughputConfig
 
-    from orchestrator.spec import JobSpec
+    from orchestrator.spec.schema import JobSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``report.md`` and a self-contained ``report.html``, rebuilt from a job folder's files alone.
 
 The report reads ``trials.parquet``, ``evals.parquet``, ``throughput.parquet`` and
-``manifest.json`` (each optional) through :class:`~orchestrator.results.ResultsStore`; it
+``manifest.json`` (each optional) through :class:`~orchestrator.results.store.ResultsStore`; it
 never needs a trainer, Ray or torch, so it can be rebuilt at any time, also while a job runs.
 Both formats come from one list of blocks (headings, paragraphs, tables, figures), so they
 always say the same thing; only the HTML carries the plots, inlined as SVG.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from orchestrator import plots
+from orchestrator.report import plots
 from orchestrator.results import (
     FAILURE_STATUSES,
     SUCCESS_STATUSES,
@@ -28,7 +28,7 @@ from orchestrator.results import (
     ResultsStore,
     read_manifest,
 )
-from orchestrator.stats import config_label, mean_ci, paired_test, shared_seeds, varying_columns
+from orchestrator.report.stats import config_label, mean_ci, paired_test, shared_seeds, varying_columns
 
 __all__ = ["build_report"]
 

@@ -4,7 +4,7 @@ Every file is written atomically: into a temporary sibling named
 ``.<name>.<pid>.<random>.tmp``, then renamed over the target, so a kill at any moment leaves
 the previous good version. On a local disk the file and its folder are fsynced, so the new
 version survives a crash too. Temporary files of killed writers are removed by
-:func:`cleanup_stale_temps` (which :class:`orchestrator.lock.JobLock` calls once it holds
+:func:`cleanup_stale_temps` (which :class:`orchestrator.results.lock.JobLock` calls once it holds
 the folder). :class:`ResultsError` is the one error this layer raises.
 """
 

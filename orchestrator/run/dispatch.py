@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from orchestrator.actor import TrainerActor
+from orchestrator.run.actor import TrainerActor
 from orchestrator.errors import UsageError
-from orchestrator.faults import Fault
-from orchestrator.plan import allowed_concurrency
-from orchestrator.progress import Progress, format_duration, trial_label
+from orchestrator.run.faults import Fault
+from orchestrator.spec import allowed_concurrency
+from orchestrator.run.progress import Progress, format_duration, trial_label
 from orchestrator.results import SUCCESS_STATUSES, ResultsStore, trial_row
-from orchestrator.sweep import Trial
+from orchestrator.spec.sweep import Trial
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Dispatcher:
         resources: the spec's ``resources`` section (cpus/gpus per trial, max_concurrent, max_retries).
         store: where rows, evaluations and checkpoints go.
         total: the sweep's size including skipped trials, for the progress count.
-        faults: injected faults (chaos drills), see :mod:`orchestrator.faults`.
+        faults: injected faults (chaos drills), see :mod:`orchestrator.run.faults`.
         data_dir: corpus directory passed to the workers.
         stop: set by a signal handler to stop the sweep early.
         wait_for_resources: on a cluster that cannot fit a trial yet, wait for an autoscaler

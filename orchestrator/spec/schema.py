@@ -3,7 +3,7 @@
 Every level forbids unknown keys, choice fields are closed sets, numbers are strictly typed
 (no ``"5"`` for an int, no ``true`` for a number; an int is fine where a float is expected)
 and range-checked, so absurd sizes are refused before anything allocates.
-:func:`load_spec` reports every problem at once (see :mod:`orchestrator.checks` for the
+:func:`load_spec` reports every problem at once (see :mod:`orchestrator.spec.checks` for the
 cross-field and sweep checks) as a :class:`~orchestrator.errors.SpecError`.
 
 The section models mirror the engine's dataclasses in :mod:`rnn.config` field for field,
@@ -17,6 +17,7 @@ directory, like any command-line tool, not against the spec file's directory.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
@@ -25,14 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import SpecError, problems_from_pydantic
-from orchestrator.sweep import Seed, SweepSpec
-from orchestrator.yamlio import load_yaml
+from orchestrator.spec.sweep import Seed, SweepSpec
+from orchestrator.spec.yamlio import load_yaml
 from rnn.config import Amp, Cell, DeviceName, Level, Optimizer, Scheduler
 
 Kind = Literal["train", "throughput"]
 KINDS: tuple[str, ...] = ("train", "throughput")
 
-#: Largest accepted model (estimated by :func:`orchestrator.checks.estimate_parameters`).
+#: Largest accepted model (estimated by :func:`orchestrator.spec.checks.estimate_parameters`).
 MAX_PARAMETERS = 2_000_000_000
 MAX_BATCH_SIZE = 1_048_576
 
@@ -151,6 +152,18 @@ class ResourcesSpec(_Section):
         return value
 
 
+def allowed_concurrency(resources: "ResourcesSpec", total_cpus: float, total_gpus: float) -> int:
+    """Trials that fit at once: ``min(max_concurrent, cpus // cpus_per_trial, gpus // gpus_per_trial)``.
+
+    0 means a single trial asks for more than there is.
+    """
+    eps = 1e-9  # 1.0 / 0.1 is 9.999...: do not lose a slot to rounding
+    fits = min(resources.max_concurrent, math.floor(total_cpus / resources.cpus_per_trial + eps))
+    if resources.gpus_per_trial > 0:
+        fits = min(fits, math.floor(total_gpus / resources.gpus_per_trial + eps))
+    return max(fits, 0)
+
+
 #: Config sections by name; the trial config holds the first three, plus throughput for throughput jobs.
 SECTIONS: dict[str, type[_Section]] = {
     "data": DataSpec,
@@ -179,7 +192,7 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
 class JobSpec(_Section):
     """A validated job: what to run (sections), how to sweep it, with what, and where results go.
 
-    Build it with :func:`load_spec` or :func:`orchestrator.checks.validate_spec`:
+    Build it with :func:`load_spec` or :func:`orchestrator.spec.checks.validate_spec`:
     ``JobSpec.model_validate`` alone checks fields but not the cross-field and sweep rules.
     """
 
@@ -251,6 +264,6 @@ def load_spec(path: Union[str, os.PathLike[str]]) -> JobSpec:
     Raises:
         SpecError: every problem found (unreadable file, YAML, schema, cross-field, sweep).
     """
-    from orchestrator.checks import validate_spec  # checks.py builds on this module: import on use
+    from orchestrator.spec.checks import validate_spec  # checks.py builds on this module: import on use
 
     return validate_spec(load_yaml(path), source=str(path))

@@ -7,7 +7,7 @@ import math
 import time
 from typing import Any, Optional
 
-log = logging.getLogger("orchestrator.progress")
+log = logging.getLogger("orchestrator.run.progress")
 
 
 def trial_label(overrides: dict[str, Any]) -> str:

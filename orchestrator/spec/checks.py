@@ -2,7 +2,7 @@
 
 pydantic checks each field; the rules here need several fields at once (``layer_norm`` only
 with ``lstm``, ``tie_weights`` needs equal sizes, a training budget, a corpus file that exists,
-a model under :data:`~orchestrator.spec.MAX_PARAMETERS`), or the sweep (paths that exist,
+a model under :data:`~orchestrator.spec.schema.MAX_PARAMETERS`), or the sweep (paths that exist,
 swept values valid where they land). They run on the raw mapping, skipping any field pydantic
 already refused, so one pass reports everything.
 
@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 from pydantic import ValidationError
 
 from orchestrator.errors import Problem, SpecError, problems_from_pydantic
-from orchestrator.spec import (
+from orchestrator.spec.schema import (
     KINDS,
     MAX_PARAMETERS,
     SECTIONS,
@@ -33,7 +33,7 @@ from orchestrator.spec import (
     config_sections,
     set_path,
 )
-from orchestrator.sweep import MAX_TRIALS, ChoiceDist, IntDist, Point, SweepSpec, sweep_points
+from orchestrator.spec.sweep import MAX_TRIALS, ChoiceDist, IntDist, Point, SweepSpec, sweep_points
 from rnn.config import DEFAULT_VOCAB_SIZE
 
 #: Vocabulary assumed for char-level size estimates (the real one is the training split's characters).

@@ -5,7 +5,7 @@
 (``model.cell``); ``evals.parquet`` has exactly :data:`EVAL_SCHEMA`. A config column's Arrow
 type is inferred from its values and only ever promoted (null < bool, int64 < float64 < string),
 so it stays stable as trials arrive. Nothing here touches the disk: see
-:mod:`orchestrator.storage` for that and :class:`orchestrator.results.ResultsStore` for the tables.
+:mod:`orchestrator.results.storage` for that and :class:`orchestrator.results.store.ResultsStore` for the tables.
 """
 
 from __future__ import annotations

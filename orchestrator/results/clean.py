@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.results import FAILURE_STATUSES, JobLock, ResultsStore
+from orchestrator.results.lock import JobLock
+from orchestrator.results.store import ResultsStore
+from orchestrator.results.tables import FAILURE_STATUSES
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestrator.errors import UsageError
-from orchestrator.faults import faults_from_env
+from orchestrator.run.faults import faults_from_env
 from orchestrator.results import (
     TERMINAL_STATUSES,
     JobLock,
@@ -26,8 +26,8 @@ from orchestrator.results import (
     fresh_start,
     write_manifest,
 )
-from orchestrator.spec import JobSpec, load_spec
-from orchestrator.sweep import expand
+from orchestrator.spec.schema import JobSpec, load_spec
+from orchestrator.spec.sweep import expand
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ def run_job(
     stop: Optional[threading.Event] = None,
 ) -> RunOutcome:
     """Run every unfinished trial of the spec at ``spec_path`` and rebuild the report."""
-    from orchestrator.dispatch import Dispatcher
-    from orchestrator.report import build_report
+    from orchestrator.run.dispatch import Dispatcher
+    from orchestrator.report.render import build_report
 
     spec = load_spec(spec_path)  # SpecError: the CLI reports it with exit status 2
     trials = expand(spec)

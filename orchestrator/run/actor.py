@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from orchestrator.faults import Fault, batch_hook, step_hook
+from orchestrator.run.faults import Fault, batch_hook, step_hook
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import os
 import socket
 from typing import Any, Optional
 
-from orchestrator.storage import ResultsError, cleanup_stale_temps, open_storage
+from orchestrator.results.storage import ResultsError, cleanup_stale_temps, open_storage
 
 __all__ = ["LOCK_FILE", "JobLock", "ResultsLockedError"]
 

@@ -2,7 +2,7 @@
 
 It records the spec as submitted, the corpus hashes and devices the caller passes, the versions
 of the packages that shape results, the host and the git commit of the working directory.
-Written atomically like every file of the job folder (see :mod:`orchestrator.storage`).
+Written atomically like every file of the job folder (see :mod:`orchestrator.results.storage`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import socket
 import subprocess
 from typing import Any, Mapping, Optional
 
-from orchestrator.storage import ResultsError, open_storage
+from orchestrator.results.storage import ResultsError, open_storage
 
 __all__ = ["MANIFEST_FILE", "package_versions", "read_manifest", "write_manifest"]
 

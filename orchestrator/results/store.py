@@ -15,14 +15,8 @@ a kill at any moment leaves the previous good version. ``job_dir`` may be a loca
 a pyarrow filesystem URI (``file:///...``; other filesystems work where pyarrow supports
 them, but only local folders can be locked).
 
-This module holds :class:`ResultsStore`, :func:`fresh_start` and :func:`trial_row`; the rest
-lives in one module per concept and is re-exported here, so ``from orchestrator.results
-import X`` works for every name in ``__all__``:
-
-- :mod:`orchestrator.tables`: Arrow schemas, statuses, row validation, ``flatten_config``;
-- :mod:`orchestrator.storage`: atomic local / pyarrow-filesystem writes, ``ResultsError``;
-- :mod:`orchestrator.manifest`: ``manifest.json``, package versions, git commit;
-- :mod:`orchestrator.lock`: ``JobLock`` and ``ResultsLockedError``.
+This module holds :class:`ResultsStore`, :func:`fresh_start` and :func:`trial_row`; the
+package's public names are in :mod:`orchestrator.results`.
 """
 
 from __future__ import annotations
@@ -39,47 +33,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-# Re-exported: importers keep using ``orchestrator.results`` for every name of __all__ (and the
-# job folder's file names), wherever each now lives.
-from orchestrator.lock import JobLock, ResultsLockedError
-from orchestrator.manifest import package_versions, read_manifest, write_manifest
-from orchestrator.storage import ResultsError, Storage, open_storage
-from orchestrator.tables import (
+from orchestrator.results.lock import JobLock
+from orchestrator.results.storage import ResultsError, Storage, open_storage
+from orchestrator.results.tables import (
     EVAL_SCHEMA,
-    FAILURE_STATUSES,
-    SUCCESS_STATUSES,
     TERMINAL_STATUSES,
     THROUGHPUT_FIXED,
-    THROUGHPUT_STATUSES,
     TRIAL_FIXED,
     build_table,
     enum_value,
     eval_rows,
-    flatten_config,
     normalize_trial_row,
     throughput_rows,
 )
 from rnn.events import TrialStatus
 
-__all__ = [
-    "EVAL_SCHEMA",
-    "FAILURE_STATUSES",
-    "SUCCESS_STATUSES",
-    "TERMINAL_STATUSES",
-    "THROUGHPUT_FIXED",
-    "THROUGHPUT_STATUSES",
-    "TRIAL_FIXED",
-    "JobLock",
-    "ResultsError",
-    "ResultsLockedError",
-    "ResultsStore",
-    "flatten_config",
-    "fresh_start",
-    "package_versions",
-    "read_manifest",
-    "trial_row",
-    "write_manifest",
-]
+__all__ = ["ResultsStore", "fresh_start", "trial_row"]
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +256,7 @@ def trial_row(
 ) -> dict[str, Any]:
     """A trials-table row for :meth:`ResultsStore.upsert_trial`.
 
-    ``trial`` has ``trial_id`` and ``config`` (an ``orchestrator.sweep.Trial``). ``result`` is
+    ``trial`` has ``trial_id`` and ``config`` (an ``orchestrator.spec.sweep.Trial``). ``result`` is
     the ``rnn.events.TrainResult`` when the run ended in the engine, else None (a crash, an
     OOM kill); ``info`` is the ``start`` event's info (params, device, precision, vocab_size,
     corpus_sha256), which fills what a missing result cannot. ``checkpoint`` is the best
