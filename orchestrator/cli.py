@@ -102,6 +102,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job spec: every unfinished trial on Ray, then the report."""
     from orchestrator.results import ResultsError
+    from orchestrator.run.backend import ClusterLostError
     from orchestrator.run.runner import EXIT_INTERRUPTED, UsageError, run_job
 
     if load_or_report(args.spec) is None:
@@ -116,9 +117,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except ClusterLostError as e:
+        print(f"error: {e}; every finished trial is on disk: run the same command again once the "
+              "cluster is back to resume", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001  (the driver never dies with a traceback)
+        logging.getLogger("orchestrator").debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+              "(every finished trial is on disk; run the same command again to resume)", file=sys.stderr)
+        return EXIT_FAILED
     return outcome.exit_code
 
 

@@ -13,13 +13,15 @@ from typing import Any, Optional
 
 
 class TrialStatus(str, enum.Enum):
-    """How a run ended. The first three come from the engine, the rest from the orchestrator."""
+    """How a run ended. The first three come from the engine, the rest from the orchestrator
+    (``timeout``: the trial hit ``resources.trial_timeout_s``, its hard wall-clock cap)."""
 
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"
     DIVERGED = "diverged"
     FAILED = "failed"
     OOM = "oom"
+    TIMEOUT = "timeout"
 
     def is_success(self) -> bool:
         return self in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)

@@ -1,20 +1,10 @@
 """The thin Ray actor around the engine's trainer.
 
 One actor runs one trial at a time and is reused for the next (starting a worker and
-importing torch costs seconds). ``run`` is a streaming generator: the driver sees each
-event as it happens. Events are plain dicts:
-
-- ``{"kind": "start", "info": {...}}``
-- ``{"kind": "eval", "record": EvalRecord}``
-- ``{"kind": "checkpoint", "step": int, "data": bytes}``: the new best checkpoint travels to
-  the driver, so a multi-node cluster needs no shared filesystem;
-- ``{"kind": "end", "result": TrainResult}``
-- ``{"kind": "row", "row": ThroughputRow}``: one measured batch size (throughput trials),
-  followed by ``{"kind": "end", "result": None}``;
-- ``{"kind": "error", "oom": bool, "error": str}``: an exception inside the trainer, with the
-  worker's traceback. Always the last event when present.
-
-Only a lost worker (killed process, dead node) surfaces as a Ray error on the driver.
+importing torch costs seconds). ``run`` and ``throughput`` are streaming generators of the
+dataclasses in :mod:`orchestrator.run.events`: the driver sees each event as it happens. An
+exception inside the trainer is reported as a ``Raised`` event; only a lost worker (killed
+process, dead node) surfaces as a Ray error on the driver.
 """
 
 from __future__ import annotations
@@ -28,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Raised, Started
 from orchestrator.run.faults import Fault, batch_hook, step_hook
 
 log = logging.getLogger(__name__)
@@ -55,6 +46,10 @@ class TrainerActor:
         self._data_dir = data_dir
         self._scratch = Path(tempfile.mkdtemp(prefix="rnn-trial-"))
 
+    def ready(self) -> str:
+        """Answers once the worker is up (torch imported): the driver's signal to hand it a trial."""
+        return socket.gethostname()
+
     def run(
         self,
         trial_id: str,
@@ -62,8 +57,8 @@ class TrainerActor:
         attempt: int = 1,
         resume: Optional[bytes] = None,
         fault: Optional[Fault] = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Train one trial, yielding event dicts (see the module docstring)."""
+    ) -> Iterator[Event]:
+        """Train one trial, yielding its events (see :mod:`orchestrator.run.events`)."""
         from rnn.config import RunConfig
         from rnn.errors import is_out_of_memory
         from rnn.train import Trainer
@@ -80,22 +75,21 @@ class TrainerActor:
         try:
             for event in trainer.iter_fit(resume_from=resume):
                 if event.kind == "start":
-                    yield {"kind": "start", "info": {**event.info, "host": socket.gethostname(), "pid": os.getpid()}}
-                elif event.kind == "eval":
-                    yield {"kind": "eval", "record": event.record}
-                elif event.kind == "checkpoint":
-                    yield {"kind": "checkpoint", "step": event.step, "data": Path(event.checkpoint).read_bytes()}
+                    yield Started({**event.info, "host": socket.gethostname(), "pid": os.getpid()})
+                elif event.kind == "eval" and event.record is not None:
+                    yield Evaluated(event.record)
+                elif event.kind == "checkpoint" and event.checkpoint is not None:
+                    yield Checkpointed(event.step, Path(event.checkpoint).read_bytes())
                 elif event.kind == "end":
-                    yield {"kind": "end", "result": event.result}
+                    yield Ended(event.result)
         except Exception as exc:  # reported as data; the driver decides what it means
             oom = is_out_of_memory(exc)
             if oom:
                 _release_device_memory()
             log.warning("trial %s raised %s", trial_id, type(exc).__name__)
-            yield {"kind": "error", "oom": oom, "error": format_exception(exc)}
+            yield Raised(format_exception(exc), oom=oom)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
-
 
     def throughput(
         self,
@@ -103,8 +97,8 @@ class TrainerActor:
         config: dict[str, Any],
         attempt: int = 1,
         fault: Optional[Fault] = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Measure one throughput trial, yielding a ``row`` event per batch size."""
+    ) -> Iterator[Event]:
+        """Measure one throughput trial, yielding a ``Measured`` event per batch size."""
         from rnn.config import RunConfig, ThroughputConfig
         from rnn.errors import is_out_of_memory
         from rnn.throughput import iter_throughput
@@ -112,15 +106,15 @@ class TrainerActor:
         tp = ThroughputConfig(**config["throughput"])
         hook = batch_hook(fault) if fault and fault.applies(trial_id, attempt) else None
         try:
-            yield {"kind": "start", "info": {"host": socket.gethostname(), "pid": os.getpid()}}
+            yield Started({"host": socket.gethostname(), "pid": os.getpid()})
             for row in iter_throughput(
                 RunConfig.from_dict(config), tp, num_threads=self._num_threads, data_dir=self._data_dir,
                 batch_hook=hook,
             ):
-                yield {"kind": "row", "row": row}
-            yield {"kind": "end", "result": None}
+                yield Measured(row)
+            yield Ended(None)
         except Exception as exc:  # set-up failures; per-size errors are rows
-            yield {"kind": "error", "oom": is_out_of_memory(exc), "error": format_exception(exc)}
+            yield Raised(format_exception(exc), oom=is_out_of_memory(exc))
 
 
 def _release_device_memory() -> None:

@@ -1,18 +1,25 @@
-"""Dispatch trials to a pool of reusable trainer actors on Ray, with retries and resume.
+"""The dispatch loop: a pool of reusable workers that follows the cluster, retries, liveness.
 
-The driver holds at most ``slots`` actors, where ``slots`` is what both ``max_concurrent``
-and the cluster's resources allow: an idle actor keeps its CPU reservation, so a surplus
-actor would make other trials wait forever. Each actor streams its trial's events back;
-the best checkpoint travels with them and is stored under the results folder, so a
-multi-node cluster needs no shared filesystem and a lost actor's trial resumes from it.
+Policy only; the mechanism is a :class:`~orchestrator.run.backend.Backend` (Ray's, or a
+scripted one in tests). Each turn of the loop:
 
-What is retried and what is not:
+1. **Grow the pool** to ``min(max_concurrent, trials left)`` workers, capped by what fits when
+   the backend's size is fixed (embedded Ray). On a cluster that may grow, the workers that
+   cannot be placed yet wait, and that wait is the autoscaler's demand; a node that joins
+   places them. A lost worker is replaced the same way.
+2. **Hand out trials** to ready idle workers, each from the driver's last checkpoint of it
+   (read from the job folder when the trial is first dispatched, never up front).
+3. **Take the events** that arrived and record them (:mod:`orchestrator.run.recorder`).
+4. **Watch liveness.** A trial silent for its stall timeout is killed and retried as lost
+   ("stalled"); a trial past ``trial_timeout_s`` ends as ``timeout``, not retried; a trial
+   silent for a minute is named in the log.
+5. **Shrink the pool** once nothing is pending: idle workers keep a reservation, and workers
+   still waiting for a node are demand that is no longer needed.
 
-- a lost worker or node (the actor died): retried up to ``max_retries`` times on a fresh
-  actor, from the driver's last checkpoint of that trial;
-- out of memory (device OOM, or Ray's memory monitor killing the worker): ``oom``, not retried;
-- a non-finite loss: ``diverged`` (the engine's verdict), not retried;
-- an exception inside the trainer: ``failed`` with the worker's traceback, not retried.
+What is retried: a lost worker or node and a stalled trial, up to ``max_retries`` times, from
+the last checkpoint. Not retried: out of memory (``oom``), a non-finite loss (``diverged``), an
+exception in the trainer (``failed``), a runtime-env set-up failure (``failed``), the hard
+timeout (``timeout``), and trials no node can ever host (``failed``, with the reason).
 """
 
 from __future__ import annotations
@@ -21,37 +28,30 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Optional
 
-from orchestrator.run.actor import TrainerActor
 from orchestrator.errors import UsageError
+from orchestrator.run.backend import Assignment, Backend, Notice, NoticeKind
 from orchestrator.run.faults import Fault
-from orchestrator.spec import allowed_concurrency
-from orchestrator.run.progress import Progress, format_duration, trial_label
-from orchestrator.results import SUCCESS_STATUSES, ResultsStore, trial_row
-from orchestrator.spec.sweep import Trial
+from orchestrator.run.progress import Progress, format_duration
+from orchestrator.run.recorder import Recorder, TrialState
+from orchestrator.results import ResultsStore
+from orchestrator.spec import ResourcesSpec, Trial
+from rnn.events import TrialStatus
 
 log = logging.getLogger(__name__)
 
-#: How often the loop wakes up to notice an interrupt when no event arrives.
+#: How long one turn of the loop waits for an event.
 POLL_S = 0.5
-
-
-@dataclass
-class _Task:
-    """A trial on its way through the pool."""
-
-    trial: Trial
-    tag: str
-    attempt: int = 1
-    resume: Optional[bytes] = None
-    resume_step: Optional[int] = None
-    started_at: Optional[datetime] = None
-    started_mono: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
-    rows: list[Any] = field(default_factory=list)  # throughput rows
+#: The default stall timeout: max(STALL_FLOOR_S, STALL_PACE_FACTOR x the longest gap seen between events).
+STALL_FLOOR_S = 600.0
+STALL_PACE_FACTOR = 5.0
+#: A trial silent this long (or half its stall timeout, if shorter) is named in the log, once a minute.
+SILENT_NOTE_S = 60.0
+#: Consecutive worker start failures (other than set-up errors) before the next trial is failed.
+MAX_START_FAILURES = 10
 
 
 @dataclass
@@ -65,265 +65,226 @@ class SweepSummary:
 
 
 class Dispatcher:
-    """Runs ``trials`` on the connected Ray cluster and records them in ``store``.
+    """Runs ``trials`` on ``backend`` and records them in ``store``.
 
     Args:
-        trials: the trials to run (already filtered: finished ones are not passed).
-        resources: the spec's ``resources`` section (cpus/gpus per trial, max_concurrent, max_retries).
+        trials: the trials to run (finished ones already filtered out).
+        resources: the spec's ``resources`` section.
         store: where rows, evaluations and checkpoints go.
+        backend: what runs the workers.
         total: the sweep's size including skipped trials, for the progress count.
         faults: injected faults (chaos drills), see :mod:`orchestrator.run.faults`.
-        data_dir: corpus directory passed to the workers.
         stop: set by a signal handler to stop the sweep early.
-        wait_for_resources: on a cluster that cannot fit a trial yet, wait for an autoscaler
-            instead of failing (an existing cluster; never for embedded local Ray).
     """
 
     def __init__(
         self,
         trials: list[Trial],
-        resources: Any,
+        resources: ResourcesSpec,
         store: ResultsStore,
+        backend: Backend,
         *,
         total: Optional[int] = None,
         faults: tuple[Fault, ...] = (),
-        data_dir: Optional[str] = None,
         stop: Optional[threading.Event] = None,
-        wait_for_resources: bool = False,
     ) -> None:
         self.trials = trials
         self.res = resources
-        self.store = store
+        self.backend = backend
         self.total = total if total is not None else len(trials)
         self.faults = faults
-        self.data_dir = data_dir
         self.stop = stop or threading.Event()
-        self.wait_for_resources = wait_for_resources
-        self.statuses: collections.Counter[str] = collections.Counter()
-        #: What the trials reported at start, for the manifest: corpus name -> sha256, and
-        #: one entry per distinct (host, device, device name).
-        self.corpora: dict[str, str] = {}
-        self.devices: list[dict[str, Any]] = []
+        self.progress = Progress(len(trials), max(1, min(resources.max_concurrent, len(trials))))
+        self.recorder = Recorder(store, self.progress, self.total)
+        self._pending: collections.deque[TrialState] = collections.deque()
+        self._starting: set[int] = set()
+        self._idle: list[int] = []
+        self._busy: dict[int, TrialState] = {}
+        self._start_failures = 0
+
+    @property
+    def corpora(self) -> dict[str, str]:
+        return self.recorder.corpora
+
+    @property
+    def devices(self) -> list[dict]:
+        return self.recorder.devices
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> SweepSummary:
-        import ray
-
         skipped = self.total - len(self.trials)
-        cluster = ray.cluster_resources()
-        slots = allowed_concurrency(self.res, cluster.get("CPU", 0), cluster.get("GPU", 0))
-        if slots < 1 and self.trials:
-            need = f"each trial asks for {self.res.cpus_per_trial} CPU and {self.res.gpus_per_trial} GPU"
-            if not self.wait_for_resources:
-                raise UsageError(
-                    f"resources: this machine cannot fit one trial: {need}, it has {ray.cluster_resources()}; "
-                    "lower resources.cpus_per_trial / gpus_per_trial"
-                )
-            log.warning("the cluster cannot fit a trial yet (%s); waiting for the autoscaler to add nodes", need)
-            slots = 1
-        slots = min(slots, len(self.trials)) or 1
-        progress = Progress(len(self.trials), slots)
+        capacity = self.backend.capacity()
+        if capacity == 0 and self.trials:
+            raise UsageError(
+                f"resources: this machine cannot fit one trial: each asks for {self.res.cpus_per_trial:g} CPU and "
+                f"{self.res.gpus_per_trial:g} GPU; lower resources.cpus_per_trial / gpus_per_trial"
+            )
         log.info(
-            "running %d trials (%d finished earlier, skipped) on %d actors of %s CPU / %s GPU each",
-            len(self.trials), skipped, slots, self.res.cpus_per_trial, self.res.gpus_per_trial,
+            "running %d trials (%d finished earlier, skipped) on up to %d workers of %g CPU / %g GPU each%s",
+            len(self.trials), skipped, min(self.res.max_concurrent, capacity or self.res.max_concurrent),
+            self.res.cpus_per_trial, self.res.gpus_per_trial,
+            "" if capacity is not None else " (the pool follows the cluster)",
         )
-        pending: collections.deque[_Task] = collections.deque(self._task(t) for t in self.trials)
-        idle: list[Any] = []
-        running: dict[Any, tuple[Any, _Task]] = {}
-        actor_cls = ray.remote(TrainerActor).options(
-            num_cpus=self.res.cpus_per_trial,
-            num_gpus=self.res.gpus_per_trial,
-            max_restarts=0,
-            max_task_retries=0,
-        )
+        self._pending.extend(self.recorder.state(t) for t in self.trials)
         try:
-            while (pending or running) and not self.stop.is_set():
-                while pending and len(running) < slots:
-                    task = pending.popleft()
-                    actor = idle.pop() if idle else actor_cls.remote(max(1, int(self.res.cpus_per_trial)), self.data_dir)
-                    running[self._launch(actor, task)] = (actor, task)
-                    task.started_mono = time.monotonic()
-                    task.started_at = task.started_at or datetime.now(timezone.utc)
-                    how = f" from checkpoint at step {task.resume_step}" if task.resume else ""
-                    progress.trial_started(task.tag, f"started (attempt {task.attempt}){how}")
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
-                for gen in ready:
-                    actor, task = running[gen]
-                    outcome = self._advance(gen, task, progress)
-                    if outcome is None:
-                        continue
-                    del running[gen]
-                    if outcome == "lost":
-                        ray.kill(actor)
-                        if task.attempt <= self.res.max_retries:
-                            task.attempt += 1
-                            task.rows = []
-                            pending.appendleft(task)
-                            how = f"from checkpoint at step {task.resume_step}" if task.resume else "from scratch"
-                            progress.trial_requeued(task.tag, f"retrying (attempt {task.attempt}) {how}")
-                        else:
-                            self._finish(task, progress, "failed", None, task.info.get("lost_reason"))
-                    elif outcome == "oom-killed":
-                        ray.kill(actor)
-                        self._finish(task, progress, "oom", None, task.info.get("lost_reason"))
-                    else:
-                        idle.append(actor)
-                if not pending:
-                    # An idle actor keeps its reservation: free it for actors still waiting to start.
-                    while idle:
-                        ray.kill(idle.pop())
+            while (self._pending or self._busy) and not self.stop.is_set():
+                self._grow()
+                self._hand_out()
+                for notice in self.backend.poll(POLL_S):
+                    self._on_notice(notice)
+                now = time.monotonic()
+                self._watch(now)
+                if self._pending and self._starting and not (self._busy or self._idle):
+                    self._check_hostable()
+                if not self._pending:
+                    self._shrink()
+                self.backend.check()
         finally:
-            for actor in idle + [a for a, _ in running.values()]:
-                ray.kill(actor)
-        interrupted = self.stop.is_set() and bool(pending or running)
+            self.backend.close()
+        interrupted = self.stop.is_set() and bool(self._pending or self._busy)
         if interrupted:
             log.warning(
                 "interrupted: %d trials stopped or not started; run the same command again to resume them",
-                len(pending) + len(running),
+                len(self._pending) + len(self._busy),
             )
-        return SweepSummary(self.total, skipped, dict(self.statuses), interrupted)
+        return SweepSummary(self.total, skipped, dict(self.recorder.statuses), interrupted)
 
-    # ------------------------------------------------------------------ pieces
-    def _task(self, trial: Trial) -> _Task:
-        tag = f"{trial.index + 1}/{self.total} {trial.trial_id}"
-        label = trial_label(trial.overrides)
-        task = _Task(trial=trial, tag=f"{tag} {label}".strip())
-        saved = self.store.read_checkpoint_bytes(trial.trial_id)
-        if saved is not None:
-            step = _checkpoint_step(saved)
-            if step is None:
-                log.warning("[%s] its saved checkpoint is unreadable; starting it over", task.tag)
-            else:
-                task.resume, task.resume_step = saved, step
-        return task
+    # ------------------------------------------------------------------ the pool
+    def _grow(self) -> None:
+        want = min(self.res.max_concurrent, len(self._pending) + len(self._busy))
+        capacity = self.backend.capacity()
+        if capacity is not None:
+            want = min(want, capacity)
+        while len(self._starting) + len(self._idle) + len(self._busy) < want:
+            self._starting.add(self.backend.start_worker())
 
-    def _launch(self, actor: Any, task: _Task) -> Any:
-        fault = next((f for f in self.faults if f.applies(task.trial.trial_id, task.attempt)), None)
-        t = task.trial
-        if "throughput" in t.config:
-            return actor.throughput.remote(t.trial_id, t.config, task.attempt, fault)
-        # Backpressure 1: the worker goes on only once the driver has taken its last event, so
-        # a checkpoint it yielded has reached the driver before the worker can die after it.
-        run = actor.run.options(_generator_backpressure_num_objects=1)
-        return run.remote(t.trial_id, t.config, task.attempt, task.resume, fault)
+    def _shrink(self) -> None:
+        for worker in [*self._idle, *self._starting]:
+            self.backend.kill(worker)
+        self._idle.clear()
+        self._starting.clear()
 
-    def _advance(self, gen: Any, task: _Task, progress: Progress) -> Optional[str]:
-        """Handle the next event of ``gen``; a non-None return means the trial left its actor."""
-        import ray
-        from ray.exceptions import ActorDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+    def _hand_out(self) -> None:
+        while self._pending and self._idle:
+            worker, state = self._idle.pop(), self._pending.popleft()
+            self.recorder.load_resume(state)
+            fault = next((f for f in self.faults if f.applies(state.trial.trial_id, state.attempt)), None)
+            self.backend.launch(worker, Assignment(
+                trial_id=state.trial.trial_id,
+                throughput=state.throughput,
+                config=state.trial.config,
+                attempt=state.attempt,
+                resume=state.resume,
+                fault=fault,
+            ))
+            now = time.monotonic()
+            state.attempt_started_mono = state.last_event_mono = now
+            state.first_started_mono = state.first_started_mono or now
+            state.started_at = state.started_at or datetime.now(timezone.utc)
+            state.rows = []
+            self._busy[worker] = state
+            self.progress.slots = max(1, len(self._busy))
+            how = f" from checkpoint at step {state.resume_step}" if state.resume else ""
+            self.progress.trial_started(state.tag, f"started (attempt {state.attempt}){how}")
 
-        try:
-            event = ray.get(next(gen))
-        except StopIteration:
-            self._finish(task, progress, "failed", None, "the trainer stopped without a result")
-            return "done"
-        except OutOfMemoryError as e:  # Ray's memory monitor killed the worker
-            task.info["lost_reason"] = f"OutOfMemoryError: the worker was killed by Ray's memory monitor: {e}"
-            return "oom-killed"
-        except (ActorDiedError, RayActorError, WorkerCrashedError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            task.info["lost_reason"] = f"{type(e).__name__}: worker lost {task.attempt} time(s): {reason}"
-            progress.line(task.tag, f"lost its worker ({type(e).__name__})")
-            return "lost"
-        kind = event["kind"]
-        if kind == "start":
-            info = event["info"]
-            task.info.update(info)
-            if "corpus" in info:
-                self.corpora[info["corpus"]] = info["corpus_sha256"]
-            if "device" in info:
-                device = {k: info.get(k) for k in ("host", "device", "device_name", "precision")}
-                if device not in self.devices:
-                    self.devices.append(device)
-                progress.line(task.tag, f"running on {info['host']} ({info['device']}, {info['precision']}, "
-                              f"{info['params']:,} params)")
-            else:
-                progress.line(task.tag, f"running on {info['host']}")
-        elif kind == "eval":
-            r = event["record"]
-            progress.line(
-                task.tag,
-                f"step {r.step}: train {r.train_loss:.4f}, val {r.val_loss:.4f} ({r.val_bpc:.3f} bpc, "
-                f"acc {r.val_accuracy:.3f}), {r.samples_per_s:,.0f} samples/s",
-            )
-        elif kind == "row":
-            row = event["row"]
-            task.rows.append(row)
-            task.info.update(device=row.device, precision=row.precision)
-            speed = f"{row.samples_per_s:,.0f} samples/s, {row.step_time_ms:.1f} ms/step" if row.status == "ok" else (
-                (row.error or "").splitlines()[0] if row.error else "")
-            progress.line(task.tag, f"batch {row.batch_size}: {row.status} {speed}".rstrip())
-        elif kind == "checkpoint":
-            task.resume, task.resume_step = event["data"], event["step"]
-            self.store.write_checkpoint_bytes(task.trial.trial_id, event["data"])
-        elif kind == "end":
-            result = event["result"]
-            if result is None:  # a throughput trial: its rows are the result
-                self._finish_throughput(task, progress)
-            else:
-                self._finish(task, progress, result.status.value, result, result.error)
-            return "done"
-        elif kind == "error":
-            self._finish(task, progress, "oom" if event["oom"] else "failed", None, event["error"])
-            return "done"
-        return None
+    # ------------------------------------------------------------------ notices
+    def _on_notice(self, n: Notice) -> None:
+        if n.kind is NoticeKind.READY:
+            if n.worker in self._starting:
+                self._starting.discard(n.worker)
+                self._idle.append(n.worker)
+                self._start_failures = 0
+                log.info("worker up on %s: %d busy, %d idle, %d starting or waiting for resources",
+                         n.reason, len(self._busy), len(self._idle), len(self._starting))
+        elif n.kind is NoticeKind.START_FAILED:
+            self._start_failed(n)
+        elif n.kind is NoticeKind.EVENT:
+            state = self._busy.get(n.worker)
+            if state is None or n.event is None:
+                return
+            state.heard(time.monotonic())
+            if self.recorder.on_event(state, n.event):
+                del self._busy[n.worker]
+                self._idle.append(n.worker)
+        elif n.kind is NoticeKind.END:
+            state = self._busy.pop(n.worker, None)
+            if state is not None:  # the stream ended without a last event
+                self.recorder.finish(state, TrialStatus.FAILED, error="the trainer stopped without a result")
+                self._idle.append(n.worker)
+        elif n.kind is NoticeKind.LOST:
+            self._lost(n)
 
-    def _finish_throughput(self, task: _Task, progress: Progress) -> None:
-        from dataclasses import asdict
+    def _start_failed(self, n: Notice) -> None:
+        self._starting.discard(n.worker)
+        self.backend.kill(n.worker)
+        self._start_failures += 1
+        log.warning("a worker could not be started: %s", n.reason)
+        if self._pending and (n.setup_failed or self._start_failures >= MAX_START_FAILURES):
+            state = self._pending.popleft()
+            self.progress.trial_started(state.tag, "could not start a worker for it")
+            self.recorder.finish(state, TrialStatus.FAILED, error=f"the worker could not be started: {n.reason}")
+            self._start_failures = 0
 
-        from rnn.throughput import mark_best
-
-        task.rows = mark_best(task.rows)
-        self.store.replace_throughput(task.trial.trial_id, task.trial.config, [asdict(r) for r in task.rows])
-        errors = [r for r in task.rows if r.status == "error"]
-        status = "failed" if errors and len(errors) == len(task.rows) else "completed"
-        error = errors[0].error if errors else None
-        self._finish(task, progress, status, None, error, summary=_best_line(task.rows))
-
-    def _finish(
-        self, task: _Task, progress: Progress, status: str, result: Any, error: Optional[str],
-        summary: Optional[str] = None,
-    ) -> None:
-        finished = datetime.now(timezone.utc)
-        has_ckpt = task.resume is not None and result is not None and result.best_checkpoint
-        row = trial_row(
-            task.trial,
-            status=status,
-            result=result,
-            error=error,
-            attempts=task.attempt,
-            started_at=task.started_at,
-            finished_at=finished,
-            info=task.info,
-            checkpoint=self.store.checkpoint_relpath(task.trial.trial_id) if has_ckpt else None,
-        )
-        self.store.upsert_trial(row)
-        if result is not None:
-            self.store.replace_evals(task.trial.trial_id, list(result.evals))
-        self.statuses[status] += 1
-        duration = time.monotonic() - task.started_mono
-        if summary is not None:
-            msg = f"{status}: {summary} in {format_duration(duration)}"
-        elif result is not None and result.best_val_loss is not None:
-            msg = (f"{status}: best val {result.best_val_loss:.4f} ({result.best_val_bpc:.3f} bpc) at step "
-                   f"{result.best_step}, {result.steps} steps in {format_duration(duration)}")
+    def _lost(self, n: Notice) -> None:
+        self.backend.kill(n.worker)
+        self._starting.discard(n.worker)
+        if n.worker in self._idle:
+            self._idle.remove(n.worker)
+        state = self._busy.pop(n.worker, None)
+        if state is None:
+            return
+        if n.oom:
+            self.recorder.finish(state, TrialStatus.OOM, error=n.reason)
+        elif n.setup_failed:
+            self.recorder.finish(state, TrialStatus.FAILED, error=n.reason)
         else:
-            msg = f"{status}: {error.splitlines()[0] if error else 'no evaluation'}"
-        progress.trial_finished(task.tag, msg, duration, ok=status in SUCCESS_STATUSES)
+            self.progress.line(state.tag, f"lost its worker ({n.reason})")
+            self._retry_or_fail(state, f"worker lost: {n.reason}")
 
+    def _retry_or_fail(self, state: TrialState, reason: str) -> None:
+        if state.attempt <= self.res.max_retries:
+            state.attempt += 1
+            self._pending.appendleft(state)
+            how = f"from checkpoint at step {state.resume_step}" if state.resume else "from scratch"
+            self.progress.trial_requeued(state.tag, f"retrying (attempt {state.attempt}) {how}")
+        else:
+            self.recorder.finish(state, TrialStatus.FAILED, error=f"{reason} (gave up after {state.attempt} attempts)")
 
-def _best_line(rows: list[Any]) -> str:
-    best = next((r for r in rows if r.is_best), None)
-    ooms = [r.batch_size for r in rows if r.status == "oom"]
-    text = f"best batch {best.batch_size}: {best.samples_per_s:,.0f} samples/s" if best else "no batch size ran"
-    return text + (f"; out of memory at {ooms}" if ooms else "")
+    # ------------------------------------------------------------------ liveness
+    def stall_timeout_s(self, state: TrialState) -> float:
+        """The spec's ``stall_timeout_s``, else max(600 s, 5x the longest gap between the trial's events)."""
+        if self.res.stall_timeout_s is not None:
+            return float(self.res.stall_timeout_s)
+        return max(STALL_FLOOR_S, STALL_PACE_FACTOR * state.longest_gap_s)
 
+    def _watch(self, now: float) -> None:
+        for worker, state in list(self._busy.items()):
+            cap = self.res.trial_timeout_s
+            if cap is not None and state.first_started_mono is not None and now - state.first_started_mono >= cap:
+                self.backend.kill(worker)
+                del self._busy[worker]
+                self.recorder.finish(state, TrialStatus.TIMEOUT,
+                                     error=f"timeout: stopped at its {format_duration(cap)} cap (resources.trial_timeout_s)")
+                continue
+            silent, limit = now - state.last_event_mono, self.stall_timeout_s(state)
+            if silent >= limit:
+                self.backend.kill(worker)
+                del self._busy[worker]
+                self.progress.line(state.tag, f"stalled: no event for {format_duration(silent)} "
+                                   f"(stall timeout {format_duration(limit)}); killed its worker")
+                self._retry_or_fail(state, f"stalled: no event for {format_duration(silent)}")
+            elif silent >= min(SILENT_NOTE_S, limit / 2) and now - state.warned_mono >= SILENT_NOTE_S:
+                state.warned_mono = now
+                self.progress.line(state.tag, f"silent for {format_duration(silent)} "
+                                   f"(stall timeout {format_duration(limit)})")
 
-def _checkpoint_step(data: bytes) -> Optional[int]:
-    from rnn.checkpoint import load_checkpoint
-    from rnn.errors import CheckpointError
-
-    try:
-        return int(load_checkpoint(data)["step"])
-    except (CheckpointError, KeyError, TypeError, ValueError):
-        return None
+    def _check_hostable(self) -> None:
+        reason = self.backend.unhostable()
+        if reason is None:
+            return
+        log.error("%s; the %d trials left are failed", reason, len(self._pending))
+        while self._pending:
+            state = self._pending.popleft()
+            self.progress.trial_started(state.tag, "no node can host it")
+            self.recorder.finish(state, TrialStatus.FAILED, error=reason)
+        self._shrink()

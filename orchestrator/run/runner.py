@@ -1,22 +1,24 @@
 """``run``: one job spec from validation to report.
 
-Validate → expand → resolve the output folder → lock it → skip finished trials → connect to
-Ray → dispatch → report. Bad input (a bad spec, an output folder that cannot be used) raises
-:class:`UsageError` *before* anything is dispatched or written.
+Validate → expand → resolve the output folder → preflight the data → check the Ray address →
+lock the folder → skip finished trials → connect → dispatch → report. Bad input (a bad spec,
+an output folder that cannot be used, an address that does not answer) raises
+:class:`UsageError` *before* anything is dispatched or written. A cluster lost mid-run raises
+:class:`~orchestrator.run.backend.ClusterLostError` after what finished is on disk.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from orchestrator.errors import UsageError
+from orchestrator.run.backend import ClusterLostError
+from orchestrator.run.connect import cluster_address, connect, probe_address, stop_on_signals
 from orchestrator.run.faults import faults_from_env
 from orchestrator.results import (
     TERMINAL_STATUSES,
@@ -65,58 +67,6 @@ def resolve_job_dir(spec: JobSpec, output_override: Optional[str], environ: Opti
     return str((Path.cwd() / path / spec.name).resolve())
 
 
-def connect(address: Optional[str]) -> bool:
-    """Connect to Ray; returns True when an embedded local instance was started.
-
-    ``--address`` wins; otherwise ``RAY_ADDRESS`` (set inside ``ray job submit``) joins that
-    cluster; otherwise a single-node Ray starts in this process, bound to loopback.
-    """
-    import ray
-
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, log_to_driver=False, logging_level=logging.WARNING)
-        log.info("connected to the Ray cluster at %s", address or os.environ["RAY_ADDRESS"])
-        return False
-    # Loopback only, and no token auth: a token file left by an embedded Ray would otherwise
-    # make a later `ray start` demand a token from every client.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    log.info("started a local Ray instance with %d CPUs", os.cpu_count() or 1)
-    return True
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event):
-    """SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt).
-
-    Installed *after* ``ray.init``, which puts in a handler of its own that aborts the process.
-    """
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.warning("%s received: stopping running trials, keeping what finished (again to force)",
-                    signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals are delivered to the main thread only
-        return
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def preflight_data(trials: list) -> None:
     """Load, split and tokenize every distinct corpus once, before anything is dispatched.
 
@@ -148,13 +98,23 @@ def run_job(
     stop: Optional[threading.Event] = None,
 ) -> RunOutcome:
     """Run every unfinished trial of the spec at ``spec_path`` and rebuild the report."""
+    from orchestrator.report import build_report
     from orchestrator.run.dispatch import Dispatcher
-    from orchestrator.report.render import build_report
+    from orchestrator.run.ray_backend import RayBackend
 
     spec = load_spec(spec_path)  # SpecError: the CLI reports it with exit status 2
     trials = expand(spec)
     job_dir = resolve_job_dir(spec, output)
     preflight_data(trials)
+    store = ResultsStore(job_dir)
+    try:
+        finished = store.finished_trial_ids(SKIP_STATUSES) if not fresh else set()
+    except ResultsError as e:
+        raise UsageError(str(e)) from e
+    todo = [t for t in trials if t.trial_id not in finished]
+    target = cluster_address(address)
+    if todo and target is not None:
+        probe_address(target)  # before anything is locked or written
     try:
         if fresh:
             moved = fresh_start(job_dir)  # refuses while another run holds the folder
@@ -163,36 +123,43 @@ def run_job(
         lock = JobLock(job_dir).acquire()
     except ResultsError as e:
         raise UsageError(str(e)) from e
+    summary = None
     try:
         store = ResultsStore(job_dir)
-        finished = store.finished_trial_ids(SKIP_STATUSES)
+        finished = store.finished_trial_ids(SKIP_STATUSES)  # under the lock: what is on disk now
         todo = [t for t in trials if t.trial_id not in finished]
         if finished:
             log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
         manifest = {"name": spec.name, "kind": spec.kind, "trials": len(trials)}
         spec_text = Path(spec_path).read_text(encoding="utf-8")
         write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
-        faults = tuple(faults_from_env())
-        summary = None
         if todo:
             started_here = connect(address)
+            cluster_lost = False
             try:
-                dispatcher = Dispatcher(
-                    todo,
+                backend = RayBackend(
                     spec.resources,
-                    store,
-                    total=len(trials),
-                    faults=faults,
+                    num_threads=max(1, int(spec.resources.cpus_per_trial)),
                     data_dir=os.environ.get("RNN_DATA_DIR"),
-                    stop=stop,
-                    wait_for_resources=not started_here,
+                    elastic=not started_here,
+                    placement_timeout_s=spec.resources.placement_timeout_s,
                 )
-                with stop_on_signals(dispatcher.stop):
-                    summary = dispatcher.run()
-                manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
-                write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+                dispatcher = Dispatcher(
+                    todo, spec.resources, store, backend,
+                    total=len(trials), faults=tuple(faults_from_env()), stop=stop,
+                )
+                try:
+                    with stop_on_signals(dispatcher.stop):
+                        summary = dispatcher.run()
+                except ClusterLostError:
+                    cluster_lost = True
+                    raise
+                finally:
+                    manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
+                    write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
             finally:
-                if started_here:
+                # With the head gone, ray.shutdown() would wait on it: the process exit cleans up.
+                if started_here or not cluster_lost:
                     import ray
 
                     ray.shutdown()
@@ -205,6 +172,6 @@ def run_job(
         lock.release()
     if summary is not None and summary.interrupted:
         return RunOutcome(EXIT_INTERRUPTED, job_dir)
-    # oom and diverged are results; a failed trial is a bug or an environment problem.
+    # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
     failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
     return RunOutcome(EXIT_TRIALS_FAILED if failed else EXIT_OK, job_dir)

@@ -143,6 +143,13 @@ class ResourcesSpec(_Section):
     gpus_per_trial: Annotated[float, Strict(), Field(ge=0, le=64, allow_inf_nan=False)] = 0.0
     max_concurrent: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 4
     max_retries: Annotated[int, Strict(), Field(ge=0, le=100)] = 2
+    #: A running trial silent this long is killed and retried as lost; None: max(600 s, 5x its
+    #: longest gap between events).
+    stall_timeout_s: Optional[Annotated[float, Strict(), Field(gt=0, le=1e7, allow_inf_nan=False)]] = None
+    #: A hard wall-clock cap per trial: status ``timeout``, not retried.
+    trial_timeout_s: Optional[Annotated[float, Strict(), Field(gt=0, le=1e8, allow_inf_nan=False)]] = None
+    #: On a cluster without an autoscaler, how long to wait for a node that can host a trial.
+    placement_timeout_s: Annotated[float, Strict(), Field(gt=0, le=1e7, allow_inf_nan=False)] = 600.0
 
     @field_validator("gpus_per_trial")
     @classmethod

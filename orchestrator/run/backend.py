@@ -1,0 +1,83 @@
+"""The seam between the dispatch loop and what runs trials: a small backend protocol.
+
+The dispatcher (:mod:`orchestrator.run.dispatch`) owns the policy: which trial runs next, how
+many workers to keep, what is retried, when a silent trial counts as stalled. A backend owns
+the mechanism: starting workers, streaming a trial's events back, and saying when a worker was
+lost. :class:`~orchestrator.run.ray_backend.RayBackend` is the real one; tests drive the same
+loop through a scripted backend, without Ray (in the spirit of submitit's debug executor).
+
+Everything a backend reports comes back from :meth:`Backend.poll` as :class:`Notice` objects,
+so the loop never blocks on one worker and never sees a Ray exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+from orchestrator.run.events import Event
+from orchestrator.run.faults import Fault
+
+
+class ClusterLostError(Exception):
+    """The cluster itself is gone (the head or its GCS stopped answering)."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One attempt of one trial, as plain data for the worker."""
+
+    trial_id: str
+    throughput: bool
+    config: dict[str, Any]
+    attempt: int
+    resume: Optional[bytes] = None
+    fault: Optional[Fault] = None
+
+
+class NoticeKind(str, enum.Enum):
+    READY = "ready"  # a started worker is up and can take a trial
+    START_FAILED = "start_failed"  # a worker could not be started (``setup_failed``: its runtime env)
+    EVENT = "event"  # the next event of the worker's trial
+    END = "end"  # the worker's trial stream ended (after its last event)
+    LOST = "lost"  # the worker (or its node) died; ``oom``: killed by Ray's memory monitor
+
+
+@dataclass(frozen=True)
+class Notice:
+    kind: NoticeKind
+    worker: int
+    event: Optional[Event] = None
+    reason: str = ""
+    oom: bool = False
+    setup_failed: bool = False
+
+
+class Backend(Protocol):
+    """What the dispatch loop needs from whatever runs the trials. Workers are ints."""
+
+    def capacity(self) -> Optional[int]:
+        """Workers that fit at once, or None where the cluster may grow (an autoscaler, nodes
+        joining by hand): then workers beyond what fits wait, and that wait is the demand."""
+
+    def start_worker(self) -> int:
+        """Ask for a worker; a ``READY`` or ``START_FAILED`` notice about it follows."""
+
+    def launch(self, worker: int, assignment: Assignment) -> None:
+        """Run ``assignment`` on a ready, idle worker; its events follow as notices."""
+
+    def poll(self, timeout_s: float) -> list[Notice]:
+        """What happened since the last call, waiting up to ``timeout_s`` for something."""
+
+    def kill(self, worker: int) -> None:
+        """Stop a worker at once (starting, idle or busy); nothing more is heard of it."""
+
+    def unhostable(self) -> Optional[str]:
+        """Why no node can ever host one trial's resources, or None while one can (or may)."""
+
+    def check(self) -> None:
+        """Raise :class:`ClusterLostError` when the cluster itself is gone."""
+
+    def close(self) -> None:
+        """Stop every worker; withdraws any demand for resources."""

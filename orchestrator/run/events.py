@@ -1,0 +1,60 @@
+"""What a trainer actor streams to the driver: one small dataclass per kind of event.
+
+Plain, picklable data (they cross the Ray boundary). A training trial yields ``Started``,
+then ``Evaluated`` / ``Checkpointed`` as they happen, then ``Ended``; a throughput trial yields
+``Started``, one ``Measured`` per batch size, then ``Ended`` with no result. ``Raised`` (an
+exception inside the trainer, with the worker's traceback) is always the last event when present.
+Only a lost worker or node surfaces as a Ray error on the driver, never as an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from rnn.events import EvalRecord, TrainResult
+
+
+@dataclass(frozen=True)
+class Started:
+    """The trial is running: params, device, precision, corpus, host, pid, ..."""
+
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    record: EvalRecord
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """A new best checkpoint, as bytes: it travels to the driver, so no shared filesystem is needed."""
+
+    step: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One batch size of a throughput trial (an ``rnn.throughput.ThroughputRow``)."""
+
+    row: Any
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The last event of a trial that ran to its end; ``result`` is None for throughput trials."""
+
+    result: Optional[TrainResult]
+
+
+@dataclass(frozen=True)
+class Raised:
+    """An exception inside the trainer: ``Type: message`` first, then the worker's traceback."""
+
+    error: str
+    oom: bool = False
+
+
+Event = Union[Started, Evaluated, Checkpointed, Measured, Ended, Raised]

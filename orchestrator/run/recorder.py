@@ -1,0 +1,222 @@
+"""From a trial's events to its records in the job folder, and its progress lines.
+
+:class:`TrialState` is what the driver knows of one trial on its way through the pool (the
+attempt, the last checkpoint as bytes for a retry, the evaluations seen so far, when it was last
+heard from). :class:`Recorder` turns events into that state and, when the trial ends, into one
+durable commit of its row, evaluations and throughput rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from orchestrator.results import ResultsStore, trial_row
+from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Raised, Started
+from orchestrator.run.progress import Progress, format_duration, trial_label
+from orchestrator.spec import Trial
+from rnn.events import EvalRecord, TrainResult, TrialStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialState:
+    """A trial on its way through the pool. The checkpoint bytes are held only while it runs."""
+
+    trial: Trial
+    tag: str
+    attempt: int = 1
+    resume: Optional[bytes] = None
+    resume_step: Optional[int] = None
+    resume_loaded: bool = False
+    started_at: Optional[datetime] = None  # first start in this invocation (wall clock)
+    first_started_mono: Optional[float] = None
+    attempt_started_mono: float = 0.0
+    last_event_mono: float = 0.0
+    longest_gap_s: float = 0.0
+    warned_mono: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    evals: dict[int, EvalRecord] = field(default_factory=dict)  # by step, across attempts
+    rows: list[Any] = field(default_factory=list)  # throughput rows of this attempt
+
+    @property
+    def throughput(self) -> bool:
+        return "throughput" in self.trial.config
+
+    def heard(self, now: float) -> None:
+        """An event arrived: the gap since the last one sets the pace a stall is judged by."""
+        if self.last_event_mono:
+            self.longest_gap_s = max(self.longest_gap_s, now - self.last_event_mono)
+        self.last_event_mono = now
+
+
+class Recorder:
+    """Applies events to :class:`TrialState` objects and commits finished trials to ``store``.
+
+    Also collects what the manifest records: corpus name -> sha256, and one entry per distinct
+    (host, device, device name, precision).
+    """
+
+    def __init__(self, store: ResultsStore, progress: Progress, total: int) -> None:
+        self.store = store
+        self.progress = progress
+        self.total = total
+        self.statuses: dict[str, int] = {}
+        self.corpora: dict[str, str] = {}
+        self.devices: list[dict[str, Any]] = []
+
+    def state(self, trial: Trial) -> TrialState:
+        label = trial_label(trial.overrides)
+        return TrialState(trial=trial, tag=f"{trial.index + 1}/{self.total} {trial.trial_id} {label}".strip())
+
+    def load_resume(self, state: TrialState) -> None:
+        """Read the trial's stored checkpoint when it is first dispatched (never up front)."""
+        if state.resume_loaded:
+            return
+        state.resume_loaded = True
+        saved = self.store.read_checkpoint_bytes(state.trial.trial_id)
+        if saved is None:
+            return
+        step = _checkpoint_step(saved)
+        if step is None:
+            log.warning("[%s] its saved checkpoint is unreadable; starting it over", state.tag)
+            return
+        state.resume, state.resume_step = saved, step
+
+    def on_event(self, state: TrialState, event: Event) -> bool:
+        """Apply one event; True when it was the trial's last (it has been committed)."""
+        if isinstance(event, Started):
+            self._started(state, event.info)
+        elif isinstance(event, Evaluated):
+            r = event.record
+            state.evals[r.step] = r
+            self.progress.line(
+                state.tag,
+                f"step {r.step}: train {r.train_loss:.4f}, val {r.val_loss:.4f} ({r.val_bpc:.3f} bpc, "
+                f"acc {r.val_accuracy:.3f}), {r.samples_per_s:,.0f} samples/s",
+            )
+        elif isinstance(event, Measured):
+            row = event.row
+            state.rows.append(row)
+            state.info.update(device=row.device, precision=row.precision)
+            if row.status == "ok":
+                speed = f"{row.samples_per_s:,.0f} samples/s, {row.step_time_ms:.1f} ms/step"
+            else:
+                speed = (row.error or "").splitlines()[0] if row.error else ""
+            self.progress.line(state.tag, f"batch {row.batch_size}: {row.status} {speed}".rstrip())
+        elif isinstance(event, Checkpointed):
+            state.resume, state.resume_step = event.data, event.step
+            self.store.write_checkpoint_bytes(state.trial.trial_id, event.data)
+        elif isinstance(event, Ended):
+            if event.result is None:
+                self._finish_throughput(state)
+            else:
+                self.finish(state, event.result.status, result=event.result, error=event.result.error)
+            return True
+        elif isinstance(event, Raised):
+            self.finish(state, TrialStatus.OOM if event.oom else TrialStatus.FAILED, error=event.error)
+            return True
+        return False
+
+    def finish(
+        self,
+        state: TrialState,
+        status: TrialStatus,
+        *,
+        result: Optional[TrainResult] = None,
+        error: Optional[str] = None,
+        summary: Optional[str] = None,
+        throughput: Optional[list[Any]] = None,
+    ) -> None:
+        """Commit the trial's row, evaluations and throughput rows (one durable write), then log it.
+
+        Without an engine result (a lost worker given up on, a timeout, an OOM kill) the row is
+        filled from what the events said: the best evaluation seen and the last checkpoint.
+        """
+        tid = state.trial.trial_id
+        evals = list(result.evals) if result is not None else [state.evals[s] for s in sorted(state.evals)]
+        info = dict(state.info)
+        if result is None and evals:
+            best = min(evals, key=lambda r: r.val_loss if math.isfinite(r.val_loss) else math.inf)
+            info.update(best_val_loss=best.val_loss, best_val_bpc=best.val_bpc,
+                        best_val_accuracy=best.val_accuracy, best_step=best.step, steps=evals[-1].step)
+        has_ckpt = state.resume is not None and (result is None or result.best_checkpoint is not None)
+        row = trial_row(
+            state.trial,
+            status=status,
+            result=result,
+            error=error,
+            attempts=state.attempt,
+            started_at=state.started_at,
+            finished_at=datetime.now(timezone.utc),
+            info=info,
+            checkpoint=self.store.checkpoint_relpath(tid) if has_ckpt else None,
+        )
+        self._commit(row, evals, throughput or [])
+        self.statuses[status.value] = self.statuses.get(status.value, 0) + 1
+        duration = time.monotonic() - (state.first_started_mono or time.monotonic())
+        if summary is not None:
+            msg = f"{status.value}: {summary} in {format_duration(duration)}"
+        elif result is not None and result.best_val_loss is not None:
+            msg = (f"{status.value}: best val {result.best_val_loss:.4f} ({result.best_val_bpc:.3f} bpc) at step "
+                   f"{result.best_step}, {result.steps} steps in {format_duration(duration)}")
+        else:
+            msg = f"{status.value}: {error.splitlines()[0] if error else 'no evaluation'}"
+        state.resume = None  # the bytes are on disk; hold nothing for a finished trial
+        self.progress.trial_finished(state.tag, msg, duration, ok=status.is_success())
+
+    # --- pieces ---------------------------------------------------------------------------
+
+    def _started(self, state: TrialState, info: dict[str, Any]) -> None:
+        state.info.update(info)
+        if "corpus" in info:
+            self.corpora[info["corpus"]] = info["corpus_sha256"]
+        if "device" in info:
+            device = {k: info.get(k) for k in ("host", "device", "device_name", "precision")}
+            if device not in self.devices:
+                self.devices.append(device)
+            self.progress.line(state.tag, f"running on {info['host']} (pid {info.get('pid')}, {info['device']}, "
+                               f"{info['precision']}, {info['params']:,} params)")
+        else:
+            self.progress.line(state.tag, f"running on {info.get('host')} (pid {info.get('pid')})")
+
+    def _finish_throughput(self, state: TrialState) -> None:
+        from dataclasses import asdict
+
+        from rnn.throughput import mark_best
+
+        rows = mark_best(state.rows)
+        errors = [r for r in rows if r.status == "error"]
+        status = TrialStatus.FAILED if errors and len(errors) == len(rows) else TrialStatus.COMPLETED
+        self.finish(state, status, error=errors[0].error if errors else None, summary=_best_line(rows),
+                    throughput=[asdict(r) for r in rows])
+
+    def _commit(self, row: dict[str, Any], evals: list[EvalRecord], throughput: list[dict[str, Any]]) -> None:
+        tid = row["trial_id"]
+        if throughput:
+            self.store.replace_throughput(tid, row["config"], throughput)
+        if evals:
+            self.store.replace_evals(tid, evals)
+        self.store.upsert_trial(row)
+
+
+def _best_line(rows: list[Any]) -> str:
+    best = next((r for r in rows if r.is_best), None)
+    ooms = [r.batch_size for r in rows if r.status == "oom"]
+    text = f"best batch {best.batch_size}: {best.samples_per_s:,.0f} samples/s" if best else "no batch size ran"
+    return text + (f"; out of memory at {ooms}" if ooms else "")
+
+
+def _checkpoint_step(data: bytes) -> Optional[int]:
+    from rnn.checkpoint import load_checkpoint
+    from rnn.errors import CheckpointError
+
+    try:
+        return int(load_checkpoint(data)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None

@@ -1,0 +1,298 @@
+"""The dispatch loop's policy without Ray: a scripted backend drives the real Dispatcher.
+
+The backend below is the test's stand-in for :class:`orchestrator.run.ray_backend.RayBackend`
+(the seam is :class:`orchestrator.run.backend.Backend`); the real-Ray behaviour is covered by
+test_faults.py, test_cluster.py and test_stall.py. Each scripted trial is a list of steps:
+an event to deliver, ``"lost"`` / ``"oom-killed"`` (the worker dies), or ``"hang"`` (nothing
+more is ever heard).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import torch
+
+from conftest import TINY_SPEC
+from orchestrator.results import ResultsStore
+from orchestrator.run.backend import Assignment, Notice, NoticeKind
+from orchestrator.run.dispatch import Dispatcher
+from orchestrator.run.events import Checkpointed, Ended, Evaluated, Started
+from orchestrator.spec import ResourcesSpec
+from orchestrator.spec.checks import validate_spec
+from orchestrator.spec.sweep import expand
+from rnn.checkpoint import FORMAT_VERSION
+from rnn.events import EvalRecord, TrainResult, TrialStatus
+
+
+def _ckpt(step: int) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, "step": step}, buf)
+    return buf.getvalue()
+
+
+def _eval(step: int, loss: float) -> Evaluated:
+    return Evaluated(EvalRecord(step=step, epoch=0.1, train_loss=loss, val_loss=loss, val_bpc=loss / 0.69,
+                                val_perplexity=2.0, val_accuracy=0.3, lr=1e-3, grad_norm=1.0,
+                                samples_per_s=100.0, tokens_per_s=1600.0, elapsed_s=1.0))
+
+
+def _end(steps: int, loss: float) -> Ended:
+    return Ended(TrainResult(status=TrialStatus.COMPLETED, steps=steps, params=10, device="cpu", precision="fp32",
+                             train_time_s=1.0, best_val_loss=loss, best_val_bpc=loss / 0.69, best_val_accuracy=0.3,
+                             best_step=steps, best_checkpoint="x/best.pt",
+                             evals=(_eval(steps, loss).record,)))
+
+
+START = Started({"host": "h", "pid": 1})
+
+
+class ScriptedBackend:
+    """Runs scripted attempts: ``scripts[trial_id]`` is a list (one per attempt) of step lists."""
+
+    def __init__(self, scripts: dict[str, list[list[Any]]], capacity: Optional[int] = None,
+                 start_failures: Optional[list[Notice]] = None, unhostable: Optional[str] = None) -> None:
+        self.scripts = scripts
+        self.cap = capacity
+        self.start_failures = list(start_failures or [])
+        self.unhostable_reason = unhostable
+        self.next_id = 0
+        self.starting: list[int] = []
+        self.alive: set[int] = set()
+        self.running: dict[int, list[Any]] = {}
+        self.launched: list[Assignment] = []
+        self.killed: list[int] = []
+        self.most_workers = 0
+        self.closed = False
+
+    def capacity(self) -> Optional[int]:
+        return self.cap
+
+    def start_worker(self) -> int:
+        worker, self.next_id = self.next_id, self.next_id + 1
+        self.starting.append(worker)
+        self.alive.add(worker)
+        self.most_workers = max(self.most_workers, len(self.alive))
+        return worker
+
+    def launch(self, worker: int, a: Assignment) -> None:
+        self.launched.append(a)
+        self.running[worker] = list(self.scripts[a.trial_id][a.attempt - 1])
+
+    def poll(self, timeout_s: float) -> list[Notice]:
+        notices: list[Notice] = []
+        for worker in self.starting:
+            if self.start_failures:
+                notices.append(self._failure(worker))
+            else:
+                notices.append(Notice(NoticeKind.READY, worker, reason="host"))
+        self.starting = []
+        for worker, steps in list(self.running.items()):
+            if not steps:
+                del self.running[worker]
+                notices.append(Notice(NoticeKind.END, worker))
+                continue
+            step = steps[0]
+            if step == "hang":
+                continue
+            steps.pop(0)
+            if step == "lost":
+                del self.running[worker]
+                notices.append(Notice(NoticeKind.LOST, worker, reason="ActorDiedError: the actor died"))
+            elif step == "oom-killed":
+                del self.running[worker]
+                notices.append(Notice(NoticeKind.LOST, worker, oom=True, reason="OutOfMemoryError: killed"))
+            else:
+                notices.append(Notice(NoticeKind.EVENT, worker, event=step))
+        if not notices:
+            time.sleep(min(timeout_s, 0.01))
+        return notices
+
+    def _failure(self, worker: int) -> Notice:
+        template = self.start_failures.pop(0)
+        return Notice(NoticeKind.START_FAILED, worker, reason=template.reason, setup_failed=template.setup_failed)
+
+    def kill(self, worker: int) -> None:
+        self.killed.append(worker)
+        self.alive.discard(worker)
+        self.running.pop(worker, None)
+        if worker in self.starting:
+            self.starting.remove(worker)
+
+    def unhostable(self) -> Optional[str]:
+        return self.unhostable_reason
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        for worker in list(self.alive):
+            self.kill(worker)
+
+
+def _trials(n_seeds: int = 2, **resources: Any) -> tuple[list, ResourcesSpec]:
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["sweep"] = {"grid": {"model.cell": ["lstm"]}, "seeds": list(range(n_seeds))}
+    raw["resources"].update(resources)
+    spec = validate_spec(raw)
+    return expand(spec), spec.resources
+
+
+def _happy(loss: float = 2.0) -> list[Any]:
+    return [START, _eval(10, loss + 0.5), Checkpointed(10, _ckpt(10)), _eval(20, loss), _end(20, loss)]
+
+
+def _run(tmp_path: Path, trials: list, res: ResourcesSpec, backend: ScriptedBackend) -> tuple[Dispatcher, dict]:
+    store = ResultsStore(tmp_path / "job")
+    dispatcher = Dispatcher(trials, res, store, backend)
+    dispatcher.run()
+    rows = {r["trial_id"]: r for r in store.read_trials().to_pylist()}
+    return dispatcher, rows
+
+
+def test_lost_worker_is_retried_from_its_last_checkpoint(tmp_path: Path) -> None:
+    trials, res = _trials(2, max_retries=1)
+    a, b = trials[0].trial_id, trials[1].trial_id
+    lost_after_ckpt = [START, _eval(10, 3.0), Checkpointed(10, _ckpt(10)), "lost"]
+    backend = ScriptedBackend({a: [lost_after_ckpt, _happy()], b: [_happy()]})
+    dispatcher, rows = _run(tmp_path, trials, res, backend)
+    assert rows[a]["status"] == "completed" and rows[a]["attempts"] == 2
+    retry = [x for x in backend.launched if x.trial_id == a and x.attempt == 2][0]
+    assert retry.resume == _ckpt(10)  # the driver's copy travelled to the new worker
+    assert rows[b]["status"] == "completed" and rows[b]["attempts"] == 1
+    assert backend.closed and not backend.alive
+
+
+def test_a_trial_lost_more_than_max_retries_fails_with_what_it_reached(tmp_path: Path) -> None:
+    trials, res = _trials(1, max_retries=1)
+    a = trials[0].trial_id
+    dying = [START, _eval(10, 3.0), Checkpointed(10, _ckpt(10)), "lost"]
+    _, rows = _run(tmp_path, trials, res, ScriptedBackend({a: [dying, dying]}))
+    row = rows[a]
+    assert row["status"] == "failed" and row["attempts"] == 2
+    assert "worker lost: ActorDiedError" in row["error"] and "gave up after 2 attempts" in row["error"]
+    assert row["best_val_loss"] == 3.0 and row["best_step"] == 10  # from the events it sent
+    assert row["checkpoint"] == f"checkpoints/{a}/best.pt"
+
+
+def test_oom_kill_is_recorded_not_retried(tmp_path: Path) -> None:
+    trials, res = _trials(1, max_retries=2)
+    a = trials[0].trial_id
+    backend = ScriptedBackend({a: [[START, "oom-killed"]]})
+    _, rows = _run(tmp_path, trials, res, backend)
+    assert rows[a]["status"] == "oom" and rows[a]["attempts"] == 1
+    assert len(backend.launched) == 1
+
+
+def test_a_silent_trial_is_killed_and_retried_as_stalled(tmp_path: Path) -> None:
+    trials, res = _trials(1, max_retries=1, stall_timeout_s=0.3)
+    a = trials[0].trial_id
+    backend = ScriptedBackend({a: [[START, _eval(10, 3.0), "hang"], _happy()]})
+    dispatcher, rows = _run(tmp_path, trials, res, backend)
+    assert rows[a]["status"] == "completed" and rows[a]["attempts"] == 2
+    assert backend.killed[0] == 0  # the stalled worker was killed, not left holding its CPU
+
+
+def test_default_stall_timeout_follows_the_trials_pace(tmp_path: Path) -> None:
+    trials, res = _trials(1)
+    dispatcher = Dispatcher(trials, res, ResultsStore(tmp_path / "job"), ScriptedBackend({}))
+    state = dispatcher.recorder.state(trials[0])
+    assert dispatcher.stall_timeout_s(state) == 600.0
+    state.heard(100.0)
+    state.heard(400.0)  # a 300 s gap between evaluations
+    assert dispatcher.stall_timeout_s(state) == 1500.0
+
+
+def test_trial_timeout_ends_as_timeout_and_is_not_retried(tmp_path: Path) -> None:
+    trials, res = _trials(1, max_retries=2, trial_timeout_s=0.3)
+    a = trials[0].trial_id
+    backend = ScriptedBackend({a: [[START, _eval(10, 2.5), Checkpointed(10, _ckpt(10)), "hang"]]})
+    _, rows = _run(tmp_path, trials, res, backend)
+    assert rows[a]["status"] == "timeout" and rows[a]["attempts"] == 1
+    assert "trial_timeout_s" in rows[a]["error"] and rows[a]["best_val_loss"] == 2.5
+    assert len(backend.launched) == 1
+
+
+def test_pool_never_exceeds_capacity_or_max_concurrent_and_frees_idle_workers(tmp_path: Path) -> None:
+    trials, res = _trials(6, max_concurrent=4)
+    scripts = {t.trial_id: [_happy()] for t in trials}
+    backend = ScriptedBackend(scripts, capacity=2)
+    _, rows = _run(tmp_path, trials, res, backend)
+    assert backend.most_workers == 2 and len(rows) == 6
+    elastic = ScriptedBackend(scripts)  # a cluster that may grow: up to max_concurrent
+    _run(tmp_path / "elastic", trials, res, elastic)
+    assert elastic.most_workers == 4
+
+
+def test_no_capacity_on_a_fixed_machine_is_a_usage_error(tmp_path: Path) -> None:
+    from orchestrator.errors import UsageError
+
+    trials, res = _trials(1)
+    with pytest.raises(UsageError, match="cannot fit one trial"):
+        Dispatcher(trials, res, ResultsStore(tmp_path / "job"), ScriptedBackend({}, capacity=0)).run()
+
+
+def test_runtime_env_failure_fails_the_trial_with_its_cause(tmp_path: Path) -> None:
+    trials, res = _trials(2)
+    a, b = trials[0].trial_id, trials[1].trial_id
+    failure = Notice(NoticeKind.START_FAILED, -1, reason="RuntimeEnvSetupError: pip install failed", setup_failed=True)
+    backend = ScriptedBackend({a: [_happy()], b: [_happy()]}, start_failures=[failure])
+    _, rows = _run(tmp_path, trials, res, backend)
+    assert rows[a]["status"] == "failed" and "RuntimeEnvSetupError: pip install failed" in rows[a]["error"]
+    assert rows[b]["status"] == "completed"  # the next worker started and ran the other trial
+
+
+def test_unhostable_trials_fail_with_the_reason(tmp_path: Path) -> None:
+    trials, res = _trials(2)
+
+    class NeverReady(ScriptedBackend):
+        def poll(self, timeout_s: float) -> list[Notice]:
+            time.sleep(0.01)
+            return []
+
+    backend = NeverReady({}, unhostable="no node of the cluster can host a trial: needs 1 CPU")
+    _, rows = _run(tmp_path, trials, res, backend)
+    assert {r["status"] for r in rows.values()} == {"failed"}
+    assert all("no node of the cluster can host" in r["error"] for r in rows.values())
+    assert backend.closed and not backend.alive  # the waiting workers' demand is withdrawn
+
+
+def test_stream_ending_without_a_result_is_a_failure(tmp_path: Path) -> None:
+    trials, res = _trials(1)
+    a = trials[0].trial_id
+    _, rows = _run(tmp_path, trials, res, ScriptedBackend({a: [[START]]}))
+    assert rows[a]["status"] == "failed" and "without a result" in rows[a]["error"]
+
+
+def test_resume_checkpoint_is_read_when_dispatched_not_up_front(tmp_path: Path) -> None:
+    trials, res = _trials(3, max_concurrent=1)
+    store = ResultsStore(tmp_path / "job")
+    for t in trials:
+        store.write_checkpoint_bytes(t.trial_id, _ckpt(7))
+    reads: list[str] = []
+    original = store.read_checkpoint_bytes
+
+    def counting(trial_id: str) -> Optional[bytes]:
+        reads.append(trial_id)
+        return original(trial_id)
+
+    store.read_checkpoint_bytes = counting  # type: ignore[method-assign]
+    backend = ScriptedBackend({t.trial_id: [_happy()] for t in trials})
+    dispatcher = Dispatcher(trials, res, store, backend)
+    seen_at_launch: list[int] = []
+    launch = backend.launch
+
+    def recording(worker: int, a: Assignment) -> None:
+        seen_at_launch.append(len(reads))
+        launch(worker, a)
+
+    backend.launch = recording  # type: ignore[method-assign]
+    dispatcher.run()
+    assert seen_at_launch == [1, 2, 3]  # one read per dispatch, none before
+    assert all(a.resume == _ckpt(7) for a in backend.launched)
