@@ -38,9 +38,11 @@ def shakespeare_path() -> Path:
 # --- real-Ray end-to-end helpers --------------------------------------------------------------
 
 import os
+import signal
 import subprocess
 import sys
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -82,3 +84,36 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Pat
         [sys.executable, "-m", "orchestrator", *args],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )
+
+
+class Driver:
+    """``python -m orchestrator run`` in the background, its output in a file we can watch."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *args], env=env, cwd=REPO,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.text()
+            if predicate(text):
+                return text
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.25)
+        raise AssertionError(f"timed out waiting for {what}; output:\n{self.text()}")
+
+    def finish(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait()
+            self._out.close()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPEC, ray_env, write_spec
+from conftest import TINY_SPEC, ray_env, run_cli, write_spec
 from orchestrator.cli import main
 from orchestrator.results.lock import JobLock
 from orchestrator.run.runner import RAY_JOB_ENV, UsageError, resolve_job_dir
@@ -94,3 +95,14 @@ def test_a_trial_bigger_than_this_machine_is_refused(
     assert main(["run", str(write_spec(tmp_path / "big.yaml", spec))]) == 2
     err = capsys.readouterr().err
     assert "cannot fit one trial" in err and "cpus_per_trial" in err and "Traceback" not in err
+
+
+def test_unreachable_address_is_refused_fast_before_anything_is_written(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path / "nowhere.yaml", dict(TINY_SPEC, name="nowhere", output=str(tmp_path / "results")))
+    start = time.monotonic()
+    proc = run_cli(["run", str(spec_path), "--address", "127.0.0.1:9"], ray_env(tmp_path), timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert time.monotonic() - start < 30
+    assert "cannot reach a Ray cluster at 127.0.0.1:9" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()  # no lock, no manifest, nothing

@@ -193,7 +193,7 @@ def test_oom_kill_is_recorded_not_retried(tmp_path: Path) -> None:
 def test_a_silent_trial_is_killed_and_retried_as_stalled(tmp_path: Path) -> None:
     trials, res = _trials(1, max_retries=1, stall_timeout_s=0.3)
     a = trials[0].trial_id
-    backend = ScriptedBackend({a: [[START, _eval(10, 3.0), "hang"], _happy()]})
+    backend = ScriptedBackend({a: [[START, _eval(10, 3.0), "hang"], _happy()]})  # silent after its first events
     dispatcher, rows = _run(tmp_path, trials, res, backend)
     assert rows[a]["status"] == "completed" and rows[a]["attempts"] == 2
     assert backend.killed[0] == 0  # the stalled worker was killed, not left holding its CPU
@@ -207,6 +207,15 @@ def test_default_stall_timeout_follows_the_trials_pace(tmp_path: Path) -> None:
     state.heard(100.0)
     state.heard(400.0)  # a 300 s gap between evaluations
     assert dispatcher.stall_timeout_s(state) == 1500.0
+
+
+def test_explicit_stall_timeout_spares_the_set_up_before_the_first_event(tmp_path: Path) -> None:
+    trials, res = _trials(1, stall_timeout_s=30)
+    dispatcher = Dispatcher(trials, res, ResultsStore(tmp_path / "job"), ScriptedBackend({}))
+    state = dispatcher.recorder.state(trials[0])
+    assert dispatcher.stall_timeout_s(state) == 600.0  # loading data, building the model
+    state.heard(1.0)
+    assert dispatcher.stall_timeout_s(state) == 30.0
 
 
 def test_trial_timeout_ends_as_timeout_and_is_not_retried(tmp_path: Path) -> None:

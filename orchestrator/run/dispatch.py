@@ -179,6 +179,7 @@ class Dispatcher:
             ))
             now = time.monotonic()
             state.attempt_started_mono = state.last_event_mono = now
+            state.heard_this_attempt = False
             state.first_started_mono = state.first_started_mono or now
             state.started_at = state.started_at or datetime.now(timezone.utc)
             state.rows = []
@@ -252,9 +253,14 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ liveness
     def stall_timeout_s(self, state: TrialState) -> float:
-        """The spec's ``stall_timeout_s``, else max(600 s, 5x the longest gap between the trial's events)."""
+        """The spec's ``stall_timeout_s``, else max(600 s, 5x the longest gap between the trial's events).
+
+        Until an attempt's first event (the worker loading data, training a tokenizer, building
+        the model) the limit is at least 600 s: set-up has no pace to judge it by yet.
+        """
         if self.res.stall_timeout_s is not None:
-            return float(self.res.stall_timeout_s)
+            limit = float(self.res.stall_timeout_s)
+            return limit if state.heard_this_attempt else max(limit, STALL_FLOOR_S)
         return max(STALL_FLOOR_S, STALL_PACE_FACTOR * state.longest_gap_s)
 
     def _watch(self, now: float) -> None:

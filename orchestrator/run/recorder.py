@@ -38,6 +38,7 @@ class TrialState:
     first_started_mono: Optional[float] = None
     attempt_started_mono: float = 0.0
     last_event_mono: float = 0.0
+    heard_this_attempt: bool = False
     longest_gap_s: float = 0.0
     warned_mono: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +54,7 @@ class TrialState:
         if self.last_event_mono:
             self.longest_gap_s = max(self.longest_gap_s, now - self.last_event_mono)
         self.last_event_mono = now
+        self.heard_this_attempt = True
 
 
 class Recorder:

@@ -14,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from orchestrator.errors import UsageError
 from orchestrator.run.backend import ClusterLostError
@@ -105,16 +105,27 @@ def run_job(
     spec = load_spec(spec_path)  # SpecError: the CLI reports it with exit status 2
     trials = expand(spec)
     job_dir = resolve_job_dir(spec, output)
-    preflight_data(trials)
-    store = ResultsStore(job_dir)
     try:
-        finished = store.finished_trial_ids(SKIP_STATUSES) if not fresh else set()
+        finished = ResultsStore(job_dir).finished_trial_ids(SKIP_STATUSES) if not fresh else set()
     except ResultsError as e:
         raise UsageError(str(e)) from e
     todo = [t for t in trials if t.trial_id not in finished]
-    target = cluster_address(address)
-    if todo and target is not None:
-        probe_address(target)  # before anything is locked or written
+    # Ray's start-up and the data preflight overlap: neither writes to the job folder, and a bad
+    # corpus or an unreachable address is still refused before anything is locked or written.
+    preflight = _Background(preflight_data, todo)
+    started_here, connected = False, False
+    try:
+        target = cluster_address(address)
+        if todo and target is not None:
+            probe_address(target)
+        if todo:
+            started_here, connected = connect(address), True
+        preflight.join()
+    except BaseException:
+        preflight.join(reraise=False)
+        if connected:
+            _shutdown_ray()
+        raise
     try:
         if fresh:
             moved = fresh_start(job_dir)  # refuses while another run holds the folder
@@ -122,8 +133,11 @@ def run_job(
                 log.info("--fresh: kept the previous results at %s", moved)
         lock = JobLock(job_dir).acquire()
     except ResultsError as e:
+        if connected:
+            _shutdown_ray()
         raise UsageError(str(e)) from e
     summary = None
+    cluster_lost = False
     try:
         store = ResultsStore(job_dir)
         finished = store.finished_trial_ids(SKIP_STATUSES)  # under the lock: what is on disk now
@@ -134,44 +148,73 @@ def run_job(
         spec_text = Path(spec_path).read_text(encoding="utf-8")
         write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
         if todo:
-            started_here = connect(address)
-            cluster_lost = False
+            if not connected:  # the folder changed under us: a trial to run after all
+                started_here, connected = connect(address), True
+            backend = RayBackend(
+                spec.resources,
+                num_threads=max(1, int(spec.resources.cpus_per_trial)),
+                data_dir=os.environ.get("RNN_DATA_DIR"),
+                elastic=not started_here,
+                placement_timeout_s=spec.resources.placement_timeout_s,
+            )
+            dispatcher = Dispatcher(
+                todo, spec.resources, store, backend,
+                total=len(trials), faults=tuple(faults_from_env()), stop=stop,
+            )
             try:
-                backend = RayBackend(
-                    spec.resources,
-                    num_threads=max(1, int(spec.resources.cpus_per_trial)),
-                    data_dir=os.environ.get("RNN_DATA_DIR"),
-                    elastic=not started_here,
-                    placement_timeout_s=spec.resources.placement_timeout_s,
-                )
-                dispatcher = Dispatcher(
-                    todo, spec.resources, store, backend,
-                    total=len(trials), faults=tuple(faults_from_env()), stop=stop,
-                )
-                try:
-                    with stop_on_signals(dispatcher.stop):
-                        summary = dispatcher.run()
-                except ClusterLostError:
-                    cluster_lost = True
-                    raise
-                finally:
-                    manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
-                    write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+                with stop_on_signals(dispatcher.stop):
+                    summary = dispatcher.run()
+            except ClusterLostError:
+                cluster_lost = True
+                raise
             finally:
-                # With the head gone, ray.shutdown() would wait on it: the process exit cleans up.
-                if started_here or not cluster_lost:
-                    import ray
-
-                    ray.shutdown()
+                manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
+                write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
         else:
             log.info("all %d trials are finished; rebuilding the report", len(trials))
-        md, html = build_report(job_dir)
+        # The report is built while Ray shuts down: it reads only the job folder.
+        report = _Background(build_report, job_dir)
+        if connected and not cluster_lost:
+            _shutdown_ray()
+            connected = False
+        md, html = report.join()
         log.info("results: %s", job_dir)
         log.info("report:  %s", html)
     finally:
         lock.release()
+        # With the head gone, ray.shutdown() would wait on it: the process exit cleans up.
+        if connected and not cluster_lost:
+            _shutdown_ray()
     if summary is not None and summary.interrupted:
         return RunOutcome(EXIT_INTERRUPTED, job_dir)
     # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
     failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
     return RunOutcome(EXIT_TRIALS_FAILED if failed else EXIT_OK, job_dir)
+
+
+class _Background:
+    """``fn(*args)`` in a thread; :meth:`join` returns its value or raises its exception."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._work, args=(fn, args), name=fn.__name__, daemon=True)
+        self._thread.start()
+
+    def _work(self, fn: Callable[..., Any], args: tuple) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:  # noqa: BLE001  (handed to the joining thread)
+            self._error = e
+
+    def join(self, reraise: bool = True) -> Any:
+        self._thread.join()
+        if self._error is not None and reraise:
+            raise self._error
+        return self._value
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
