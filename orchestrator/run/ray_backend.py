@@ -140,6 +140,9 @@ class RayBackend:
         except ray.exceptions.RayError as e:  # the cluster may be going: check() decides
             log.warning("ray.wait failed (%s)", _first_line(e))
             return []
+        except OSError as e:  # the pipe to this node's raylet broke: the node is gone with the head
+            raise ClusterLostError(f"lost the Ray cluster: the connection to this machine's Ray node broke "
+                                   f"({_first_line(e)})") from e
         notices = []
         for ref in ready:
             if ref in self._starting:
