@@ -85,7 +85,7 @@ def test_training_report(train_job: Path) -> None:
         assert "no test: 1 shared seed(s)" in text  # rnn vs gru
         assert "loss became NaN at step 12" in text
     assert "RuntimeError: bad &lt;script&gt;alert(1)&lt;/script&gt; state" in html  # last traceback line, escaped
-    assert "RuntimeError: bad <script>alert(1)</script> state" in md
+    assert "RuntimeError: bad \\<script\\>alert(1)\\</script\\> state" in md  # escaped, as in the HTML
     assert "<svg" not in md and "![" not in md and "see report.html" in md
     # best-trials table: gru-0 first, with its varying config value and metrics
     best_rows = [ln for ln in md.splitlines() if ln.startswith("| 1 |")]

@@ -191,6 +191,8 @@ def open_storage(job_dir: str | os.PathLike[str], filesystem: Optional[pafs.File
 def cleanup_stale_temps(root: str) -> None:
     """Remove temporary files left by killed writers (their pid is gone)."""
     for folder in [root, *glob.glob(os.path.join(root, "checkpoints", "*"))]:
+        if os.path.islink(folder):  # never reach out of the job folder through a link
+            continue
         try:
             names = os.listdir(folder)
         except OSError:

@@ -29,9 +29,10 @@ from orchestrator.run.actor import TrainerActor
 from orchestrator.errors import UsageError
 from orchestrator.run.faults import Fault
 from orchestrator.spec import allowed_concurrency
-from orchestrator.run.progress import Progress, format_duration, trial_label
+from orchestrator.durations import format_duration
+from orchestrator.run.progress import Progress, trial_label
 from orchestrator.results import SUCCESS_STATUSES, ResultsStore, trial_row
-from orchestrator.spec.sweep import Trial
+from orchestrator.spec import Trial
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""``run``: one job spec from validation to report.
+"""``run``: one validated job from its output folder to its report.
 
-Validate → expand → resolve the output folder → lock it → skip finished trials → connect to
-Ray → dispatch → report. Bad input (a bad spec, an output folder that cannot be used) raises
-:class:`UsageError` *before* anything is dispatched or written.
+Resolve the output folder → preflight the data → lock the folder → skip finished trials →
+connect to Ray → dispatch → report. The job comes in validated and expanded
+(:func:`orchestrator.spec.load_job`). Bad input (an output folder that cannot be used, a
+corpus too short) raises :class:`UsageError` *before* anything is dispatched or written.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import ExitCode, UsageError
 from orchestrator.run.faults import faults_from_env
 from orchestrator.results import (
     TERMINAL_STATUSES,
@@ -26,43 +26,18 @@ from orchestrator.results import (
     fresh_start,
     write_manifest,
 )
-from orchestrator.spec.schema import JobSpec, load_spec
-from orchestrator.spec.sweep import expand
+from orchestrator.spec import Job, Trial, job_location
 
 log = logging.getLogger(__name__)
 
-#: Set by Ray's job manager in the entrypoint's environment under ``ray job submit``.
-RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 #: Trials with these statuses are not run again; ``failed`` ones are (the cause may be fixed).
 SKIP_STATUSES = TERMINAL_STATUSES - {"failed"}
-
-EXIT_OK, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     exit_code: int
     job_dir: str
-
-
-def resolve_job_dir(spec: JobSpec, output_override: Optional[str], environ: Optional[dict] = None) -> str:
-    """``<output>/<name>`` as an absolute path or URI.
-
-    Under ``ray job submit --working-dir .`` the working directory is Ray's temporary copy on
-    the head node, so a relative output would vanish with it: there it must be absolute.
-    """
-    env = os.environ if environ is None else environ
-    output = output_override or spec.output
-    if "://" in output:
-        return output.rstrip("/") + "/" + spec.name
-    path = Path(output).expanduser()
-    if not path.is_absolute() and RAY_JOB_ENV in env:
-        raise UsageError(
-            f"output {output!r} is relative, but this runs under `ray job submit`, whose working directory "
-            "is a temporary copy on the head node; pass an absolute folder, e.g. "
-            "`-- python -m orchestrator run SPEC --output /shared/results`, or set an absolute `output:`"
-        )
-    return str((Path.cwd() / path / spec.name).resolve())
 
 
 def connect(address: Optional[str]) -> bool:
@@ -117,7 +92,7 @@ def stop_on_signals(stop: threading.Event):
             signal.signal(sig, handler)
 
 
-def preflight_data(trials: list) -> None:
+def preflight_data(trials: Sequence[Trial]) -> None:
     """Load, split and tokenize every distinct corpus once, before anything is dispatched.
 
     A missing, empty, non-UTF-8 or too-short corpus is a :class:`UsageError` here rather than
@@ -128,7 +103,7 @@ def preflight_data(trials: list) -> None:
 
     seen = set()
     for trial in trials:
-        cfg = trial.run_config().data
+        cfg = trial.run_config.data
         if cfg in seen:
             continue
         seen.add(cfg)
@@ -140,20 +115,20 @@ def preflight_data(trials: list) -> None:
 
 
 def run_job(
-    spec_path: str,
+    job: Job,
     *,
     address: Optional[str] = None,
     output: Optional[str] = None,
     fresh: bool = False,
     stop: Optional[threading.Event] = None,
 ) -> RunOutcome:
-    """Run every unfinished trial of the spec at ``spec_path`` and rebuild the report."""
-    from orchestrator.run.dispatch import Dispatcher
+    """Run every unfinished trial of ``job`` and rebuild the report; ``output`` overrides the
+    spec's results root (``run --output``)."""
     from orchestrator.report.render import build_report
+    from orchestrator.run.dispatch import Dispatcher
 
-    spec = load_spec(spec_path)  # SpecError: the CLI reports it with exit status 2
-    trials = expand(spec)
-    job_dir = resolve_job_dir(spec, output)
+    spec, trials = job.spec, list(job.trials)
+    job_dir = job_location(spec, output)
     preflight_data(trials)
     try:
         if fresh:
@@ -170,8 +145,7 @@ def run_job(
         if finished:
             log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
         manifest = {"name": spec.name, "kind": spec.kind, "trials": len(trials)}
-        spec_text = Path(spec_path).read_text(encoding="utf-8")
-        write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+        write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest)
         faults = tuple(faults_from_env())
         summary = None
         if todo:
@@ -190,7 +164,7 @@ def run_job(
                 with stop_on_signals(dispatcher.stop):
                     summary = dispatcher.run()
                 manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
-                write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+                write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest)
             finally:
                 if started_here:
                     import ray
@@ -204,7 +178,7 @@ def run_job(
     finally:
         lock.release()
     if summary is not None and summary.interrupted:
-        return RunOutcome(EXIT_INTERRUPTED, job_dir)
+        return RunOutcome(ExitCode.INTERRUPTED, job_dir)
     # oom and diverged are results; a failed trial is a bug or an environment problem.
     failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
-    return RunOutcome(EXIT_TRIALS_FAILED if failed else EXIT_OK, job_dir)
+    return RunOutcome(ExitCode.FAILED if failed else ExitCode.OK, job_dir)
