@@ -60,7 +60,7 @@ def _corpus_chars(corpus: str) -> Optional[int]:
     if corpus == "builtin":
         return None
     try:
-        return os.path.getsize(corpus)  # bytes ~ characters for mostly-ASCII text
+        return os.path.getsize(os.path.expanduser(corpus))  # bytes ~ characters for mostly-ASCII text
     except OSError:
         return None
 

@@ -143,3 +143,10 @@ def test_local_gpu_count_honours_cuda_visible_devices(monkeypatch: pytest.Monkey
     assert local_gpu_count() == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert local_gpu_count() == 0
+
+
+def test_one_duration_format_for_plan_and_progress() -> None:
+    from orchestrator.durations import format_duration
+
+    assert [format_duration(s) for s in (None, float("nan"), -3, 0.4, 59.6, 61, 3599, 3600, 7325)] == [
+        "?", "?", "0s", "0s", "1m00s", "1m01s", "59m59s", "1h00m", "2h02m"]
