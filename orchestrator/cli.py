@@ -17,7 +17,8 @@ import logging
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from orchestrator.errors import ExitCode, SpecError, UsageError
 
@@ -37,7 +38,7 @@ def _fail(where: object, message: object) -> int:
     return ExitCode.BAD_INPUT
 
 
-def load_or_report(path: str) -> Optional["Job"]:
+def load_or_report(path: str) -> Optional[Job]:
     """The validated job, or None after printing every problem to stderr (no traceback)."""
     from orchestrator.spec import load_job
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 #: "No value shown": a problem whose ``got`` is this renders without ``(got ...)``.
 MISSING: Any = object()

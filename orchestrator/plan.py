@@ -22,8 +22,9 @@ import heapq
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from orchestrator.durations import format_duration
 from orchestrator.spec import Job, ResourcesSpec, Trial, allowed_concurrency, job_location
@@ -146,7 +147,7 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
     count = f"{len(trials)} trial{'s' if len(trials) != 1 else ''}"
     lines = [f"{job.source}: {spec.name}, kind {spec.kind}, {count} -> {job_location(spec)}",
              f"  {'#':>4}  {'trial_id':<12}  {'est.':>8}  overrides"]
-    for trial, seconds in zip(trials, estimates):
+    for trial, seconds in zip(trials, estimates, strict=True):
         swept = "  ".join(f"{path}={_plain(value)}" for path, value in trial.overrides.items())
         lines.append(f"  {trial.index:>4}  {trial.trial_id:<12}  {format_duration(seconds):>8}  {swept}")
     gpus = f"{res.gpus_per_trial:g} GPU" + ("" if res.gpus_per_trial == 1 else "s")

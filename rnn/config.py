@@ -111,7 +111,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return cls(
             data=DataConfig(**d.get("data", {})),
             model=ModelConfig(**d.get("model", {})),

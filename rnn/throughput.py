@@ -33,9 +33,10 @@ import gc
 import logging
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -265,7 +266,9 @@ def iter_throughput(
     yield from _auto(session, tp, batch_hook)
 
 
-def _auto(session: _Session, tp: ThroughputConfig, batch_hook: Optional[Callable[[int], None]]) -> Iterator[ThroughputRow]:
+def _auto(
+    session: _Session, tp: ThroughputConfig, batch_hook: Optional[Callable[[int], None]]
+) -> Iterator[ThroughputRow]:
     """Double from ``auto_start`` until a stop rule fires; every size measured is yielded."""
     start = time.monotonic()
     b = max(1, min(tp.auto_start, tp.auto_max_batch_size))

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -254,7 +255,7 @@ class Trainer:
         model: LanguageModel,
         data: LMData,
         autocast: Any,
-        st: "_RunState",
+        st: _RunState,
         train_loss: torch.Tensor,
         grad_norm: torch.Tensor,
         optimizer: torch.optim.Optimizer,
@@ -293,7 +294,7 @@ class Trainer:
             elapsed_s=0.0,
         )
 
-    def _save(self, model, optimizer, scheduler, scaler, generator, st: "_RunState", data: LMData) -> Path:
+    def _save(self, model, optimizer, scheduler, scaler, generator, st: _RunState, data: LMData) -> Path:
         state = {
             "config": self.config.to_dict(),
             "model": model.state_dict(),
@@ -314,7 +315,7 @@ class Trainer:
             state["rng"]["cuda"] = torch.cuda.get_rng_state(generator.device)
         return save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
 
-    def _restore(self, ckpt, model, optimizer, scheduler, scaler, generator, st: "_RunState") -> None:
+    def _restore(self, ckpt, model, optimizer, scheduler, scaler, generator, st: _RunState) -> None:
         saved = RunConfig.from_dict(ckpt["config"])
         if saved.model != self.config.model or saved.data != self.config.data:
             raise CheckpointError(

@@ -15,11 +15,13 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from orchestrator.report import plots
+from orchestrator.report.stats import config_label, mean_ci, paired_test, shared_seeds
 from orchestrator.results import (
     FAILURE_STATUSES,
     SUCCESS_STATUSES,
@@ -28,7 +30,6 @@ from orchestrator.results import (
     ResultsStore,
     read_manifest,
 )
-from orchestrator.report.stats import config_label, mean_ci, paired_test, shared_seeds
 from orchestrator.results.ranking import rank_trials, ranking_metric, varying_columns
 
 __all__ = ["build_report"]

@@ -9,8 +9,9 @@ removes the seed-to-seed variance the two have in common.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from scipy import stats as _st

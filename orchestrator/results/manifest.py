@@ -14,7 +14,8 @@ import os
 import platform
 import socket
 import subprocess
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from orchestrator.results.storage import ResultsError, open_storage
 

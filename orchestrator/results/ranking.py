@@ -8,8 +8,9 @@ were recorded, trials are ranked by ``best_val_bpc``; otherwise by ``best_val_lo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from orchestrator.results.tables import SUCCESS_STATUSES
 

@@ -17,7 +17,8 @@ import os
 import posixpath
 import re
 import secrets
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs

@@ -26,8 +26,9 @@ import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -120,7 +121,7 @@ class ResultsStore:
         table = self.read_trials()
         return {
             tid
-            for tid, status in zip(table["trial_id"].to_pylist(), table["status"].to_pylist())
+            for tid, status in zip(table["trial_id"].to_pylist(), table["status"].to_pylist(), strict=True)
             if status in wanted
         }
 

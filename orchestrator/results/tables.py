@@ -15,7 +15,8 @@ import datetime as dt
 import enum
 import json
 import math
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from orchestrator.run.actor import TrainerActor
-from orchestrator.errors import UsageError
-from orchestrator.run.faults import Fault
-from orchestrator.spec import allowed_concurrency
 from orchestrator.durations import format_duration
-from orchestrator.run.progress import Progress, trial_label
+from orchestrator.errors import UsageError
 from orchestrator.results import SUCCESS_STATUSES, ResultsStore, trial_row
-from orchestrator.spec import Trial
+from orchestrator.run.actor import TrainerActor
+from orchestrator.run.faults import Fault
+from orchestrator.run.progress import Progress, trial_label
+from orchestrator.spec import Trial, allowed_concurrency
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,8 @@ class Dispatcher:
             while (pending or running) and not self.stop.is_set():
                 while pending and len(running) < slots:
                     task = pending.popleft()
-                    actor = idle.pop() if idle else actor_cls.remote(max(1, int(self.res.cpus_per_trial)), self.data_dir)
+                    threads = max(1, int(self.res.cpus_per_trial))
+                    actor = idle.pop() if idle else actor_cls.remote(threads, self.data_dir)
                     running[self._launch(actor, task)] = (actor, task)
                     task.started_mono = time.monotonic()
                     task.started_at = task.started_at or datetime.now(timezone.utc)

@@ -13,11 +13,11 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 from orchestrator.errors import ExitCode, UsageError
-from orchestrator.run.faults import faults_from_env
 from orchestrator.results import (
     TERMINAL_STATUSES,
     JobLock,
@@ -26,6 +26,7 @@ from orchestrator.results import (
     fresh_start,
     write_manifest,
 )
+from orchestrator.run.faults import faults_from_env
 from orchestrator.spec import Job, Trial, job_location
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel
 
@@ -81,8 +82,8 @@ def sweep_points(sweep: Optional[SweepSpec]) -> list[Point]:
     grid = sweep.grid or {}
     grid_points: list[Point] = [
         Point(
-            {path: copy.deepcopy(value) for path, (_, value) in zip(grid, cell)},
-            {path: f"sweep.grid.{path}[{i}]" for path, (i, _) in zip(grid, cell)},
+            {path: copy.deepcopy(value) for path, (_, value) in zip(grid, cell, strict=True)},
+            {path: f"sweep.grid.{path}[{i}]" for path, (i, _) in zip(grid, cell, strict=True)},
         )
         for cell in itertools.product(*(list(enumerate(values)) for values in grid.values()))
     ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
 from orchestrator.errors import UsageError
 from orchestrator.spec.schema import JobSpec, output_problem, uri_scheme

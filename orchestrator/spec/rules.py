@@ -10,8 +10,9 @@ can pin it on the swept value that caused it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
@@ -51,7 +52,9 @@ def estimate_parameters(model: Mapping[str, Any], vocab_size: int) -> int:
     return vocab_size * emb + directions * (stack + head)
 
 
-def field_values(cls: type[BaseModel], raw: Any, prefix: str) -> tuple[Optional[BaseModel], dict[str, Any], list[Problem]]:
+def field_values(
+    cls: type[BaseModel], raw: Any, prefix: str
+) -> tuple[Optional[BaseModel], dict[str, Any], list[Problem]]:
     """Validate one section: (the section, or None if refused; its field values with defaults
     filled and refused ones as :data:`BAD`; its field problems under ``prefix``)."""
     try:

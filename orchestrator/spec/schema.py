@@ -155,7 +155,7 @@ class ResourcesSpec(_Section):
         return value
 
 
-def allowed_concurrency(resources: "ResourcesSpec", total_cpus: float, total_gpus: float) -> int:
+def allowed_concurrency(resources: ResourcesSpec, total_cpus: float, total_gpus: float) -> int:
     """Trials that fit at once: ``min(max_concurrent, cpus // cpus_per_trial, gpus // gpus_per_trial)``.
 
     0 means a single trial asks for more than there is.
@@ -175,8 +175,8 @@ _BoundedInt = Annotated[int, Strict(), Field(ge=-(2**53), le=2**53)]
 
 class _Range(_Section):
     @model_validator(mode="after")
-    def _low_below_high(self) -> "_Range":
-        low, high = getattr(self, "low"), getattr(self, "high")
+    def _low_below_high(self) -> _Range:
+        low, high = self.low, self.high
         if not low < high:
             raise ValueError(f"low must be less than high (got low {low!r}, high {high!r})")
         return self

@@ -20,8 +20,9 @@ import difflib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
