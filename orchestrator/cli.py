@@ -31,7 +31,7 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _fail(where: object, message: object) -> int:
+def _fail(where: object, message: object) -> ExitCode:
     """Print one ``WHERE: message`` line to stderr; the status of bad input."""
     text = _one_line(message) if isinstance(message, BaseException) else " ".join(str(message).split())
     print(f"{where}: {text}", file=sys.stderr)

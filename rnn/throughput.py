@@ -143,7 +143,9 @@ class _Session:
         return resolve_precision(self.config.train.amp, self.device, batch_size=batch_size)
 
     def row(self, batch_size: int, status: str, error: Optional[str] = None, **timing: Any) -> ThroughputRow:
-        fields = dict(samples_per_s=None, tokens_per_s=None, step_time_ms=None, step_time_ms_max=None, peak_mem_mb=None)
+        fields: dict[str, Any] = dict(
+            samples_per_s=None, tokens_per_s=None, step_time_ms=None, step_time_ms_max=None, peak_mem_mb=None
+        )
         fields.update(timing)
         return ThroughputRow(
             batch_size=batch_size, status=status, device=self.device.type, device_name=self.device_name,
@@ -280,7 +282,8 @@ def _auto(
             reason = f"batch {b} ended {row.status}"
             break
         assert row.samples_per_s is not None and row.step_time_ms is not None
-        if previous is not None and row.samples_per_s < previous.samples_per_s * (1 + tp.auto_min_gain):
+        before = previous.samples_per_s if previous is not None else None
+        if before is not None and row.samples_per_s < before * (1 + tp.auto_min_gain):
             reason = f"gain below {tp.auto_min_gain:.0%} at batch {b}"
             break
         previous, nxt = row, b * 2

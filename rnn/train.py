@@ -117,6 +117,7 @@ class Trainer:
         es = tc.early_stopping
         train_step = TrainStep(model, data, tc, precision, tc.batch_size)
         optimizer, scaler, generator = train_step.optimizer, train_step.scaler, train_step.generator
+        assert optimizer is not None  # released only after the loop
         plateau_patience = max(1, es.patience // 2) if es else 2
         scheduler = build_scheduler(optimizer, tc, total_steps, plateau_patience)
         per_step_schedule = scheduler is not None and tc.scheduler != "plateau"
@@ -161,7 +162,7 @@ class Trainer:
         while total_steps is None or st.step < total_steps:
             loss, grad_norm = train_step()  # on the device; nothing read back here
             if per_step_schedule:
-                scheduler.step()  # type: ignore[union-attr]
+                scheduler.step()
             loss_sum += loss
             bad = ~torch.isfinite(loss)
             first_bad = torch.where(bad & (first_bad < 0), st.step + 1, first_bad)
@@ -199,7 +200,7 @@ class Trainer:
                 break
             metric = rec.val_loss if data.num_val_targets > 0 else rec.train_loss
             if scheduler is not None and not per_step_schedule:
-                scheduler.step(metric)  # type: ignore[call-arg]
+                scheduler.step(metric)
             if st.best_metric is None or metric < st.best_metric - (es.min_delta if es else 0.0):
                 st.best_metric, st.best_record, st.bad_evals = metric, rec, 0
                 st.train_time_s = time.monotonic() - run_start

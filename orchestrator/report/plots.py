@@ -78,7 +78,10 @@ def to_svg(fig: Figure, key: str) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight",
                     metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     svg = buf.getvalue()
-    return svg[re.search(r"<svg[\s>]", svg).start():].strip()
+    root = re.search(r"<svg[\s>]", svg)  # drop the XML prologue and doctype: the SVG is inlined
+    if root is None:
+        raise RuntimeError("matplotlib wrote no <svg> element")
+    return svg[root.start():].strip()
 
 
 def _legend(ax, handles_by_label: dict) -> None:

@@ -85,6 +85,7 @@ class TrainerActor:
                 elif event.kind == "eval":
                     yield {"kind": "eval", "record": event.record}
                 elif event.kind == "checkpoint":
+                    assert event.checkpoint is not None  # a checkpoint event names its file
                     yield {"kind": "checkpoint", "step": event.step, "data": Path(event.checkpoint).read_bytes()}
                 elif event.kind == "end":
                     yield {"kind": "end", "result": event.result}

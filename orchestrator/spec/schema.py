@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -174,6 +174,10 @@ _BoundedInt = Annotated[int, Strict(), Field(ge=-(2**53), le=2**53)]
 
 
 class _Range(_Section):
+    if TYPE_CHECKING:  # each subclass declares them, with its own type
+        low: Any
+        high: Any
+
     @model_validator(mode="after")
     def _low_below_high(self) -> _Range:
         low, high = self.low, self.high

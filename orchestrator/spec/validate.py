@@ -159,7 +159,7 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
             problems.append(Problem("sweep.seeds", "train.seed is also swept by grid or random; use one of them"))
     sweep = SweepSpec(
         grid=grid or None,
-        random=random_spec.model_copy(update={"space": space}) if space else None,
+        random=random_spec.model_copy(update={"space": space}) if space and random_spec is not None else None,
         seeds=seeds,
     )
     if sweep.size() > MAX_TRIALS:
