@@ -184,3 +184,11 @@ def test_plan_says_what_is_retried_and_what_runs_again(tmp_path: Path, capsys: p
     path = write(tmp_path / "p0.yaml", {**BASE, "resources": {"max_retries": 0}})
     assert cli.main(["plan", str(path), "--cpus", "2"]) == 0
     assert "is not retried (max_retries 0)" in capsys.readouterr().out
+
+
+def test_run_refuses_an_output_override_that_loses_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "r.yaml", {**BASE, "output": str(tmp_path / "results")})
+    assert cli.main(["run", str(path), "--output", "mock:///x"]) == 2  # before Ray is started or anything written
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{path}: --output should be a local path or a URI") and "mock:// is not one of them" in line
+    assert not (tmp_path / "results").exists()
