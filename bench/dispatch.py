@@ -71,15 +71,15 @@ def measure(trials: int = 8, steps: int = 150) -> dict[str, Any]:
     """Run the serial baseline and the sweep; returns the figures described in the module doc."""
     from orchestrator.results import ResultsStore
     from orchestrator.run.runner import run_job
-    from orchestrator.spec.schema import load_spec
-    from orchestrator.spec.sweep import expand
+    from orchestrator.spec import load_job
     from rnn.train import Trainer
 
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         root = Path(tmp)
         spec_path = root / "dispatch.yaml"
         spec_path.write_text(yaml.safe_dump(spec(trials, steps), sort_keys=False), encoding="utf-8")
-        configs = [t.run_config() for t in expand(load_spec(spec_path))]
+        job = load_job(spec_path)
+        configs = [t.run_config for t in job.trials]
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -97,7 +97,7 @@ def measure(trials: int = 8, steps: int = 150) -> dict[str, Any]:
         log.info("serial: %d trials in %.1fs", len(configs), serial)
 
         t0 = time.perf_counter()
-        outcome = run_job(str(spec_path), output=str(root / "out"))
+        outcome = run_job(job, output=str(root / "out"))
         end_to_end = time.perf_counter() - t0
         rows = ResultsStore(outcome.job_dir).read_trials().to_pylist()
 

@@ -22,15 +22,14 @@ from bench.common import machine, write_json
 def load_trials(spec_path: str) -> list[tuple[str, dict[str, Any], Any, Any]]:
     """``(trial_id, overrides, RunConfig, ThroughputConfig)`` for each trial of a throughput spec.
 
-    Validates and expands the spec with :mod:`orchestrator.spec.schema`. Where pydantic is not
+    Validates and expands the spec with :func:`orchestrator.spec.load_job`. Where pydantic is not
     installed (a bare GPU image), a spec *without* a ``sweep`` section is read with plain YAML
     into the engine's dataclasses instead, which apply the same defaults but check nothing.
     """
     from rnn.config import RunConfig, ThroughputConfig
 
     try:
-        from orchestrator.spec.schema import load_spec
-        from orchestrator.spec.sweep import expand
+        from orchestrator.spec import load_job
     except ImportError as e:  # no pydantic here
         import yaml
 
@@ -43,10 +42,10 @@ def load_trials(spec_path: str) -> list[tuple[str, dict[str, Any], Any, Any]]:
             tp["batch_sizes"] = tuple(tp["batch_sizes"])
         cfg = RunConfig.from_dict({k: doc.get(k) or {} for k in ("data", "model", "train")})
         return [("unvalidated", {}, cfg, ThroughputConfig(**tp))]
-    spec = load_spec(spec_path)
-    if spec.kind != "throughput":
-        raise SystemExit(f"{spec_path}: kind is {spec.kind!r}; bench.jobs runs kind: throughput specs")
-    return [(t.trial_id, t.overrides, t.run_config(), t.throughput_config()) for t in expand(spec)]
+    job = load_job(spec_path)
+    if job.spec.kind != "throughput":
+        raise SystemExit(f"{spec_path}: kind is {job.spec.kind!r}; bench.jobs runs kind: throughput specs")
+    return [(t.trial_id, t.overrides, t.run_config, t.throughput_config) for t in job.trials]
 
 
 def run_spec(spec_path: str, device: Optional[str]) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "load_spec": "orchestrator.spec",
-    "expand": "orchestrator.spec",
+    "load_job": "orchestrator.spec",
+    "Job": "orchestrator.spec",
     "run_job": "orchestrator.run",
     "build_report": "orchestrator.report",
     "ResultsStore": "orchestrator.results",

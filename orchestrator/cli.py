@@ -1,9 +1,10 @@
 """Command line: ``python -m orchestrator COMMAND ...`` (also installed as ``rnn-orchestrator``).
 
 Each subcommand is a pair of small functions, ``_add_X(subparsers)`` declaring its arguments and
-``cmd_X(args) -> int`` running it, registered once in :data:`COMMANDS`. Exit status: 0 success,
-2 a bad spec or bad arguments. A bad spec never prints a traceback: every problem is one line on
-stderr, ``FILE: dotted.path: what is wrong (got X)``.
+``cmd_X(args) -> int`` running it, registered once in :data:`COMMANDS`. Exit statuses are
+:class:`~orchestrator.errors.ExitCode`: 0 success, 1 a trial failed, 2 bad input (a spec, an
+argument, a results folder or checkpoint that cannot be read), 130 interrupted. Bad input never
+prints a traceback: every problem is one line on stderr, ``FILE: dotted.path: what is wrong (got X)``.
 
 Keep imports of torch and ray inside the commands that need them: ``validate`` and ``plan``
 must answer in a fraction of a second.
@@ -16,44 +17,50 @@ import logging
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Optional
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import ExitCode, SpecError, UsageError
 
 if TYPE_CHECKING:
-    from orchestrator.spec.schema import JobSpec
-    from orchestrator.spec.sweep import Trial
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_SPEC = 2
+    from orchestrator.spec import Job
 
 
-def load_or_report(path: str) -> Optional[tuple["JobSpec", list["Trial"]]]:
-    """The spec and its trials, or None after printing every problem to stderr (no traceback)."""
-    from orchestrator.spec.schema import load_spec
-    from orchestrator.spec.sweep import expand
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (library messages may carry a cause's newlines)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _fail(where: object, message: object) -> ExitCode:
+    """Print one ``WHERE: message`` line to stderr; the status of bad input."""
+    text = _one_line(message) if isinstance(message, BaseException) else " ".join(str(message).split())
+    print(f"{where}: {text}", file=sys.stderr)
+    return ExitCode.BAD_INPUT
+
+
+def load_or_report(path: str) -> Optional[Job]:
+    """The validated job, or None after printing every problem to stderr (no traceback)."""
+    from orchestrator.spec import load_job
 
     try:
-        spec = load_spec(path)
-        return spec, expand(spec)
+        return load_job(path)
     except SpecError as e:
         for line in e.lines(path):
             print(line, file=sys.stderr)
-    except OSError as e:  # load_spec reports unreadable files itself; this is a last guard
-        print(f"{path}: cannot read the spec: {e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # load_job reports unreadable files itself; this is a last guard
+        _fail(path, f"cannot read the spec: {e.strerror or e}")
     return None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check specs without running anything: ``FILE: ok (N trials)`` or every problem."""
-    status = EXIT_OK
+    status = ExitCode.OK
     for path in args.specs:
-        loaded = load_or_report(path)
-        if loaded is None:
-            status = EXIT_BAD_SPEC
+        job = load_or_report(path)
+        if job is None:
+            status = ExitCode.BAD_INPUT
             continue
-        n = len(loaded[1])
+        n = len(job.trials)
         print(f"{path}: ok ({n} trial{'' if n == 1 else 's'})")
     return status
 
@@ -69,14 +76,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Print a job's trials, resources, local concurrency and a rough time estimate."""
     from orchestrator.plan import local_gpu_count, render_plan
 
-    loaded = load_or_report(args.spec)
-    if loaded is None:
-        return EXIT_BAD_SPEC
-    spec, trials = loaded
+    job = load_or_report(args.spec)
+    if job is None:
+        return ExitCode.BAD_INPUT
     cpus = args.cpus if args.cpus is not None else (os.cpu_count() or 1)
     gpus = args.gpus if args.gpus is not None else local_gpu_count()
-    print(render_plan(spec, trials, args.spec, cpus, gpus))
-    return EXIT_OK
+    try:
+        text = render_plan(job, cpus, gpus)
+    except UsageError as e:
+        return _fail(args.spec, e)
+    print(text)
+    return ExitCode.OK
 
 
 def _non_negative(text: str) -> float:
@@ -102,33 +112,32 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job spec: every unfinished trial on Ray, then the report."""
     from orchestrator.results import ResultsError
+    from orchestrator.run import run_job
     from orchestrator.run.backend import ClusterLostError
-    from orchestrator.run.runner import EXIT_INTERRUPTED, UsageError, run_job
 
-    if load_or_report(args.spec) is None:
-        return EXIT_BAD_SPEC
+    job = load_or_report(args.spec)
+    if job is None:
+        return ExitCode.BAD_INPUT
     try:
-        outcome = run_job(args.spec, address=args.address, output=args.output, fresh=args.fresh)
-    except (UsageError, SpecError) as e:
-        lines = e.lines(args.spec) if isinstance(e, SpecError) else [f"{args.spec}: {e}"]
-        for line in lines:
-            print(line, file=sys.stderr)
-        return EXIT_BAD_SPEC
+        outcome = run_job(job, address=args.address, output=args.output, fresh=args.fresh)
+    except UsageError as e:
+        return _fail(args.spec, e)
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except ClusterLostError as e:
         print(f"error: {e}; every finished trial is on disk: run the same command again once the "
               "cluster is back to resume", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Exception as e:  # noqa: BLE001  (the driver never dies with a traceback)
         logging.getLogger("orchestrator").debug("unexpected error", exc_info=True)
-        print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
-              "(every finished trial is on disk; run the same command again to resume)", file=sys.stderr)
-        return EXIT_FAILED
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: unexpected {type(e).__name__}: {first} (every finished trial is on disk; run the same "
+              "command again to resume)", file=sys.stderr)
+        return ExitCode.FAILED
     return outcome.exit_code
 
 
@@ -153,17 +162,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild report.md and report.html from a job folder's Parquet files."""
     from pathlib import Path
 
-    from orchestrator.report.render import build_report
+    from orchestrator.report import build_report
+    from orchestrator.results import ResultsError
 
     root = Path(args.dir)
     jobs = [root] if (root / "trials.parquet").is_file() else sorted(p.parent for p in root.glob("*/trials.parquet"))
     if not jobs:
-        print(f"{args.dir}: no results here (expected trials.parquet in it or in its subfolders)", file=sys.stderr)
-        return EXIT_BAD_SPEC
+        return _fail(args.dir, "no results here (expected trials.parquet in it or in its subfolders)")
+    status = ExitCode.OK
     for job in jobs:
-        md, html = build_report(job)
+        try:
+            md, html = build_report(job)
+        except ResultsError as e:  # a damaged table or manifest: say which, go on with the others
+            status = _fail(job, _one_line(e))
+            continue
         print(f"{job}: {md} and {html}")
-    return EXIT_OK
+    return status
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -186,7 +200,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     else:
         for key, value in report.items():
             print(f"{key}: {value}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _add_devices(sub: argparse._SubParsersAction) -> None:
@@ -207,10 +221,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         text = generate(args.checkpoint, prompt=args.prompt, length=args.length, temperature=args.temperature,
                         top_k=args.top_k, seed=args.seed, device=args.device)
     except (CheckpointError, DeviceUnavailableError, ValueError) as e:
-        print(f"{args.checkpoint}: {e}", file=sys.stderr)
-        return EXIT_BAD_SPEC
+        return _fail(args.checkpoint, e)
     print(text)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -231,22 +244,24 @@ def cmd_clean(args: argparse.Namespace) -> int:
     """Remove temporary files and unneeded checkpoints from a job folder."""
     from pathlib import Path
 
-    from orchestrator.results.clean import clean_job
     from orchestrator.results import ResultsError
+    from orchestrator.results.clean import clean_job
 
+    if args.keep_top is not None and args.keep_top < 0:
+        return _fail(args.dir, f"--keep-top should be 0 or more, the number of trials whose checkpoints "
+                               f"to keep (got {args.keep_top})")
     if not (Path(args.dir) / "trials.parquet").is_file():
-        print(f"{args.dir}: not a job folder (no trials.parquet)", file=sys.stderr)
-        return EXIT_BAD_SPEC
+        return _fail(args.dir, "not a job folder (no trials.parquet)")
     try:
         report = clean_job(args.dir, keep_top=args.keep_top, dry_run=args.dry_run)
     except ResultsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return ExitCode.FAILED
     verb = "would remove" if args.dry_run else "removed"
     for rel in report.removed:
         print(f"{verb} {rel}")
     print(f"{verb} {len(report.removed)} files, {report.freed_bytes / 1e6:.1f} MB")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _add_clean(sub: argparse._SubParsersAction) -> None:

@@ -1,17 +1,23 @@
-"""Spec problems and the error that carries them.
+"""The errors every package may raise, and the one table of exit statuses.
 
 A bad spec is reported all at once: :class:`SpecError` holds a list of :class:`Problem`, and
 each renders as one line, ``FILE: dotted.path: what is wrong (got X)``; problems found while
 reading or parsing the file have no path and render as ``FILE: line N: what is wrong``.
+:class:`UsageError` is any other bad input. Both end a command with :attr:`ExitCode.BAD_INPUT`.
+(pydantic's errors become problems in :mod:`orchestrator.spec.problems`: this module needs no
+pydantic.)
 """
 
 from __future__ import annotations
 
+import enum
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
-_MISSING: Any = object()
+#: "No value shown": a problem whose ``got`` is this renders without ``(got ...)``.
+MISSING: Any = object()
 _MAX_SHOWN_CHARS = 80
 
 
@@ -49,7 +55,7 @@ class Problem:
 
     path: str
     message: str
-    got: Any = _MISSING
+    got: Any = MISSING
     line: Optional[int] = None
     involves: tuple[str, ...] = field(default=(), compare=False)
 
@@ -57,7 +63,7 @@ class Problem:
         """``FILE: path: message (got X)``, or ``FILE: line N: message`` for YAML problems."""
         where = self.path if self.path else (f"line {self.line}" if self.line is not None else "")
         text = f"{file}: {where}: {self.message}" if where else f"{file}: {self.message}"
-        if self.got is not _MISSING:
+        if self.got is not MISSING:
             text += f" (got {show_value(self.got)})"
         return text
 
@@ -91,129 +97,16 @@ def dedupe(problems: Iterable[Problem]) -> list[Problem]:
     return out
 
 
-# --- pydantic errors -> problems -----------------------------------------------------------
+class ExitCode(enum.IntEnum):
+    """Exit statuses of every command (``run`` documents them in its ``--help``)."""
 
-#: Tags of discriminated unions (sweep distributions): pydantic puts them in an error's location.
-UNION_TAGS: frozenset[str] = frozenset({"loguniform", "uniform", "int", "choice"})
-
-_REWRITES: tuple[tuple[str, str], ...] = (
-    (r"^Input should be a valid dictionary or instance of \w+$", "should be a mapping"),
-    (r"^Input should be a valid dictionary$", "should be a mapping"),
-    (r"^(List|Dictionary) should have at least 1 item after validation, not 0$", "should not be empty"),
-    (r"^Value error, ", ""),
-    (r"^Input should be ", "should be "),
-    (r"^String should ", "should "),
-    (r"^List should ", "should "),
-    (r"^Dictionary should ", "should "),
-)
-
-
-def dotted(loc: Iterable[Any]) -> str:
-    """``("sweep", "grid", "model.cell", 2)`` -> ``"sweep.grid.model.cell[2]"``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _model_fields_at(root: type, loc: tuple[Any, ...]) -> Optional[list[str]]:
-    """Field names of the pydantic model reached by following ``loc`` from ``root`` (None if lost)."""
-    from pydantic import BaseModel  # local: keep this module importable without pydantic
-
-    node: Any = root
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            if part not in node.model_fields:
-                return None
-            node = node.model_fields[part].annotation
-        elif getattr(node, "__origin__", None) is dict:
-            node = node.__args__[1]
-        elif getattr(node, "__origin__", None) in (list, tuple):
-            node = node.__args__[0]
-        elif isinstance(part, str) and part in UNION_TAGS:  # a discriminated union member
-            members = [m for m in getattr(node, "__args__", ()) if _tag_of(m) == part]
-            if not members:
-                return None
-            node = members[0]
-        else:
-            return None
-    node = _unwrap(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return None
-
-
-def _unwrap(tp: Any) -> Any:
-    """Strip ``Annotated[...]`` and ``Optional[...]`` down to the interesting type."""
-    import typing
-
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin is typing.Union:
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp  # a real union: the caller follows it by tag
-            tp = args[0]
-        else:
-            return tp
-
-
-def _tag_of(model: Any) -> Optional[str]:
-    fields = getattr(model, "model_fields", {})
-    if "dist" in fields:
-        args = getattr(fields["dist"].annotation, "__args__", ())
-        return args[0] if args else None
-    return None
-
-
-def problems_from_pydantic(error: Any, root: type, prefix: tuple[Any, ...] = ()) -> list[Problem]:
-    """Turn a ``pydantic.ValidationError`` raised by ``root.model_validate`` into problems.
-
-    ``prefix`` is prepended to every location (e.g. ``("model",)`` when ``root`` is one section).
-    Unknown keys get the valid keys and close matches; union tags are dropped from paths.
-    """
-    import difflib
-    import re
-
-    problems = []
-    for err in error.errors():
-        raw_loc = loc = tuple(err["loc"])
-        # Drop discriminated-union tags: ("space", "train.lr", "loguniform", "low") -> (..., "low").
-        loc = tuple(p for i, p in enumerate(loc) if not (i >= 2 and loc[i - 2] == "space" and p in UNION_TAGS))
-        path = dotted(prefix + loc)
-        kind = err["type"]
-        got: Any = err.get("input", _MISSING)
-        if kind == "extra_forbidden":
-            valid = _model_fields_at(root, raw_loc[:-1]) or []
-            message = "unknown key"
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.6)
-            if close:
-                message += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-            if valid:
-                message += f" (valid keys: {', '.join(valid)})"
-            problems.append(Problem(path, message))
-        elif kind == "missing":
-            problems.append(Problem(path, "required key is missing"))
-        elif kind == "union_tag_invalid":
-            expected = err.get("ctx", {}).get("expected_tags", "")
-            problems.append(Problem(dotted(prefix + loc + ("dist",)), f"should be one of {expected}",
-                                    got=err.get("ctx", {}).get("tag", _MISSING)))
-        elif kind == "union_tag_not_found":
-            problems.append(Problem(path, "needs a dist key: one of 'loguniform', 'uniform', 'int', 'choice'"))
-        else:
-            message = err["msg"]
-            for pattern, replacement in _REWRITES:
-                message = re.sub(pattern, replacement, message)
-            if kind == "value_error" and isinstance(got, dict):
-                got = _MISSING  # a whole-mapping check names the values it compared itself
-            problems.append(Problem(path, message, got=got))
-    return problems
+    OK = 0
+    #: a trial failed, or the results folder could not be written
+    FAILED = 1
+    #: bad input: a spec, an argument, an unusable folder, a checkpoint that cannot be read
+    BAD_INPUT = 2
+    #: stopped by SIGINT/SIGTERM (128 + SIGINT, as shells report it)
+    INTERRUPTED = 130
 
 
 class UsageError(Exception):

@@ -22,11 +22,14 @@ import heapq
 import json
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, Optional
 
-from orchestrator.spec.checks import estimate_parameters, estimate_vocab_size
-from orchestrator.spec.schema import JobSpec, ResourcesSpec, allowed_concurrency
-from orchestrator.spec.sweep import Trial
+from orchestrator.durations import format_duration
+from orchestrator.spec import Job, ResourcesSpec, Trial, allowed_concurrency, job_location
+from orchestrator.spec.rules import estimate_parameters, vocab_estimate
+from rnn.config import RunConfig, ThroughputConfig
 
 # nn.LSTM/GRU training measured 24-30 GFLOP/s on one core of the 2-core dev VM (B 32-64, H 128-512);
 # linear in cpus_per_trial, which is optimistic past a few cores.
@@ -58,60 +61,59 @@ def _corpus_chars(corpus: str) -> Optional[int]:
     if corpus == "builtin":
         return None
     try:
-        return os.path.getsize(corpus)  # bytes ~ characters for mostly-ASCII text
+        return os.path.getsize(os.path.expanduser(corpus))  # bytes ~ characters for mostly-ASCII text
     except OSError:
         return None
 
 
-def estimate_step_seconds(config: Mapping[str, Any], resources: ResourcesSpec, batch_size: int) -> float:
-    """Seconds for one training step (forward + backward + update) of ``config`` at ``batch_size``."""
-    data, model = config["data"], config["model"]
-    vocab = estimate_vocab_size(data["level"], data["vocab_size"])
-    compute_params = estimate_parameters(model, vocab) - vocab * model["embedding_dim"]
-    flops = 6.0 * compute_params * batch_size * data["seq_len"]
+def estimate_step_seconds(run: RunConfig, resources: ResourcesSpec, batch_size: int) -> float:
+    """Seconds for one training step (forward + backward + update) of ``run`` at ``batch_size``."""
+    data, model = run.data, run.model
+    vocab = vocab_estimate(data.level, data.vocab_size)
+    compute_params = estimate_parameters(asdict(model), vocab) - vocab * model.embedding_dim
+    flops = 6.0 * compute_params * batch_size * data.seq_len
     on_gpu = resources.gpus_per_trial > 0
     rate = GPU_FLOPS * min(resources.gpus_per_trial, 1.0) if on_gpu else CPU_FLOPS_PER_CORE * resources.cpus_per_trial
     per_timestep = GPU_STEP_OVERHEAD_S if on_gpu else CPU_STEP_OVERHEAD_S
-    if model["layer_norm"]:
+    if model.layer_norm:
         per_timestep *= LAYER_NORM_OVERHEAD_FACTOR
-    directions = 2 if model["bidirectional"] else 1
-    overhead = 3 * data["seq_len"] * model["num_layers"] * directions * per_timestep
+    directions = 2 if model.bidirectional else 1
+    overhead = 3 * data.seq_len * model.num_layers * directions * per_timestep
     return flops / rate + overhead
 
 
-def _train_steps(config: Mapping[str, Any]) -> Optional[int]:
-    data, train = config["data"], config["train"]
-    candidates = [train["max_steps"]] if train["max_steps"] else []
-    chars = _corpus_chars(data["corpus"])
-    if train["max_epochs"] and chars:
-        tokens = chars * (1 - data["val_fraction"]) / CHARS_PER_TOKEN[data["level"]]
-        candidates.append(math.ceil(train["max_epochs"] * tokens / (train["batch_size"] * data["seq_len"])))
+def _train_steps(run: RunConfig) -> Optional[int]:
+    data, train = run.data, run.train
+    candidates = [train.max_steps] if train.max_steps else []
+    chars = _corpus_chars(data.corpus)
+    if train.max_epochs and chars:
+        tokens = chars * (1 - data.val_fraction) / CHARS_PER_TOKEN[data.level]
+        candidates.append(math.ceil(train.max_epochs * tokens / (train.batch_size * data.seq_len)))
     return min(candidates) if candidates else None
 
 
-def _throughput_sizes(section: Mapping[str, Any]) -> list[int]:
-    if section["batch_sizes"] != "auto":
-        return list(section["batch_sizes"])
-    sizes, size = [], section["auto_start"]
-    while size <= section["auto_max_batch_size"]:
+def _throughput_sizes(tp: ThroughputConfig) -> list[int]:
+    if tp.batch_sizes != "auto":
+        return list(tp.batch_sizes)
+    sizes, size = [], tp.auto_start
+    while size <= tp.auto_max_batch_size:
         sizes.append(size)
         size *= 2
     return sizes
 
 
-def estimate_trial_seconds(trial: Trial, kind: str, resources: ResourcesSpec) -> Optional[float]:
+def estimate_trial_seconds(trial: Trial, resources: ResourcesSpec) -> Optional[float]:
     """A rough wall-clock estimate for one trial (see the module docstring), None if unknowable."""
-    config = trial.config
-    if kind == "throughput":
-        section = config["throughput"]
-        steps = section["warmup_steps"] + section["measure_steps"]
-        total = sum(steps * estimate_step_seconds(config, resources, b) for b in _throughput_sizes(section))
-        return min(total, section["auto_time_budget_s"]) if section["batch_sizes"] == "auto" else total
-    steps = _train_steps(config)
-    cap = config["train"]["max_time_s"]
-    if steps is None:
+    run, tp = trial.run_config, trial.throughput_config
+    if tp is not None:
+        steps = tp.warmup_steps + tp.measure_steps
+        total = sum(steps * estimate_step_seconds(run, resources, b) for b in _throughput_sizes(tp))
+        return min(total, tp.auto_time_budget_s) if tp.batch_sizes == "auto" else total
+    train_steps = _train_steps(run)
+    cap = run.train.max_time_s
+    if train_steps is None:
         return cap
-    seconds = steps * estimate_step_seconds(config, resources, config["train"]["batch_size"]) * (1 + EVAL_OVERHEAD)
+    seconds = train_steps * estimate_step_seconds(run, resources, run.train.batch_size) * (1 + EVAL_OVERHEAD)
     return min(seconds, cap) if cap else seconds
 
 
@@ -125,16 +127,6 @@ def makespan(durations: Sequence[float], slots: int) -> float:
     return max(free_at)
 
 
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _plain(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
@@ -143,25 +135,27 @@ def _plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def results_location(spec: JobSpec) -> str:
-    """Where the job's results folder would be: ``output/name``."""
-    return f"{spec.output.rstrip('/')}/{spec.name}" if "://" in spec.output else os.path.join(spec.output, spec.name)
+def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
+    """The text ``plan`` prints: trials, resources, local concurrency and a rough time estimate.
 
-
-def render_plan(spec: JobSpec, trials: Sequence[Trial], source: str, total_cpus: float, total_gpus: float) -> str:
-    """The text ``plan`` prints: trials, resources, local concurrency and a rough time estimate."""
+    Raises:
+        UsageError: the results folder could not be used (see :func:`~orchestrator.spec.job_location`).
+    """
+    spec, trials = job.spec, job.trials
     res = spec.resources
-    estimates = [estimate_trial_seconds(t, spec.kind, res) for t in trials]
+    estimates = [estimate_trial_seconds(t, res) for t in trials]
     count = f"{len(trials)} trial{'s' if len(trials) != 1 else ''}"
-    lines = [f"{source}: {spec.name}, kind {spec.kind}, {count} -> {results_location(spec)}",
+    lines = [f"{job.source}: {spec.name}, kind {spec.kind}, {count} -> {job_location(spec)}",
              f"  {'#':>4}  {'trial_id':<12}  {'est.':>8}  overrides"]
-    for trial, seconds in zip(trials, estimates):
+    for trial, seconds in zip(trials, estimates, strict=True):
         swept = "  ".join(f"{path}={_plain(value)}" for path, value in trial.overrides.items())
-        lines.append(f"  {trial.index:>4}  {trial.trial_id:<12}  {_duration(seconds):>8}  {swept}")
+        lines.append(f"  {trial.index:>4}  {trial.trial_id:<12}  {format_duration(seconds):>8}  {swept}")
     gpus = f"{res.gpus_per_trial:g} GPU" + ("" if res.gpus_per_trial == 1 else "s")
     cpus = f"{res.cpus_per_trial:g} CPU" + ("" if res.cpus_per_trial == 1 else "s")
-    retries = f"{res.max_retries} time" + ("" if res.max_retries == 1 else "s")
-    lines.append(f"each trial reserves {cpus} and {gpus}; a failed trial is retried up to {retries}")
+    lost = (f"retried up to {res.max_retries} time" + ("" if res.max_retries == 1 else "s")
+            if res.max_retries else "not retried (max_retries 0)")
+    lines.append(f"each trial reserves {cpus} and {gpus}; a trial whose worker is lost (its process or node "
+                 f"dies) is {lost}; a trial that fails is not retried, it runs again when the job is run again")
     slots = allowed_concurrency(res, total_cpus, total_gpus)
     machine = f"this machine: {total_cpus:g} CPUs, {total_gpus:g} GPUs -> "
     if slots == 0:
@@ -171,7 +165,7 @@ def render_plan(spec: JobSpec, trials: Sequence[Trial], source: str, total_cpus:
     if any(e is None for e in estimates):
         total = "unknown (an epoch budget on a corpus of unknown size)"
     else:
-        total = _duration(makespan([e or 0.0 for e in estimates], slots))
+        total = format_duration(makespan([e or 0.0 for e in estimates], slots))
     where = "GPU" if res.gpus_per_trial > 0 else "CPU"
     lines.append(f"rough time ({where} heuristic, see orchestrator/plan.py; measure before trusting): "
                  f"about {total} for the job")

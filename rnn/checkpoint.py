@@ -17,6 +17,7 @@ import torch
 
 from rnn.atomic import atomic_write
 from rnn.errors import CheckpointError
+from rnn.tokenizer import Tokenizer, tokenizer_from_state
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,7 +36,7 @@ def load_checkpoint(source: Union[PathLike, bytes], map_location: Union[str, tor
 
     Raises :class:`CheckpointError` naming the file for anything unreadable.
     """
-    label = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    label = checkpoint_label(source)
     try:
         fobj: Any = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         state = torch.load(fobj, map_location=map_location, weights_only=True)
@@ -53,3 +54,37 @@ def load_checkpoint(source: Union[PathLike, bytes], map_location: Union[str, tor
             f"{state.get('format_version') if isinstance(state, dict) else None!r}, expected {FORMAT_VERSION})"
         )
     return state
+
+
+def checkpoint_label(source: Union[PathLike, bytes]) -> str:
+    """How messages name a checkpoint: its path, or ``<bytes>``."""
+    return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def checkpoint_tokenizer(state: dict[str, Any], label: str) -> Tokenizer:
+    """The tokenizer a loaded checkpoint stores, checked against the vocabulary it claims.
+
+    The claimed ``vocab_size`` sizes the model's embedding and head, so it must match the
+    tokenizer before anything is allocated (a checkpoint claiming 10**12 ids is refused here,
+    not by an allocation that exhausts memory).
+
+    Raises:
+        CheckpointError: no tokenizer, one that cannot be rebuilt, or a vocabulary that differs.
+    """
+    saved = state.get("tokenizer")
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"checkpoint {label} holds no tokenizer, so its ids cannot be turned into text; "
+            "use a checkpoint written by training (checkpoints/<trial_id>/best.pt)"
+        )
+    try:
+        tokenizer = tokenizer_from_state(saved)
+    except Exception as e:  # ValueError from our states, plain Exception from the tokenizers library
+        raise CheckpointError(f"checkpoint {label} holds a tokenizer that cannot be rebuilt ({e})") from e
+    claimed = state.get("vocab_size")
+    if isinstance(claimed, bool) or not isinstance(claimed, int) or claimed != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"checkpoint {label} claims a vocabulary of {claimed!r} ids, but its tokenizer has "
+            f"{tokenizer.vocab_size}; the file is corrupted or was edited"
+        )
+    return tokenizer

@@ -23,6 +23,17 @@ LEVELS: tuple[str, ...] = ("char", "bpe", "word")
 
 #: Default vocabulary sizes when a spec leaves ``vocab_size`` out (ignored for char).
 DEFAULT_VOCAB_SIZE: dict[str, int] = {"bpe": 2048, "word": 10000}
+#: The smallest vocabulary each trained tokenizer can have: byte-level BPE starts from all 256
+#: byte values (and adds no special tokens); word level needs ``[UNK]`` plus one word.
+MIN_VOCAB_SIZE: dict[str, int] = {"bpe": 256, "word": 2}
+
+
+def resolved_vocab_size(level: str, vocab_size: Optional[int]) -> Optional[int]:
+    """The vocabulary cap for bpe/word (``vocab_size``, else the level's default), None for char
+    (its vocabulary is the training split's characters)."""
+    if level == "char":
+        return None
+    return vocab_size or DEFAULT_VOCAB_SIZE[level]
 
 
 @dataclass(frozen=True)
@@ -36,10 +47,8 @@ class DataConfig:
     val_fraction: float = 0.1
 
     def resolved_vocab_size(self) -> Optional[int]:
-        """The vocabulary cap for bpe/word, or None for char (its vocabulary is the train split's)."""
-        if self.level == "char":
-            return None
-        return self.vocab_size or DEFAULT_VOCAB_SIZE[self.level]
+        """The vocabulary cap for bpe/word, or None for char (see :func:`resolved_vocab_size`)."""
+        return resolved_vocab_size(self.level, self.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return cls(
             data=DataConfig(**d.get("data", {})),
             model=ModelConfig(**d.get("model", {})),

@@ -60,7 +60,7 @@ class TrainEvent:
     step: int
     record: Optional[EvalRecord] = None
     checkpoint: Optional[str] = None
-    result: Optional["TrainResult"] = None
+    result: Optional[TrainResult] = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -21,7 +21,7 @@ Choices, and why:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +170,7 @@ class LayerNormLSTM(nn.Module):
         if state is None:
             # new_zeros follows the weights' device; dtype follows the input so that float64
             # tests and autocast both work.
-            h0 = self.layers[0].bias.new_zeros(expected, dtype=x.dtype)
+            h0 = cast(torch.Tensor, self.layers[0].bias).new_zeros(expected, dtype=x.dtype)
             c0 = h0
         else:
             h0, c0 = state

@@ -10,6 +10,7 @@ read the future, into layer 2's forward direction.)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 #: A stack's recurrent state: ``(h, c)`` for LSTMs, ``h`` for GRU/RNN; each ``[num_layers, B, H]``.
 RecurrentState = Union[Tensor, tuple[Tensor, Tensor]]
 
-_FUSED: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+_FUSED: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 class LMOutput(NamedTuple):

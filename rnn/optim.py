@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -43,8 +43,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: Optional[int], plateau_patience: int
-) -> Optional[object]:
-    """The schedule for ``cfg.scheduler``; ``None`` for ``constant``.
+) -> Any:
+    """The schedule for ``cfg.scheduler`` (an ``LRScheduler``, or ``ReduceLROnPlateau``, whose
+    ``step`` takes the metric); ``None`` for ``constant``.
 
     ``onecycle``, ``cosine`` and ``step`` are stepped once per training step and need a step budget
     (``max_steps`` or ``max_epochs``). ``plateau`` is stepped at each evaluation with the

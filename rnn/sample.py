@@ -7,10 +7,10 @@ from typing import Optional, Union
 
 import torch
 
-from rnn.checkpoint import load_checkpoint
+from rnn.checkpoint import checkpoint_label, checkpoint_tokenizer, load_checkpoint
 from rnn.device import detect_device
+from rnn.errors import CheckpointError
 from rnn.models import build_model
-from rnn.tokenizer import tokenizer_from_state
 from rnn.train import model_config_from_checkpoint
 
 
@@ -38,9 +38,13 @@ def generate(
         raise ValueError(f"top_k must be >= 1 (got {top_k})")
     dev = detect_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=dev)
-    tokenizer = tokenizer_from_state(ckpt["tokenizer"])
-    model = build_model(model_config_from_checkpoint(ckpt), int(ckpt["vocab_size"])).to(dev)
-    model.load_state_dict(ckpt["model"])
+    label = checkpoint_label(checkpoint)
+    tokenizer = checkpoint_tokenizer(ckpt, label)  # checks the vocabulary before anything is sized by it
+    try:
+        model = build_model(model_config_from_checkpoint(ckpt), tokenizer.vocab_size).to(dev)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as e:  # no config or weights, or weights of another shape
+        raise CheckpointError(f"checkpoint {label} does not hold a model this version can rebuild ({e!r:.300})") from e
     model.eval()
 
     gen = torch.Generator(device=dev)

@@ -33,9 +33,10 @@ import gc
 import logging
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -142,7 +143,9 @@ class _Session:
         return resolve_precision(self.config.train.amp, self.device, batch_size=batch_size)
 
     def row(self, batch_size: int, status: str, error: Optional[str] = None, **timing: Any) -> ThroughputRow:
-        fields = dict(samples_per_s=None, tokens_per_s=None, step_time_ms=None, step_time_ms_max=None, peak_mem_mb=None)
+        fields: dict[str, Any] = dict(
+            samples_per_s=None, tokens_per_s=None, step_time_ms=None, step_time_ms_max=None, peak_mem_mb=None
+        )
         fields.update(timing)
         return ThroughputRow(
             batch_size=batch_size, status=status, device=self.device.type, device_name=self.device_name,
@@ -265,7 +268,9 @@ def iter_throughput(
     yield from _auto(session, tp, batch_hook)
 
 
-def _auto(session: _Session, tp: ThroughputConfig, batch_hook: Optional[Callable[[int], None]]) -> Iterator[ThroughputRow]:
+def _auto(
+    session: _Session, tp: ThroughputConfig, batch_hook: Optional[Callable[[int], None]]
+) -> Iterator[ThroughputRow]:
     """Double from ``auto_start`` until a stop rule fires; every size measured is yielded."""
     start = time.monotonic()
     b = max(1, min(tp.auto_start, tp.auto_max_batch_size))
@@ -277,7 +282,8 @@ def _auto(session: _Session, tp: ThroughputConfig, batch_hook: Optional[Callable
             reason = f"batch {b} ended {row.status}"
             break
         assert row.samples_per_s is not None and row.step_time_ms is not None
-        if previous is not None and row.samples_per_s < previous.samples_per_s * (1 + tp.auto_min_gain):
+        before = previous.samples_per_s if previous is not None else None
+        if before is not None and row.samples_per_s < before * (1 + tp.auto_min_gain):
             reason = f"gain below {tp.auto_min_gain:.0%} at batch {b}"
             break
         previous, nxt = row, b * 2

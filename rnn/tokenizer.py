@@ -22,14 +22,15 @@ import abc
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from rnn.atomic import atomic_write
-from rnn.config import DEFAULT_VOCAB_SIZE, LEVELS
+from rnn.config import DEFAULT_VOCAB_SIZE, LEVELS, MIN_VOCAB_SIZE
 from rnn.corpus import cache_root
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class CharTokenizer(Tokenizer):
         self._itos = ["\ufffd"] + chars
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
+    def from_text(cls, text: str) -> CharTokenizer:
         return cls(sorted(set(text)))
 
     @property
@@ -210,7 +211,6 @@ def _train_word(text: str, vocab_size: int) -> HFTokenizer:
 
 
 _TRAIN = {"bpe": _train_bpe, "word": _train_word}
-_MIN_VOCAB = {"bpe": BYTE_ALPHABET_SIZE, "word": 2}
 
 
 def default_tokenizer_cache_dir() -> Path:
@@ -245,8 +245,8 @@ def build_tokenizer(
         return CharTokenizer.from_text(train_text)  # milliseconds: not worth caching
 
     size = vocab_size if vocab_size is not None else DEFAULT_VOCAB_SIZE[level]
-    if size < _MIN_VOCAB[level]:
-        raise ValueError(f"{level} vocab_size must be at least {_MIN_VOCAB[level]} (got {size})")
+    if size < MIN_VOCAB_SIZE[level]:
+        raise ValueError(f"{level} vocab_size must be at least {MIN_VOCAB_SIZE[level]} (got {size})")
     key = _file_safe_key(cache_key) if cache_key else hashlib.sha256(train_text.encode("utf-8")).hexdigest()[:16]
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_tokenizer_cache_dir()
     path = directory / f"{level}-{size}-{key}-f{_CACHE_FORMAT}.json"

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +117,7 @@ class Trainer:
         es = tc.early_stopping
         train_step = TrainStep(model, data, tc, precision, tc.batch_size)
         optimizer, scaler, generator = train_step.optimizer, train_step.scaler, train_step.generator
+        assert optimizer is not None  # released only after the loop
         plateau_patience = max(1, es.patience // 2) if es else 2
         scheduler = build_scheduler(optimizer, tc, total_steps, plateau_patience)
         per_step_schedule = scheduler is not None and tc.scheduler != "plateau"
@@ -160,7 +162,7 @@ class Trainer:
         while total_steps is None or st.step < total_steps:
             loss, grad_norm = train_step()  # on the device; nothing read back here
             if per_step_schedule:
-                scheduler.step()  # type: ignore[union-attr]
+                scheduler.step()
             loss_sum += loss
             bad = ~torch.isfinite(loss)
             first_bad = torch.where(bad & (first_bad < 0), st.step + 1, first_bad)
@@ -198,7 +200,7 @@ class Trainer:
                 break
             metric = rec.val_loss if data.num_val_targets > 0 else rec.train_loss
             if scheduler is not None and not per_step_schedule:
-                scheduler.step(metric)  # type: ignore[call-arg]
+                scheduler.step(metric)
             if st.best_metric is None or metric < st.best_metric - (es.min_delta if es else 0.0):
                 st.best_metric, st.best_record, st.bad_evals = metric, rec, 0
                 st.train_time_s = time.monotonic() - run_start
@@ -254,7 +256,7 @@ class Trainer:
         model: LanguageModel,
         data: LMData,
         autocast: Any,
-        st: "_RunState",
+        st: _RunState,
         train_loss: torch.Tensor,
         grad_norm: torch.Tensor,
         optimizer: torch.optim.Optimizer,
@@ -293,7 +295,7 @@ class Trainer:
             elapsed_s=0.0,
         )
 
-    def _save(self, model, optimizer, scheduler, scaler, generator, st: "_RunState", data: LMData) -> Path:
+    def _save(self, model, optimizer, scheduler, scaler, generator, st: _RunState, data: LMData) -> Path:
         state = {
             "config": self.config.to_dict(),
             "model": model.state_dict(),
@@ -314,7 +316,7 @@ class Trainer:
             state["rng"]["cuda"] = torch.cuda.get_rng_state(generator.device)
         return save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
 
-    def _restore(self, ckpt, model, optimizer, scheduler, scaler, generator, st: "_RunState") -> None:
+    def _restore(self, ckpt, model, optimizer, scheduler, scaler, generator, st: _RunState) -> None:
         saved = RunConfig.from_dict(ckpt["config"])
         if saved.model != self.config.model or saved.data != self.config.data:
             raise CheckpointError(

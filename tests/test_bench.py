@@ -117,7 +117,7 @@ def test_jobs_runs_a_throughput_spec_through_the_engine(tmp_path: Path, keep_thr
 def test_jobs_reads_a_spec_without_pydantic(tmp_path: Path, monkeypatch) -> None:
     spec = tmp_path / "tp.yaml"
     spec.write_text(SMALL_THROUGHPUT_SPEC)
-    monkeypatch.setitem(sys.modules, "orchestrator.spec.schema", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "orchestrator.spec", None)  # import raises ImportError
     [(trial_id, overrides, cfg, tp)] = load_trials(str(spec))
     assert trial_id == "unvalidated" and overrides == {}
     assert (cfg.model.hidden_size, cfg.data.seq_len, cfg.train.device) == (16, 8, "cpu")

@@ -11,8 +11,9 @@ import pytest
 from conftest import TINY_SPEC, ray_env, run_cli, write_spec
 from orchestrator.cli import main
 from orchestrator.results.lock import JobLock
-from orchestrator.run.runner import RAY_JOB_ENV, UsageError, resolve_job_dir
-from orchestrator.spec.schema import load_spec
+from orchestrator.errors import UsageError
+from orchestrator.spec import job_location, load_job
+from orchestrator.spec.location import RAY_JOB_ENV
 
 
 def _spec(tmp_path: Path, **data: object) -> Path:
@@ -63,12 +64,12 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path: Path, capsys: py
 
 
 def test_relative_output_under_ray_job_submit_must_be_absolute(tmp_path: Path) -> None:
-    spec = load_spec(write_spec(tmp_path / "rel.yaml", dict(TINY_SPEC, output="results")))
+    spec = load_job(write_spec(tmp_path / "rel.yaml", dict(TINY_SPEC, output="results"))).spec
     with pytest.raises(UsageError, match="ray job submit"):
-        resolve_job_dir(spec, None, environ={RAY_JOB_ENV: "{}"})
-    assert resolve_job_dir(spec, str(tmp_path / "abs"), environ={RAY_JOB_ENV: "{}"}) == str(tmp_path / "abs" / "tiny")
-    assert resolve_job_dir(spec, "s3://bucket/runs", environ={}) == "s3://bucket/runs/tiny"
-    assert resolve_job_dir(spec, None, environ={}) == str((Path.cwd() / "results" / "tiny").resolve())
+        job_location(spec, None, environ={RAY_JOB_ENV: "{}"})
+    assert job_location(spec, str(tmp_path / "abs"), environ={RAY_JOB_ENV: "{}"}) == str(tmp_path / "abs" / "tiny")
+    assert job_location(spec, "s3://bucket/runs", environ={}) == "s3://bucket/runs/tiny"
+    assert job_location(spec, None, environ={}) == str((Path.cwd() / "results" / "tiny").resolve())
 
 
 def test_run_with_a_bad_spec_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

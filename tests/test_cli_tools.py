@@ -86,3 +86,76 @@ def test_clean_removes_temp_files_and_unneeded_checkpoints(tmp_path: Path, capsy
     kept = [d.name for d in (job / "checkpoints").iterdir()]
     assert len(kept) == 1
     assert main(["clean", str(tmp_path / "nope")]) == 2
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], where: object) -> str:
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    (line,) = err.splitlines()
+    assert line.startswith(f"{where}: ")
+    return line
+
+
+def test_report_on_a_truncated_trials_table_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, job = _job(tmp_path)
+    table = job / "trials.parquet"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    capsys.readouterr()  # only what the command prints counts
+    assert main(["report", str(job)]) == 2
+    assert "trials.parquet" in _one_line_error(capsys, job)
+
+
+def test_report_with_a_manifest_that_is_not_an_object_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, job = _job(tmp_path)
+    (job / "manifest.json").write_text("[1, 2, 3]")
+    capsys.readouterr()
+    assert main(["report", str(job)]) == 2
+    assert "manifest.json should hold a JSON object (got a list)" in _one_line_error(capsys, job)
+
+
+def test_report_survives_odd_manifest_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, job = _job(tmp_path)
+    (job / "manifest.json").write_text(json.dumps({"versions": [1], "host": "x", "devices": 3, "spec_text": 5}))
+    assert main(["report", str(job)]) == 0
+
+
+def _edited_checkpoint(checkpoint: Path, tmp_path: Path, **changes: object) -> Path:
+    from rnn.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    state.pop("format_version")
+    for key, value in changes.items():
+        if value is None:
+            state.pop(key)
+        else:
+            state[key] = value
+    return save_checkpoint(tmp_path / "edited.pt", state)
+
+
+def test_sample_on_a_checkpoint_without_a_tokenizer_is_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edited = _edited_checkpoint(checkpoint, tmp_path, tokenizer=None)
+    assert main(["sample", str(edited), "--length", "5"]) == 2
+    assert "holds no tokenizer" in _one_line_error(capsys, edited)
+
+
+def test_sample_on_a_checkpoint_claiming_an_absurd_vocabulary_is_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edited = _edited_checkpoint(checkpoint, tmp_path, vocab_size=10**12)
+    assert main(["sample", str(edited), "--length", "5"]) == 2  # refused before anything is allocated
+    line = _one_line_error(capsys, edited)
+    assert "claims a vocabulary of 1000000000000 ids, but its tokenizer has" in line
+
+
+def test_sample_on_a_checkpoint_with_weights_of_another_shape_is_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rnn.checkpoint import load_checkpoint
+
+    config = load_checkpoint(checkpoint)["config"]
+    wider = {**config, "model": {**config["model"], "hidden_size": 48}}
+    edited = _edited_checkpoint(checkpoint, tmp_path, config=wider)
+    assert main(["sample", str(edited), "--length", "5"]) == 2
+    assert "does not hold a model this version can rebuild" in _one_line_error(capsys, edited)

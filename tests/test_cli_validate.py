@@ -12,9 +12,7 @@ import pytest
 
 from orchestrator import cli
 from orchestrator.plan import estimate_trial_seconds, local_gpu_count, makespan
-from orchestrator.spec import allowed_concurrency
-from orchestrator.spec.schema import ResourcesSpec, load_spec
-from orchestrator.spec.sweep import expand
+from orchestrator.spec import ResourcesSpec, allowed_concurrency, load_job
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = "jobs/quickstart.yaml"
@@ -75,7 +73,7 @@ def test_plan_shows_trials_resources_concurrency_and_time(
     monkeypatch.chdir(REPO)
     assert cli.main(["plan", QUICKSTART, "--cpus", "2", "--gpus", "0"]) == 0
     out = capsys.readouterr().out
-    for trial in expand(load_spec(QUICKSTART)):
+    for trial in load_job(QUICKSTART).trials:
         assert trial.trial_id in out
     assert "model.cell=gru  train.seed=1" in out
     assert "each trial reserves 1 CPU and 0 GPUs" in out
@@ -131,8 +129,8 @@ def test_makespan() -> None:
 
 def test_time_estimate_is_plausible_for_quickstart(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    spec = load_spec(QUICKSTART)
-    seconds = [estimate_trial_seconds(t, spec.kind, spec.resources) for t in expand(spec)]
+    job = load_job(QUICKSTART)
+    seconds = [estimate_trial_seconds(t, job.spec.resources) for t in job.trials]
     assert all(s is not None and 1 < s < 600 for s in seconds)
     lstm, gru = seconds[0], seconds[2]
     assert lstm > gru  # 4 gates cost more than 3
@@ -145,3 +143,10 @@ def test_local_gpu_count_honours_cuda_visible_devices(monkeypatch: pytest.Monkey
     assert local_gpu_count() == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert local_gpu_count() == 0
+
+
+def test_one_duration_format_for_plan_and_progress() -> None:
+    from orchestrator.durations import format_duration
+
+    assert [format_duration(s) for s in (None, float("nan"), -3, 0.4, 59.6, 61, 3599, 3600, 7325)] == [
+        "?", "?", "0s", "0s", "1m00s", "1m01s", "59m59s", "1h00m", "2h02m"]

@@ -23,9 +23,7 @@ from orchestrator.results import ResultsStore
 from orchestrator.run.backend import Assignment, Notice, NoticeKind
 from orchestrator.run.dispatch import Dispatcher
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Started
-from orchestrator.spec import ResourcesSpec
-from orchestrator.spec.checks import validate_spec
-from orchestrator.spec.sweep import expand
+from orchestrator.spec import ResourcesSpec, build_job
 from rnn.checkpoint import FORMAT_VERSION
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 
@@ -140,8 +138,8 @@ def _trials(n_seeds: int = 2, **resources: Any) -> tuple[list, ResourcesSpec]:
     raw = copy.deepcopy(TINY_SPEC)
     raw["sweep"] = {"grid": {"model.cell": ["lstm"]}, "seeds": list(range(n_seeds))}
     raw["resources"].update(resources)
-    spec = validate_spec(raw)
-    return expand(spec), spec.resources
+    job = build_job(raw, source="<test>")
+    return list(job.trials), job.spec.resources
 
 
 def _happy(loss: float = 2.0) -> list[Any]:

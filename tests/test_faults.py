@@ -16,12 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, TINY_SPEC, ray_env, run_cli, write_spec
-from orchestrator.spec.schema import load_spec
-from orchestrator.spec.sweep import expand
+from orchestrator.spec import load_job
 
 
 def _ids_by_cell_seed(spec_path: Path) -> dict[tuple[str, int], str]:
-    return {(t.config["model"]["cell"], t.config["train"]["seed"]): t.trial_id for t in expand(load_spec(spec_path))}
+    return {(t.config["model"]["cell"], t.config["train"]["seed"]): t.trial_id for t in load_job(spec_path).trials}
 
 
 def test_lost_worker_is_retried_and_unfixable_errors_are_recorded(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.report.render import build_report
+from orchestrator.report.render import Heading, Para, Table, build_report, md_escape, to_markdown
 from orchestrator.results import ResultsError, ResultsStore, write_manifest
 from rnn.events import EvalRecord
 
@@ -85,7 +85,7 @@ def test_training_report(train_job: Path) -> None:
         assert "no test: 1 shared seed(s)" in text  # rnn vs gru
         assert "loss became NaN at step 12" in text
     assert "RuntimeError: bad &lt;script&gt;alert(1)&lt;/script&gt; state" in html  # last traceback line, escaped
-    assert "RuntimeError: bad <script>alert(1)</script> state" in md
+    assert "RuntimeError: bad \\<script\\>alert(1)\\</script\\> state" in md  # escaped, as in the HTML
     assert "<svg" not in md and "![" not in md and "see report.html" in md
     # best-trials table: gru-0 first, with its varying config value and metrics
     best_rows = [ln for ln in md.splitlines() if ln.startswith("| 1 |")]
@@ -163,3 +163,34 @@ def test_throughput_report(tmp_path: Path) -> None:
     svg = html[html.index("<svg"):]
     assert "OOM (out of memory)" in svg and "best batch size" in svg  # legend entries of the markers
     assert ">256<" in svg and ">32<" in svg  # measured batch sizes label the log2 axis
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a|b", "a\\|b"),
+    ("`rm -rf`", "\\`rm -rf\\`"),
+    ("<img src=x>", "\\<img src=x\\>"),
+    ("# not a heading", "\\# not a heading"),
+    ("line one\nline two\r\n", "line one line two"),
+    ("*bold* _it_ ~~s~~ &amp;", "\\*bold\\* \\_it\\_ \\~\\~s\\~\\~ \\&amp;"),
+    ("[x](javascript:alert(1))", "[x\\](javascript:alert(1))"),
+    ("- item", "\\- item"),
+    ("1. item", "1\\. item"),
+    ("C:\\data\\x", "C:\\\\data\\\\x"),
+    # what the report itself writes stays readable
+    ("best_val_loss", "best_val_loss"),
+    ("± 0.2484 [0.8516, 1.3484]", "± 0.2484 [0.8516, 1.3484]"),
+    ("-0.5", "-0.5"),
+    ("0.0042", "0.0042"),
+])
+def test_markdown_escaping(text: str, expected: str) -> None:
+    assert md_escape(text) == expected
+
+
+def test_user_strings_cannot_break_a_markdown_table() -> None:
+    md = to_markdown([Heading(2, "# x"), Para("> quoted <b>"),
+                      Table(["item", "value"], [["spec", "jobs/a|b`c`.yaml\n# title"]])])
+    lines = md.splitlines()
+    assert lines[0] == "## \\# x" and lines[2] == "\\> quoted \\<b\\>"
+    row = next(ln for ln in lines if ln.startswith("| spec"))
+    assert row == "| spec | jobs/a\\|b\\`c\\`.yaml # title |"  # mid-line, # is literal
+    assert len(re.findall(r"(?<!\\)\|", row)) == 3  # two cells: the pipe in the path is escaped

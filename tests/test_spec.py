@@ -9,22 +9,20 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.spec.checks import estimate_parameters, sweepable_paths, validate_spec
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.schema import (
-    DataSpec,
-    EarlyStoppingSpec,
-    ModelSpec,
-    ThroughputSpec,
-    TrainSpec,
-    load_spec,
-)
+from orchestrator.spec import JobSpec, build_job, load_job
+from orchestrator.spec.rules import estimate_parameters, sweepable_paths
+from orchestrator.spec.schema import DataSpec, EarlyStoppingSpec, ModelSpec, ThroughputSpec, TrainSpec
 from rnn import config as engine
+
+
+def spec_of(raw: dict[str, Any]) -> JobSpec:
+    return build_job(raw, "s.yaml").spec
 
 
 def problems(raw: dict[str, Any]) -> list[str]:
     with pytest.raises(SpecError) as info:
-        validate_spec(raw, "s.yaml")
+        build_job(raw, "s.yaml")
     return info.value.lines()
 
 
@@ -42,7 +40,7 @@ def test_sections_mirror_engine_dataclasses(spec_cls: type, engine_cls: type) ->
 
 
 def test_minimal_spec_gets_engine_defaults() -> None:
-    spec = validate_spec({"name": "tiny"})
+    spec = spec_of({"name": "tiny"})
     assert spec.kind == "train"
     assert spec.data == DataSpec() and spec.model == ModelSpec() and spec.train == TrainSpec()
     assert spec.throughput is None and spec.sweep is None and spec.output == "results"
@@ -52,21 +50,23 @@ def test_minimal_spec_gets_engine_defaults() -> None:
 
 
 def test_sections_build_engine_configs() -> None:
-    spec = validate_spec({"name": "x", "train": {"early_stopping": {"patience": 2, "min_delta": 0.01}, "lr": 1}})
+    spec = spec_of({"name": "x", "train": {"early_stopping": {"patience": 2, "min_delta": 0.01}, "lr": 1}})
     train = engine.TrainConfig(**spec.train.model_dump())
     assert train.early_stopping == engine.EarlyStopping(patience=2, min_delta=0.01)
     assert train.lr == 1.0 and isinstance(train.lr, float)  # an int is fine where a float is expected
 
 
 def test_null_section_means_defaults() -> None:
-    assert validate_spec({"name": "x", "model": None, "sweep": None}).model == ModelSpec()
+    assert spec_of({"name": "x", "model": None, "sweep": None}).model == ModelSpec()
 
 
 def test_throughput_job_gets_default_throughput_section() -> None:
-    spec = validate_spec({"name": "t", "kind": "throughput"})
+    spec = spec_of({"name": "t", "kind": "throughput"})
     assert spec.throughput == ThroughputSpec()
-    assert spec.base_config()["throughput"]["batch_sizes"] == [512, 1024, 2048]
-    assert "throughput" not in validate_spec({"name": "x"}).base_config()
+    (trial,) = build_job({"name": "t", "kind": "throughput"}).trials
+    assert trial.config["throughput"]["batch_sizes"] == [512, 1024, 2048]
+    assert trial.throughput_config == engine.ThroughputConfig()
+    assert "throughput" not in build_job({"name": "x"}).trials[0].config
 
 
 def test_throughput_batch_sizes_auto_or_list() -> None:
@@ -78,28 +78,28 @@ def test_throughput_batch_sizes_auto_or_list() -> None:
 
 
 def test_spec_is_immutable() -> None:
-    spec = validate_spec({"name": "x"})
+    spec = spec_of({"name": "x"})
     with pytest.raises(ValidationError):
         spec.name = "y"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("output", ["results", "/abs/dir", "s3://bucket/prefix", "gs://b", "file:///tmp/x"])
 def test_output_local_path_or_uri(output: str) -> None:
-    assert validate_spec({"name": "x", "output": output}).output == output
+    assert spec_of({"name": "x", "output": output}).output == output
 
 
 @pytest.mark.parametrize("gpus", [0, 0.25, 1, 2])
 def test_gpu_fractions_and_whole_numbers(gpus: float) -> None:
-    assert validate_spec({"name": "x", "resources": {"gpus_per_trial": gpus}}).resources.gpus_per_trial == gpus
+    assert spec_of({"name": "x", "resources": {"gpus_per_trial": gpus}}).resources.gpus_per_trial == gpus
 
 
 def test_budget_may_be_time_or_epochs_alone() -> None:
-    assert validate_spec({"name": "x", "train": {"max_steps": None, "max_time_s": 60}}).train.max_time_s == 60
-    assert validate_spec({"name": "x", "train": {"max_steps": None, "max_epochs": 0.5}}).train.max_epochs == 0.5
+    assert spec_of({"name": "x", "train": {"max_steps": None, "max_time_s": 60}}).train.max_time_s == 60
+    assert spec_of({"name": "x", "train": {"max_steps": None, "max_epochs": 0.5}}).train.max_epochs == 0.5
 
 
 def test_throughput_job_needs_no_training_budget() -> None:
-    assert validate_spec({"name": "t", "kind": "throughput", "train": {"max_steps": None}}).kind == "throughput"
+    assert spec_of({"name": "t", "kind": "throughput", "train": {"max_steps": None}}).kind == "throughput"
 
 
 def test_corpus_file_is_resolved_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,15 +109,15 @@ def test_corpus_file_is_resolved_against_the_working_directory(tmp_path: Path, m
     spec_file = tmp_path / "specs" / "job.yaml"
     spec_file.write_text("name: x\ndata: {corpus: text.txt}\n")
     monkeypatch.chdir(tmp_path)
-    assert load_spec(spec_file).data.corpus == "text.txt"
+    assert load_job(spec_file).spec.data.corpus == "text.txt"
     (tmp_path / "text.txt").unlink()  # next to the spec is not where it is looked for
     with pytest.raises(SpecError) as info:
-        load_spec(spec_file)
+        load_job(spec_file)
     assert f"data.corpus: no such file ({tmp_path / 'text.txt'};" in str(info.value)
 
 
 def test_vocab_size_is_ignored_for_char_but_validated() -> None:
-    assert validate_spec({"name": "x", "data": {"vocab_size": 300}}).data.vocab_size == 300
+    assert spec_of({"name": "x", "data": {"vocab_size": 300}}).data.vocab_size == 300
     assert problems({"name": "x", "data": {"vocab_size": 10**7}}) == [
         "s.yaml: data.vocab_size: should be less than or equal to 1048576 (got 10000000)"]
 
@@ -135,20 +135,8 @@ def test_cross_field_rules_are_reported_alongside_field_errors() -> None:
 
 
 def test_tie_weights_with_equal_sizes_is_fine() -> None:
-    spec = validate_spec({"name": "x", "model": {"tie_weights": True, "embedding_dim": 256, "hidden_size": 256}})
+    spec = spec_of({"name": "x", "model": {"tie_weights": True, "embedding_dim": 256, "hidden_size": 256}})
     assert spec.model.tie_weights
-
-
-def test_resolve_applies_and_validates_overrides() -> None:
-    spec = validate_spec({"name": "x", "model": {"hidden_size": 64}})
-    config = spec.resolve({"model.cell": "gru", "train.early_stopping.patience": 3, "train.lr": 1})
-    assert config["model"]["cell"] == "gru" and config["model"]["hidden_size"] == 64
-    assert config["train"]["early_stopping"] == {"patience": 3, "min_delta": 0.0}
-    assert config["train"]["lr"] == 1.0 and isinstance(config["train"]["lr"], float)
-    assert set(config) == {"data", "model", "train"}
-    with pytest.raises(SpecError) as info:
-        spec.resolve({"model.cell": "lstmm"})
-    assert "model.cell: should be 'lstm', 'gru' or 'rnn' (got 'lstmm')" in str(info.value)
 
 
 def test_sweepable_paths() -> None:

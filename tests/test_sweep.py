@@ -7,15 +7,19 @@ from typing import Any
 
 import pytest
 
-from orchestrator.spec.checks import validate_spec
-from orchestrator.spec.sweep import Trial, canonical_json, expand, sample_space, trial_id_for
+from orchestrator.spec import Job, Trial, build_job
+from orchestrator.spec.expand import canonical_json, sample_space, trial_id_for
 from rnn.config import EarlyStopping, RunConfig, ThroughputConfig
 
 BASE: dict[str, Any] = {"name": "s", "model": {"hidden_size": 64}, "train": {"max_steps": 100}}
 
 
-def spec_with(**sections: Any) -> Any:
-    return validate_spec({**copy.deepcopy(BASE), **sections})
+def spec_with(**sections: Any) -> Job:
+    return build_job({**copy.deepcopy(BASE), **sections})
+
+
+def expand(job: Job) -> tuple[Trial, ...]:
+    return job.trials
 
 
 def test_no_sweep_is_one_trial_with_the_train_seed() -> None:
@@ -65,7 +69,7 @@ def test_random_draws_are_pinned() -> None:
     """Resume relies on the same draws: a change in sampling must be deliberate."""
     spec = spec_with(sweep={"random": {"samples": 2, "seed": 0, "space": {
         "train.lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-2}, "model.num_layers": {"dist": "int", "low": 1, "high": 4}}}})
-    assert sample_space(spec.sweep.random) == [
+    assert sample_space(spec.spec.sweep.random) == [
         {"train.lr": pytest.approx(0.004884765313390349, rel=1e-12), "model.num_layers": 4},
         {"train.lr": pytest.approx(0.00012049492518354385, rel=1e-12), "model.num_layers": 4},
     ]
@@ -105,7 +109,7 @@ def test_trial_id_depends_on_seed_kind_and_values() -> None:
     base_id = expand(spec_with())[0].trial_id
     assert expand(spec_with(train={"max_steps": 100, "seed": 1}))[0].trial_id != base_id
     assert expand(spec_with(train={"max_steps": 101}))[0].trial_id != base_id
-    assert expand(validate_spec({**BASE, "kind": "throughput"}))[0].trial_id != base_id
+    assert expand(build_job({**BASE, "kind": "throughput"}))[0].trial_id != base_id
 
 
 def test_equal_values_written_differently_give_one_id() -> None:
@@ -135,20 +139,21 @@ def test_run_config_builds_the_engine_config() -> None:
     spec = spec_with(train={"max_steps": 100, "early_stopping": {"patience": 2}},
                      sweep={"grid": {"model.cell": ["gru"], "data.seq_len": [32]}})
     (trial,) = expand(spec)
-    run = trial.run_config()
+    run = trial.run_config
     assert isinstance(run, RunConfig)
     assert run.model.cell == "gru" and run.data.seq_len == 32 and run.model.hidden_size == 64
     assert run.train.early_stopping == EarlyStopping(patience=2, min_delta=0.0)
     assert RunConfig.from_dict(run.to_dict()) == run
-    assert trial.throughput_config() is None
+    assert RunConfig.from_dict(trial.config) == run  # the plain config crossing Ray rebuilds the same object
+    assert trial.throughput_config is None
 
 
 def test_throughput_trials_carry_their_section() -> None:
-    spec = validate_spec({**BASE, "kind": "throughput", "throughput": {"batch_sizes": [8, 16]},
+    spec = build_job({**BASE, "kind": "throughput", "throughput": {"batch_sizes": [8, 16]},
                           "sweep": {"grid": {"throughput.measure_steps": [2, 4]}}})
     trials = expand(spec)
     assert [t.config["throughput"]["measure_steps"] for t in trials] == [2, 4]
-    tp = trials[0].throughput_config()
+    tp = trials[0].throughput_config
     assert tp == ThroughputConfig(batch_sizes=(8, 16), measure_steps=2)
 
 

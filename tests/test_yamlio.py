@@ -64,6 +64,16 @@ def test_unknown_local_tag_is_refused() -> None:
     assert "tag !secret is not allowed" in refused("a: !secret x\n")
 
 
+@pytest.mark.parametrize("text", ["v: !!set {a, b, c}\n", "v: !!set\n  ? a\n  ? b\n"])
+def test_a_set_is_refused_because_it_has_no_order(text: str) -> None:
+    line = refused(text)
+    assert line.startswith("f.yaml: line 1: !!set is not allowed: a set has no order") and "write a list" in line
+
+
+def test_question_mark_keys_without_the_tag_are_a_plain_mapping() -> None:
+    assert parse_yaml("v:\n  ? a\n  ? b\n") == {"v": {"a": None, "b": None}}
+
+
 def test_bad_value_for_explicit_tag_is_a_clean_error() -> None:
     assert "line 1: cannot read this value as !!int" in refused("a: !!int abc\n")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -77,7 +78,10 @@ def to_svg(fig: Figure, key: str) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight",
                     metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     svg = buf.getvalue()
-    return svg[re.search(r"<svg[\s>]", svg).start():].strip()
+    root = re.search(r"<svg[\s>]", svg)  # drop the XML prologue and doctype: the SVG is inlined
+    if root is None:
+        raise RuntimeError("matplotlib wrote no <svg> element")
+    return svg[root.start():].strip()
 
 
 def _legend(ax, handles_by_label: dict) -> None:
@@ -118,7 +122,7 @@ def config_points_svg(
     fig = Figure(figsize=(9, max(2.2, 0.45 * len(labels) + 1.0)))
     ax = fig.add_subplot()
     colors = colors or config_colors(labels)
-    for y, (label, mean, half, n) in enumerate(zip(labels, means, half_widths, ns)):
+    for y, (label, mean, half, n) in enumerate(zip(labels, means, half_widths, ns, strict=True)):
         if not math.isfinite(mean):
             continue
         xerr = half if math.isfinite(half) else None
@@ -142,7 +146,7 @@ def throughput_svg(series: Sequence[ThroughputSeries]) -> str:
     top = max((v for s in series for v in s.samples_per_s if math.isfinite(v)), default=1.0)
     for s in series:
         color = colors[s.label]
-        pts = sorted(zip(s.batch_sizes, s.samples_per_s))
+        pts = sorted(zip(s.batch_sizes, s.samples_per_s, strict=True))
         (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o", ms=4)
         handles.setdefault(s.label, line)
         if s.best is not None:

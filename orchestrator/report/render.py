@@ -15,11 +15,13 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from orchestrator.report import plots
+from orchestrator.report.stats import config_label, mean_ci, paired_test, shared_seeds
 from orchestrator.results import (
     FAILURE_STATUSES,
     SUCCESS_STATUSES,
@@ -28,15 +30,13 @@ from orchestrator.results import (
     ResultsStore,
     read_manifest,
 )
-from orchestrator.report.stats import config_label, mean_ci, paired_test, shared_seeds, varying_columns
+from orchestrator.results.ranking import rank_trials, ranking_metric, varying_columns
 
 __all__ = ["build_report"]
 
 SEED = "train.seed"
 _TOP_N = 10
 _REASON_CHARS = 200
-# Loss per token is not comparable across tokenizations; bits per character is.
-_TOKENIZATION_COLUMNS = ("data.level", "data.vocab_size")
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,18 @@ def _reason(error: Optional[str]) -> str:
     return line if len(line) <= _REASON_CHARS else line[: _REASON_CHARS - 1] + "…"
 
 
+def _mapping(value: Any) -> dict:
+    """A manifest entry that should be a mapping, or {} (an edited manifest must not crash the report)."""
+    return value if isinstance(value, dict) else {}
+
+
 # --- sections --------------------------------------------------------------------------------
 
 
 def _kind(manifest: Optional[dict], has_throughput: bool) -> str:
     """The job's kind: the manifest's, else the spec text's ``kind:`` line, else from the files."""
     m = manifest or {}
-    found = re.search(r"^kind:\s*['\"]?(\w+)", m.get("spec_text") or "", re.MULTILINE)
+    found = re.search(r"^kind:\s*['\"]?(\w+)", str(m.get("spec_text") or ""), re.MULTILINE)
     return m.get("kind") or (found and found.group(1)) or ("throughput" if has_throughput else "train")
 
 
@@ -145,11 +150,12 @@ def _header(name: str, kind: str, rows: list[dict], manifest: Optional[dict]) ->
     listed = m.get("corpus_sha256") or {}
     corpora.update(listed if isinstance(listed, dict) else {"corpus": listed})
     info += [(f"corpus sha256 ({c})", sha) for c, sha in corpora.items()]
-    info += list((m.get("versions") or {}).items())
-    host = m.get("host") or {}
+    info += list(_mapping(m.get("versions")).items())
+    host = _mapping(m.get("host"))
     if host:
         info.append(("host", f"{host.get('hostname')} ({host.get('platform')})"))
-    for i, dev in enumerate(m.get("devices") or []):
+    devices = m.get("devices")
+    for i, dev in enumerate(devices if isinstance(devices, list) else []):
         text = ", ".join(f"{k}={v}" for k, v in dev.items()) if isinstance(dev, dict) else dev
         info.append((f"device {i}", text))
     if info:
@@ -157,29 +163,20 @@ def _header(name: str, kind: str, rows: list[dict], manifest: Optional[dict]) ->
     return blocks
 
 
-def _metric(rows: list[dict], varying: Sequence[str]) -> tuple[str, str, str]:
-    """(trials column, evals column, why) of the metric configurations are compared on."""
-    moved = [c for c in varying if c in _TOKENIZATION_COLUMNS]
-    if moved and any(r.get("best_val_bpc") is not None for r in rows):
-        return "best_val_bpc", "val_bpc", (
-            f"Compared on bits per character: {', '.join(moved)} vary, and loss per token is "
-            "not comparable across tokenizations.")
-    return "best_val_loss", "val_loss", "Compared on validation loss (nats per token)."
-
-
 def _training_sections(rows: list[dict], config_cols: list[str], evals: list[dict]) -> list[Block]:
     if not rows:
         return []
     varying = varying_columns(rows, [c for c in config_cols if c != SEED])
     label = {r["trial_id"]: config_label(r, varying) for r in rows}
-    best_col, curve_col, why = _metric(rows, varying)
+    metric = ranking_metric(rows)
+    best_col, curve_col = metric.trials_column, metric.evals_column
     # One colour per configuration, in trial order, shared by every plot.
     colors = plots.config_colors([label[r["trial_id"]] for r in rows])
-    blocks: list[Block] = [Para(why)]
+    blocks: list[Block] = [Para(metric.why)]
     blocks += _curves(evals, label, curve_col, colors)
     ok = [r for r in rows if r["status"] in SUCCESS_STATUSES]
     blocks += _by_config(rows, ok, label, best_col, colors)
-    blocks += _best_trials(ok, varying, best_col)
+    blocks += _best_trials(rank_trials(rows, metric), varying, best_col)
     blocks += _failures(rows, label)
     return blocks
 
@@ -266,9 +263,8 @@ def _paired(groups: dict[str, list[dict]], order: list[str], col: str) -> list[B
     ]
 
 
-def _best_trials(ok: list[dict], varying: Sequence[str], col: str) -> list[Block]:
+def _best_trials(ranked: Sequence[Mapping[str, Any]], varying: Sequence[str], col: str) -> list[Block]:
     blocks: list[Block] = [Heading(2, f"Best trials (top {_TOP_N} by {col})")]
-    ranked = sorted((r for r in ok if r[col] is not None and math.isfinite(r[col])), key=lambda r: r[col])
     if not ranked:
         return blocks + [Para("No completed trial has a finite validation metric yet.")]
     cols = [*varying, SEED] if any(SEED in r for r in ranked) else list(varying)
@@ -325,26 +321,44 @@ def _throughput_section(rows: list[dict], config_cols: list[str]) -> list[Block]
 # --- rendering -------------------------------------------------------------------------------
 
 
-def _md_cell(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+# Characters Markdown (CommonMark + GitHub tables) may read as syntax anywhere in a line: code
+# spans, emphasis, raw HTML and autolinks, entities, strikethrough, table cells, and a `]` that
+# would close a link (`[x](y)`, `[x][y]`; a bracket elsewhere, as in a CI's [0.85, 1.35], is
+# literal). `_` only at a word's edge (inside a word, as in best_val_loss, it is literal).
+_MD_INLINE = re.compile(r"[\\`*<>&|~]|\](?=[(\[])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# ...and at the start of a line: headings, block quotes, list items, setext underlines.
+_MD_LEADING = re.compile(r"^(#|[-+=](?=\s|$))")
+_MD_ORDERED = re.compile(r"^(\d+)([.)])(?=\s|$)")
+
+
+def md_escape(text: str) -> str:
+    """``text`` as literal Markdown on one line: newlines become spaces, syntax is backslash-escaped."""
+    flat = " ".join(text.split())
+    inline = _MD_INLINE.sub(lambda m: "\\" + m.group(0), flat)  # `>` is escaped here, wherever it is
+    return _MD_ORDERED.sub(r"\1\\\2", _MD_LEADING.sub(r"\\\1", inline))
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:
-    """Markdown with the same content as the HTML, minus the plots (it says where they are)."""
+    """Markdown with the same content as the HTML, minus the plots (it says where they are).
+
+    Every block's text is plain text (names, paths and error messages come from users), so it
+    is escaped here as :func:`to_html` escapes it for HTML.
+    """
+    e = md_escape
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {b.text}")
+            out.append(f"{'#' * b.level} {e(b.text)}")
             if b.level == 1:
                 out.append("\n_Plots are in report.html (self-contained; open it in a browser)._")
         elif isinstance(b, Para):
-            out.append(b.text)
+            out.append(e(b.text))
         elif isinstance(b, Table):
-            out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
+            out.append("| " + " | ".join(e(h) for h in b.headers) + " |")
             out.append("|" + "|".join("---" for _ in b.headers) + "|")
-            out.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows)
+            out.extend("| " + " | ".join(e(c) for c in row) + " |" for row in b.rows)
         elif isinstance(b, Figure):
-            out.append(f"_Plot: {b.caption} (see report.html)._")
+            out.append(f"_Plot: {e(b.caption)} (see report.html)._")
         out.append("")
     return "\n".join(out)
 

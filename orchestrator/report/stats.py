@@ -9,11 +9,14 @@ removes the seed-to-seed variance the two have in common.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from scipy import stats as _st
+
+from orchestrator.results.ranking import varying_columns
 
 __all__ = ["PairedTest", "config_label", "mean_ci", "paired_test", "shared_seeds", "varying_columns"]
 
@@ -92,22 +95,6 @@ def paired_test(
     half = float(_st.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return PairedTest(n=n, seeds=tuple(seeds), mean_diff=mean, ci_half_width=half,
                       t=float(res.statistic), p=float(res.pvalue))
-
-
-def _key(value: Any) -> Any:
-    """A hashable stand-in that treats NaN as equal to NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return ("nan",)
-    return value
-
-
-def varying_columns(rows: Sequence[Mapping[str, Any]], columns: Iterable[str]) -> list[str]:
-    """Those of ``columns`` (in order) that take more than one value across ``rows``."""
-    out = []
-    for col in columns:
-        if len({_key(r.get(col)) for r in rows}) > 1:
-            out.append(col)
-    return out
 
 
 def config_label(row: Mapping[str, Any], varying: Sequence[str]) -> str:

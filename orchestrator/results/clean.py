@@ -2,20 +2,28 @@
 
 Always: temporary files left by writers that were killed mid-write. Checkpoints of trials
 that failed, diverged or ran out of memory. With ``keep_top=N``: every checkpoint except
-those of the N trials with the best validation loss. The trials table's ``checkpoint``
-column is cleared for each checkpoint removed, so the table never points at a missing file.
+those of the N best trials, ranked as the report ranks them
+(:func:`~orchestrator.results.ranking.ranking_metric`: bits per character when the
+tokenization varies, else validation loss). The trials table's ``checkpoint`` column is
+cleared for each checkpoint removed, so the table never points at a missing file.
+
+Nothing outside the job folder is ever touched: symbolic links are not followed (a
+``checkpoints/<id>`` that is a link is skipped, with a warning), and a trial id that cannot
+name a folder is skipped too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from orchestrator.results.lock import JobLock
+from orchestrator.results.ranking import rank_trials, ranking_metric
 from orchestrator.results.store import ResultsStore
 from orchestrator.results.tables import FAILURE_STATUSES
 
@@ -27,8 +35,33 @@ _TEMP = re.compile(r"^\..+\.tmp$")
 
 @dataclass
 class CleanReport:
+    """What ``clean`` removed (paths relative to the job folder), how much, and what it left alone."""
+
     removed: list[str] = field(default_factory=list)
     freed_bytes: int = 0
+    skipped: list[str] = field(default_factory=list)  # one line each: what and why
+
+
+def _within(root: Path, path: Path) -> bool:
+    """Whether ``path`` lies under ``root`` with no symbolic link on the way (``path`` included)."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return False
+    node = root
+    for part in rel.parts:
+        node = node / part
+        if part in ("", ".", "..") or node.is_symlink():
+            return False
+    return True
+
+
+def _temp_files(root: Path) -> list[Path]:
+    """Temporary files under ``root``; symbolic links to folders are not followed."""
+    out = []
+    for folder, _, names in os.walk(root, followlinks=False):
+        out += [Path(folder) / n for n in names if _TEMP.match(n) and not (Path(folder) / n).is_symlink()]
+    return sorted(out)
 
 
 def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = False) -> CleanReport:
@@ -36,33 +69,50 @@ def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = Fals
 
     ``dry_run`` only lists them, and takes no lock (taking the lock already removes the
     temporary files of writers that are gone).
+
+    Raises:
+        ValueError: ``keep_top`` is negative.
+        ResultsError: the folder is locked by a running job, or its tables cannot be read.
     """
-    root = Path(job_dir)
+    if keep_top is not None and keep_top < 0:
+        raise ValueError(f"keep_top should be 0 or more (got {keep_top})")
+    root = Path(job_dir).absolute()
     report = CleanReport()
-    temps = [p for p in root.rglob("*") if p.is_file() and _TEMP.match(p.name)]
+    temps = _temp_files(root)
     with contextlib.nullcontext() if dry_run else JobLock(root):  # never clean under a running sweep
         store = ResultsStore(root)
         trials = store.read_trials().to_pylist()
         drop: set[str] = {r["trial_id"] for r in trials if r["status"] in FAILURE_STATUSES}
         if keep_top is not None:
-            ranked = sorted(
-                (r for r in trials if r["best_val_loss"] is not None and r["status"] not in FAILURE_STATUSES),
-                key=lambda r: r["best_val_loss"],
-            )
-            drop |= {r["trial_id"] for r in ranked[keep_top:]}
-        checkpoints = [root / store.checkpoint_relpath(t) for t in sorted(drop)]
-        for path in temps + [c for c in checkpoints if c.exists()]:
+            drop |= {r["trial_id"] for r in rank_trials(trials, ranking_metric(trials))[keep_top:]}
+        checkpoints: list[Path] = []
+        cleared: set[str] = set()  # trials whose checkpoint column is cleared
+        for trial_id in sorted(drop):
+            try:
+                path = root / store.checkpoint_relpath(trial_id)
+            except ValueError as e:  # a crafted id such as '../x'
+                report.skipped.append(f"trial {trial_id!r}: {e}")
+                continue
+            if not _within(root, path):
+                report.skipped.append(f"{path.relative_to(root)}: a symbolic link; clean never follows one")
+                continue
+            cleared.add(trial_id)
+            if path.exists():
+                checkpoints.append(path)
+        for path in temps + checkpoints:
             report.removed.append(str(path.relative_to(root)))
             if not path.exists():  # a temp file the lock already removed
                 continue
-            report.freed_bytes += path.stat().st_size
+            report.freed_bytes += path.lstat().st_size
             if dry_run:
                 continue
             path.unlink()
-            if path.parent.name in drop and not any(path.parent.iterdir()):
+            if path.parent.name in cleared and not any(path.parent.iterdir()):
                 path.parent.rmdir()
         if not dry_run:
             for row in trials:
-                if row["trial_id"] in drop and row["checkpoint"]:
+                if row["trial_id"] in cleared and row["checkpoint"]:
                     store.upsert_trial({**row, "checkpoint": None})
+    for line in report.skipped:
+        log.warning("clean %s: skipped %s", root, line)
     return report

@@ -50,7 +50,7 @@ class JobLock:
         self._storage = open_storage(job_dir, None)
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "JobLock":
+    def acquire(self) -> JobLock:
         """Take the lock (creating the folder), or raise :class:`ResultsLockedError` when taken.
 
         Also removes temporary files that killed writers left behind. Returns ``self``.
@@ -89,7 +89,7 @@ class JobLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "JobLock":
+    def __enter__(self) -> JobLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,8 @@ import os
 import platform
 import socket
 import subprocess
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from orchestrator.results.storage import ResultsError, open_storage
 
@@ -61,9 +62,15 @@ def read_manifest(job_dir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
     if text is None:
         return None
     try:
-        return json.loads(text)
+        manifest = json.loads(text)
     except json.JSONDecodeError as e:
         raise ResultsError(f"{job_dir}/{MANIFEST_FILE} is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise ResultsError(
+            f"{job_dir}/{MANIFEST_FILE} should hold a JSON object (got a {type(manifest).__name__}); "
+            "it was not written by this tool: move it aside and run the job again to rewrite it"
+        )
+    return manifest
 
 
 def package_versions() -> dict[str, Optional[str]]:

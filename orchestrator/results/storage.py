@@ -17,7 +17,8 @@ import os
 import posixpath
 import re
 import secrets
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -49,6 +50,12 @@ class Storage:
         """True for a local folder (os calls, fsync, flock), False for a pyarrow filesystem."""
         return self.fs is None
 
+    @property
+    def _remote(self) -> pafs.FileSystem:
+        """The pyarrow filesystem; only on the branches where :attr:`is_local` is False."""
+        assert self.fs is not None
+        return self.fs
+
     def location(self, rel: str) -> str:
         """Where ``rel`` (relative to the root; ``""`` is the root itself) lives."""
         if not rel:
@@ -59,7 +66,7 @@ class Storage:
         """Whether ``path`` (absolute, on this storage's filesystem) exists."""
         if self.is_local:
             return os.path.exists(path)
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return self._remote.get_file_info(path).type != pafs.FileType.NotFound
 
     def exists(self, rel: str) -> bool:
         """Whether ``rel`` (relative to the root) exists."""
@@ -106,7 +113,7 @@ class Storage:
             if self.is_local:
                 os.makedirs(folder, exist_ok=True)
             else:
-                self.fs.create_dir(folder, recursive=True)
+                self._remote.create_dir(folder, recursive=True)
         except OSError as e:
             raise ResultsError(
                 f"cannot create the results folder {folder}: {e.strerror or e}; check that the "
@@ -124,9 +131,9 @@ class Storage:
                     os.replace(tmp, final)
                     _fsync_dir(folder)
                 else:
-                    with self.fs.open_output_stream(tmp) as f:
+                    with self._remote.open_output_stream(tmp) as f:
                         write(f)
-                    self.fs.move(tmp, final)
+                    self._remote.move(tmp, final)
             except BaseException:
                 self._discard(tmp)
                 raise
@@ -143,7 +150,7 @@ class Storage:
             if self.is_local:
                 os.unlink(path)
             else:
-                self.fs.delete_file(path)
+                self._remote.delete_file(path)
 
     def move_root(self, target: str) -> None:
         """Rename the whole root folder to ``target`` (an absolute path on this filesystem)."""
@@ -151,7 +158,7 @@ class Storage:
             if self.is_local:
                 os.rename(self.root, target)
             else:
-                self.fs.move(self.root, target)
+                self._remote.move(self.root, target)
         except OSError as e:
             raise ResultsError(f"cannot move {self.root} aside to {target}: {e.strerror or e}") from e
 
@@ -191,6 +198,8 @@ def open_storage(job_dir: str | os.PathLike[str], filesystem: Optional[pafs.File
 def cleanup_stale_temps(root: str) -> None:
     """Remove temporary files left by killed writers (their pid is gone)."""
     for folder in [root, *glob.glob(os.path.join(root, "checkpoints", "*"))]:
+        if os.path.islink(folder):  # never reach out of the job folder through a link
+            continue
         try:
             names = os.listdir(folder)
         except OSError:

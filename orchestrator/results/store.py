@@ -26,8 +26,9 @@ import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -120,7 +121,7 @@ class ResultsStore:
         table = self.read_trials()
         return {
             tid
-            for tid, status in zip(table["trial_id"].to_pylist(), table["status"].to_pylist())
+            for tid, status in zip(table["trial_id"].to_pylist(), table["status"].to_pylist(), strict=True)
             if status in wanted
         }
 
@@ -256,7 +257,7 @@ def trial_row(
 ) -> dict[str, Any]:
     """A trials-table row for :meth:`ResultsStore.upsert_trial`.
 
-    ``trial`` has ``trial_id`` and ``config`` (an ``orchestrator.spec.sweep.Trial``). ``result`` is
+    ``trial`` has ``trial_id`` and ``config`` (an ``orchestrator.spec.Trial``). ``result`` is
     the ``rnn.events.TrainResult`` when the run ended in the engine, else None (a crash, an
     OOM kill); ``info`` is the ``start`` event's info (params, device, precision, vocab_size,
     corpus_sha256), which fills what a missing result cannot. ``checkpoint`` is the best

@@ -15,7 +15,8 @@ import datetime as dt
 import enum
 import json
 import math
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -292,7 +293,7 @@ def eval_rows(trial_id: str, rows: Iterable[Any]) -> list[dict[str, Any]]:
     names = EVAL_SCHEMA.names[1:]
     out = []
     for row in rows:
-        d = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else dict(row)
+        d = dataclasses.asdict(row) if dataclasses.is_dataclass(row) and not isinstance(row, type) else dict(row)
         if set(d) != set(names):
             raise ValueError(
                 f"trial {trial_id}: an evaluation row has fields {sorted(d)}; expected exactly "

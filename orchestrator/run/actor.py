@@ -15,8 +15,9 @@ import shutil
 import socket
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Raised, Started
 from orchestrator.run.faults import Fault, batch_hook, step_hook

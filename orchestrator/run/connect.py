@@ -15,7 +15,8 @@ import signal
 import socket
 import threading
 import time
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 from orchestrator.errors import UsageError
 

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
+from orchestrator.durations import format_duration
 from orchestrator.errors import UsageError
+from orchestrator.results import ResultsStore
 from orchestrator.run.backend import Assignment, Backend, Notice, NoticeKind
 from orchestrator.run.faults import Fault
-from orchestrator.run.progress import Progress, format_duration
+from orchestrator.run.progress import Progress
 from orchestrator.run.recorder import Recorder, TrialState
-from orchestrator.results import ResultsStore
 from orchestrator.spec import ResourcesSpec, Trial
 from rnn.events import TrialStatus
 
@@ -269,8 +270,8 @@ class Dispatcher:
             if cap is not None and state.first_started_mono is not None and now - state.first_started_mono >= cap:
                 self.backend.kill(worker)
                 del self._busy[worker]
-                self.recorder.finish(state, TrialStatus.TIMEOUT,
-                                     error=f"timeout: stopped at its {format_duration(cap)} cap (resources.trial_timeout_s)")
+                cause = f"timeout: stopped at its {format_duration(cap)} cap (resources.trial_timeout_s)"
+                self.recorder.finish(state, TrialStatus.TIMEOUT, error=cause)
                 continue
             silent, limit = now - state.last_event_mono, self.stall_timeout_s(state)
             if silent >= limit:

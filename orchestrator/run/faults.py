@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 ENV_VAR = "RNN_ORCH_FAULTS"
 KINDS = ("oom", "nan", "error", "exit")

@@ -7,6 +7,8 @@ import math
 import time
 from typing import Any, Optional
 
+from orchestrator.durations import format_duration
+
 log = logging.getLogger("orchestrator.run.progress")
 
 
@@ -17,17 +19,6 @@ def trial_label(overrides: dict[str, Any]) -> str:
         key = "seed" if path == "train.seed" else path
         parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)
-
-
-def format_duration(seconds: Optional[float]) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
 class Progress:

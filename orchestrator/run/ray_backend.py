@@ -182,7 +182,8 @@ class RayBackend:
         largest = max(
             ((n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes), default=(0, 0)
         )
-        need = f"a trial needs {self._cpus:g} CPU and {self._gpus:g} GPU, the largest node has {largest[0]:g} CPU and {largest[1]:g} GPU"
+        need = (f"a trial needs {self._cpus:g} CPU and {self._gpus:g} GPU, the largest node has "
+                f"{largest[0]:g} CPU and {largest[1]:g} GPU")
         autoscaler = self._autoscaler_state()
         if autoscaler == "infeasible":
             self._unhostable = f"no node type of the cluster's autoscaler can host a trial: {need}"

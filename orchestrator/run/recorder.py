@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from orchestrator.durations import format_duration
 from orchestrator.results import ResultsStore, trial_row
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Raised, Started
-from orchestrator.run.progress import Progress, format_duration, trial_label
+from orchestrator.run.progress import Progress, trial_label
 from orchestrator.spec import Trial
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 

@@ -12,14 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from orchestrator.errors import UsageError
-from orchestrator.run.backend import ClusterLostError
-from orchestrator.run.connect import cluster_address, connect, probe_address, stop_on_signals
-from orchestrator.run.faults import faults_from_env
+from orchestrator.errors import ExitCode, UsageError
 from orchestrator.results import (
     TERMINAL_STATUSES,
     JobLock,
@@ -28,18 +25,15 @@ from orchestrator.results import (
     fresh_start,
     write_manifest,
 )
-from orchestrator.spec.schema import JobSpec, load_spec
-from orchestrator.spec.sweep import expand
+from orchestrator.run.backend import ClusterLostError
+from orchestrator.run.connect import cluster_address, connect, probe_address, stop_on_signals
+from orchestrator.run.faults import faults_from_env
+from orchestrator.spec import Job, Trial, job_location
 
 log = logging.getLogger(__name__)
 
-#: Set by Ray's job manager in the entrypoint's environment under ``ray job submit``.
-RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 #: Trials with these statuses are not run again; ``failed`` ones are (the cause may be fixed).
 SKIP_STATUSES = TERMINAL_STATUSES - {"failed"}
-
-EXIT_OK, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -47,27 +41,7 @@ class RunOutcome:
     job_dir: str
 
 
-def resolve_job_dir(spec: JobSpec, output_override: Optional[str], environ: Optional[dict] = None) -> str:
-    """``<output>/<name>`` as an absolute path or URI.
-
-    Under ``ray job submit --working-dir .`` the working directory is Ray's temporary copy on
-    the head node, so a relative output would vanish with it: there it must be absolute.
-    """
-    env = os.environ if environ is None else environ
-    output = output_override or spec.output
-    if "://" in output:
-        return output.rstrip("/") + "/" + spec.name
-    path = Path(output).expanduser()
-    if not path.is_absolute() and RAY_JOB_ENV in env:
-        raise UsageError(
-            f"output {output!r} is relative, but this runs under `ray job submit`, whose working directory "
-            "is a temporary copy on the head node; pass an absolute folder, e.g. "
-            "`-- python -m orchestrator run SPEC --output /shared/results`, or set an absolute `output:`"
-        )
-    return str((Path.cwd() / path / spec.name).resolve())
-
-
-def preflight_data(trials: list) -> None:
+def preflight_data(trials: Sequence[Trial]) -> None:
     """Load, split and tokenize every distinct corpus once, before anything is dispatched.
 
     A missing, empty, non-UTF-8 or too-short corpus is a :class:`UsageError` here rather than
@@ -78,7 +52,7 @@ def preflight_data(trials: list) -> None:
 
     seen = set()
     for trial in trials:
-        cfg = trial.run_config().data
+        cfg = trial.run_config.data
         if cfg in seen:
             continue
         seen.add(cfg)
@@ -90,21 +64,21 @@ def preflight_data(trials: list) -> None:
 
 
 def run_job(
-    spec_path: str,
+    job: Job,
     *,
     address: Optional[str] = None,
     output: Optional[str] = None,
     fresh: bool = False,
     stop: Optional[threading.Event] = None,
 ) -> RunOutcome:
-    """Run every unfinished trial of the spec at ``spec_path`` and rebuild the report."""
-    from orchestrator.report import build_report
+    """Run every unfinished trial of ``job`` (from :func:`orchestrator.spec.load_job`) and rebuild
+    the report; ``output`` overrides the spec's results root (``run --output``)."""
+    from orchestrator.report.render import build_report
     from orchestrator.run.dispatch import Dispatcher
     from orchestrator.run.ray_backend import RayBackend
 
-    spec = load_spec(spec_path)  # SpecError: the CLI reports it with exit status 2
-    trials = expand(spec)
-    job_dir = resolve_job_dir(spec, output)
+    spec, trials = job.spec, list(job.trials)
+    job_dir = job_location(spec, output)
     try:
         finished = ResultsStore(job_dir).finished_trial_ids(SKIP_STATUSES) if not fresh else set()
     except ResultsError as e:
@@ -145,8 +119,7 @@ def run_job(
         if finished:
             log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
         manifest = {"name": spec.name, "kind": spec.kind, "trials": len(trials)}
-        spec_text = Path(spec_path).read_text(encoding="utf-8")
-        write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+        write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest)
         if todo:
             if not connected:  # the folder changed under us: a trial to run after all
                 started_here, connected = connect(address), True
@@ -169,7 +142,7 @@ def run_job(
                 raise
             finally:
                 manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
-                write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+                write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest)
         else:
             log.info("all %d trials are finished; rebuilding the report", len(trials))
         # The report is built while Ray shuts down: it reads only the job folder.
@@ -186,10 +159,10 @@ def run_job(
         if connected and not cluster_lost:
             _shutdown_ray()
     if summary is not None and summary.interrupted:
-        return RunOutcome(EXIT_INTERRUPTED, job_dir)
+        return RunOutcome(ExitCode.INTERRUPTED, job_dir)
     # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
     failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
-    return RunOutcome(EXIT_TRIALS_FAILED if failed else EXIT_OK, job_dir)
+    return RunOutcome(ExitCode.FAILED if failed else ExitCode.OK, job_dir)
 
 
 class _Background:

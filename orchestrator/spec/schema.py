@@ -2,13 +2,17 @@
 
 Every level forbids unknown keys, choice fields are closed sets, numbers are strictly typed
 (no ``"5"`` for an int, no ``true`` for a number; an int is fine where a float is expected)
-and range-checked, so absurd sizes are refused before anything allocates.
-:func:`load_spec` reports every problem at once (see :mod:`orchestrator.spec.checks` for the
-cross-field and sweep checks) as a :class:`~orchestrator.errors.SpecError`.
+and range-checked, so absurd sizes are refused before anything allocates. The rules that read
+several fields at once, and the sweep's trial-by-trial checks, are in
+:mod:`orchestrator.spec.rules` and :mod:`orchestrator.spec.validate`; this module knows neither.
 
 The section models mirror the engine's dataclasses in :mod:`rnn.config` field for field,
 with the same defaults (a test keeps them in step); a validated section becomes an engine
-config with ``DataConfig(**spec.data.model_dump())``.
+config with ``DataConfig(**data.model_dump())`` (see :mod:`orchestrator.spec.expand`).
+
+The ``sweep`` section names settings by dotted path (``model.cell``): ``grid`` (a cartesian
+product, the first path varying slowest), ``random`` (``samples`` draws from per-path
+distributions, given ``seed``) and ``seeds`` (every point once per ``train.seed``).
 
 Relative paths (a corpus file, a local ``output``) are resolved against the current working
 directory, like any command-line tool, not against the spec file's directory.
@@ -16,29 +20,27 @@ directory, like any command-line tool, not against the spec file's directory.
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 import re
-from typing import Annotated, Any, Literal, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from orchestrator.errors import SpecError, problems_from_pydantic
-from orchestrator.spec.sweep import Seed, SweepSpec
-from orchestrator.spec.yamlio import load_yaml
 from rnn.config import Amp, Cell, DeviceName, Level, Optimizer, Scheduler
 
 Kind = Literal["train", "throughput"]
 KINDS: tuple[str, ...] = ("train", "throughput")
 
-#: Largest accepted model (estimated by :func:`orchestrator.spec.checks.estimate_parameters`).
+#: Largest accepted model (estimated by :func:`orchestrator.spec.rules.estimate_parameters`).
 MAX_PARAMETERS = 2_000_000_000
 MAX_BATCH_SIZE = 1_048_576
+#: A sweep that expands past this many trials is refused (a typo'd grid should not queue a million runs).
+MAX_TRIALS = 10_000
+SEED_MAX = 2**32 - 1
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
-_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://.+")
+_URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 _Dim = Annotated[int, Strict(), Field(ge=1, le=65_536)]
 _BatchSize = Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)]
@@ -46,6 +48,7 @@ _Steps = Annotated[int, Strict(), Field(ge=1, le=10**9)]
 _Fraction = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
 _NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 _Text = Annotated[str, Strict(), Field(min_length=1, max_length=4096)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
 
 
 class _Section(BaseModel):
@@ -159,7 +162,7 @@ class ResourcesSpec(_Section):
         return value
 
 
-def allowed_concurrency(resources: "ResourcesSpec", total_cpus: float, total_gpus: float) -> int:
+def allowed_concurrency(resources: ResourcesSpec, total_cpus: float, total_gpus: float) -> int:
     """Trials that fit at once: ``min(max_concurrent, cpus // cpus_per_trial, gpus // gpus_per_trial)``.
 
     0 means a single trial asks for more than there is.
@@ -169,6 +172,116 @@ def allowed_concurrency(resources: "ResourcesSpec", total_cpus: float, total_gpu
     if resources.gpus_per_trial > 0:
         fits = min(fits, math.floor(total_gpus / resources.gpus_per_trial + eps))
     return max(fits, 0)
+
+# --- the sweep section --------------------------------------------------------------------
+
+_PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+_FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+_BoundedInt = Annotated[int, Strict(), Field(ge=-(2**53), le=2**53)]
+
+
+class _Range(_Section):
+    if TYPE_CHECKING:  # each subclass declares them, with its own type
+        low: Any
+        high: Any
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> _Range:
+        low, high = self.low, self.high
+        if not low < high:
+            raise ValueError(f"low must be less than high (got low {low!r}, high {high!r})")
+        return self
+
+
+class LogUniformDist(_Range):
+    """``exp(uniform(log(low), log(high)))``: for scales such as learning rates; 0 < low < high."""
+
+    dist: Literal["loguniform"]
+    low: _PositiveFloat
+    high: _PositiveFloat
+
+
+class UniformDist(_Range):
+    """A float drawn uniformly from ``[low, high]``."""
+
+    dist: Literal["uniform"]
+    low: _FiniteFloat
+    high: _FiniteFloat
+
+
+class IntDist(_Range):
+    """An integer drawn uniformly from ``low..high``, both included."""
+
+    dist: Literal["int"]
+    low: _BoundedInt
+    high: _BoundedInt
+
+
+class ChoiceDist(_Section):
+    """One of ``values``, each equally likely."""
+
+    dist: Literal["choice"]
+    values: Annotated[list[Any], Field(min_length=1)]
+
+
+Distribution = Annotated[
+    Union[LogUniformDist, UniformDist, IntDist, ChoiceDist], Field(discriminator="dist")
+]
+
+
+class RandomSpec(_Section):
+    """``samples`` points drawn from ``space`` (dotted path -> distribution) with ``seed``."""
+
+    samples: Annotated[int, Strict(), Field(ge=1, le=MAX_TRIALS)]
+    seed: Seed = 0
+    space: Annotated[dict[str, Distribution], Field(min_length=1)]
+
+
+class SweepSpec(_Section):
+    """The ``sweep`` section. Paths and swept values are checked against the sections by
+    :mod:`orchestrator.spec.validate`."""
+
+    grid: Optional[Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]] = None
+    random: Optional[RandomSpec] = None
+    seeds: Optional[Annotated[list[Seed], Field(min_length=1)]] = None
+
+    def size(self) -> int:
+        """How many points the sweep expands to (before duplicate random draws are dropped)."""
+        n = math.prod(len(values) for values in (self.grid or {}).values())
+        n *= self.random.samples if self.random else 1
+        n *= len(self.seeds) if self.seeds else 1
+        return n
+
+
+# --- the job ------------------------------------------------------------------------------
+
+#: Output URI schemes of pyarrow filesystems that keep what is written (``mock://`` and
+#: ``memory://`` would lose a whole job's results when the process ends).
+PERSISTENT_SCHEMES: tuple[str, ...] = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def uri_scheme(value: str) -> Optional[str]:
+    """The lower-cased scheme of ``scheme://...``, or None for a plain path."""
+    m = _URI_RE.match(value)
+    return m.group(1).lower() if m else None
+
+
+def output_problem(value: str) -> Optional[str]:
+    """What is wrong with ``value`` as a results root (``output:`` or ``run --output``), or None."""
+    if "\x00" in value:
+        return "should not contain a NUL character"
+    if "://" not in value:
+        return None
+    scheme = uri_scheme(value)
+    expected = "a local path or a URI of a filesystem that keeps its files: " + ", ".join(
+        f"{s}://" for s in PERSISTENT_SCHEMES)
+    if scheme is None:
+        return f"should be {expected}"
+    if scheme not in PERSISTENT_SCHEMES:  # mock:// and memory:// lose the results with the process
+        return f"should be {expected} ({scheme}:// is not one of them)"
+    if not value[len(scheme) + 3:].strip("/") and scheme != "file":
+        return f"should name a folder after {scheme}:// (e.g. {scheme}://bucket/prefix)"
+    return None
 
 
 #: Config sections by name; the trial config holds the first three, plus throughput for throughput jobs.
@@ -185,22 +298,11 @@ def config_sections(kind: Optional[str]) -> tuple[str, ...]:
     return ("data", "model", "train", "throughput") if kind == "throughput" else ("data", "model", "train")
 
 
-def set_path(config: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``config["a"]["b"] = value`` for ``path="a.b"``, creating missing or null mappings."""
-    *parents, leaf = path.split(".")
-    node = config
-    for key in parents:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[leaf] = value
-
-
 class JobSpec(_Section):
     """A validated job: what to run (sections), how to sweep it, with what, and where results go.
 
-    Build it with :func:`load_spec` or :func:`orchestrator.spec.checks.validate_spec`:
-    ``JobSpec.model_validate`` alone checks fields but not the cross-field and sweep rules.
+    Build it with :func:`orchestrator.spec.load_job`: ``JobSpec.model_validate`` alone checks
+    fields but not the cross-field and sweep rules.
     """
 
     name: Annotated[str, Strict()]
@@ -226,51 +328,12 @@ class JobSpec(_Section):
     @field_validator("output")
     @classmethod
     def _output(cls, value: str) -> str:
-        if "\x00" in value:
-            raise PydanticCustomError("output", "should not contain a NUL character")
-        if "://" in value and not _URI_RE.match(value):
-            raise PydanticCustomError("output", "should be a local path or a URI like s3://bucket/prefix")
+        problem = output_problem(value)
+        if problem:
+            raise PydanticCustomError("output", problem)
         return value
 
     @property
     def sections(self) -> tuple[str, ...]:
         """The config sections this job's trials hold."""
         return config_sections(self.kind)
-
-    def base_config(self) -> dict[str, Any]:
-        """The unswept config as plain JSON types: ``{"data": {...}, "model": {...}, ...}``."""
-        sections = {name: getattr(self, name) for name in self.sections}
-        if sections.get("throughput", "") is None:
-            sections["throughput"] = ThroughputSpec()
-        return {name: section.model_dump(mode="json") for name, section in sections.items()}
-
-    def resolve(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        """The base config with ``overrides`` (dotted path -> value) applied and re-validated.
-
-        Raises:
-            SpecError: an override is not valid at its path (cannot happen for the sweep
-            of a spec that came through :func:`load_spec`).
-        """
-        config = self.base_config()
-        for path, value in overrides.items():
-            set_path(config, path, copy.deepcopy(value))
-        resolved, problems = {}, []
-        for name in self.sections:
-            try:
-                resolved[name] = SECTIONS[name].model_validate(config[name]).model_dump(mode="json")
-            except ValidationError as e:
-                problems += problems_from_pydantic(e, SECTIONS[name], (name,))
-        if problems:
-            raise SpecError(problems, file=self.name)
-        return resolved
-
-
-def load_spec(path: Union[str, os.PathLike[str]]) -> JobSpec:
-    """Read, parse and validate a job spec file.
-
-    Raises:
-        SpecError: every problem found (unreadable file, YAML, schema, cross-field, sweep).
-    """
-    from orchestrator.spec.checks import validate_spec  # checks.py builds on this module: import on use
-
-    return validate_spec(load_yaml(path), source=str(path))

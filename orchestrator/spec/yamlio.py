@@ -6,7 +6,9 @@ is never mutated) made stricter:
 - duplicate keys are an error naming the key and both lines (PyYAML silently keeps the last);
 - mapping keys must be strings (YAML 1.1 reads an unquoted ``on:``/``yes:`` key as a boolean);
 - tags that need code (``!!python/object/apply:...``) and unknown local tags are refused
-  before anything is constructed;
+  before anything is constructed, and so is ``!!set``: a set has no order, so a ``choice``
+  over one would draw differently in every process (hash randomisation), giving other trial
+  ids on every invocation and breaking resume;
 - alias bombs ("billion laughs") are refused while composing: at most :data:`MAX_ALIASES` alias
   references, at most :data:`MAX_NODES` nodes once aliases are expanded, nesting at most
   :data:`MAX_DEPTH` deep, and a file at most :data:`MAX_SPEC_BYTES` long;
@@ -145,8 +147,16 @@ class _SpecLoader(yaml.SafeLoader):
             "(mappings, lists, strings, numbers, booleans, null)",
         )
 
+    def construct_unordered_set(self, node: Node) -> NoReturn:
+        raise _Refusal(
+            _line(node),
+            "!!set is not allowed: a set has no order, so sweep choices over it would differ from run "
+            "to run (and resume would not find finished trials); write a list: [a, b]",
+        )
+
 
 _SpecLoader.add_constructor(None, _SpecLoader.construct_undefined)
+_SpecLoader.add_constructor("tag:yaml.org,2002:set", _SpecLoader.construct_unordered_set)
 
 
 def _expanded_size(root: Node) -> int:
@@ -186,26 +196,31 @@ def _fail(source: str, message: str, line: int | None = None) -> NoReturn:
     raise SpecError([Problem("", message, line=line)], file=source)
 
 
+def decode_spec(data: bytes, source: str = "<string>") -> str:
+    """A spec file's bytes as text (UTF-8, a byte-order mark tolerated).
+
+    Raises:
+        SpecError: larger than :data:`MAX_SPEC_BYTES`, or not UTF-8 (naming the line).
+    """
+    if len(data) > MAX_SPEC_BYTES:
+        _fail(source, f"file is larger than {MAX_SPEC_BYTES} bytes; a spec is a short text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        _fail(
+            source,
+            f"not valid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}); save the file as UTF-8",
+            data.count(b"\n", 0, e.start) + 1,
+        )
+
+
 def parse_yaml(data: Union[bytes, str], source: str = "<string>") -> dict[str, Any]:
     """Parse one spec document; returns its top-level mapping.
 
     Raises:
         SpecError: not UTF-8, not YAML, a refused construct, empty, or not a mapping at the top.
     """
-    if isinstance(data, bytes):
-        if len(data) > MAX_SPEC_BYTES:
-            _fail(source, f"file is larger than {MAX_SPEC_BYTES} bytes; a spec is a short text file")
-        try:
-            text = data.decode("utf-8-sig")  # tolerate a byte-order mark
-        except UnicodeDecodeError as e:
-            _fail(
-                source,
-                f"not valid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}); "
-                "save the file as UTF-8",
-                data.count(b"\n", 0, e.start) + 1,
-            )
-    else:
-        text = data
+    text = decode_spec(data, source) if isinstance(data, bytes) else data
     try:
         loader = _SpecLoader(text)
     except yaml.reader.ReaderError as e:  # control characters, checked before parsing starts
@@ -241,8 +256,13 @@ def parse_yaml(data: Union[bytes, str], source: str = "<string>") -> dict[str, A
     return document
 
 
-def load_yaml(path: Union[str, os.PathLike[str]]) -> dict[str, Any]:
-    """Read and parse a spec file (see :func:`parse_yaml`); unreadable files raise SpecError too."""
+def read_spec_bytes(path: Union[str, os.PathLike[str]]) -> bytes:
+    """A spec file's bytes (at most one more than :data:`MAX_SPEC_BYTES`, so an oversize file is
+    refused without reading it all).
+
+    Raises:
+        SpecError: missing, a directory, not a regular file, or unreadable.
+    """
     source = str(path)
     p = Path(path)
     try:
@@ -250,7 +270,11 @@ def load_yaml(path: Union[str, os.PathLike[str]]) -> dict[str, Any]:
             what = "it is a directory" if p.is_dir() else ("no such file" if not p.exists() else "not a regular file")
             _fail(source, f"cannot read the spec: {what}")
         with p.open("rb") as f:
-            data = f.read(MAX_SPEC_BYTES + 1)
+            return f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
         _fail(source, f"cannot read the spec: {e.strerror or e}")
-    return parse_yaml(data, source)
+
+
+def load_yaml(path: Union[str, os.PathLike[str]]) -> dict[str, Any]:
+    """Read and parse a spec file (see :func:`parse_yaml`); unreadable files raise SpecError too."""
+    return parse_yaml(read_spec_bytes(path), str(path))

@@ -1,0 +1,180 @@
+"""Sweep points, stable trial ids, and the :class:`Trial` a validated point becomes.
+
+- ``grid``: a cartesian product, in the order written (the first path varies slowest);
+- ``random``: ``samples`` draws from per-path distributions, deterministic given ``seed``
+  (Python's ``random.Random``, whose draws are stable across Python versions), so a resumed
+  job expands to the same trials. Adding a path to ``space`` changes every sample;
+- ``seeds``: every point repeated once per seed (sets ``train.seed``), innermost.
+
+A trial's id is a hash of its fully resolved config and the job kind, never of the spec's name,
+resources or output, nor of where the trial sits in the sweep: widening a grid later keeps the
+ids of the cells that were already there, so finished trials are recognised on resume.
+
+This module builds nothing it has not been handed validated: :mod:`orchestrator.spec.validate`
+walks the points once, validates each, and calls :func:`make_trial` with the section objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+from orchestrator.spec.schema import (
+    ChoiceDist,
+    DataSpec,
+    IntDist,
+    LogUniformDist,
+    ModelSpec,
+    RandomSpec,
+    SweepSpec,
+    ThroughputSpec,
+    TrainSpec,
+    UniformDist,
+    config_sections,
+)
+from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Point:
+    """One sweep point: the values it sets, and where in the spec each came from."""
+
+    overrides: dict[str, Any]
+    origins: dict[str, str]  # dotted path -> e.g. "sweep.grid.model.cell[2]"
+
+
+def draw(dist: Any, rng: random.Random) -> Any:
+    """One value from a distribution model."""
+    if isinstance(dist, LogUniformDist):
+        return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+    if isinstance(dist, UniformDist):
+        return rng.uniform(dist.low, dist.high)
+    if isinstance(dist, IntDist):
+        return rng.randint(dist.low, dist.high)
+    if isinstance(dist, ChoiceDist):
+        return copy.deepcopy(rng.choice(dist.values))
+    raise TypeError(f"unknown distribution {dist!r}")
+
+
+def sample_space(spec: RandomSpec) -> list[dict[str, Any]]:
+    """The ``spec.samples`` draws, each a {path: value} dict; the same for the same spec."""
+    rng = random.Random(spec.seed)
+    return [{path: draw(dist, rng) for path, dist in spec.space.items()} for _ in range(spec.samples)]
+
+
+def sweep_points(sweep: Optional[SweepSpec]) -> list[Point]:
+    """Every grid x random point of ``sweep`` in order (first grid path slowest), seeds left out.
+
+    A seed cannot make a config invalid, so :mod:`~orchestrator.spec.validate` checks each of
+    these points once and then makes one trial per seed (:func:`seed_points`).
+    """
+    if sweep is None:
+        return [Point({}, {})]
+    grid = sweep.grid or {}
+    grid_points: list[Point] = [
+        Point(
+            {path: copy.deepcopy(value) for path, (_, value) in zip(grid, cell, strict=True)},
+            {path: f"sweep.grid.{path}[{i}]" for path, (i, _) in zip(grid, cell, strict=True)},
+        )
+        for cell in itertools.product(*(list(enumerate(values)) for values in grid.values()))
+    ]
+    random_points = [Point({}, {})]
+    if sweep.random is not None:
+        random_points = [
+            Point(sample, {path: f"sweep.random.space.{path} (sample {k})" for path in sample})
+            for k, sample in enumerate(sample_space(sweep.random))
+        ]
+    return [
+        Point({**g.overrides, **r.overrides}, {**g.origins, **r.origins})
+        for g in grid_points
+        for r in random_points
+    ]
+
+
+def seed_points(sweep: Optional[SweepSpec]) -> list[Optional[int]]:
+    """The seeds every point runs with; ``[None]`` keeps the point's own ``train.seed``."""
+    return list(sweep.seeds) if sweep is not None and sweep.seeds else [None]
+
+
+def set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for ``path="a.b"``, creating missing or null mappings."""
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[leaf] = value
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, floats by ``repr``: the same text for the same data."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def trial_id_for(kind: str, config: Mapping[str, Any]) -> str:
+    """12 hex chars of the sha256 of the kind and the fully resolved config."""
+    text = canonical_json({"kind": kind, "config": config})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of a job, built once from validated sections; treat every field as read-only.
+
+    Attributes:
+        trial_id: stable id, :func:`trial_id_for` of ``config``.
+        index: position in the job's trial list.
+        overrides: the swept values, dotted path -> value, always including ``"train.seed"``.
+        run_config: the engine's typed config (data, model, train).
+        throughput_config: the engine's throughput config, or None for a train job.
+        config: the same config as plain JSON types, ``{"data", "model", "train"}`` plus
+            ``"throughput"`` for throughput jobs: what crosses a Ray call and fills the results'
+            config columns. Derived from the same validated sections as ``run_config``.
+    """
+
+    trial_id: str
+    index: int
+    overrides: dict[str, Any] = field(hash=False, compare=False)
+    run_config: RunConfig = field(hash=False, compare=False)
+    throughput_config: Optional[ThroughputConfig] = field(hash=False, compare=False)
+    config: dict[str, Any] = field(hash=False, compare=False)
+
+
+def make_trial(kind: str, sections: Mapping[str, BaseModel], overrides: Mapping[str, Any], index: int) -> Trial:
+    """The trial of validated ``sections`` (name -> section model; ``throughput`` for throughput jobs)."""
+    data, model, train = sections["data"], sections["model"], sections["train"]
+    assert isinstance(data, DataSpec) and isinstance(model, ModelSpec) and isinstance(train, TrainSpec)
+    config = {name: sections[name].model_dump(mode="json") for name in config_sections(kind)}
+    stopping = train.early_stopping
+    run = RunConfig(
+        data=DataConfig(**data.model_dump()),
+        model=ModelConfig(**model.model_dump()),
+        train=TrainConfig(**{
+            **train.model_dump(),
+            "early_stopping": EarlyStopping(**stopping.model_dump()) if stopping is not None else None,
+        }),
+    )
+    throughput: Optional[ThroughputConfig] = None
+    if kind == "throughput":
+        section = sections["throughput"]
+        assert isinstance(section, ThroughputSpec)
+        # batch_sizes from the attribute: the section serialises its tuple as a list
+        throughput = ThroughputConfig(**{**section.model_dump(), "batch_sizes": section.batch_sizes})
+    return Trial(
+        trial_id=trial_id_for(kind, config),
+        index=index,
+        overrides={**overrides, "train.seed": train.seed},
+        run_config=run,
+        throughput_config=throughput,
+        config=config,
+    )

@@ -1,0 +1,163 @@
+"""The rules of one trial config: field values as pydantic checked them, then the rules that
+read several fields at once (``layer_norm`` only with ``lstm``, ``tie_weights`` needs equal
+sizes, a training budget, a corpus file that exists, a vocabulary no smaller than the
+tokenizer's floor, a model under :data:`~orchestrator.spec.schema.MAX_PARAMETERS`).
+
+Cross-field rules run on the field values, skipping any field pydantic already refused, so
+one pass reports everything. Each problem names the fields it read (``involves``), so a sweep
+can pin it on the swept value that caused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import Problem
+from orchestrator.spec.problems import problems_from_pydantic
+from orchestrator.spec.schema import MAX_PARAMETERS, SECTIONS, EarlyStoppingSpec, config_sections
+from rnn.config import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, resolved_vocab_size
+
+#: Vocabulary assumed for char-level size estimates (the real one is the training split's characters).
+CHAR_VOCAB_ESTIMATE = 256
+BUILTIN_CORPORA = ("builtin", "shakespeare")
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+#: A field value pydantic refused: cross-field rules skip it.
+BAD: Any = object()
+
+
+def vocab_estimate(level: str, vocab_size: Optional[int]) -> int:
+    """The vocabulary size used for estimates: the engine's cap for bpe/word
+    (:func:`rnn.config.resolved_vocab_size`), a generous guess for char."""
+    return resolved_vocab_size(level, vocab_size) or CHAR_VOCAB_ESTIMATE
+
+
+def estimate_parameters(model: Mapping[str, Any], vocab_size: int) -> int:
+    """Parameters of a model config, by arithmetic (no torch): embedding, recurrent stacks, heads.
+
+    PyTorch-style cells with two bias vectors; layer norm adds gains and biases; a bidirectional
+    model has two stacks and two heads. Close enough to refuse absurd sizes and to estimate cost.
+    """
+    gates = _GATES[model["cell"]]
+    emb, hidden, layers = model["embedding_dim"], model["hidden_size"], model["num_layers"]
+    # per layer: weight_ih [gates*H, in], weight_hh [gates*H, H], bias_ih and bias_hh [gates*H]
+    stack = sum(gates * hidden * ((emb if i == 0 else hidden) + hidden + 2) for i in range(layers))
+    if model.get("layer_norm"):
+        stack += layers * (2 * gates * hidden + 2 * hidden)
+    directions = 2 if model.get("bidirectional") else 1
+    head = (0 if model.get("tie_weights") else hidden * vocab_size) + vocab_size
+    return vocab_size * emb + directions * (stack + head)
+
+
+def field_values(
+    cls: type[BaseModel], raw: Any, prefix: str
+) -> tuple[Optional[BaseModel], dict[str, Any], list[Problem]]:
+    """Validate one section: (the section, or None if refused; its field values with defaults
+    filled and refused ones as :data:`BAD`; its field problems under ``prefix``)."""
+    try:
+        section = cls.model_validate(raw)
+        return section, section.model_dump(), []
+    except ValidationError as e:
+        problems = problems_from_pydantic(e, cls, (prefix,))
+        locs = [err["loc"] for err in e.errors()]
+    whole = not isinstance(raw, dict) or any(len(loc) == 0 for loc in locs)
+    bad = {loc[0] for loc in locs if loc}
+    values = {
+        name: BAD if whole or name in bad else raw.get(name, f.get_default(call_default_factory=True))
+        for name, f in cls.model_fields.items()
+    }
+    return None, values, problems
+
+
+def _ok(*values: Any) -> bool:
+    return all(v is not BAD for v in values)
+
+
+def cross_problems(v: Mapping[str, Mapping[str, Any]], kind: str, res: Mapping[str, Any]) -> list[Problem]:
+    """Rules that read several fields; each problem lists the fields it read in ``involves``."""
+    data, model, train = v["data"], v["model"], v["train"]
+    out: list[Problem] = []
+    if _ok(model["layer_norm"], model["cell"]) and model["layer_norm"] and model["cell"] != "lstm":
+        out.append(Problem(
+            "model.layer_norm", f"the layer-norm cell exists for lstm only (got cell {model['cell']!r}); "
+            "set layer_norm: false or cell: lstm", involves=("model.layer_norm", "model.cell")))
+    tie = (model["tie_weights"], model["embedding_dim"], model["hidden_size"])
+    if _ok(*tie) and tie[0] and tie[1] != tie[2]:
+        out.append(Problem(
+            "model.tie_weights", f"needs embedding_dim == hidden_size (got embedding_dim {tie[1]}, hidden_size "
+            f"{tie[2]})", involves=("model.tie_weights", "model.embedding_dim", "model.hidden_size")))
+    budget = ("max_steps", "max_epochs", "max_time_s")
+    if kind == "train" and _ok(*(train[b] for b in budget)) and all(train[b] is None for b in budget):
+        out.append(Problem("train", "no budget: set at least one of max_steps, max_epochs, max_time_s",
+                           involves=tuple(f"train.{b}" for b in budget)))
+    corpus = data["corpus"]
+    if _ok(corpus) and corpus not in BUILTIN_CORPORA:
+        path = Path(corpus).expanduser()  # as rnn.corpus.load_corpus reads it
+        if not path.is_file():
+            what = "is a directory, not a text file" if path.is_dir() else "no such file"
+            out.append(Problem(
+                "data.corpus", f"{what} ({path.absolute()}; relative paths are resolved against the current "
+                f"directory); use builtin, shakespeare or a UTF-8 text file", got=corpus, involves=("data.corpus",)))
+    level, vocab = data["level"], data["vocab_size"]
+    if _ok(level, vocab) and level in MIN_VOCAB_SIZE and vocab is not None and vocab < MIN_VOCAB_SIZE[level]:
+        floor = MIN_VOCAB_SIZE[level]
+        why = "the 256 byte values are its base alphabet" if level == "bpe" else "[UNK] and at least one word"
+        out.append(Problem(
+            "data.vocab_size", f"a {level} vocabulary has at least {floor} entries ({why}); use vocab_size >= "
+            f"{floor}, or leave it out for {DEFAULT_VOCAB_SIZE[level]}", got=vocab,
+            involves=("data.vocab_size", "data.level")))
+    if _ok(*model.values(), level, vocab):
+        params = estimate_parameters(model, vocab_estimate(level, vocab))
+        if params > MAX_PARAMETERS:
+            out.append(Problem(
+                "model", f"about {params:.3g} parameters, more than the limit of {MAX_PARAMETERS:.0e}; reduce "
+                "hidden_size, num_layers or embedding_dim", involves=tuple(f"model.{k}" for k in model)
+                + ("data.level", "data.vocab_size")))
+    if _ok(train["device"], res["gpus_per_trial"]) and train["device"] == "cuda" and not res["gpus_per_trial"]:
+        out.append(Problem(
+            "train.device", "cuda needs resources.gpus_per_trial > 0 (a trial that reserves no GPU sees none); "
+            "use device: auto or reserve a GPU", involves=("train.device",)))
+    tp = v.get("throughput")
+    if tp and _ok(tp["auto_start"], tp["auto_max_batch_size"]) and tp["auto_start"] > tp["auto_max_batch_size"]:
+        out.append(Problem(
+            "throughput.auto_start", f"should not exceed auto_max_batch_size ({tp['auto_max_batch_size']})",
+            got=tp["auto_start"], involves=("throughput.auto_start", "throughput.auto_max_batch_size")))
+    return out
+
+
+def check_config(
+    config: Mapping[str, Any],
+    kind: str,
+    resources: Mapping[str, Any],
+    known: Optional[Mapping[str, BaseModel]] = None,
+) -> tuple[Optional[dict[str, BaseModel]], list[Problem]]:
+    """Validate one trial config: (its sections by name, or None if any problem; the problems).
+
+    ``config`` holds the sections as raw mappings; a section in ``known`` was validated already
+    (the spec's own, where no swept value lands) and is used as it is, not validated again.
+    """
+    sections: dict[str, BaseModel] = {}
+    values: dict[str, Mapping[str, Any]] = {}
+    problems: list[Problem] = []
+    for name in config_sections(kind):
+        section = (known or {}).get(name)
+        if section is not None:
+            values[name] = section.model_dump()
+        else:
+            section, values[name], section_problems = field_values(SECTIONS[name], config.get(name, {}), name)
+            problems += section_problems
+        if section is not None:
+            sections[name] = section
+    problems += cross_problems(values, kind, resources)
+    return (None if problems else sections), problems
+
+
+def sweepable_paths(kind: str) -> list[str]:
+    """Every dotted path a sweep may set for a job of this kind."""
+    paths = [f"{name}.{f}" for name in config_sections(kind) for f in SECTIONS[name].model_fields]
+    return paths + [f"train.early_stopping.{f}" for f in EarlyStoppingSpec.model_fields]
+
+

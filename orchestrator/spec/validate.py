@@ -1,0 +1,314 @@
+"""``load_job``: a spec file to a validated :class:`Job` and its trials, in one pass.
+
+YAML (:mod:`~orchestrator.spec.yamlio`) → the whole-job fields and the spec's own sections
+(:mod:`~orchestrator.spec.schema`) → the sweep's structure (paths that exist, no repeats, at
+most :data:`~orchestrator.spec.schema.MAX_TRIALS`) → each random distribution's bounds → every
+grid x random point once: its swept values applied to the spec's sections, the sections they
+land in validated once (:func:`~orchestrator.spec.rules.check_config`; the others are the
+spec's, already validated), the cross-field rules run → one :class:`Trial` per point and seed,
+built from those validated sections (:func:`~orchestrator.spec.expand.make_trial`).
+
+Every problem is collected before anything is raised. A problem caused by a swept value is
+reported where that value was written, e.g.
+``sweep.grid.model.cell[2]: should be 'lstm', 'gru' or 'rnn' (got 'transformer')``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import Problem, SpecError
+from orchestrator.spec.expand import Point, Trial, make_trial, seed_points, set_path, sweep_points
+from orchestrator.spec.problems import problems_from_pydantic
+from orchestrator.spec.rules import check_config, field_values, sweepable_paths
+from orchestrator.spec.schema import (
+    KINDS,
+    MAX_TRIALS,
+    SECTIONS,
+    ChoiceDist,
+    IntDist,
+    JobSpec,
+    ResourcesSpec,
+    SweepSpec,
+    ThroughputSpec,
+    config_sections,
+)
+from orchestrator.spec.yamlio import decode_spec, parse_yaml, read_spec_bytes
+
+log = logging.getLogger(__name__)
+
+_WHOLE_JOB = ("name", "kind", "output", "resources", "sweep")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job spec and its trials, in sweep order.
+
+    Attributes:
+        spec: the validated spec (name, kind, sections, sweep, resources, output).
+        trials: one per distinct grid x random point and seed; ``trials[i].index == i``.
+        source: where the spec came from (its path, as given), for messages and the manifest.
+        text: the spec's text exactly as validated, for the manifest (a YAML dump of the mapping
+            when the job was built from one).
+    """
+
+    spec: JobSpec
+    trials: tuple[Trial, ...]
+    source: str
+    text: str
+
+
+def load_job(path: Union[str, os.PathLike[str]]) -> Job:
+    """Read, parse and validate a job spec file, and expand its sweep into trials.
+
+    Raises:
+        SpecError: every problem found (unreadable file, YAML, schema, cross-field, sweep).
+    """
+    source = str(path)
+    text = decode_spec(read_spec_bytes(path), source)
+    return build_job(parse_yaml(text, source), source=source, text=text)
+
+
+def _path_problem(path: str, kind: str, where: str) -> Optional[Problem]:
+    if path in sweepable_paths(kind):
+        return None
+    root = path.split(".")[0]
+    if root in _WHOLE_JOB:
+        return Problem(where, "cannot be swept: name, kind, output, resources and sweep apply to the whole job")
+    if root == "throughput" and path in sweepable_paths("throughput"):
+        return Problem(where, "throughput settings can only be swept in a kind: throughput job")
+    if path in SECTIONS:
+        example = f"{path}.{next(iter(SECTIONS[path].model_fields))}"
+        return Problem(where, f"names a whole section; sweep one setting in it, e.g. {example}")
+    close = difflib.get_close_matches(path, sweepable_paths("throughput"), n=2, cutoff=0.75)
+    if close:
+        return Problem(where, "no such setting; did you mean " + " or ".join(close) + "?")
+    return Problem(where, "no such setting (paths look like model.cell, train.lr, data.seq_len)")
+
+
+def _repeats(values: list[Any], where: str) -> list[Problem]:
+    """Repeated values would expand to the same trial twice."""
+    seen: dict[str, int] = {}
+    out = []
+    for j, value in enumerate(values):
+        key = json.dumps(value, sort_keys=True, default=repr)  # any YAML value, even a date
+        if key in seen:
+            message = f"repeats {where}[{seen[key]}]; each value must be distinct"
+            out.append(Problem(f"{where}[{j}]", message, got=value))
+        seen.setdefault(key, j)
+    return out
+
+
+def _valid_dist(path: Any, dist: Any) -> bool:
+    try:
+        SweepSpec.model_validate({"random": {"samples": 1, "space": {path: dist}}})
+        return True
+    except ValidationError:
+        return False
+
+
+def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Problem]]:
+    """The part of the sweep section that can be expanded, and its structural problems.
+
+    Parts pydantic refused (already reported) are left out, so the rest is still checked.
+    """
+    if not isinstance(raw, dict):
+        return None, []
+    parts: dict[str, Any] = {}
+    for key in ("grid", "random", "seeds"):
+        value = raw.get(key)
+        if key == "random" and isinstance(value, dict) and isinstance(value.get("space"), dict):
+            value = {**value, "space": {p: d for p, d in value["space"].items() if _valid_dist(p, d)}}
+        if value is not None:
+            try:
+                parts[key] = getattr(SweepSpec.model_validate({key: value}), key)
+            except ValidationError:
+                pass
+    problems: list[Problem] = []
+    grid = dict(parts.get("grid") or {})
+    for path in list(grid):
+        problem = _path_problem(path, kind, f"sweep.grid.{path}")
+        if problem:
+            problems.append(problem)
+            del grid[path]
+        else:
+            problems += _repeats(grid[path], f"sweep.grid.{path}")
+    random_spec = parts.get("random")
+    space = dict(random_spec.space) if random_spec else {}
+    for path in list(space):
+        where = f"sweep.random.space.{path}"
+        problem = _path_problem(path, kind, where) or (
+            Problem(where, "also swept by sweep.grid; sweep each setting in one place") if path in grid else None)
+        if problem:
+            problems.append(problem)
+            del space[path]
+    seeds = parts.get("seeds")
+    if seeds:
+        problems += _repeats(list(seeds), "sweep.seeds")
+        if "train.seed" in grid or "train.seed" in space:
+            problems.append(Problem("sweep.seeds", "train.seed is also swept by grid or random; use one of them"))
+    sweep = SweepSpec(
+        grid=grid or None,
+        random=random_spec.model_copy(update={"space": space}) if space and random_spec is not None else None,
+        seeds=seeds,
+    )
+    if sweep.size() > MAX_TRIALS:
+        message = f"expands to {sweep.size()} trials, more than the limit of {MAX_TRIALS}; use fewer values or seeds"
+        problems.append(Problem("sweep", message))
+    return sweep, problems
+
+
+def _check_random_values(sweep: SweepSpec, base: dict, kind: str, res: dict) -> tuple[SweepSpec, list[Problem]]:
+    """Each random distribution's bounds (or choices) must be valid values at its path.
+
+    Returns the sweep without the failing paths (so trials do not repeat the same problem per
+    sample) and the problems.
+    """
+    if sweep.random is None:
+        return sweep, []
+    out: list[Problem] = []
+    bad: set[str] = set()
+    for path, dist in sweep.random.space.items():
+        if isinstance(dist, ChoiceDist):
+            probes = [(f"values[{i}]", v) for i, v in enumerate(dist.values)]
+        elif isinstance(dist, IntDist):
+            probes = [("low", dist.low), ("high", dist.high)]
+        else:  # uniform and loguniform draw floats, whatever the bounds were written as
+            probes = [("low", float(dist.low)), ("high", float(dist.high))]
+        for label, value in probes:
+            config = copy.deepcopy(base)
+            set_path(config, path, value)
+            for p in check_config(config, kind, res)[1]:
+                if p.path == path or p.path.startswith(path + ".") or p.path.startswith(path + "["):
+                    hint = "; uniform and loguniform draw floats, use dist: int" if "integer" in p.message else ""
+                    where = f"sweep.random.space.{path}.{label}{p.path[len(path):]}"
+                    out.append(Problem(where, p.message + hint, got=p.got))
+                    bad.add(path)
+    space = {path: dist for path, dist in sweep.random.space.items() if path not in bad}
+    random_spec = sweep.random.model_copy(update={"space": space}) if space else None
+    return sweep.model_copy(update={"random": random_spec}), out
+
+
+def _attribute(problem: Problem, point: Point) -> Problem:
+    """Re-home a trial's problem at the swept value that caused it (unchanged if none did)."""
+    for path, origin in point.origins.items():
+        if problem.path == path or problem.path.startswith((path + ".", path + "[")):
+            return Problem(origin + problem.path[len(path):], problem.message, got=problem.got)
+    swept = [point.origins[p] for p in problem.involves if p in point.origins]
+    if not swept:
+        return problem
+    also = f" (together with {', '.join(swept[1:])})" if len(swept) > 1 else ""
+    return Problem(swept[0], f"makes {problem.path} invalid: {problem.message}{also}", got=problem.got)
+
+
+def _declared_paths(raw_sweep: Any) -> set[str]:
+    """Paths the user meant to sweep, read from the raw section even where it is broken."""
+    if not isinstance(raw_sweep, dict):
+        return set()
+    random_part = raw_sweep.get("random")
+    parts = [raw_sweep.get("grid"), random_part.get("space") if isinstance(random_part, dict) else None]
+    return {str(path) for part in parts if isinstance(part, dict) for path in part}
+
+
+def _points(sweep: Optional[SweepSpec]) -> list[Point]:
+    """The points to check: every grid x random point, or (a sweep too large to enumerate,
+    already reported) each grid value on its own."""
+    if sweep is None or sweep.size() <= MAX_TRIALS:
+        return sweep_points(sweep)
+    grid = sweep.grid or {}
+    return [Point({p: v}, {p: f"sweep.grid.{p}[{i}]"}) for p, vs in grid.items() for i, v in enumerate(vs)]
+
+
+def _own_sections(spec: Optional[JobSpec], kind: str) -> dict[str, BaseModel]:
+    """The spec's validated sections (none when the spec itself was refused)."""
+    if spec is None:
+        return {}
+    own = {name: getattr(spec, name) for name in config_sections(kind)}
+    if kind == "throughput" and own["throughput"] is None:
+        own["throughput"] = ThroughputSpec()
+    return own
+
+
+def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str] = None) -> Job:
+    """Validate a parsed spec mapping and expand it into trials (see the module docstring).
+
+    Raises:
+        SpecError: every problem, one per line, ``source`` naming the file.
+    """
+    # `model:` with every key commented out parses as null: read it as "all defaults".
+    raw = {k: v for k, v in raw.items() if not (v is None and k in (*SECTIONS, "sweep", "resources"))}
+    problems: list[Problem] = []
+    spec: Optional[JobSpec] = None
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as e:
+        problems += problems_from_pydantic(e, JobSpec)
+    kind = raw.get("kind", "train")
+    if kind not in KINDS:  # already reported; check the rest as the sections suggest
+        kind = "throughput" if "throughput" in raw else "train"
+    elif kind == "train" and "throughput" in raw:
+        problems.append(Problem("throughput", "only allowed with kind: throughput; remove it or set kind: throughput"))
+    _, res, _ = field_values(ResourcesSpec, raw.get("resources", {}), "resources")
+    sweep, sweep_problems = _usable_sweep(raw.get("sweep"), kind)
+    problems += sweep_problems
+    base = {name: raw.get(name, {}) for name in config_sections(kind)}
+    if sweep is not None:
+        sweep, random_problems = _check_random_values(sweep, base, kind, res)
+        problems += random_problems
+    own = _own_sections(spec, kind)
+    declared = _declared_paths(raw.get("sweep"))
+    checked: list[tuple[Point, dict[str, BaseModel]]] = []
+    for point in _points(sweep):
+        touched = {path.split(".")[0] for path in point.overrides}
+        config = {**base, **{name: copy.deepcopy(base[name]) for name in touched if name in base}}
+        for path, value in point.overrides.items():
+            set_path(config, path, copy.deepcopy(value))
+        known = {name: section for name, section in own.items() if name not in touched}
+        sections, point_problems = check_config(config, kind, res, known)
+        for problem in point_problems:
+            attributed = _attribute(problem, point)
+            if attributed is problem and declared.intersection(problem.involves):
+                continue  # a cross-field rule on a setting whose sweep is broken: judge it once that is fixed
+            problems.append(attributed)
+        if sections is not None:
+            checked.append((point, sections))
+    if problems:
+        raise SpecError(problems, file=source)
+    assert spec is not None  # pydantic raised nothing, or there would be problems
+    if spec.kind == "throughput" and spec.throughput is None:
+        spec = spec.model_copy(update={"throughput": ThroughputSpec()})
+    if text is None:
+        text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
+    return Job(spec, _trials(spec, checked), source, text)
+
+
+def _trials(spec: JobSpec, checked: list[tuple[Point, dict[str, BaseModel]]]) -> tuple[Trial, ...]:
+    """One trial per checked point and seed; a point that resolves to a config already in the
+    list (possible with ``choice`` or ``int`` draws) is dropped with a warning."""
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    seeds = seed_points(spec.sweep)
+    for point, sections in checked:
+        for seed in seeds:
+            if seed is None:
+                overrides, these = point.overrides, sections
+            else:
+                overrides = {**point.overrides, "train.seed": seed}
+                these = {**sections, "train": sections["train"].model_copy(update={"seed": seed})}
+            trial = make_trial(spec.kind, these, overrides, index=len(trials))
+            if trial.trial_id in seen:
+                log.warning("%s: dropping a repeated sweep point %s (trial %s)", spec.name, overrides, trial.trial_id)
+                continue
+            seen.add(trial.trial_id)
+            trials.append(trial)
+    return tuple(trials)
