@@ -1,9 +1,12 @@
 """``clean``: remove what a job folder no longer needs.
 
-Always: temporary files left by writers that were killed mid-write. Checkpoints of trials
-that failed, diverged or ran out of memory. With ``keep_top=N``: every checkpoint except
+Always: temporary files left by writers that were killed mid-write (in the job folder, its
+``parts/`` folder and the checkpoint folders). Checkpoints of trials whose status is a failure
+(failed, diverged, out of memory, ...). With ``keep_top=N``: every checkpoint except
 those of the N trials with the best validation loss. The trials table's ``checkpoint``
 column is cleared for each checkpoint removed, so the table never points at a missing file.
+Cleaning holds the job lock, so it first compacts the trial parts into the tables; a dry run
+takes no lock and reads the tables and parts as they are.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = Fals
     temps = [p for p in root.rglob("*") if p.is_file() and _TEMP.match(p.name)]
     with contextlib.nullcontext() if dry_run else JobLock(root):  # never clean under a running sweep
         store = ResultsStore(root)
+        if not dry_run:
+            store.compact()  # we hold the lock: fold in what the last run committed
         trials = store.read_trials().to_pylist()
         drop: set[str] = {r["trial_id"] for r in trials if r["status"] in FAILURE_STATUSES}
         if keep_top is not None:
@@ -62,7 +67,5 @@ def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = Fals
             if path.parent.name in drop and not any(path.parent.iterdir()):
                 path.parent.rmdir()
         if not dry_run:
-            for row in trials:
-                if row["trial_id"] in drop and row["checkpoint"]:
-                    store.upsert_trial({**row, "checkpoint": None})
+            store.clear_checkpoints(drop)
     return report

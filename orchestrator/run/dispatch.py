@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from orchestrator.run.actor import TrainerActor
 from orchestrator.errors import UsageError
-from orchestrator.run.faults import Fault
+from orchestrator.run.faults import Fault, raise_commit_fault
 from orchestrator.spec import allowed_concurrency
 from orchestrator.run.progress import Progress, format_duration, trial_label
 from orchestrator.results import SUCCESS_STATUSES, ResultsStore, trial_row
@@ -269,20 +269,17 @@ class Dispatcher:
         return None
 
     def _finish_throughput(self, task: _Task, progress: Progress) -> None:
-        from dataclasses import asdict
-
         from rnn.throughput import mark_best
 
         task.rows = mark_best(task.rows)
-        self.store.replace_throughput(task.trial.trial_id, task.trial.config, [asdict(r) for r in task.rows])
         errors = [r for r in task.rows if r.status == "error"]
         status = "failed" if errors and len(errors) == len(task.rows) else "completed"
         error = errors[0].error if errors else None
-        self._finish(task, progress, status, None, error, summary=_best_line(task.rows))
+        self._finish(task, progress, status, None, error, summary=_best_line(task.rows), throughput=task.rows)
 
     def _finish(
         self, task: _Task, progress: Progress, status: str, result: Any, error: Optional[str],
-        summary: Optional[str] = None,
+        summary: Optional[str] = None, throughput: tuple[Any, ...] | list[Any] = (),
     ) -> None:
         finished = datetime.now(timezone.utc)
         has_ckpt = task.resume is not None and result is not None and result.best_checkpoint
@@ -297,9 +294,9 @@ class Dispatcher:
             info=task.info,
             checkpoint=self.store.checkpoint_relpath(task.trial.trial_id) if has_ckpt else None,
         )
-        self.store.upsert_trial(row)
-        if result is not None:
-            self.store.replace_evals(task.trial.trial_id, list(result.evals))
+        # One commit per trial, row + evals + throughput, or nothing (the rerun trains it again).
+        raise_commit_fault(self.faults, task.trial.trial_id, task.attempt, self.store.job_dir)
+        self.store.commit_trial(row, evals=result.evals if result is not None else (), throughput=throughput)
         self.statuses[status] += 1
         duration = time.monotonic() - task.started_mono
         if summary is not None:

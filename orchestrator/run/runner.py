@@ -24,6 +24,7 @@ from orchestrator.results import (
     ResultsError,
     ResultsStore,
     fresh_start,
+    new_run_id,
     write_manifest,
 )
 from orchestrator.spec.schema import JobSpec, load_spec
@@ -139,6 +140,16 @@ def preflight_data(trials: list) -> None:
             raise UsageError(f"{where}: {e} (trial {trial.trial_id})") from e
 
 
+def _compact(store: ResultsStore) -> None:
+    """Compact after dispatch; a failure here (a full disk) loses nothing: the parts stay and the
+    next run, or ``report``, compacts them."""
+    try:
+        store.compact()
+    except ResultsError as e:
+        log.warning("could not compact the results (%s); they are safe as trial parts under %s/parts", e,
+                    store.job_dir)
+
+
 def run_job(
     spec_path: str,
     *,
@@ -165,13 +176,15 @@ def run_job(
         raise UsageError(str(e)) from e
     try:
         store = ResultsStore(job_dir)
+        store.compact()  # parts a killed run left: fold them in, so resume reads one table
         finished = store.finished_trial_ids(SKIP_STATUSES)
         todo = [t for t in trials if t.trial_id not in finished]
         if finished:
             log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
         manifest = {"name": spec.name, "kind": spec.kind, "trials": len(trials)}
         spec_text = Path(spec_path).read_text(encoding="utf-8")
-        write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
+        run_id = new_run_id()  # this invocation's record in the manifest's history
+        write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest, run_id=run_id)
         faults = tuple(faults_from_env())
         summary = None
         if todo:
@@ -187,10 +200,12 @@ def run_job(
                     stop=stop,
                     wait_for_resources=not started_here,
                 )
-                with stop_on_signals(dispatcher.stop):
-                    summary = dispatcher.run()
+                try:
+                    with stop_on_signals(dispatcher.stop):
+                        summary = dispatcher.run()
+                finally:
+                    _compact(store)  # finished, interrupted or failed: fold this run's parts in
                 manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
-                write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest)
             finally:
                 if started_here:
                     import ray
@@ -198,6 +213,10 @@ def run_job(
                     ray.shutdown()
         else:
             log.info("all %d trials are finished; rebuilding the report", len(trials))
+        ran = sum(summary.statuses.values()) if summary is not None else 0
+        manifest.update(trials_run=ran, trials_skipped=len(trials) - len(todo),
+                        interrupted=bool(summary is not None and summary.interrupted))
+        write_manifest(job_dir, spec_text=spec_text, spec_path=spec_path, extra=manifest, run_id=run_id, finished=True)
         md, html = build_report(job_dir)
         log.info("results: %s", job_dir)
         log.info("report:  %s", html)
