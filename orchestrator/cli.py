@@ -144,11 +144,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from orchestrator.report.render import build_report
+    from orchestrator.results import is_job_folder
 
     root = Path(args.dir)
-    jobs = [root] if (root / "trials.parquet").is_file() else sorted(p.parent for p in root.glob("*/trials.parquet"))
+    # A job folder has trials.parquet, or only trial parts while its first run is live or was killed.
+    jobs = [root] if is_job_folder(root) else sorted(p for p in root.glob("*/") if is_job_folder(p))
     if not jobs:
-        print(f"{args.dir}: no results here (expected trials.parquet in it or in its subfolders)", file=sys.stderr)
+        print(f"{args.dir}: no results here (expected trials.parquet or parts/ in it or in its subfolders)",
+              file=sys.stderr)
         return EXIT_BAD_SPEC
     for job in jobs:
         md, html = build_report(job)

@@ -25,7 +25,7 @@ from orchestrator.results.records import (
     trial_records,
 )
 from orchestrator.results.storage import ResultsError
-from orchestrator.results.store import RecordError, ResultsStore, compact_if_idle, fresh_start
+from orchestrator.results.store import RecordError, ResultsStore, compact_if_idle, fresh_start, is_job_folder
 from orchestrator.results.tables import (
     FAILURE_STATUSES,
     SUCCESS_STATUSES,
@@ -53,6 +53,7 @@ __all__ = [
     "eval_records",
     "flatten_config",
     "fresh_start",
+    "is_job_folder",
     "manifest_runs",
     "new_run_id",
     "package_versions",

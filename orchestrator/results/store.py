@@ -20,7 +20,7 @@ all of its results are. A commit costs the same whatever number of trials came b
 **Compaction.** :meth:`ResultsStore.compact` folds the parts into the three tables, then
 deletes them. Readers see the union of tables and parts, where a trial's part wins over its
 table rows: its trials row takes the table row's place, its evaluations and throughput rows
-replace the table's; trials new to the table are appended in commit order. Every file is
+replace the table's; trials new to the table are appended in the order of their latest commit. Every file is
 written atomically and parts are deleted only after all three tables are written (superseded
 ones first), so a crash at any moment loses nothing and compacting again gives the same tables.
 
@@ -28,8 +28,8 @@ Every file is written atomically (a temporary file in the same folder, then a re
 ``job_dir`` may be a local path or a pyarrow filesystem URI (``file:///...``; other
 filesystems work where pyarrow supports them, but only local folders can be locked).
 
-This module holds :class:`ResultsStore`, :func:`compact_if_idle` and :func:`fresh_start`; the
-package's public names are in :mod:`orchestrator.results`.
+This module holds :class:`ResultsStore`, :func:`compact_if_idle`, :func:`is_job_folder` and
+:func:`fresh_start`; the package's public names are in :mod:`orchestrator.results`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -73,13 +73,15 @@ from orchestrator.results.tables import (
 )
 from rnn.events import TrialStatus
 
-__all__ = ["RecordError", "ResultsStore", "compact_if_idle", "fresh_start"]
+__all__ = ["RecordError", "ResultsStore", "compact_if_idle", "fresh_start", "is_job_folder"]
 
 log = logging.getLogger(__name__)
 
 TRIALS_FILE = "trials.parquet"
 EVALS_FILE = "evals.parquet"
 THROUGHPUT_FILE = "throughput.parquet"
+#: Reads of the union retried when a part vanished under them (a concurrent compaction).
+_READ_ATTEMPTS = 5
 
 
 class RecordError(ResultsError, ValueError):
@@ -242,9 +244,7 @@ class ResultsStore:
 
     def read_trials(self) -> pa.Table:
         """All trial rows (an empty table with the fixed schema before the first commit)."""
-        table = self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False)
-        parts = self._load(self._listing().latest)
-        return merge_trials(table, parts) if parts else table
+        return self._union(TRIALS_FILE, TRIAL_FIXED, False, merge_trials)
 
     def finished_trial_ids(self, statuses: Iterable[str | TrialStatus] = TERMINAL_STATUSES) -> set[str]:
         """Ids of trials whose status is in ``statuses`` (the dispatcher skips these on resume).
@@ -254,23 +254,22 @@ class ResultsStore:
         """
         wanted = {str(enum_value(s)) for s in statuses}
         status: dict[str, str] = {}
+        # Parts listed before the table is read: a compaction in between moves a trial from a
+        # part into the table, never out of both.
+        latest = self._listing().latest
         table = self._storage.read_table(TRIALS_FILE, columns=["trial_id", "status"])
         if table is not None:
             status.update(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
-        status.update((r.trial_id, r.status) for r in self._listing().latest)
+        status.update((r.trial_id, r.status) for r in latest)
         return {tid for tid, s in status.items() if s in wanted}
 
     def read_evals(self) -> pa.Table:
         """All evaluation rows (empty with :data:`EVAL_SCHEMA` before the first commit)."""
-        table = self._read_table(EVALS_FILE, EVAL_SCHEMA, exact=True)
-        parts = self._load(self._listing().latest)
-        return merge_evals(table, parts) if parts else table
+        return self._union(EVALS_FILE, EVAL_SCHEMA, True, merge_evals)
 
     def read_throughput(self) -> pa.Table:
         """All throughput rows (empty with the fixed schema before the first commit)."""
-        table = self._read_table(THROUGHPUT_FILE, THROUGHPUT_FIXED, exact=False)
-        parts = self._load(self._listing().latest)
-        return merge_throughput(table, parts) if parts else table
+        return self._union(THROUGHPUT_FILE, THROUGHPUT_FIXED, False, merge_throughput)
 
     def has_throughput(self) -> bool:
         """Whether the job has throughput rows or ``throughput.parquet`` (a ``kind: throughput`` job)."""
@@ -347,6 +346,18 @@ class ResultsStore:
             )
         return table.cast(fixed) if exact else table
 
+    def _union(self, relpath: str, fixed: pa.Schema, exact: bool, merge: Callable[[pa.Table, list[Part]], pa.Table]) -> pa.Table:
+        """A table merged with the parts (which win). The parts are listed before the table is
+        read, and a listed part gone when it is opened means a compaction or a newer commit ran
+        in between: then all is read again, so a reader never misses a committed trial."""
+        for _ in range(_READ_ATTEMPTS):
+            refs = self._listing().latest
+            table = self._read_table(relpath, fixed, exact)
+            parts = self._load(refs)
+            if len(parts) == len(refs):
+                break
+        return merge(table, parts) if parts else table
+
     def _listing(self) -> PartListing:
         return list_parts(self._storage.list_names(PARTS_DIR))
 
@@ -371,6 +382,12 @@ class ResultsStore:
 def _write_ipc(table: pa.Table, sink: Any) -> None:
     with ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
+
+
+def is_job_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether the local folder ``path`` holds trial results: ``trials.parquet`` or trial parts."""
+    storage = open_storage(path, None)
+    return storage.exists(TRIALS_FILE) or bool(list_parts(storage.list_names(PARTS_DIR)).latest)
 
 
 def compact_if_idle(store: ResultsStore) -> bool:
