@@ -225,10 +225,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from orchestrator.results.clean import clean_job
-    from orchestrator.results import ResultsError
+    from orchestrator.results import ResultsError, is_job_folder
 
-    if not (Path(args.dir) / "trials.parquet").is_file():
-        print(f"{args.dir}: not a job folder (no trials.parquet)", file=sys.stderr)
+    if not Path(args.dir).is_dir() or not is_job_folder(args.dir):
+        print(f"{args.dir}: not a job folder (no trials.parquet or parts/)", file=sys.stderr)
         return EXIT_BAD_SPEC
     try:
         report = clean_job(args.dir, keep_top=args.keep_top, dry_run=args.dry_run)
