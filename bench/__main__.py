@@ -1,4 +1,4 @@
-"""``python -m bench``: engine-vs-baseline ratios and sweep dispatch figures, as a table and JSON.
+"""``python -m bench``: engine-vs-baseline ratios, sweep dispatch and bookkeeping figures, as a table and JSON.
 
 Every line is a ratio of two things timed alternately in this run; see ``docs/benchmarks.md``.
 """
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-PARTS = ("cells", "trainer", "dispatch")
+PARTS = ("cells", "trainer", "dispatch", "bookkeeping")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 #: Per-device defaults: (timed steps per block, rounds, warm-up steps, dispatch steps per trial).
@@ -109,12 +109,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         print(format_dispatch(dispatch))
 
+    bookkeeping: Optional[dict[str, Any]] = None
+    if "bookkeeping" in parts:
+        from bench.bookkeeping import format_bookkeeping
+        from bench.bookkeeping import measure as measure_bookkeeping
+
+        # --quick: 10/50/100 trials, checks the harness only; the full run commits 10,000 (about a minute).
+        bookkeeping = measure_bookkeeping((10, 50, 100), window=10) if args.quick else measure_bookkeeping()
+        print()
+        print(format_bookkeeping(bookkeeping))
+
     elapsed = time.perf_counter() - t0
     print(f"\n{elapsed:.0f}s. Ratios compare sides timed alternately in this run; on a shared machine the"
           " absolute figures are noisy.")
     out = args.out or OUT_DIR / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     payload = {"machine": meta, "settings": settings, "elapsed_s": elapsed,
-               "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch}
+               "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch,
+               "bookkeeping": bookkeeping}
     print(f"wrote {write_json(out, payload)}")
     return 0
 

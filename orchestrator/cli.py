@@ -163,12 +163,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from orchestrator.report import build_report
-    from orchestrator.results import ResultsError
+    from orchestrator.results import ResultsError, is_job_folder
 
     root = Path(args.dir)
-    jobs = [root] if (root / "trials.parquet").is_file() else sorted(p.parent for p in root.glob("*/trials.parquet"))
+    # A job folder has trials.parquet, or only trial parts while its first run is live or was killed.
+    jobs = [root] if is_job_folder(root) else sorted(p for p in root.glob("*/") if is_job_folder(p))
     if not jobs:
-        return _fail(args.dir, "no results here (expected trials.parquet in it or in its subfolders)")
+        return _fail(args.dir, "no results here (expected trials.parquet or parts/ in it or in its subfolders)")
     status = ExitCode.OK
     for job in jobs:
         try:
@@ -244,14 +245,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
     """Remove temporary files and unneeded checkpoints from a job folder."""
     from pathlib import Path
 
-    from orchestrator.results import ResultsError
+    from orchestrator.results import ResultsError, is_job_folder
     from orchestrator.results.clean import clean_job
 
     if args.keep_top is not None and args.keep_top < 0:
         return _fail(args.dir, f"--keep-top should be 0 or more, the number of trials whose checkpoints "
                                f"to keep (got {args.keep_top})")
-    if not (Path(args.dir) / "trials.parquet").is_file():
-        return _fail(args.dir, "not a job folder (no trials.parquet)")
+    if not Path(args.dir).is_dir() or not is_job_folder(args.dir):
+        return _fail(args.dir, "not a job folder (no trials.parquet or parts/)")
     try:
         report = clean_job(args.dir, keep_top=args.keep_top, dry_run=args.dry_run)
     except ResultsError as e:

@@ -34,7 +34,6 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -54,45 +53,12 @@ from rnn.memory import (  # noqa: F401  (re-exported: the throughput sweep's mem
 )
 from rnn.models import build_model
 from rnn.step import TrainStep
+from rnn.throughput_row import ThroughputRow, ThroughputStatus, mark_best  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 SKIPPED_AFTER_OOM = "skipped: a smaller batch ran out of memory"
 _MAX_ERROR_CHARS = 2000
-
-
-@dataclass(frozen=True)
-class ThroughputRow:
-    """One batch size's measurement; the fields are ``throughput.parquet``'s columns.
-
-    ``status``: ``"ok"``, ``"oom"`` (ran out of memory, was estimated not to fit, or was
-    skipped after a smaller size ran out) or ``"error"`` (any other exception; ``error`` has it).
-    The timing and memory fields are None unless ``status == "ok"``.
-
-    ``peak_mem_mb``: CUDA, ``torch.cuda.max_memory_allocated`` over this batch size's steps
-    (reset per size; includes weights, optimiser state and data). CPU, the *process's* peak
-    resident set (``ru_maxrss``) so far: a lifetime high-water mark that never goes down, so
-    it is only informative for the largest size measured yet. MPS, the driver's allocated
-    memory after the steps (MPS has no peak counter).
-    """
-
-    batch_size: int
-    status: str
-    samples_per_s: Optional[float]
-    tokens_per_s: Optional[float]
-    step_time_ms: Optional[float]
-    step_time_ms_max: Optional[float]
-    peak_mem_mb: Optional[float]
-    device: str
-    device_name: str
-    precision: str
-    torch_version: str
-    error: Optional[str]
-    is_best: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as a plain dict (what ``ResultsStore.replace_throughput`` takes)."""
-        return asdict(self)
 
 
 def time_steps(step: Callable[[], Any], n: int, device: torch.device) -> list[float]:
@@ -142,7 +108,8 @@ class _Session:
         """``amp: auto`` depends on the batch size, so each size resolves its own precision."""
         return resolve_precision(self.config.train.amp, self.device, batch_size=batch_size)
 
-    def row(self, batch_size: int, status: str, error: Optional[str] = None, **timing: Any) -> ThroughputRow:
+    def row(self, batch_size: int, status: ThroughputStatus, error: Optional[str] = None,
+            **timing: Any) -> ThroughputRow:
         fields: dict[str, Any] = dict(
             samples_per_s=None, tokens_per_s=None, step_time_ms=None, step_time_ms_max=None, peak_mem_mb=None
         )
@@ -179,12 +146,12 @@ class _Session:
         refused = self.memory_guard(batch_size)
         if refused:
             log.warning("batch %d: %s", batch_size, refused)
-            return self.row(batch_size, "oom", refused)
+            return self.row(batch_size, ThroughputStatus.OOM, refused)
         self.model.load_state_dict(self.initial)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         step: Optional[TrainStep] = None
-        failure: Optional[tuple[str, str]] = None
+        failure: Optional[tuple[ThroughputStatus, str]] = None
         try:
             if batch_hook is not None:
                 batch_hook(batch_size)
@@ -194,7 +161,7 @@ class _Session:
             times = time_steps(step, self.tp.measure_steps, self.device)
             peak = peak_memory_mb(self.device)
         except Exception as e:  # noqa: BLE001 - every failure at one size is a row, not a crash
-            status = "oom" if is_out_of_memory(e) else "error"
+            status = ThroughputStatus.OOM if is_out_of_memory(e) else ThroughputStatus.ERROR
             failure = (status, f"{type(e).__name__}: {e}"[:_MAX_ERROR_CHARS])
             # The traceback (and its frames' activations) goes when this block ends.
         finally:
@@ -205,13 +172,13 @@ class _Session:
             del step
         if failure is not None:
             _empty_cache(self.device)
-            log.warning("batch %d: %s (%s)", batch_size, failure[0], failure[1].splitlines()[0])
+            log.warning("batch %d: %s (%s)", batch_size, failure[0].value, failure[1].splitlines()[0])
             return self.row(batch_size, failure[0], failure[1])
         median = statistics.median(times)
         samples = batch_size / median
         log.info("batch %d: %.1f samples/s (median step %.1f ms)", batch_size, samples, median * 1e3)
         return self.row(
-            batch_size, "ok", samples_per_s=samples, tokens_per_s=samples * self.data.seq_len,
+            batch_size, ThroughputStatus.OK, samples_per_s=samples, tokens_per_s=samples * self.data.seq_len,
             step_time_ms=median * 1e3, step_time_ms_max=max(times) * 1e3, peak_mem_mb=peak,
         )
 
@@ -258,10 +225,10 @@ def iter_throughput(
         oom_at: Optional[int] = None
         for b in sizes:
             if oom_at is not None and b > oom_at:
-                yield session.row(b, "oom", SKIPPED_AFTER_OOM)
+                yield session.row(b, ThroughputStatus.OOM, SKIPPED_AFTER_OOM)
                 continue
             row = session.measure(b, batch_hook)
-            if row.status == "oom":
+            if row.status is ThroughputStatus.OOM:
                 oom_at = b if oom_at is None else min(oom_at, b)
             yield row
         return
@@ -278,8 +245,8 @@ def _auto(
     while True:
         row = session.measure(b, batch_hook)
         yield row
-        if row.status != "ok":
-            reason = f"batch {b} ended {row.status}"
+        if row.status is not ThroughputStatus.OK:
+            reason = f"batch {b} ended {row.status.value}"
             break
         assert row.samples_per_s is not None and row.step_time_ms is not None
         before = previous.samples_per_s if previous is not None else None
@@ -298,13 +265,6 @@ def _auto(
             break
         b = nxt
     log.info("auto batch sizes stopped: %s", reason)
-
-
-def mark_best(rows: Sequence[ThroughputRow]) -> list[ThroughputRow]:
-    """The rows with ``is_best`` set on the ``ok`` row with the highest samples/s (none if no ok row)."""
-    ok = [r for r in rows if r.status == "ok" and r.samples_per_s is not None]
-    best = max(ok, key=lambda r: r.samples_per_s) if ok else None  # type: ignore[arg-type,return-value]
-    return [replace(r, is_best=r is best) for r in rows]
 
 
 def measure_throughput(

@@ -21,7 +21,7 @@ def add_trial(store: ResultsStore, trial_id: str, status: str, level: str, loss:
     config = RunConfig(data=DataConfig(level=level)).to_dict()
     rel = store.write_checkpoint_bytes(trial_id, b"weights of " + trial_id.encode())
     row: dict[str, Any] = trial_row(SimpleNamespace(trial_id=trial_id, config=config), status=status, checkpoint=rel)
-    store.upsert_trial({**row, "best_val_loss": loss, "best_val_bpc": bpc})
+    store.commit_trial({**row, "best_val_loss": loss, "best_val_bpc": bpc})
 
 
 def mixed_tokenizations(tmp_path: Path) -> tuple[ResultsStore, Path]:
@@ -94,10 +94,16 @@ def test_a_symlinked_checkpoint_folder_is_never_followed(tmp_path: Path, caplog:
 
 
 def test_a_crafted_trial_id_is_skipped_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     store, job = mixed_tokenizations(tmp_path)
-    row = trial_row(SimpleNamespace(trial_id="../../escape", config=RunConfig().to_dict()), status="failed",
-                    checkpoint="../../escape/best.pt")
-    store.upsert_trial(row)
+    store.compact()
+    # commit_trial refuses such an id; a hand-edited (or hostile) trials table can still hold one.
+    table = pq.read_table(job / "trials.parquet")
+    rows = table.to_pylist()
+    rows.append({**rows[0], "trial_id": "../../escape", "status": "failed", "checkpoint": "../../escape/best.pt"})
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), job / "trials.parquet")
     assert main(["clean", str(job)]) == 0
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err

@@ -56,9 +56,10 @@ def _job(tmp_path: Path) -> tuple[ResultsStore, Path]:
         trial = SimpleNamespace(trial_id=tid, config=TINY.to_dict())
         res = result if status == "completed" else replace(result, best_val_loss=None)
         rel = store.write_checkpoint_bytes(tid, Path(result.best_checkpoint).read_bytes())
-        store.upsert_trial(trial_row(trial, status=status, result=res, started_at=now, finished_at=now,
-                                     checkpoint=rel, error="loss became non-finite" if status != "completed" else None))
-        store.replace_evals(tid, result.evals)
+        store.commit_trial(trial_row(trial, status=status, result=res, started_at=now, finished_at=now,
+                                     checkpoint=rel, error="loss became non-finite" if status != "completed" else None),
+                           result.evals)
+    store.compact()  # as a finished run leaves it: the three tables
     return store, job
 
 

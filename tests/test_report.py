@@ -34,11 +34,10 @@ def _evals(final: float) -> list[EvalRecord]:
 
 
 def _completed(store: ResultsStore, tid: str, loss: float, config: dict) -> None:
-    store.upsert_trial({"trial_id": tid, "status": "completed", "best_val_loss": loss,
+    store.commit_trial({"trial_id": tid, "status": "completed", "best_val_loss": loss,
                         "best_val_bpc": loss / math.log(2), "best_val_accuracy": 0.55, "best_step": 40,
                         "params": 4321, "steps": 40, "train_time_s": 1.5, "corpus_sha256": "f00d" * 16,
-                        "config": config})
-    store.replace_evals(tid, _evals(loss))
+                        "config": config}, _evals(loss))
 
 
 @pytest.fixture
@@ -48,9 +47,9 @@ def train_job(tmp_path: Path) -> Path:
     for cell, losses in LOSSES.items():
         for seed, loss in enumerate(losses):
             _completed(store, f"{cell}-{seed}", loss, _config(cell, seed))
-    store.upsert_trial({"trial_id": "rnn-1", "status": "diverged", "best_val_loss": float("nan"),
+    store.commit_trial({"trial_id": "rnn-1", "status": "diverged", "best_val_loss": float("nan"),
                         "error": "loss became NaN at step 12", "config": _config("rnn", 1)})
-    store.upsert_trial({"trial_id": "rnn-2", "status": "failed", "error": TRACEBACK, "attempts": 3,
+    store.commit_trial({"trial_id": "rnn-2", "status": "failed", "error": TRACEBACK, "attempts": 3,
                         "config": _config("rnn", 2)})
     write_manifest(job, "name: cells\nkind: train\n", "jobs/cells.yaml",
                    {"corpus_sha256": {"builtin": "f00d" * 16}, "devices": [{"type": "cpu"}]})
@@ -107,12 +106,12 @@ def test_edge_cases_do_not_crash(tmp_path: Path, case: str) -> None:
     store = ResultsStore(tmp_path)
     if case == "no_evals":
         for tid, cell, loss in (("a", "gru", 1.0), ("b", "lstm", 2.0)):
-            store.upsert_trial({"trial_id": tid, "status": "completed", "best_val_loss": loss,
+            store.commit_trial({"trial_id": tid, "status": "completed", "best_val_loss": loss,
                                 "config": _config(cell, 0)})
         expected = "No evaluations recorded yet."
     elif case == "all_failed":
         for seed in range(2):
-            store.upsert_trial({"trial_id": f"f{seed}", "status": "oom", "error": "",
+            store.commit_trial({"trial_id": f"f{seed}", "status": "oom", "error": "",
                                 "config": _config("gru", seed)})
         expected = "No completed trials yet."
     elif case == "single_trial":
@@ -121,7 +120,8 @@ def test_edge_cases_do_not_crash(tmp_path: Path, case: str) -> None:
     elif case == "nan_metric":
         _completed(store, "a", float("nan"), _config("gru", 0))
         _completed(store, "b", 1.0, _config("gru", 1))
-        store.replace_evals("a", [])
+        store.commit_trial({"trial_id": "a", "status": "completed", "best_val_loss": float("nan"),
+                            "config": _config("gru", 0)})  # committed again, without evaluations
         expected = "| all trials | 1 | 1.0000 | n=1 |"
     else:
         write_manifest(tmp_path, "kind: throughput\n", None)
@@ -150,8 +150,9 @@ def test_throughput_report(tmp_path: Path) -> None:
                              "peak_mem_mb": float(bs), "device": "cuda", "device_name": "H100",
                              "precision": "bf16", "torch_version": "2.13"})
         config = {"model": {"cell": cell}, "train": {"seed": 0}, "throughput": {"batch_sizes": [32, 64, 128, 256]}}
-        store.replace_throughput(f"tp-{cell}", config, rows)
-        store.upsert_trial({"trial_id": f"tp-{cell}", "status": "completed", "config": config})
+        best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r["samples_per_s"])
+        rows = [{**r, "is_best": r is best} for r in rows]  # as rnn.throughput.mark_best marks them
+        store.commit_trial({"trial_id": f"tp-{cell}", "status": "completed", "config": config}, throughput=rows)
     md_path, html_path = build_report(tmp_path)
     html, md = html_path.read_text(), md_path.read_text()
     _assert_self_contained(html)

@@ -1,9 +1,12 @@
-"""Results tables: explicit schemas, upserts, atomic writes, the manifest, the lock."""
+"""Results tables: explicit schemas, commits and their validation, atomic writes, filesystems, the lock.
+
+Compaction, crash safety of parts and the manifest history are in test_bookkeeping.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import json
 import math
 import os
@@ -17,6 +20,7 @@ from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.results import store as R
@@ -26,6 +30,7 @@ from orchestrator.results import (
     THROUGHPUT_FIXED,
     TRIAL_FIXED,
     JobLock,
+    RecordError,
     ResultsError,
     ResultsLockedError,
     ResultsStore,
@@ -36,6 +41,7 @@ from orchestrator.results import (
     write_manifest,
 )
 from rnn.events import EvalRecord, TrainResult, TrialStatus
+from rnn.throughput_row import ThroughputStatus
 
 REPO = Path(__file__).resolve().parent.parent
 UTC = dt.timezone.utc
@@ -71,8 +77,11 @@ def _temps(folder: Path) -> list[str]:
 
 def test_trials_round_trip_with_exact_schema(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "job")
-    store.upsert_trial(_row("t1"))
+    store.commit_trial(_row("t1"))
+    assert ResultsStore(tmp_path / "job").read_trials().to_pylist() == store.read_trials().to_pylist()
+    store.compact()
     table = ResultsStore(tmp_path / "job").read_trials()
+    assert table.to_pylist() == pq.read_table(tmp_path / "job" / "trials.parquet").to_pylist()
     assert table.schema.remove_metadata() == pa.schema([
         *TRIAL_FIXED,
         ("data.level", pa.string()), ("data.seq_len", pa.int64()), ("model.cell", pa.string()),
@@ -84,15 +93,24 @@ def test_trials_round_trip_with_exact_schema(tmp_path: Path) -> None:
     assert table.schema.field("attempts").type == pa.int32()
 
 
-def test_upsert_replaces_the_row_and_keeps_its_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compact_between", [False, True])
+def test_a_rerun_replaces_the_row_and_keeps_its_place(tmp_path: Path, compact_between: bool) -> None:
     store = ResultsStore(tmp_path)
     for tid in ("a", "b", "c"):
-        store.upsert_trial(_row(tid, status="failed"))
-    store.upsert_trial({**_row("b"), "attempts": 2, "best_val_loss": 0.5})
-    table = store.read_trials()
-    assert table["trial_id"].to_pylist() == ["a", "b", "c"]
-    b = table.to_pylist()[1]
-    assert (b["status"], b["attempts"], b["best_val_loss"]) == ("completed", 2, 0.5)
+        store.commit_trial(_row(tid, status="failed"))
+    if compact_between:
+        store.compact()
+    store.commit_trial({**_row("b"), "attempts": 2, "best_val_loss": 0.5})
+    # A trial in the table keeps its place; one known only from parts sits in the order of its
+    # latest commit (the runner compacts at start and end of each run, so a rerun finds it in the table).
+    order = ["a", "b", "c"] if compact_between else ["a", "c", "b"]
+    for _ in range(2):  # the union, then the compacted table
+        table = store.read_trials()
+        assert table["trial_id"].to_pylist() == order
+        b = table.to_pylist()[order.index("b")]
+        assert (b["status"], b["attempts"], b["best_val_loss"]) == ("completed", 2, 0.5)
+        store.compact()
+    assert sorted(os.listdir(tmp_path / "parts")) == []
     assert store.finished_trial_ids() == {"a", "b", "c"}
     assert store.finished_trial_ids(SUCCESS_STATUSES) == {"b"}
     assert store.finished_trial_ids([TrialStatus.FAILED]) == {"a", "c"}
@@ -100,11 +118,16 @@ def test_upsert_replaces_the_row_and_keeps_its_place(tmp_path: Path) -> None:
 
 def test_config_column_types_promote_and_stay_stable(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
-    store.upsert_trial(_row("a", train__lr=1, train__clip=None, model__tie=True, train__sizes=[32, 64]))
+
+    def upsert(row: dict) -> None:  # commit and compact: the types on disk carry over
+        store.commit_trial(row)
+        store.compact()
+
+    upsert(_row("a", train__lr=1, train__clip=None, model__tie=True, train__sizes=[32, 64]))
     types = store.read_trials().schema
     assert types.field("train.lr").type == pa.int64() and types.field("train.clip").type == pa.null()
     assert types.field("model.tie").type == pa.bool_() and types.field("train.sizes").type == pa.string()
-    store.upsert_trial(_row("b", train__lr=0.5, train__clip=1.0, model__tie=False, train__sizes=(1,)))
+    upsert(_row("b", train__lr=0.5, train__clip=1.0, model__tie=False, train__sizes=(1,)))
     table = store.read_trials()
     assert table.schema.field("train.lr").type == pa.float64()
     assert table["train.lr"].to_pylist() == [1.0, 0.5]
@@ -112,10 +135,12 @@ def test_config_column_types_promote_and_stay_stable(tmp_path: Path) -> None:
     assert table["train.clip"].to_pylist() == [None, 1.0]
     assert table["train.sizes"].to_pylist() == ["[32, 64]", "[1]"]
     # Replacing the only row with a value by a None keeps the column's type (no flip to null).
-    store.upsert_trial(_row("b", train__lr=0.5, train__clip=None))
+    upsert(_row("b", train__lr=0.5, train__clip=None))
     assert store.read_trials().schema.field("train.clip").type == pa.float64()
     # A column that mixes kinds becomes string, never loses values.
-    store.upsert_trial(_row("c", model__tie="yes"))
+    store.commit_trial(_row("c", model__tie="yes"))  # the union promotes like compaction does
+    assert store.read_trials()["model.tie"].to_pylist() == ["true", None, "yes"]
+    store.compact()
     assert store.read_trials()["model.tie"].to_pylist() == ["true", None, "yes"]  # b was replaced without it
 
 
@@ -130,34 +155,46 @@ def test_flatten_config() -> None:
                     "model.cell": "gru", "model.dims": "[1, 2]", "x": "/a"}
 
 
-def test_bad_rows_are_refused_with_the_reason(tmp_path: Path) -> None:
-    store = ResultsStore(tmp_path)
-    with pytest.raises(ValueError, match="unknown trials column.*best_val_los"):
-        store.upsert_trial({**_row("a"), "best_val_los": 1.0})
-    with pytest.raises(ValueError, match="status 'done'"):
-        store.upsert_trial({**_row("a"), "status": "done"})
-    with pytest.raises(ValueError, match="timezone-aware"):
-        store.upsert_trial({**_row("a"), "started_at": dt.datetime(2025, 1, 1)})
-    with pytest.raises(ValueError, match="clash"):
-        store.upsert_trial({**_row("a"), "config": {"status": 1}})
-    assert not (tmp_path / "trials.parquet").exists()
+def test_bad_records_are_refused_with_the_reason_and_nothing_is_written(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "job")
+    bad = [
+        ({**_row("a"), "best_val_los": 1.0}, (), (), "unknown trials column.*best_val_los"),
+        ({**_row("a"), "status": "done"}, (), (), "status 'done'"),
+        ({**_row("a"), "started_at": dt.datetime(2025, 1, 1)}, (), (), "timezone-aware"),
+        ({**_row("a"), "config": {"status": 1}}, (), (), "clash"),
+        ({**_row("a"), "config": {"@evals": 1}}, (), (), "reserved"),
+        ({**_row("a"), "params": "many"}, (), (), "column 'params'"),
+        ({**_row("../a")}, (), (), "cannot name a results file"),
+        (_row("a"), [_eval(1), {"step": 2}], (), "EvalRecord fields"),
+        (_row("a"), [{**dataclasses.asdict(_eval(1)), "val_loss": "low"}], (), "evals row does not fit"),
+        (_row("a"), (), [{"batch_size": 1, "status": "OOM"}], "throughput status 'OOM'"),
+        (_row("a"), (), [{"batch_size": 1, "status": "ok", "samples": 3.0}], "unknown throughput field"),
+    ]
+    for row, evals, throughput, match in bad:
+        with pytest.raises(RecordError, match=match) as err:
+            store.commit_trial(row, evals, throughput)
+        assert isinstance(err.value, ValueError) and isinstance(err.value, ResultsError)
+        assert "nothing of trial" in str(err.value) and "not finished" in str(err.value)
+    assert not (tmp_path / "job").exists()  # validated before anything was written
+    assert store.finished_trial_ids() == set()
 
 
-def test_replace_evals_never_duplicates(tmp_path: Path) -> None:
+def test_evals_are_replaced_by_a_recommit_never_duplicated(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
-    store.replace_evals("a", [_eval(10), _eval(20)])
-    store.replace_evals("b", [dataclasses.asdict(_eval(10))])
-    store.replace_evals("a", [_eval(10), _eval(20), _eval(30)])  # a retry reports its full history
-    table = store.read_evals()
-    assert table.schema == EVAL_SCHEMA
+    store.commit_trial(_row("a"), [_eval(10), _eval(20)])
+    store.commit_trial(_row("b"), [dataclasses.asdict(_eval(10))])
+    store.compact()
+    store.commit_trial(_row("a"), [_eval(10), _eval(20), _eval(30)])  # a rerun reports its full history
+    for _ in range(2):  # the union, then the compacted table
+        table = store.read_evals()
+        assert table.schema == EVAL_SCHEMA
+        assert list(zip(table["trial_id"].to_pylist(), table["step"].to_pylist())) == [
+            ("b", 10), ("a", 10), ("a", 20), ("a", 30)]
+        store.compact()
     assert EVAL_SCHEMA.names == ["trial_id", *(f.name for f in dataclasses.fields(EvalRecord))]
     assert EVAL_SCHEMA.field("step").type == pa.int64() and EVAL_SCHEMA.field("epoch").type == pa.float64()
-    assert sorted(zip(table["trial_id"].to_pylist(), table["step"].to_pylist())) == [
-        ("a", 10), ("a", 20), ("a", 30), ("b", 10)]
-    store.replace_evals("a", [])
+    store.commit_trial(_row("a", status="failed"))  # a rerun that ended without evaluations
     assert store.read_evals()["trial_id"].to_pylist() == ["b"]
-    with pytest.raises(ValueError, match="EvalRecord fields"):
-        store.replace_evals("a", [{"step": 1}])
 
 
 def test_empty_store_reads_empty_tables(tmp_path: Path) -> None:
@@ -168,59 +205,60 @@ def test_empty_store_reads_empty_tables(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing-yet").exists()  # reading creates nothing
 
 
-def test_throughput_round_trip_and_best(tmp_path: Path) -> None:
+def test_throughput_round_trip_keeps_the_marked_best(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     rows = [
         {"batch_size": 32, "status": "ok", "samples_per_s": 100.0, "tokens_per_s": 6400.0, "step_time_ms": 3.0,
          "step_time_ms_max": 4.0, "peak_mem_mb": 10.0, "device": "cpu", "device_name": "x86",
          "precision": "fp32", "torch_version": "2.13"},
-        {"batch_size": 64, "status": "ok", "samples_per_s": 150.0},
+        {"batch_size": 64, "status": ThroughputStatus.OK, "samples_per_s": 150.0, "is_best": True},
         {"batch_size": 128, "status": "oom", "error": "out of memory"},
     ]
     cfg = {"model": {"cell": "lstm"}, "throughput": {"batch_sizes": "auto"}}
-    store.replace_throughput("t1", cfg, rows)
-    store.replace_throughput("t1", cfg, rows)  # no duplicates
+    store.commit_trial({"trial_id": "t1", "status": "completed", "config": cfg}, throughput=rows)
+    store.commit_trial({"trial_id": "t1", "status": "completed", "config": cfg}, throughput=rows)  # no duplicates
+    store.compact()
     table = store.read_throughput()
     assert table.schema.remove_metadata() == pa.schema(
         [*THROUGHPUT_FIXED, ("model.cell", pa.string()), ("throughput.batch_sizes", pa.string())])
     assert table["batch_size"].to_pylist() == [32, 64, 128]
-    assert table["is_best"].to_pylist() == [False, True, False]
-    with pytest.raises(ValueError, match="throughput status 'OOM'"):
-        store.replace_throughput("t2", cfg, [{"batch_size": 1, "status": "OOM"}])
+    assert table["is_best"].to_pylist() == [False, True, False]  # as marked: the store marks nothing
+    assert table["model.cell"].to_pylist() == ["lstm"] * 3 and table["status"].to_pylist() == ["ok", "ok", "oom"]
 
 
 # --- atomic writes ---------------------------------------------------------------------------
 
 
-def test_crash_inside_the_writer_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_inside_the_writer_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ResultsStore(tmp_path)
-    store.upsert_trial(_row("a"))
-    before = (tmp_path / "trials.parquet").read_bytes()
+    store.commit_trial(_row("a"))
+    before = sorted(os.listdir(tmp_path / "parts"))
 
-    def crash_midway(table: pa.Table, where: object, **kw: object) -> None:
-        where.write(b"PAR1 half a file")  # the temp file now holds garbage ...
-        assert _temps(tmp_path)  # ... next to the real one
+    def crash_midway(table: pa.Table, sink: object) -> None:
+        sink.write(b"ARROW1 half a file")  # the temp file now holds garbage ...
+        assert _temps(tmp_path)  # ... next to the real parts
         raise KeyboardInterrupt  # ... and the process is interrupted
 
-    monkeypatch.setattr(R.pq, "write_table", crash_midway)
+    monkeypatch.setattr(R, "_write_ipc", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        store.upsert_trial(_row("b"))
-    assert (tmp_path / "trials.parquet").read_bytes() == before
-    assert _temps(tmp_path) == []
+        store.commit_trial(_row("b"))
+    assert sorted(os.listdir(tmp_path / "parts")) == before and _temps(tmp_path) == []
+    assert store.finished_trial_ids() == {"a"}
 
 
-def test_failed_rename_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_at_the_rename_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ResultsStore(tmp_path)
-    store.replace_evals("a", [_eval(1)])
+    store.commit_trial(_row("a"), [_eval(1)])
 
     def no_rename(src: str, dst: str) -> None:
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(R.os, "replace", no_rename)
-    with pytest.raises(ResultsError, match=r"cannot write .*evals\.parquet: No space left"):
-        store.replace_evals("a", [_eval(1), _eval(2)])
+    with pytest.raises(ResultsError, match=r"cannot write .*parts/\d+\.completed\.b\.arrow: No space left"):
+        store.commit_trial(_row("b"), [_eval(1), _eval(2)])
     monkeypatch.undo()
     assert store.read_evals().num_rows == 1 and _temps(tmp_path) == []
+    assert store.finished_trial_ids() == {"a"}  # b is not finished: the rerun trains it again
 
 
 _WRITER = """
@@ -230,20 +268,27 @@ store = ResultsStore(sys.argv[1])
 i = 0
 while True:
     i += 1
-    store.upsert_trial({"trial_id": f"t{i % 7}", "status": "completed", "steps": i,
+    store.commit_trial({"trial_id": f"t{i % 7}", "status": "completed", "steps": i,
                         "config": {"model": {"hidden": i}, "train": {"pad": "x" * (i % 50)}}})
+    if i % 5 == 0:
+        store.compact()  # readers must see whole tables and whole parts through compactions too
 """
 
 
 def test_reader_never_sees_a_partial_file_even_when_the_writer_is_killed(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
-    store.upsert_trial(_row("seed-row"))
+    store.commit_trial(_row("seed-row"))
+    store.compact()
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], cwd=REPO)
     try:
-        reads, deadline = 0, time.monotonic() + 30
+        reads, deadline, seen = 0, time.monotonic() + 30, {"seed-row"}
         while reads < 40 and time.monotonic() < deadline:  # every read is a whole, valid table
             table = store.read_trials()
             assert table.num_rows >= 1 and table.column_names[: len(TRIAL_FIXED)] == TRIAL_FIXED.names
+            # Once a trial is committed it never drops out of a read, through compactions too.
+            ids = set(table["trial_id"].to_pylist())
+            assert ids >= seen, f"committed trials vanished from a read: {seen - ids}"
+            seen = ids
             reads += 1 if table.num_rows > 1 else 0
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -251,8 +296,11 @@ def test_reader_never_sees_a_partial_file_even_when_the_writer_is_killed(tmp_pat
     assert reads == 40, "the writer subprocess never wrote"
     assert 2 <= store.read_trials().num_rows <= 8
     # The killed writer's temporary files are removed by the next run that takes the lock.
-    stale = tmp_path / f".trials.parquet.{proc.pid}.0123abcd.tmp"
-    stale.write_bytes(b"partial")
+    stale = [tmp_path / f".trials.parquet.{proc.pid}.0123abcd.tmp",
+             tmp_path / "parts" / f".00000000000000000001.completed.t1.arrow.{proc.pid}.0123abcd.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    assert store.read_trials().num_rows >= 2  # a temp part is not a part
     with JobLock(tmp_path):
         pass
     assert _temps(tmp_path) == []
@@ -262,8 +310,8 @@ def test_unwritable_output_names_the_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     store = ResultsStore(blocker / "job")
-    with pytest.raises(ResultsError, match=r"cannot create the results folder .*not-a-folder/job: Not a directory"):
-        store.upsert_trial(_row("a"))
+    with pytest.raises(ResultsError, match=r"cannot create the results folder .*not-a-folder/job/parts: Not a directory"):
+        store.commit_trial(_row("a"))
     with pytest.raises(ResultsError, match="not-a-folder"):
         JobLock(blocker / "job").acquire()
 
@@ -284,17 +332,21 @@ def test_checkpoint_bytes(tmp_path: Path) -> None:
 
 def test_file_uri_and_a_pyarrow_filesystem(tmp_path: Path) -> None:
     uri_store = ResultsStore(f"file://{tmp_path}/viauri")
-    uri_store.upsert_trial(_row("a"))
+    uri_store.commit_trial(_row("a"))
+    uri_store.compact()
     assert uri_store.is_local and (tmp_path / "viauri" / "trials.parquet").is_file()
     # A non-local pyarrow filesystem goes through open_output_stream + move.
     fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
     remote = ResultsStore("remote/job", filesystem=fs)
     assert not remote.is_local
-    remote.upsert_trial(_row("a"))
-    remote.upsert_trial(_row("a", model__cell="lstm"))
-    remote.replace_evals("a", [_eval(1)])
-    assert remote.read_trials()["model.cell"].to_pylist() == ["lstm"]
-    assert remote.read_evals().num_rows == 1
+    remote.commit_trial(_row("a"))
+    remote.commit_trial(_row("b"))
+    remote.commit_trial(_row("a", model__cell="lstm"), [_eval(1)])
+    assert len(os.listdir(tmp_path / "remote/job/parts")) == 2  # the superseded part of a is gone
+    assert remote.read_trials()["model.cell"].to_pylist() == ["gru", "lstm"]  # commit order: b, then a again
+    assert remote.compact() == 2 and os.listdir(tmp_path / "remote/job/parts") == []
+    assert remote.read_trials()["model.cell"].to_pylist() == ["gru", "lstm"]
+    assert remote.read_evals().num_rows == 1 and remote.finished_trial_ids() == {"a", "b"}
     assert remote.write_checkpoint_bytes("a", b"w") == "checkpoints/a/best.pt"
     assert (tmp_path / "remote/job/checkpoints/a/best.pt").read_bytes() == b"w"
     assert _temps(tmp_path) == []
@@ -344,11 +396,15 @@ def test_lock_refuses_another_process(tmp_path: Path) -> None:
 def test_fresh_start_moves_aside(tmp_path: Path) -> None:
     job = tmp_path / "job"
     assert fresh_start(job) is None
-    ResultsStore(job).upsert_trial(_row("a"))
+    ResultsStore(job).commit_trial(_row("a"))
+    ResultsStore(job).compact()
+    ResultsStore(job).commit_trial(_row("b"))  # a part not compacted yet moves with the rest
     first = Path(fresh_start(job))
     assert not job.exists() and (first / "trials.parquet").is_file()
+    assert ResultsStore(first).finished_trial_ids() == {"a", "b"}
     assert first.name.startswith("job.old-") and first.name.endswith("Z")
-    ResultsStore(job).upsert_trial(_row("b"))
+    ResultsStore(job).commit_trial(_row("b"))
+    ResultsStore(job).compact()
     second = Path(fresh_start(job))  # within the same second: a distinct name, nothing lost
     assert second != first and (second / "trials.parquet").is_file() and first.exists()
 
@@ -392,11 +448,11 @@ def test_trial_row_from_a_train_result(tmp_path: Path) -> None:
                          best_step=60, best_checkpoint="/node/local/best.pt", corpus_sha256="cd" * 32, vocab_size=65)
     trial = SimpleNamespace(trial_id="t1", config={"model": {"cell": "lstm"}, "train": {"seed": 3}})
     store = ResultsStore(tmp_path)
-    store.upsert_trial(trial_row(trial, status=result.status, result=result, attempts=2, started_at=T0,
+    store.commit_trial(trial_row(trial, status=result.status, result=result, attempts=2, started_at=T0,
                                  finished_at=T0, checkpoint=store.checkpoint_relpath("t1")))
     # A crash before any result: what the start event said still fills the row.
     crashed = SimpleNamespace(trial_id="t2", config={"model": {"cell": "gru"}, "train": {"seed": 3}})
-    store.upsert_trial(trial_row(crashed, status="oom", error="CUDA out of memory", info={"params": 5, "host": "n1"}))
+    store.commit_trial(trial_row(crashed, status="oom", error="CUDA out of memory", info={"params": 5, "host": "n1"}))
     rows = {r["trial_id"]: r for r in store.read_trials().to_pylist()}
     assert rows["t1"]["status"] == "early_stopped" and rows["t1"]["checkpoint"] == "checkpoints/t1/best.pt"
     assert rows["t1"]["best_step"] == 60 and rows["t1"]["attempts"] == 2 and rows["t1"]["train.seed"] == 3

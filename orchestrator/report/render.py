@@ -1,8 +1,10 @@
 """``report.md`` and a self-contained ``report.html``, rebuilt from a job folder's files alone.
 
-The report reads ``trials.parquet``, ``evals.parquet``, ``throughput.parquet`` and
-``manifest.json`` (each optional) through :class:`~orchestrator.results.store.ResultsStore`; it
-never needs a trainer, Ray or torch, so it can be rebuilt at any time, also while a job runs.
+The report reads ``trials.parquet``, ``evals.parquet``, ``throughput.parquet``, the trial
+parts not yet compacted into them, and ``manifest.json`` (each optional) through
+:class:`~orchestrator.results.store.ResultsStore`; it never needs a trainer, Ray or torch, so it
+can be rebuilt at any time, also while a job runs. When no run holds the folder it compacts the
+parts first; while one does, it reads tables and parts as they are and writes only the report.
 Both formats come from one list of blocks (headings, paragraphs, tables, figures), so they
 always say the same thing; only the HTML carries the plots, inlined as SVG.
 """
@@ -28,6 +30,8 @@ from orchestrator.results import (
     TRIAL_FIXED,
     ResultsError,
     ResultsStore,
+    compact_if_idle,
+    manifest_runs,
     read_manifest,
 )
 from orchestrator.results.ranking import rank_trials, ranking_metric, varying_columns
@@ -71,6 +75,7 @@ def build_report(job_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     Raises :class:`ResultsError` when the folder holds no results at all.
     """
     store = ResultsStore(job_dir)
+    compact_if_idle(store)
     trials = store.read_trials()
     throughput = store.read_throughput()
     manifest = read_manifest(job_dir)
@@ -160,7 +165,32 @@ def _header(name: str, kind: str, rows: list[dict], manifest: Optional[dict]) ->
         info.append((f"device {i}", text))
     if info:
         blocks += [Heading(2, "Provenance"), Table(["item", "value"], [[k, str(v)] for k, v in info])]
-    return blocks
+    return blocks + (_runs(manifest_runs(m)) if m else [])
+
+
+def _runs(runs: list[dict]) -> list[Block]:
+    """One line per invocation, when there was more than one (a resumed job): what each ran, where."""
+    if len(runs) < 2:
+        return []
+
+    def devices(run: dict) -> str:
+        names = {f"{d.get('host')}: {d.get('device_name') or d.get('device')}" if isinstance(d, dict) else str(d)
+                 for d in run.get("devices") or []}
+        return "; ".join(sorted(names)) or "—"
+
+    def corpora(run: dict) -> str:
+        listed = run.get("corpus_sha256") or {}
+        return ", ".join(f"{c} {str(sha)[:12]}" for c, sha in listed.items()) if isinstance(listed, dict) else "—"
+
+    rows = [
+        [str(i + 1), str(r.get("started_at") or "—"), str(r.get("finished_at") or "not finished"),
+         _num(r.get("trials_run")), str(r.get("git_commit") or "—")[:12],
+         str((r.get("versions") or {}).get("torch") or "—"), devices(r), corpora(r) or "—"]
+        for i, r in enumerate(runs)
+    ]
+    headers = ["run", "started", "finished", "trials run", "git commit", "torch", "devices", "corpus sha256"]
+    return [Heading(2, "Runs"), Para("Each invocation of the job, first to last (a resumed job has several)."),
+            Table(headers, rows)]
 
 
 def _training_sections(rows: list[dict], config_cols: list[str], evals: list[dict]) -> list[Block]:

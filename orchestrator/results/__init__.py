@@ -1,29 +1,38 @@
-"""The results of a job folder: typed rows, Arrow tables, atomic storage, lock and manifest.
+"""The results of a job folder: typed records, Arrow tables, trial parts, atomic storage, lock and manifest.
 
 Everything that reads or writes ``<output>/<name>/`` goes through this package; ``run`` writes
 through it and ``report`` reads through it.
 
-- :mod:`~orchestrator.results.tables`: Arrow schemas, statuses, row validation, ``flatten_config``;
+- :mod:`~orchestrator.results.records`: ``TrialRecord``; the Arrow schemas derived from the records;
+- :mod:`~orchestrator.results.tables`: statuses, row validation, ``flatten_config``, ``trial_row``;
+- :mod:`~orchestrator.results.parts`: one immutable file per finished trial (the commit point);
 - :mod:`~orchestrator.results.storage`: atomic local / pyarrow-filesystem writes, ``ResultsError``;
-- :mod:`~orchestrator.results.store`: :class:`ResultsStore`, the job folder's tables;
+- :mod:`~orchestrator.results.store`: :class:`ResultsStore` (``commit_trial``, ``compact``, reads);
 - :mod:`~orchestrator.results.lock`: :class:`JobLock`, one writing run at a time;
-- :mod:`~orchestrator.results.manifest`: ``manifest.json``;
+- :mod:`~orchestrator.results.manifest`: ``manifest.json``, one record per invocation;
 - :mod:`~orchestrator.results.clean`: temporary files and unneeded checkpoints.
 """
 
 from orchestrator.results.lock import JobLock, ResultsLockedError
-from orchestrator.results.manifest import package_versions, read_manifest, write_manifest
-from orchestrator.results.storage import ResultsError
-from orchestrator.results.store import ResultsStore, fresh_start, trial_row
-from orchestrator.results.tables import (
+from orchestrator.results.manifest import manifest_runs, new_run_id, package_versions, read_manifest, write_manifest
+from orchestrator.results.records import (
     EVAL_SCHEMA,
+    THROUGHPUT_FIXED,
+    TRIAL_FIXED,
+    TrialRecord,
+    eval_records,
+    throughput_records,
+    trial_records,
+)
+from orchestrator.results.storage import ResultsError
+from orchestrator.results.store import RecordError, ResultsStore, compact_if_idle, fresh_start, is_job_folder
+from orchestrator.results.tables import (
     FAILURE_STATUSES,
     SUCCESS_STATUSES,
     TERMINAL_STATUSES,
-    THROUGHPUT_FIXED,
     THROUGHPUT_STATUSES,
-    TRIAL_FIXED,
     flatten_config,
+    trial_row,
 )
 
 __all__ = [
@@ -35,13 +44,22 @@ __all__ = [
     "THROUGHPUT_STATUSES",
     "TRIAL_FIXED",
     "JobLock",
+    "RecordError",
     "ResultsError",
     "ResultsLockedError",
     "ResultsStore",
+    "TrialRecord",
+    "compact_if_idle",
+    "eval_records",
     "flatten_config",
     "fresh_start",
+    "is_job_folder",
+    "manifest_runs",
+    "new_run_id",
     "package_versions",
     "read_manifest",
+    "throughput_records",
+    "trial_records",
     "trial_row",
     "write_manifest",
 ]

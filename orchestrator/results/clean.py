@@ -10,6 +10,8 @@ cleared for each checkpoint removed, so the table never points at a missing file
 Nothing outside the job folder is ever touched: symbolic links are not followed (a
 ``checkpoints/<id>`` that is a link is skipped, with a warning), and a trial id that cannot
 name a folder is skipped too.
+Cleaning holds the job lock, so it first compacts the trial parts into the tables; a dry run
+takes no lock and reads the tables and parts as they are.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = Fals
     temps = _temp_files(root)
     with contextlib.nullcontext() if dry_run else JobLock(root):  # never clean under a running sweep
         store = ResultsStore(root)
+        if not dry_run:
+            store.compact()  # we hold the lock: fold in what the last run committed
         trials = store.read_trials().to_pylist()
         drop: set[str] = {r["trial_id"] for r in trials if r["status"] in FAILURE_STATUSES}
         if keep_top is not None:
@@ -110,9 +114,7 @@ def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = Fals
             if path.parent.name in cleared and not any(path.parent.iterdir()):
                 path.parent.rmdir()
         if not dry_run:
-            for row in trials:
-                if row["trial_id"] in cleared and row["checkpoint"]:
-                    store.upsert_trial({**row, "checkpoint": None})
+            store.clear_checkpoints(cleared)
     for line in report.skipped:
         log.warning("clean %s: skipped %s", root, line)
     return report

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 __all__ = ["ResultsError", "Storage", "cleanup_stale_temps", "open_storage"]
@@ -88,20 +89,62 @@ class Storage:
         data = self.read_bytes(rel)
         return None if data is None else data.decode("utf-8")
 
-    def read_table(self, rel: str) -> Optional[pa.Table]:
-        """A Parquet file as a table, or None when it does not exist."""
+    def read_table(self, rel: str, columns: Optional[list[str]] = None) -> Optional[pa.Table]:
+        """A Parquet file as a table (only ``columns``, when given), or None when it does not exist."""
         path = self.location(rel)
         try:
             # Open once and read through that handle: given a path, pyarrow stats the file and
             # then opens it again, and a rename in between pairs the old size with the new file.
             with (self.fs or _LOCAL_FS).open_input_file(path) as f:
-                return pq.read_table(f)
+                return pq.read_table(f, columns=columns)
         except (FileNotFoundError, NotADirectoryError):  # nothing written yet
             return None
         except (OSError, pa.ArrowException) as e:
             raise ResultsError(
                 f"cannot read {path}: {e}; if it is damaged, move the job folder aside (fresh start)"
             ) from e
+
+    def read_ipc(self, rel: str) -> Optional[pa.Table]:
+        """An Arrow IPC file as a table (read into memory), or None when it does not exist."""
+        path = self.location(rel)
+        try:
+            with (self.fs or _LOCAL_FS).open_input_file(path) as f:
+                return ipc.open_file(f).read_all()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, pa.ArrowException) as e:
+            raise ResultsError(
+                f"cannot read {path}: {e}; if it is damaged, delete it (that trial then runs again) "
+                "or move the job folder aside (fresh start)"
+            ) from e
+
+    def list_names(self, rel: str) -> list[str]:
+        """The names of the plain files directly in folder ``rel`` (none when it does not exist)."""
+        path = self.location(rel)
+        try:
+            if self.is_local:
+                with os.scandir(path) as it:
+                    return [e.name for e in it if e.is_file(follow_symlinks=False)]
+            infos = self._remote.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            return [i.base_name for i in infos if i.type == pafs.FileType.File]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise ResultsError(f"cannot list {path}: {e.strerror or e}") from e
+
+    def delete(self, rel: str) -> bool:
+        """Delete the file ``rel``; False when it was already gone."""
+        path = self.location(rel)
+        try:
+            if self.is_local:
+                os.unlink(path)
+            else:
+                self._remote.delete_file(path)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise ResultsError(f"cannot delete {path}: {e.strerror or e}; check the output folder") from e
+        return True
 
     def write_atomic(self, rel: str, write: Callable[[Any], Any]) -> None:
         """Write ``rel`` through ``write(file)`` into a temporary sibling, then rename it over."""
@@ -196,8 +239,9 @@ def open_storage(job_dir: str | os.PathLike[str], filesystem: Optional[pafs.File
 
 
 def cleanup_stale_temps(root: str) -> None:
-    """Remove temporary files left by killed writers (their pid is gone)."""
-    for folder in [root, *glob.glob(os.path.join(root, "checkpoints", "*"))]:
+    """Remove temporary files left by killed writers (their pid is gone): in the job folder,
+    its ``parts/`` folder (trials being committed) and each checkpoint folder."""
+    for folder in [root, os.path.join(root, "parts"), *glob.glob(os.path.join(root, "checkpoints", "*"))]:
         if os.path.islink(folder):  # never reach out of the job folder through a link
             continue
         try:

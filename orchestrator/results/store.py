@@ -1,22 +1,35 @@
-"""Results of a job: the tables of one job folder, and the rows a run writes to them.
+"""Results of a job: the tables of one job folder, and how a finished trial is committed to them.
 
 A job folder ``<output>/<name>/`` holds::
 
-    trials.parquet       one row per trial, upserted as each trial ends
-    evals.parquet        one row per evaluation (``rnn.events.EvalRecord``)
-    throughput.parquet   one row per (trial, batch size), for ``kind: throughput``
-    manifest.json        the spec as submitted, corpus hashes, versions, host, devices, git commit
+    trials.parquet       one row per trial (compacted)
+    evals.parquet        one row per evaluation (``rnn.events.EvalRecord``; compacted)
+    throughput.parquet   one row per (trial, batch size), for ``kind: throughput`` (compacted)
+    parts/               one immutable file per trial finished since the last compaction
+                         (see :mod:`orchestrator.results.parts`)
+    manifest.json        the spec, and one record per invocation (see :mod:`orchestrator.results.manifest`)
     checkpoints/<trial_id>/best.pt
     report.md, report.html
     .lock                held by the run that is writing (see :class:`JobLock`)
 
-Every file is written atomically (a temporary file in the same folder, then a rename), so
-a kill at any moment leaves the previous good version. ``job_dir`` may be a local path or
-a pyarrow filesystem URI (``file:///...``; other filesystems work where pyarrow supports
-them, but only local folders can be locked).
+**Commit.** :meth:`ResultsStore.commit_trial` validates a trial's row, evaluations and
+throughput rows, then writes them as one part: a temporary file renamed into place. The rename
+is the commit point: before it the trial is not finished (a rerun trains it again), after it
+all of its results are. A commit costs the same whatever number of trials came before it.
 
-This module holds :class:`ResultsStore`, :func:`fresh_start` and :func:`trial_row`; the
-package's public names are in :mod:`orchestrator.results`.
+**Compaction.** :meth:`ResultsStore.compact` folds the parts into the three tables, then
+deletes them. Readers see the union of tables and parts, where a trial's part wins over its
+table rows: its trials row takes the table row's place, its evaluations and throughput rows
+replace the table's; trials new to the table are appended in the order of their latest commit. Every file is
+written atomically and parts are deleted only after all three tables are written (superseded
+ones first), so a crash at any moment loses nothing and compacting again gives the same tables.
+
+Every file is written atomically (a temporary file in the same folder, then a rename).
+``job_dir`` may be a local path or a pyarrow filesystem URI (``file:///...``; other
+filesystems work where pyarrow supports them, but only local folders can be locked).
+
+This module holds :class:`ResultsStore`, :func:`compact_if_idle`, :func:`is_job_folder` and
+:func:`fresh_start`; the package's public names are in :mod:`orchestrator.results`.
 """
 
 from __future__ import annotations
@@ -26,21 +39,33 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from orchestrator.results.lock import JobLock
+from orchestrator.results.lock import JobLock, ResultsLockedError
+from orchestrator.results.parts import (
+    PARTS_DIR,
+    Part,
+    PartListing,
+    PartRef,
+    check_trial_id,
+    decode_part,
+    encode_part,
+    list_parts,
+    merge_evals,
+    merge_throughput,
+    merge_trials,
+)
+from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
 from orchestrator.results.storage import ResultsError, Storage, open_storage
 from orchestrator.results.tables import (
-    EVAL_SCHEMA,
     TERMINAL_STATUSES,
-    THROUGHPUT_FIXED,
-    TRIAL_FIXED,
     build_table,
     enum_value,
     eval_rows,
@@ -49,20 +74,41 @@ from orchestrator.results.tables import (
 )
 from rnn.events import TrialStatus
 
-__all__ = ["ResultsStore", "fresh_start", "trial_row"]
+__all__ = ["RecordError", "ResultsStore", "compact_if_idle", "fresh_start", "is_job_folder"]
 
 log = logging.getLogger(__name__)
 
 TRIALS_FILE = "trials.parquet"
 EVALS_FILE = "evals.parquet"
 THROUGHPUT_FILE = "throughput.parquet"
+#: Reads of the union retried when a part vanished under them (a concurrent compaction).
+_READ_ATTEMPTS = 5
 
-_MUTEXES: dict[str, threading.Lock] = {}
-_MUTEXES_GUARD = threading.Lock()
+
+class RecordError(ResultsError, ValueError):
+    """A trial's row, evaluations or throughput rows do not fit the tables; nothing was written."""
+
+
+@dataclasses.dataclass
+class _Folder:
+    """What every store on one job folder in this process shares.
+
+    ``newest`` maps each trial to its newest part, built from one directory listing at the
+    first commit and kept up to date after, so a commit never lists the folder again (its
+    cost must not grow with the number of parts).
+    """
+
+    mutex: threading.RLock = dataclasses.field(default_factory=threading.RLock)
+    newest: Optional[dict[str, PartRef]] = None
+    last_seq: int = 0
+
+
+_FOLDERS: dict[str, _Folder] = {}
+_FOLDERS_GUARD = threading.Lock()
 
 
 class ResultsStore:
-    """Read and write one job's tables. Writes are atomic; concurrent runs need :class:`JobLock`.
+    """Read and write one job's results. Writes are atomic; concurrent runs need :class:`JobLock`.
 
     ``filesystem`` (optional) is a ``pyarrow.fs.FileSystem`` on which ``job_dir`` is a path;
     without it ``job_dir`` is a local path or a URI. Nothing is created until the first write.
@@ -70,10 +116,10 @@ class ResultsStore:
 
     def __init__(self, job_dir: str | os.PathLike[str], filesystem: Any = None) -> None:
         self._storage: Storage = open_storage(job_dir, filesystem)
-        # Upserts read-modify-write a whole file: serialise them across every store on this
-        # folder in the process (across processes, JobLock keeps a second run out).
-        with _MUTEXES_GUARD:
-            self._mutex = _MUTEXES.setdefault(self._storage.root, threading.Lock())
+        with _FOLDERS_GUARD:
+            self._folder = _FOLDERS.setdefault(self._storage.root, _Folder())
+        # Parts are immutable, so a decoded one can be kept for as long as its file exists.
+        self._decoded: dict[PartRef, Part] = {}
 
     @property
     def job_dir(self) -> str:
@@ -89,84 +135,165 @@ class ResultsStore:
         """Where ``relpath`` (relative to the job folder) lives."""
         return self._storage.location(relpath)
 
-    # --- trials ---------------------------------------------------------------------------
+    # --- committing a finished trial -------------------------------------------------------
 
-    def upsert_trial(self, row: Mapping[str, Any]) -> None:
-        """Insert or replace the row of ``row["trial_id"]``.
+    def commit_trial(
+        self,
+        row: Mapping[str, Any],
+        evals: Iterable[Any] = (),
+        throughput: Iterable[Any] = (),
+    ) -> str:
+        """Record a finished trial: its trials row, its evaluations and its throughput rows, at once.
 
-        ``row`` holds fixed columns (:data:`TRIAL_FIXED`), plus the trial config either as a
-        nested ``"config"`` mapping or as already-flattened dotted keys (``"model.cell"``).
-        An unknown non-dotted key is refused, so a misspelt column fails here, not in a report.
+        ``row`` is what :func:`trial_row` builds: fixed columns (:data:`TRIAL_FIXED`) plus the
+        config as a nested ``"config"`` mapping or dotted keys (``"model.cell"``). ``evals`` are
+        ``rnn.events.EvalRecord``s (or mappings with exactly its fields), the trial's full
+        history; ``throughput`` are ``rnn.throughput.ThroughputRow``s or mappings of some of its
+        fields, with ``is_best`` already marked (``rnn.throughput.mark_best``). Each throughput
+        row gets the trial's config columns.
+
+        Everything is validated before anything is written (:class:`RecordError`, a ValueError,
+        names the problem), and the trial's part is renamed into place as the last step: when
+        this raises, nothing of the trial is committed, it is not finished, and a rerun trains it
+        again. Committing a trial again replaces all of its results. Returns the part's location.
         """
-        new = normalize_trial_row(row)
-        with self._mutex:
-            old = self.read_trials()
-            rows = old.to_pylist()
-            ids = [r["trial_id"] for r in rows]
-            if new["trial_id"] in ids:  # keep the trial's place so the table reads in run order
-                at = ids.index(new["trial_id"])
-                rows = [r for r in rows if r["trial_id"] != new["trial_id"]]
-                rows.insert(at, new)
-            else:
-                rows.append(new)
-            self._write_table(TRIALS_FILE, build_table(TRIAL_FIXED, rows, old.schema))
+        flat = self._validated_row(row)
+        tid = flat["trial_id"]
+        try:
+            table = encode_part(flat, eval_rows(tid, evals), throughput_rows(tid, throughput))
+        except ValueError as e:
+            raise RecordError(f"{e}; nothing of trial {tid} was written (it is not finished)") from e
+        with self._folder.mutex:
+            newest = self._newest()
+            seq = max(time.time_ns(), self._folder.last_seq + 1)
+            ref = PartRef(seq, tid, flat["status"])
+            self._storage.write_atomic(ref.relpath, lambda f: _write_ipc(table, f))  # the commit point
+            self._folder.last_seq = seq
+            old = newest.get(tid)
+            newest[tid] = ref
+        if old is not None:
+            self._drop_superseded(old)
+        return self.location(ref.relpath)
+
+    def _validated_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            flat = normalize_trial_row(row)
+            check_trial_id(flat["trial_id"])
+        except ValueError as e:
+            tid = row.get("trial_id") if isinstance(row, Mapping) else None
+            raise RecordError(f"{e}; nothing of trial {tid} was written (it is not finished)") from e
+        return flat
+
+    def _newest(self) -> dict[str, PartRef]:
+        if self._folder.newest is None:
+            listing = self._listing()
+            self._folder.newest = {r.trial_id: r for r in listing.latest}
+            self._folder.last_seq = max(self._folder.last_seq, listing.max_seq)
+        return self._folder.newest
+
+    def _drop_superseded(self, ref: PartRef) -> None:
+        # Readers already ignore it (an older seq); deleting it only keeps parts/ small.
+        try:
+            self._storage.delete(ref.relpath)
+        except ResultsError as e:
+            log.warning("could not delete the superseded part %s (%s); the next compaction will", ref.name, e)
+        self._decoded.pop(ref, None)
+
+    # --- compaction ------------------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Fold the parts into ``trials.parquet``, ``evals.parquet`` and ``throughput.parquet``.
+
+        Call it while holding the job's :class:`JobLock` (the runner does at the end of a run;
+        ``report`` and ``clean`` do when no run holds it, see :func:`compact_if_idle`). The three
+        tables are written (each atomically), and only then are the parts deleted, superseded
+        ones first; a crash at any point loses nothing, and compacting again is a no-op on the
+        tables' content. Returns the number of trials folded in.
+        """
+        with self._folder.mutex:
+            listing = self._listing()
+            if not listing.latest and not listing.superseded:
+                return 0
+            parts = self._load(listing.latest)
+            trials_old = self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False)
+            trials = merge_trials(trials_old, parts)
+            if parts:
+                evals_old = self._read_table(EVALS_FILE, EVAL_SCHEMA, exact=True)
+                evals = merge_evals(evals_old, parts)
+                if evals.num_rows or self._storage.exists(EVALS_FILE):
+                    self._write_table(EVALS_FILE, evals.combine_chunks())
+                tp_old = self._read_table(THROUGHPUT_FILE, THROUGHPUT_FIXED, exact=False)
+                throughput = merge_throughput(tp_old, parts)
+                if throughput.num_rows or self._storage.exists(THROUGHPUT_FILE):
+                    self._write_table(THROUGHPUT_FILE, throughput)
+                self._write_table(TRIALS_FILE, trials)  # last: its rows are what resume reads
+            for ref in (*listing.superseded, *listing.latest):  # older first: never let one resurface
+                self._storage.delete(ref.relpath)
+                self._decoded.pop(ref, None)
+            if self._folder.newest is not None:
+                for ref in listing.latest:
+                    if self._folder.newest.get(ref.trial_id) == ref:
+                        del self._folder.newest[ref.trial_id]
+        log.info("compacted %d trial part(s) into %s", len(listing.latest), self.job_dir)
+        return len(listing.latest)
+
+    def pending_parts(self) -> int:
+        """How many trials are committed as parts and not yet compacted."""
+        return len(self._listing().latest)
+
+    # --- reading: the union of tables and parts --------------------------------------------
 
     def read_trials(self) -> pa.Table:
-        """All trial rows (an empty table with the fixed schema before the first write)."""
-        return self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False)
+        """All trial rows (an empty table with the fixed schema before the first commit)."""
+        return self._union(TRIALS_FILE, TRIAL_FIXED, False, merge_trials)
 
-    def finished_trial_ids(self, statuses: Iterable[str] = TERMINAL_STATUSES) -> set[str]:
-        """Ids of trials whose status is in ``statuses`` (the dispatcher skips these on resume)."""
-        wanted = {s.value if isinstance(s, TrialStatus) else str(s) for s in statuses}
-        table = self.read_trials()
-        return {
-            tid
-            for tid, status in zip(table["trial_id"].to_pylist(), table["status"].to_pylist(), strict=True)
-            if status in wanted
-        }
+    def finished_trial_ids(self, statuses: Iterable[str | TrialStatus] = TERMINAL_STATUSES) -> set[str]:
+        """Ids of trials whose status is in ``statuses`` (the dispatcher skips these on resume).
 
-    # --- evaluations ----------------------------------------------------------------------
-
-    def replace_evals(self, trial_id: str, rows: Iterable[Any]) -> None:
-        """Replace every evaluation row of ``trial_id`` with ``rows``.
-
-        ``rows`` are ``EvalRecord`` objects or mappings with exactly its fields. A retried
-        trial writes its full history again, so nothing is duplicated.
+        Cheap at any size: two columns of ``trials.parquet`` and a listing of ``parts/``, whose
+        file names carry each part's status; no part is opened.
         """
-        new = pa.Table.from_pylist(eval_rows(trial_id, rows), schema=EVAL_SCHEMA)
-        with self._mutex:
-            old = self.read_evals()
-            kept = old.filter(pc.not_equal(old["trial_id"], trial_id))
-            self._write_table(EVALS_FILE, pa.concat_tables([kept, new]))
+        wanted = {str(enum_value(s)) for s in statuses}
+        status: dict[str, str] = {}
+        # Parts listed before the table is read: a compaction in between moves a trial from a
+        # part into the table, never out of both.
+        latest = self._listing().latest
+        table = self._storage.read_table(TRIALS_FILE, columns=["trial_id", "status"])
+        if table is not None:
+            status.update(zip(table["trial_id"].to_pylist(), table["status"].to_pylist(), strict=True))
+        status.update((r.trial_id, r.status) for r in latest)
+        return {tid for tid, s in status.items() if s in wanted}
 
     def read_evals(self) -> pa.Table:
-        """All evaluation rows (empty with :data:`EVAL_SCHEMA` before the first write)."""
-        return self._read_table(EVALS_FILE, EVAL_SCHEMA, exact=True)
-
-    # --- throughput -----------------------------------------------------------------------
-
-    def replace_throughput(
-        self, trial_id: str, config: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
-    ) -> None:
-        """Replace the throughput rows of ``trial_id`` (one per batch size).
-
-        Each row has the :data:`THROUGHPUT_FIXED` fields except ``trial_id``; ``config`` is the
-        trial's (nested) config, flattened into every row. When no row sets ``is_best``, the
-        ``ok`` row with the highest samples/s is marked.
-        """
-        new = throughput_rows(trial_id, config, rows)
-        with self._mutex:
-            old = self.read_throughput()
-            kept = [r for r in old.to_pylist() if r["trial_id"] != trial_id]
-            self._write_table(THROUGHPUT_FILE, build_table(THROUGHPUT_FIXED, kept + new, old.schema))
+        """All evaluation rows (empty with :data:`EVAL_SCHEMA` before the first commit)."""
+        return self._union(EVALS_FILE, EVAL_SCHEMA, True, merge_evals)
 
     def read_throughput(self) -> pa.Table:
-        """All throughput rows (empty with the fixed schema before the first write)."""
-        return self._read_table(THROUGHPUT_FILE, THROUGHPUT_FIXED, exact=False)
+        """All throughput rows (empty with the fixed schema before the first commit)."""
+        return self._union(THROUGHPUT_FILE, THROUGHPUT_FIXED, False, merge_throughput)
 
     def has_throughput(self) -> bool:
-        """Whether the job has written ``throughput.parquet`` (a ``kind: throughput`` job)."""
-        return self._storage.exists(THROUGHPUT_FILE)
+        """Whether the job has throughput rows or ``throughput.parquet`` (a ``kind: throughput`` job)."""
+        if self._storage.exists(THROUGHPUT_FILE):
+            return True
+        return any(p.throughput for p in self._load(self._listing().latest))
+
+    def clear_checkpoints(self, trial_ids: Iterable[str]) -> int:
+        """Compact, then set the ``checkpoint`` column of ``trial_ids`` to None (after ``clean``
+        removed their files). Call it while holding the job's :class:`JobLock`. Returns the
+        number of rows changed."""
+        ids = set(trial_ids)
+        with self._folder.mutex:
+            self.compact()
+            table = self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False)
+            rows = table.to_pylist()
+            changed = 0
+            for r in rows:
+                if r["trial_id"] in ids and r["checkpoint"] is not None:
+                    r["checkpoint"], changed = None, changed + 1
+            if changed:
+                self._write_table(TRIALS_FILE, build_table(TRIAL_FIXED, rows, table.schema))
+        return changed
 
     # --- checkpoints and other files -------------------------------------------------------
 
@@ -220,6 +347,72 @@ class ResultsStore:
             )
         return table.cast(fixed) if exact else table
 
+    def _union(
+        self, relpath: str, fixed: pa.Schema, exact: bool, merge: Callable[[pa.Table, list[Part]], pa.Table]
+    ) -> pa.Table:
+        """A table merged with the parts (which win). The parts are listed before the table is
+        read, and a listed part gone when it is opened means a compaction or a newer commit ran
+        in between: then all is read again, so a reader never misses a committed trial."""
+        for _ in range(_READ_ATTEMPTS):
+            refs = self._listing().latest
+            table = self._read_table(relpath, fixed, exact)
+            parts = self._load(refs)
+            if len(parts) == len(refs):
+                break
+        return merge(table, parts) if parts else table
+
+    def _listing(self) -> PartListing:
+        return list_parts(self._storage.list_names(PARTS_DIR))
+
+    def _load(self, refs: Iterable[PartRef]) -> list[Part]:
+        """The decoded parts of ``refs`` (in that order), reading only those not seen before."""
+        out = []
+        for ref in refs:
+            part = self._decoded.get(ref)
+            if part is None:
+                table = self._storage.read_ipc(ref.relpath)
+                if table is None:  # compacted by another store since the listing: its rows are in the tables
+                    continue
+                try:
+                    part = decode_part(ref, table, self.location(ref.relpath))
+                except ValueError as e:
+                    raise ResultsError(
+                        f"{e}; delete it (that trial then runs again) or move the job folder aside"
+                    ) from e
+                self._decoded[ref] = part
+            out.append(part)
+        return out
+
+
+def _write_ipc(table: pa.Table, sink: Any) -> None:
+    with ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def is_job_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether the local folder ``path`` holds trial results: ``trials.parquet`` or trial parts."""
+    storage = open_storage(path, None)
+    return storage.exists(TRIALS_FILE) or bool(list_parts(storage.list_names(PARTS_DIR)).latest)
+
+
+def compact_if_idle(store: ResultsStore) -> bool:
+    """Compact ``store`` when no run holds its job folder; True when it did.
+
+    For readers (``report``): while a run is live they read the union without writing, and a
+    folder that is not local (it cannot be locked) is never compacted here.
+    """
+    if not store.is_local or not os.path.isdir(store.job_dir) or store.pending_parts() == 0:
+        return False
+    try:
+        lock = JobLock(store.job_dir).acquire()
+    except ResultsLockedError as e:
+        log.debug("not compacting %s: %s", store.job_dir, e)
+        return False
+    try:
+        store.compact()
+    finally:
+        lock.release()
+    return True
 
 
 def fresh_start(job_dir: str | os.PathLike[str]) -> Optional[str]:
@@ -241,42 +434,3 @@ def fresh_start(job_dir: str | os.PathLike[str]) -> Optional[str]:
         storage.move_root(target)
     log.info("moved the previous results %s aside to %s", storage.root, target)
     return target
-
-
-def trial_row(
-    trial: Any,
-    *,
-    status: str | TrialStatus,
-    result: Any = None,
-    error: Optional[str] = None,
-    attempts: int = 1,
-    started_at: Optional[dt.datetime] = None,
-    finished_at: Optional[dt.datetime] = None,
-    info: Optional[Mapping[str, Any]] = None,
-    checkpoint: Optional[str] = None,
-) -> dict[str, Any]:
-    """A trials-table row for :meth:`ResultsStore.upsert_trial`.
-
-    ``trial`` has ``trial_id`` and ``config`` (an ``orchestrator.spec.Trial``). ``result`` is
-    the ``rnn.events.TrainResult`` when the run ended in the engine, else None (a crash, an
-    OOM kill); ``info`` is the ``start`` event's info (params, device, precision, vocab_size,
-    corpus_sha256), which fills what a missing result cannot. ``checkpoint`` is the best
-    checkpoint's path relative to the job folder (see :meth:`ResultsStore.checkpoint_relpath`).
-    """
-    row: dict[str, Any] = {k: v for k, v in (info or {}).items() if k in TRIAL_FIXED.names}
-    if result is not None:
-        for f in dataclasses.fields(result):
-            value = getattr(result, f.name)
-            if f.name in TRIAL_FIXED.names and value is not None:
-                row[f.name] = value
-    row.update(
-        trial_id=trial.trial_id,
-        status=enum_value(status),
-        error=error if error is not None else row.get("error"),
-        attempts=attempts,
-        started_at=started_at,
-        finished_at=finished_at,
-        checkpoint=checkpoint,
-        config=trial.config,
-    )
-    return row

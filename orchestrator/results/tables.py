@@ -1,8 +1,9 @@
-"""The rows of a job's tables: explicit Arrow schemas, row validation and config flattening.
+"""The rows of a job's tables: statuses, row validation, config flattening and table building.
 
 ``trials.parquet`` and ``throughput.parquet`` have fixed columns (:data:`TRIAL_FIXED`,
-:data:`THROUGHPUT_FIXED`) followed by the trial config flattened into dotted columns
-(``model.cell``); ``evals.parquet`` has exactly :data:`EVAL_SCHEMA`. A config column's Arrow
+:data:`THROUGHPUT_FIXED`, derived from the records in :mod:`orchestrator.results.records`)
+followed by the trial config flattened into dotted columns (``model.cell``); ``evals.parquet``
+has exactly :data:`EVAL_SCHEMA`. A config column's Arrow
 type is inferred from its values and only ever promoted (null < bool, int64 < float64 < string),
 so it stays stable as trials arrive. Nothing here touches the disk: see
 :mod:`orchestrator.results.storage` for that and :class:`orchestrator.results.store.ResultsStore` for the tables.
@@ -14,14 +15,15 @@ import dataclasses
 import datetime as dt
 import enum
 import json
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
-from rnn.events import EvalRecord, TrialStatus
+from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
+from rnn.events import TrialStatus
+from rnn.throughput_row import ThroughputStatus
 
 __all__ = [
     "EVAL_SCHEMA",
@@ -37,8 +39,11 @@ __all__ = [
     "flatten_config",
     "normalize_trial_row",
     "throughput_rows",
+    "trial_row",
 ]
 
+# Derived from TrialStatus, never listed by hand: a status the orchestrator adds (``timeout``)
+# is terminal, and a failure unless TrialStatus.is_success says otherwise.
 #: Statuses after which a trial is not run again: all of them, for a finished run.
 TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus)
 #: Statuses of a trial that produced a usable model.
@@ -46,71 +51,8 @@ SUCCESS_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus if s.i
 #: Statuses listed under "Failures" in the report; a dispatcher that retries failures on
 #: resume passes ``TERMINAL_STATUSES - FAILURE_STATUSES`` to :meth:`ResultsStore.finished_trial_ids`.
 FAILURE_STATUSES: frozenset[str] = TERMINAL_STATUSES - SUCCESS_STATUSES
-#: Outcomes of one batch size in a throughput measurement.
-THROUGHPUT_STATUSES: tuple[str, ...] = ("ok", "oom", "error")
-
-
-# --- schemas -------------------------------------------------------------------------------
-
-_TS = pa.timestamp("us", tz="UTC")
-
-#: The fixed columns of ``trials.parquet``; flattened config columns (``model.cell``) follow.
-TRIAL_FIXED: pa.Schema = pa.schema(
-    [
-        ("trial_id", pa.string()),
-        ("status", pa.string()),  # a TrialStatus value
-        ("best_val_loss", pa.float64()),
-        ("best_val_bpc", pa.float64()),
-        ("best_val_accuracy", pa.float64()),
-        ("best_step", pa.int64()),
-        ("params", pa.int64()),
-        ("steps", pa.int64()),
-        ("device", pa.string()),
-        ("precision", pa.string()),
-        ("train_time_s", pa.float64()),
-        ("started_at", _TS),
-        ("finished_at", _TS),
-        ("error", pa.string()),
-        ("checkpoint", pa.string()),  # relative to the job folder
-        ("attempts", pa.int32()),
-        ("corpus_sha256", pa.string()),
-        ("vocab_size", pa.int64()),
-    ]
-)
-
-
-def _eval_schema() -> pa.Schema:
-    types = {"int": pa.int64(), "float": pa.float64()}
-    fields = [pa.field("trial_id", pa.string())]
-    for f in dataclasses.fields(EvalRecord):
-        if str(f.type) not in types:  # fail at import, not in the middle of a sweep
-            raise TypeError(f"EvalRecord.{f.name} has type {f.type}; orchestrator/tables.py maps only int/float")
-        fields.append(pa.field(f.name, types[str(f.type)]))
-    return pa.schema(fields)
-
-
-#: ``evals.parquet``: ``trial_id`` then exactly the fields of ``rnn.events.EvalRecord``.
-EVAL_SCHEMA: pa.Schema = _eval_schema()
-
-#: The fixed columns of ``throughput.parquet``; flattened config columns follow.
-THROUGHPUT_FIXED: pa.Schema = pa.schema(
-    [
-        ("trial_id", pa.string()),
-        ("batch_size", pa.int64()),
-        ("status", pa.string()),  # ok | oom | error
-        ("samples_per_s", pa.float64()),
-        ("tokens_per_s", pa.float64()),
-        ("step_time_ms", pa.float64()),  # median
-        ("step_time_ms_max", pa.float64()),
-        ("peak_mem_mb", pa.float64()),
-        ("device", pa.string()),
-        ("device_name", pa.string()),
-        ("precision", pa.string()),
-        ("torch_version", pa.string()),
-        ("error", pa.string()),
-        ("is_best", pa.bool_()),
-    ]
-)
+#: Outcomes of one batch size in a throughput measurement (``rnn.throughput.ThroughputStatus`` values).
+THROUGHPUT_STATUSES: tuple[str, ...] = tuple(s.value for s in ThroughputStatus)
 
 
 # --- rows: flattening, type inference, validation ---------------------------------------------
@@ -244,9 +186,10 @@ def _timestamp(value: Any, name: str) -> Optional[dt.datetime]:
     return value.astimezone(dt.timezone.utc)
 
 
-def _merge_config(out: dict[str, Any], config: Mapping[str, Any], fixed: pa.Schema) -> None:
+def _merge_config(out: dict[str, Any], config: Mapping[str, Any]) -> None:
+    # The config is flattened into both trials and throughput rows: clashing with either is refused.
     flat = flatten_config(config)
-    clash = sorted(set(flat) & set(fixed.names))
+    clash = sorted(set(flat) & (set(TRIAL_FIXED.names) | set(THROUGHPUT_FIXED.names)))
     if clash:
         raise ValueError(f"config keys {clash} clash with fixed result columns; rename them")
     out.update(flat)
@@ -263,7 +206,7 @@ def normalize_trial_row(row: Mapping[str, Any]) -> dict[str, Any]:
     unknown = []
     for key, value in row.items():
         if key == "config":
-            _merge_config(out, value, TRIAL_FIXED)
+            _merge_config(out, value)
         elif key in TRIAL_FIXED.names:
             out[key] = enum_value(value)
         elif "." in key:
@@ -278,10 +221,12 @@ def normalize_trial_row(row: Mapping[str, Any]) -> dict[str, Any]:
     tid = out.get("trial_id")
     if not isinstance(tid, str) or not tid:
         raise ValueError(f"a trial row needs a non-empty string trial_id (got {tid!r})")
-    if out.get("status") not in TERMINAL_STATUSES:
+    try:
+        out["status"] = TrialStatus(out.get("status")).value
+    except ValueError:
         raise ValueError(
             f"trial {tid}: status {out.get('status')!r} is not one of {sorted(TERMINAL_STATUSES)}"
-        )
+        ) from None
     for name in ("started_at", "finished_at"):
         out[name] = _timestamp(out.get(name), name)
     return out
@@ -303,37 +248,68 @@ def eval_rows(trial_id: str, rows: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def throughput_rows(
-    trial_id: str, config: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """Validated :data:`THROUGHPUT_FIXED` rows of ``trial_id``, each with ``config`` flattened in.
+def throughput_rows(trial_id: str, rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """Validated :data:`THROUGHPUT_FIXED` dicts of ``trial_id`` (without config columns).
 
-    When no row sets ``is_best``, the ``ok`` row with the highest finite samples/s is marked.
+    ``rows`` are ``rnn.throughput.ThroughputRow`` objects or mappings with some of its fields (a
+    missing one is None; ``is_best`` False). ``is_best`` is stored as given: the best row is
+    marked by ``rnn.throughput.mark_best``, once. ValueError on an unknown field, another
+    trial's id or a status that is not a ``ThroughputStatus`` value.
     """
-    flat: dict[str, Any] = {}
-    _merge_config(flat, config, THROUGHPUT_FIXED)
+    names = THROUGHPUT_FIXED.names
     out = []
     for row in rows:
-        d = {k: enum_value(v) for k, v in row.items()}
-        unknown = sorted(set(d) - set(THROUGHPUT_FIXED.names))
+        d = dataclasses.asdict(row) if dataclasses.is_dataclass(row) and not isinstance(row, type) else dict(row)
+        unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ValueError(
-                f"trial {trial_id}: unknown throughput field(s) {unknown}; expected {THROUGHPUT_FIXED.names[1:]}"
-            )
+            raise ValueError(f"trial {trial_id}: unknown throughput field(s) {unknown}; expected {names[1:]}")
         if d.setdefault("trial_id", trial_id) != trial_id:
             raise ValueError(f"a throughput row of trial {trial_id} names trial {d['trial_id']!r}")
-        if d.get("status") not in THROUGHPUT_STATUSES:
+        try:
+            d["status"] = ThroughputStatus(d.get("status")).value
+        except ValueError:
             raise ValueError(
                 f"trial {trial_id}: throughput status {d.get('status')!r} is not one of {THROUGHPUT_STATUSES}"
-            )
-        out.append({**d, **flat})
-    if all(r.get("is_best") is None for r in out):
-        ok = [r for r in out if r["status"] == "ok" and _finite(r.get("samples_per_s"))]
-        best = max(ok, key=lambda r: r["samples_per_s"]) if ok else None
-        for r in out:
-            r["is_best"] = r is best
+            ) from None
+        d["is_best"] = bool(d.get("is_best") or False)
+        out.append({n: d.get(n) for n in names})
     return out
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def trial_row(
+    trial: Any,
+    *,
+    status: str | TrialStatus,
+    result: Any = None,
+    error: Optional[str] = None,
+    attempts: int = 1,
+    started_at: Optional[dt.datetime] = None,
+    finished_at: Optional[dt.datetime] = None,
+    info: Optional[Mapping[str, Any]] = None,
+    checkpoint: Optional[str] = None,
+) -> dict[str, Any]:
+    """A trials-table row for :meth:`ResultsStore.commit_trial`.
+
+    ``trial`` has ``trial_id`` and ``config`` (an ``orchestrator.spec.sweep.Trial``). ``result`` is
+    the ``rnn.events.TrainResult`` when the run ended in the engine, else None (a crash, an
+    OOM kill); ``info`` is the ``start`` event's info (params, device, precision, vocab_size,
+    corpus_sha256), which fills what a missing result cannot. ``checkpoint`` is the best
+    checkpoint's path relative to the job folder (see :meth:`ResultsStore.checkpoint_relpath`).
+    """
+    row: dict[str, Any] = {k: v for k, v in (info or {}).items() if k in TRIAL_FIXED.names}
+    if result is not None:
+        for f in dataclasses.fields(result):
+            value = getattr(result, f.name)
+            if f.name in TRIAL_FIXED.names and value is not None:
+                row[f.name] = value
+    row.update(
+        trial_id=trial.trial_id,
+        status=enum_value(status),
+        error=error if error is not None else row.get("error"),
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        checkpoint=checkpoint,
+        config=trial.config,
+    )
+    return row

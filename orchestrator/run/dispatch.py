@@ -96,7 +96,7 @@ class Dispatcher:
         self.faults = faults
         self.stop = stop or threading.Event()
         self.progress = Progress(len(trials), max(1, min(resources.max_concurrent, len(trials))))
-        self.recorder = Recorder(store, self.progress, self.total)
+        self.recorder = Recorder(store, self.progress, self.total, faults)
         self._pending: collections.deque[TrialState] = collections.deque()
         self._starting: set[int] = set()
         self._idle: list[int] = []
@@ -169,7 +169,9 @@ class Dispatcher:
         while self._pending and self._idle:
             worker, state = self._idle.pop(), self._pending.popleft()
             self.recorder.load_resume(state)
-            fault = next((f for f in self.faults if f.applies(state.trial.trial_id, state.attempt)), None)
+            # A ``commit`` fault acts on the driver (the recorder), not in the worker.
+            fault = next((f for f in self.faults
+                          if f.kind != "commit" and f.applies(state.trial.trial_id, state.attempt)), None)
             self.backend.launch(worker, Assignment(
                 trial_id=state.trial.trial_id,
                 throughput=state.throughput,

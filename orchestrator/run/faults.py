@@ -4,13 +4,16 @@ Faults are opt-in through the ``RNN_ORCH_FAULTS`` environment variable of the *d
 (a JSON list), and travel to the actors as explicit arguments, so a worker never reads the
 environment for them. Each fault::
 
-    {"trial": "<trial_id or *>", "kind": "oom" | "nan" | "error" | "exit",
+    {"trial": "<trial_id or *>", "kind": "oom" | "nan" | "error" | "exit" | "commit",
      "at_step": 3, "attempts": [1]}
 
 - ``oom`` raises ``torch.OutOfMemoryError`` at that step, as a CUDA allocation failure would;
 - ``nan`` fills the first parameter with NaN, so the trainer's own divergence check fires;
 - ``error`` raises a ``RuntimeError``;
-- ``exit`` kills the worker process with ``os._exit`` (a lost actor, like a SIGKILL).
+- ``exit`` kills the worker process with ``os._exit`` (a lost actor, like a SIGKILL);
+- ``commit`` acts in the *driver*: committing the trial's results fails as on a full disk
+  (``ResultsError`` from ``OSError(ENOSPC)``, what ``ResultsStore.commit_trial`` raises then),
+  so the trial is not recorded as finished and a rerun trains it again.
 
 For throughput trials ``at_batch_size`` names the batch size at which an ``oom`` or ``error``
 fault is raised (before it is measured).
@@ -21,6 +24,7 @@ test can kill attempt 1 and let the retry succeed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 ENV_VAR = "RNN_ORCH_FAULTS"
-KINDS = ("oom", "nan", "error", "exit")
+KINDS = ("oom", "nan", "error", "exit", "commit")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,18 @@ def faults_from_env(environ: Optional[dict[str, str]] = None) -> list[Fault]:
         if f.kind not in KINDS:
             raise ValueError(f"{ENV_VAR}: unknown fault kind {f.kind!r}; expected one of {', '.join(KINDS)}")
     return faults
+
+
+def raise_commit_fault(faults: tuple[Fault, ...], trial_id: str, attempt: int, job_dir: str) -> None:
+    """Raise what a full disk makes ``commit_trial`` raise, when a ``commit`` fault applies to this trial."""
+    from orchestrator.results import ResultsError
+
+    if any(f.kind == "commit" and f.applies(trial_id, attempt) for f in faults):
+        cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise ResultsError(
+            f"cannot write the results of trial {trial_id} under {job_dir}: {cause.strerror} "
+            "(injected commit fault); free space and run the same command again to resume"
+        ) from cause
 
 
 def _raise(fault: Fault, where: str) -> None:

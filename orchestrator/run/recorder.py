@@ -18,6 +18,7 @@ from typing import Any, Optional
 from orchestrator.durations import format_duration
 from orchestrator.results import ResultsStore, trial_row
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Raised, Started
+from orchestrator.run.faults import Fault, raise_commit_fault
 from orchestrator.run.progress import Progress, trial_label
 from orchestrator.spec import Trial
 from rnn.events import EvalRecord, TrainResult, TrialStatus
@@ -65,8 +66,9 @@ class Recorder:
     (host, device, device name, precision).
     """
 
-    def __init__(self, store: ResultsStore, progress: Progress, total: int) -> None:
+    def __init__(self, store: ResultsStore, progress: Progress, total: int, faults: tuple[Fault, ...] = ()) -> None:
         self.store = store
+        self.faults = faults
         self.progress = progress
         self.total = total
         self.statuses: dict[str, int] = {}
@@ -189,24 +191,18 @@ class Recorder:
             self.progress.line(state.tag, f"running on {info.get('host')} (pid {info.get('pid')})")
 
     def _finish_throughput(self, state: TrialState) -> None:
-        from dataclasses import asdict
-
         from rnn.throughput import mark_best
 
         rows = mark_best(state.rows)
         errors = [r for r in rows if r.status == "error"]
         status = TrialStatus.FAILED if errors and len(errors) == len(rows) else TrialStatus.COMPLETED
         self.finish(state, status, error=errors[0].error if errors else None, summary=_best_line(rows),
-                    throughput=[asdict(r) for r in rows])
+                    throughput=rows)
 
-    def _commit(self, row: dict[str, Any], evals: list[EvalRecord], throughput: list[dict[str, Any]]) -> None:
-        tid = row["trial_id"]
-        if throughput:
-            self.store.replace_throughput(tid, row["config"], throughput)
-        if evals:
-            self.store.replace_evals(tid, evals)
-        self.store.upsert_trial(row)
-
+    def _commit(self, row: dict[str, Any], evals: list[EvalRecord], throughput: list[Any]) -> None:
+        """One durable commit of the trial, or nothing (the rerun trains it again)."""
+        raise_commit_fault(self.faults, row["trial_id"], row["attempts"], self.store.job_dir)
+        self.store.commit_trial(row, evals=evals, throughput=throughput)
 
 def _best_line(rows: list[Any]) -> str:
     best = next((r for r in rows if r.is_best), None)

@@ -23,6 +23,7 @@ from orchestrator.results import (
     ResultsError,
     ResultsStore,
     fresh_start,
+    new_run_id,
     write_manifest,
 )
 from orchestrator.run.backend import ClusterLostError
@@ -114,12 +115,14 @@ def run_job(
     cluster_lost = False
     try:
         store = ResultsStore(job_dir)
+        store.compact()  # parts a killed run left: fold them in, so resume reads one table
         finished = store.finished_trial_ids(SKIP_STATUSES)  # under the lock: what is on disk now
         todo = [t for t in trials if t.trial_id not in finished]
         if finished:
             log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
         manifest = {"name": spec.name, "kind": spec.kind, "trials": len(trials)}
-        write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest)
+        run_id = new_run_id()  # this invocation's record in the manifest's history
+        write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id)
         if todo:
             if not connected:  # the folder changed under us: a trial to run after all
                 started_here, connected = connect(address), True
@@ -141,10 +144,15 @@ def run_job(
                 cluster_lost = True
                 raise
             finally:
+                _compact(store)  # finished, interrupted or failed: fold this run's parts in
                 manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
-                write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest)
+                write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id)
         else:
             log.info("all %d trials are finished; rebuilding the report", len(trials))
+        ran = sum(summary.statuses.values()) if summary is not None else 0
+        manifest.update(trials_run=ran, trials_skipped=len(trials) - len(todo),
+                        interrupted=bool(summary is not None and summary.interrupted))
+        write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id, finished=True)
         # The report is built while Ray shuts down: it reads only the job folder.
         report = _Background(build_report, job_dir)
         if connected and not cluster_lost:
@@ -163,6 +171,16 @@ def run_job(
     # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
     failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
     return RunOutcome(ExitCode.FAILED if failed else ExitCode.OK, job_dir)
+
+
+def _compact(store: ResultsStore) -> None:
+    """Compact after dispatch; a failure here (a full disk) loses nothing: the parts stay and the
+    next run, or ``report``, compacts them."""
+    try:
+        store.compact()
+    except ResultsError as e:
+        log.warning("could not compact the results (%s); they are safe as trial parts under %s/parts", e,
+                    store.job_dir)
 
 
 class _Background:

@@ -1,0 +1,147 @@
+"""Typed records of the job's tables, and the Arrow schemas derived from their fields.
+
+One definition per table, so a column cannot drift between the code that writes a row and the
+schema that stores it:
+
+- :class:`TrialRecord` -> :data:`TRIAL_FIXED`, the fixed columns of ``trials.parquet``;
+- ``rnn.events.EvalRecord`` -> :data:`EVAL_SCHEMA` (``trial_id`` first), all of ``evals.parquet``;
+- ``rnn.throughput.ThroughputRow`` -> :data:`THROUGHPUT_FIXED` (``trial_id`` first), the fixed
+  columns of ``throughput.parquet``.
+
+``trials.parquet`` and ``throughput.parquet`` go on with the trial config flattened into dotted
+columns (``model.cell``, see :func:`orchestrator.results.tables.flatten_config`). Python types map
+to Arrow as ``str`` -> string, ``int`` -> int64, ``float`` -> float64, ``bool`` -> bool,
+``datetime`` -> timestamp[us, UTC], a ``str`` Enum -> string (its value); ``Optional[X]`` as X
+(every column is nullable). A field's ``metadata={"arrow": type}`` overrides the mapping
+(``attempts`` is int32). :func:`trial_records`, :func:`eval_records` and
+:func:`throughput_records` read tables back into records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any, Optional
+
+import pyarrow as pa
+
+from rnn.events import EvalRecord, TrialStatus
+from rnn.throughput_row import ThroughputRow
+
+__all__ = [
+    "EVAL_SCHEMA",
+    "THROUGHPUT_FIXED",
+    "TRIAL_FIXED",
+    "TrialRecord",
+    "arrow_fields",
+    "eval_records",
+    "throughput_records",
+    "trial_records",
+]
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """The fixed columns of one ``trials.parquet`` row, in column order.
+
+    ``status`` is a :class:`~rnn.events.TrialStatus` (stored as its value); ``checkpoint`` is
+    relative to the job folder; ``started_at``/``finished_at`` are timezone-aware (UTC). The
+    metrics are None when the trial ended without an evaluation (a crash, an OOM kill).
+    """
+
+    trial_id: str
+    status: TrialStatus
+    best_val_loss: Optional[float] = None
+    best_val_bpc: Optional[float] = None
+    best_val_accuracy: Optional[float] = None
+    best_step: Optional[int] = None
+    params: Optional[int] = None
+    steps: Optional[int] = None
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    train_time_s: Optional[float] = None
+    started_at: Optional[dt.datetime] = None
+    finished_at: Optional[dt.datetime] = None
+    error: Optional[str] = None
+    checkpoint: Optional[str] = None
+    attempts: Optional[int] = dataclasses.field(default=None, metadata={"arrow": pa.int32()})
+    corpus_sha256: Optional[str] = None
+    vocab_size: Optional[int] = None
+
+
+_SCALARS: dict[type, pa.DataType] = {
+    bool: pa.bool_(),  # before int: a bool is an int to Python
+    int: pa.int64(),
+    float: pa.float64(),
+    str: pa.string(),
+    dt.datetime: TIMESTAMP,
+}
+
+
+def _arrow_type(owner: type, name: str, hint: Any) -> pa.DataType:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _arrow_type(owner, name, rest[0])
+    if isinstance(hint, type):
+        if issubclass(hint, enum.Enum) and issubclass(hint, str):
+            return pa.string()
+        if hint in _SCALARS:
+            return _SCALARS[hint]
+    # Fail at import, not in the middle of a sweep.
+    raise TypeError(
+        f"{owner.__name__}.{name} has type {hint!r}; a results record maps only str, int, float, "
+        "bool, datetime, str Enums and Optional of those (or set metadata={'arrow': <type>})"
+    )
+
+
+def arrow_fields(cls: type) -> list[pa.Field]:
+    """The Arrow fields of a record dataclass's fields, in declaration order (see the module doc)."""
+    hints = typing.get_type_hints(cls)
+    return [
+        pa.field(f.name, f.metadata.get("arrow") or _arrow_type(cls, f.name, hints[f.name]))
+        for f in dataclasses.fields(cls)
+    ]
+
+
+_TRIAL_ID = pa.field("trial_id", pa.string())
+
+#: The fixed columns of ``trials.parquet``; flattened config columns (``model.cell``) follow.
+TRIAL_FIXED: pa.Schema = pa.schema(arrow_fields(TrialRecord))
+#: ``evals.parquet``: ``trial_id`` then exactly the fields of ``rnn.events.EvalRecord``.
+EVAL_SCHEMA: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(EvalRecord)])
+#: The fixed columns of ``throughput.parquet``: ``trial_id`` then ``ThroughputRow``'s fields;
+#: flattened config columns follow.
+THROUGHPUT_FIXED: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(ThroughputRow)])
+
+
+def _records(cls: type, rows: Iterable[dict[str, Any]]) -> list[Any]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    return [cls(**{n: row.get(n) for n in names}) for row in rows]
+
+
+def trial_records(table: pa.Table) -> list[TrialRecord]:
+    """The fixed columns of each trials row as a :class:`TrialRecord` (config columns are dropped)."""
+    out = _records(TrialRecord, table.select(TRIAL_FIXED.names).to_pylist())
+    return [dataclasses.replace(r, status=TrialStatus(r.status)) for r in out]
+
+
+def eval_records(table: pa.Table, trial_id: Optional[str] = None) -> list[EvalRecord]:
+    """The evaluation rows (of ``trial_id``, or all) as ``EvalRecord``s, in table order."""
+    rows = table.to_pylist()
+    return _records(EvalRecord, (r for r in rows if trial_id is None or r["trial_id"] == trial_id))
+
+
+def throughput_records(table: pa.Table, trial_id: Optional[str] = None) -> list[ThroughputRow]:
+    """The throughput rows (of ``trial_id``, or all) as ``ThroughputRow``s, in table order."""
+    rows = table.select(THROUGHPUT_FIXED.names).to_pylist()
+    return _records(ThroughputRow, (r for r in rows if trial_id is None or r["trial_id"] == trial_id))
