@@ -111,7 +111,7 @@ def test_report_with_a_manifest_that_is_not_an_object_is_one_line(tmp_path: Path
     (job / "manifest.json").write_text("[1, 2, 3]")
     capsys.readouterr()
     assert main(["report", str(job)]) == 2
-    assert "manifest.json should hold a JSON object (got a list)" in _one_line_error(capsys, job)
+    assert "manifest.json is not a JSON object" in _one_line_error(capsys, job)
 
 
 def test_report_survives_odd_manifest_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

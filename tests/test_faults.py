@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.results import ResultsStore
 from conftest import REPO, TINY_SPEC, ray_env, run_cli, write_spec
 from orchestrator.spec import load_job
 
@@ -77,7 +78,8 @@ def test_driver_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) 
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if (job / "trials.parquet").exists() and len(pq.read_table(job / "trials.parquet")) >= 1:
+            # A finished trial is a committed part first; compaction into trials.parquet comes at the end.
+            if (job / "parts").is_dir() and any(p.suffix == ".arrow" for p in (job / "parts").iterdir()):
                 break
             time.sleep(0.2)
         else:
@@ -85,7 +87,7 @@ def test_driver_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) 
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = {r["trial_id"]: r for r in pq.read_table(job / "trials.parquet").to_pylist()}
+    before = {r["trial_id"]: r for r in ResultsStore(job).read_trials().to_pylist()}  # tables + parts
     assert 1 <= len(before) < 4
 
     rerun = run_cli(["run", str(spec_path)], env)

@@ -113,7 +113,8 @@ class Recorder:
                 speed = f"{row.samples_per_s:,.0f} samples/s, {row.step_time_ms:.1f} ms/step"
             else:
                 speed = (row.error or "").splitlines()[0] if row.error else ""
-            self.progress.line(state.tag, f"batch {row.batch_size}: {row.status} {speed}".rstrip())
+            status = getattr(row.status, "value", row.status)  # a ThroughputStatus
+            self.progress.line(state.tag, f"batch {row.batch_size}: {status} {speed}".rstrip())
         elif isinstance(event, Checkpointed):
             state.resume, state.resume_step = event.data, event.step
             self.store.write_checkpoint_bytes(state.trial.trial_id, event.data)
