@@ -232,13 +232,20 @@ def normalize_trial_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _as_dict(row: Any) -> dict[str, Any]:
+    """A record (dataclass instance) or a mapping as a plain dict."""
+    if dataclasses.is_dataclass(row) and not isinstance(row, type):
+        return dataclasses.asdict(row)
+    return dict(row)
+
+
 def eval_rows(trial_id: str, rows: Iterable[Any]) -> list[dict[str, Any]]:
     """``rows`` (``EvalRecord`` objects or mappings with exactly its fields) as
     :data:`EVAL_SCHEMA` dicts of ``trial_id``; ValueError on any other set of fields."""
     names = EVAL_SCHEMA.names[1:]
     out = []
     for row in rows:
-        d = dataclasses.asdict(row) if dataclasses.is_dataclass(row) and not isinstance(row, type) else dict(row)
+        d = _as_dict(row)
         if set(d) != set(names):
             raise ValueError(
                 f"trial {trial_id}: an evaluation row has fields {sorted(d)}; expected exactly "
@@ -259,7 +266,7 @@ def throughput_rows(trial_id: str, rows: Iterable[Any]) -> list[dict[str, Any]]:
     names = THROUGHPUT_FIXED.names
     out = []
     for row in rows:
-        d = dataclasses.asdict(row) if dataclasses.is_dataclass(row) and not isinstance(row, type) else dict(row)
+        d = _as_dict(row)
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"trial {trial_id}: unknown throughput field(s) {unknown}; expected {names[1:]}")
