@@ -138,3 +138,20 @@ def test_head_dying_ends_the_run_clearly_and_the_rerun_resumes(tmp_path: Path, c
     assert f"skipping {len(done)} finished trials" in rerun.stdout
     rows = pq.read_table(job / "trials.parquet").to_pylist()
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+
+
+def test_a_trial_no_node_can_host_fails_with_the_reason(tmp_path: Path, cluster: Any) -> None:
+    # Every node has 1 CPU, a trial asks for 2, and nothing can add a bigger node.
+    spec_path = _spec(tmp_path, "unhostable", seeds=1, steps=20, cpus_per_trial=2, placement_timeout_s=3)
+    start = time.monotonic()
+    result = run_cli(["run", str(spec_path), "--address", cluster.address], ray_env(tmp_path), timeout=180)
+    took = time.monotonic() - start
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out  # failed trials: an environment problem, not a result
+    assert "Traceback" not in out
+    rows = pq.read_table(tmp_path / "results" / "unhostable" / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"failed"}
+    for r in rows:
+        assert "no node of the cluster can host a trial" in r["error"] and "needs 2 CPU" in r["error"], r["error"]
+    assert took < 120, took
+    assert _pending_demand(cluster.address) == []  # the waiting workers' demand was withdrawn

@@ -20,6 +20,7 @@ the dispatcher records those instead of retrying them.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Optional
@@ -44,6 +45,31 @@ _AUTOSCALER_V1_KEY = b"__autoscaling_status"
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
+
+
+def _v1_can_launch(status: dict[str, Any]) -> bool:
+    """Whether a v1 autoscaler status comes from one that can add nodes.
+
+    The head always runs the v1 monitor. On a cluster started by hand (``ray start`` on each
+    node, or ``ray.cluster_utils.Cluster``) it has no autoscaling config and uses Ray's read-only
+    provider, which gives every node an anonymous type ``node_<node id>`` and never launches
+    one. A real autoscaler's node types are the names in its config.
+    """
+    report = status.get("autoscaler_report") or {}
+    mapping = report.get("node_type_mapping") or {}
+    if not mapping:
+        return any(not str(t).startswith("node_") for t in (report.get("active_nodes") or {}))
+    return any(node_type != f"node_{node_id}" for node_id, node_type in mapping.items())
+
+
+def _setup_cause(exc: BaseException) -> str:
+    """One line for a runtime-env failure: its message opens with boilerplate and ends with the
+    agent's traceback, whose last line is the cause (``ValueError: Could not find Conda ...``)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    cause = lines[-1] if lines else "no message"
+    if len(cause) > 300:
+        cause = cause[:297] + "..."
+    return f"RuntimeEnvSetupError: the worker's runtime env could not be set up: {cause}"
 
 
 class RayBackend:
@@ -234,7 +260,8 @@ class RayBackend:
                     if abs(bundle.get("CPU", 0) - self._cpus) < _EPS and abs(bundle.get("GPU", 0) - self._gpus) < _EPS:
                         return "infeasible"
                 return "present"
-            if gcs.internal_kv_exists(_AUTOSCALER_V1_KEY, None, timeout=PROBE_EVERY_S):
+            status = gcs.internal_kv_get(_AUTOSCALER_V1_KEY, None, timeout=PROBE_EVERY_S)
+            if status and _v1_can_launch(json.loads(status)):
                 return "present"  # the v1 autoscaler writes its status here
         except Exception as e:  # noqa: BLE001  (treated as no autoscaler: the wait is bounded)
             log.debug("autoscaler state unavailable: %s", e)
@@ -246,7 +273,7 @@ class RayBackend:
         try:
             host = ray.get(ref, timeout=GET_TIMEOUT_S)
         except ray.exceptions.RuntimeEnvSetupError as e:
-            return Notice(NoticeKind.START_FAILED, worker, reason=_first_line(e), setup_failed=True)
+            return Notice(NoticeKind.START_FAILED, worker, reason=_setup_cause(e), setup_failed=True)
         except ray.exceptions.RayError as e:
             # An error in the actor's constructor will not go away on another try.
             creation = "creation task" in str(e)
@@ -267,7 +294,7 @@ class RayBackend:
                           reason=f"OutOfMemoryError: the worker was killed by Ray's memory monitor: {e}")
         except ray.exceptions.RuntimeEnvSetupError as e:
             del self._streams[gen]
-            return Notice(NoticeKind.LOST, worker, setup_failed=True, reason=_first_line(e))
+            return Notice(NoticeKind.LOST, worker, setup_failed=True, reason=_setup_cause(e))
         except ray.exceptions.GetTimeoutError:
             del self._streams[gen]
             return Notice(NoticeKind.LOST, worker,
