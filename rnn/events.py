@@ -14,7 +14,12 @@ from typing import Any, Optional
 
 class TrialStatus(str, enum.Enum):
     """How a run ended. The first three come from the engine, the rest from the orchestrator
-    (``timeout``: the trial hit ``resources.trial_timeout_s``, its hard wall-clock cap)."""
+    (``timeout``: the trial hit ``resources.trial_timeout_s``, its hard wall-clock cap).
+
+    Two are about successive halving (``sweep.scheduler``): ``paused`` (the engine stopped at
+    ``pause_at_step`` and wrote a resume checkpoint; not terminal, the trial may be resumed)
+    and ``pruned`` (the scheduler decided it will never be resumed; terminal).
+    """
 
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"
@@ -22,9 +27,15 @@ class TrialStatus(str, enum.Enum):
     FAILED = "failed"
     OOM = "oom"
     TIMEOUT = "timeout"
+    PAUSED = "paused"
+    PRUNED = "pruned"
 
     def is_success(self) -> bool:
         return self in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
+
+    def is_terminal(self) -> bool:
+        """False only for ``paused``: a paused trial is resumed (or pruned) later."""
+        return self is not TrialStatus.PAUSED
 
 
 @dataclass(frozen=True)

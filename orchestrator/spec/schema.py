@@ -237,18 +237,55 @@ class RandomSpec(_Section):
     space: Annotated[dict[str, Distribution], Field(min_length=1)]
 
 
+AshaMetric = Literal["val_loss", "val_bpc"]
+
+
+class AshaSpec(_Section):
+    """``sweep.scheduler``: asynchronous successive halving with promotion (Li et al. 2018).
+
+    Rungs sit at ``grace_steps * reduction_factor**k`` steps below ``max_steps``; a trial runs to
+    its next rung and pauses, and the best ``1/reduction_factor`` of those recorded at a rung
+    are resumed to the next one (see :mod:`orchestrator.run.asha`). ``max_steps`` is the full
+    budget: it must equal ``train.max_steps`` (null: taken from it).
+    """
+
+    type: Literal["asha"]
+    metric: AshaMetric = "val_loss"
+    grace_steps: _Steps
+    reduction_factor: Annotated[int, Strict(), Field(ge=2, le=100)] = 3
+    max_steps: Optional[_Steps] = None
+
+
+def asha_rungs(grace_steps: int, reduction_factor: int, max_steps: int) -> tuple[int, ...]:
+    """The rung steps: ``grace * rf**k`` below ``max_steps``, then ``max_steps`` itself (the last
+    rung is the full budget, where a trial completes instead of pausing)."""
+    rungs: list[int] = []
+    step = grace_steps
+    while step < max_steps:
+        rungs.append(step)
+        step *= reduction_factor
+    return (*rungs, max_steps)
+
+
+#: A variant: dotted path -> value, e.g. ``{"model.cell": "lstm", "model.layer_norm": True}``.
+Variant = dict[str, Any]
+
+
 class SweepSpec(_Section):
     """The ``sweep`` section. Paths and swept values are checked against the sections by
     :mod:`orchestrator.spec.validate`."""
 
     grid: Optional[Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]] = None
     random: Optional[RandomSpec] = None
+    variants: Optional[Annotated[list[Variant], Field(min_length=1)]] = None
     seeds: Optional[Annotated[list[Seed], Field(min_length=1)]] = None
+    scheduler: Optional[AshaSpec] = None
 
     def size(self) -> int:
         """How many points the sweep expands to (before duplicate random draws are dropped)."""
         n = math.prod(len(values) for values in (self.grid or {}).values())
         n *= self.random.samples if self.random else 1
+        n *= len(self.variants) if self.variants else 1
         n *= len(self.seeds) if self.seeds else 1
         return n
 
