@@ -13,13 +13,12 @@ from typing import Any, Optional
 
 
 class TrialStatus(str, enum.Enum):
-    """How a run ended. The first three come from the engine, the rest from the orchestrator
-    (``timeout``: the trial hit ``resources.trial_timeout_s``, its hard wall-clock cap).
-
-    Two are about successive halving (``sweep.scheduler``): ``paused`` (the engine stopped at
-    ``pause_at_step`` and wrote a resume checkpoint; not terminal, the trial may be resumed)
-    and ``pruned`` (the scheduler decided it will never be resumed; terminal).
-    """
+    """How a run ended. ``completed``, ``early_stopped``, ``diverged`` and ``paused`` come from the
+    engine, the rest from the orchestrator (``timeout``: the trial hit
+    ``resources.trial_timeout_s``, its hard wall-clock cap). ``paused``: the run stopped at a
+    scheduler's ``pause_at_step`` and left a resume checkpoint; it is neither a success nor final.
+    ``pruned``: successive halving (``sweep.scheduler``) decided a paused trial will never be
+    resumed; final, neither a success nor a failure (its curve and best checkpoint are kept)."""
 
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"
@@ -64,6 +63,8 @@ class TrainEvent:
       - ``start``: ``info`` holds params, device, precision, vocab_size, corpus_sha256, ...
       - ``eval``: ``record`` is set.
       - ``checkpoint``: validation improved; ``checkpoint`` is the path of the new best file.
+      - ``paused``: the run reached ``pause_at_step``; ``checkpoint`` is the resume file
+        (``last.pt``) and ``record`` the evaluation at that step. An ``end`` event follows.
       - ``end``: ``result`` is set. Always the last event.
     """
 
