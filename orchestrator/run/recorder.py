@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from orchestrator.durations import format_duration
 from orchestrator.results import ResultsStore, trial_row
-from orchestrator.results.store import BEST_CHECKPOINT, RESUME_CHECKPOINT
+from orchestrator.results.store import RESUME_CHECKPOINT
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
 from orchestrator.run.faults import Fault, raise_commit_fault
 from orchestrator.run.progress import Progress, trial_label
@@ -90,8 +90,10 @@ class Recorder:
         if state.resume_loaded:
             return
         state.resume_loaded = True
-        name = RESUME_CHECKPOINT if state.has_resume_point else BEST_CHECKPOINT
-        saved = self.store.read_checkpoint_bytes(state.trial.trial_id, name)
+        tid = state.trial.trial_id
+        # a paused trial resumes from its rung (last.pt); anything else from its best checkpoint
+        saved = (self.store.read_checkpoint_bytes(tid, RESUME_CHECKPOINT) if state.has_resume_point
+                 else self.store.read_checkpoint_bytes(tid))
         if saved is None:
             return
         step = _checkpoint_step(saved)
