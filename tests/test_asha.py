@@ -258,3 +258,12 @@ def test_a_driver_stopped_between_rungs_resumes_with_the_same_decisions(tmp_path
     # the paused trials resumed from their rung's checkpoint, not from scratch
     assert {a.trial_id for a in backend.launched if a.resume is not None} >= (paused & {
         t for t, (s, steps) in expected.items() if steps > 10})
+
+
+def test_plan_shows_the_asha_budget_against_the_full_sweep() -> None:
+    from orchestrator.plan import render_plan
+
+    text = render_plan(build_job(_spec(), source="<t>"), 2, 0)
+    assert ("successive halving (asha, val_loss): rungs at steps 10, 30, 90; at most 210 training steps "
+            "against 810 for the full sweep (26%); trials reaching each rung at most: 9, 3, 1") in text
+    assert "successive halving" not in render_plan(build_job(TINY_SPEC, source="<t>"), 2, 0)

@@ -35,31 +35,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from orchestrator.spec.schema import budget_steps, promotion_caps
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 
+__all__ = ["Asha", "Decision", "budget_steps", "load_asha", "promotion_caps", "restore"]
+
 log = logging.getLogger(__name__)
-
-
-def promotion_caps(n_trials: int, rungs: int, reduction_factor: int) -> list[int]:
-    """``cap_k`` for each pause rung: the most trials that may leave rung ``k`` upwards."""
-    caps, arriving = [], n_trials
-    for _ in range(rungs):
-        cap = max(1, arriving // reduction_factor) if arriving else 0
-        caps.append(cap)
-        arriving = cap
-    return caps
-
-
-def budget_steps(n_trials: int, rungs: Sequence[int], reduction_factor: int) -> int:
-    """The most training steps ASHA spends on ``n_trials`` trials (``rungs`` ends with max_steps),
-    not counting steps redone after a lost worker."""
-    caps = promotion_caps(n_trials, len(rungs) - 1, reduction_factor)
-    arriving = [n_trials, *caps]
-    total, previous = 0, 0
-    for count, step in zip(arriving, rungs, strict=True):
-        total += count * (step - previous)
-        previous = step
-    return total
 
 
 @dataclass(frozen=True)

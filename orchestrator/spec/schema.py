@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator, model_validator
@@ -265,6 +266,29 @@ def asha_rungs(grace_steps: int, reduction_factor: int, max_steps: int) -> tuple
         rungs.append(step)
         step *= reduction_factor
     return (*rungs, max_steps)
+
+
+def promotion_caps(n_trials: int, rungs: int, reduction_factor: int) -> list[int]:
+    """``cap_k`` for each pause rung: the most trials that may leave rung ``k`` upwards (see
+    :mod:`orchestrator.run.asha`)."""
+    caps, arriving = [], n_trials
+    for _ in range(rungs):
+        cap = max(1, arriving // reduction_factor) if arriving else 0
+        caps.append(cap)
+        arriving = cap
+    return caps
+
+
+def budget_steps(n_trials: int, rungs: Sequence[int], reduction_factor: int) -> int:
+    """The most training steps ASHA spends on ``n_trials`` trials (``rungs`` ends with max_steps),
+    not counting steps redone after a lost worker."""
+    caps = promotion_caps(n_trials, len(rungs) - 1, reduction_factor)
+    arriving = [n_trials, *caps]
+    total, previous = 0, 0
+    for count, step in zip(arriving, rungs, strict=True):
+        total += count * (step - previous)
+        previous = step
+    return total
 
 
 #: A variant: dotted path -> value, e.g. ``{"model.cell": "lstm", "model.layer_norm": True}``.
