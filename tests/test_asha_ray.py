@@ -99,3 +99,12 @@ def test_driver_killed_between_rungs_then_rerun_keeps_the_rungs(tmp_path: Path) 
     promoted_again = [t for t in paused_before if next(r for r in rows if r["trial_id"] == t)["steps"] > 10]
     for tid in promoted_again:
         assert f"{tid}" in out and "from checkpoint at step" in out
+
+    # best: the completed trial with the lowest validation loss, as a spec that validates
+    best = run_cli(["best", str(job)], env)
+    assert best.returncode == 0, best.stderr
+    winner = min(completed, key=lambda r: r["best_val_loss"])
+    assert f"trial {winner['trial_id']} (completed)" in best.stdout
+    (tmp_path / "best.yaml").write_text(best.stdout, encoding="utf-8")
+    checked = run_cli(["validate", str(tmp_path / "best.yaml")], env)
+    assert checked.returncode == 0 and "ok (1 trials)" in checked.stdout, checked.stdout + checked.stderr
