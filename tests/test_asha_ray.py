@@ -107,4 +107,4 @@ def test_driver_killed_between_rungs_then_rerun_keeps_the_rungs(tmp_path: Path) 
     assert f"trial {winner['trial_id']} (completed)" in best.stdout
     (tmp_path / "best.yaml").write_text(best.stdout, encoding="utf-8")
     checked = run_cli(["validate", str(tmp_path / "best.yaml")], env)
-    assert checked.returncode == 0 and "ok (1 trials)" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "ok (1 trial)" in checked.stdout, checked.stdout + checked.stderr
