@@ -234,6 +234,7 @@ class Dispatcher:
                         else state.target
                     self.asha.record(state.trial.trial_id, rung, self.asha.value_of(n.event.result.evals, n.event.step))
                     self._paused[state.trial.trial_id] = state
+                    state.paused_mono = time.monotonic()
         elif n.kind is NoticeKind.END:
             state = self._busy.pop(n.worker, None)
             if state is not None:  # the stream ended without a last event
@@ -254,6 +255,10 @@ class Dispatcher:
         for d in promote:  # lowest rung first, so the highest rung's promotion ends up first in line
             state = self._paused.pop(d.trial_id)
             state.target = d.rung + 1
+            if state.first_started_mono is not None and state.paused_mono is not None:
+                # trial_timeout_s and the trial's duration count running time, not the wait at a rung
+                state.first_started_mono += time.monotonic() - state.paused_mono
+            state.paused_mono = None
             self._pending.appendleft(state)
             self.progress.line(state.tag, f"promoted from rung {asha.pause_steps[d.rung]} "
                                f"({asha.metric} {d.value:.4f}, rank {d.rank} of {d.recorded})")

@@ -52,6 +52,7 @@ class TrialState:
     target: int = 0
     paused_result: Optional[TrainResult] = None
     has_resume_point: bool = False
+    paused_mono: Optional[float] = None  # when it paused: waiting at a rung is not running time
 
     @property
     def throughput(self) -> bool:
