@@ -267,3 +267,14 @@ def test_plan_shows_the_asha_budget_against_the_full_sweep() -> None:
     assert ("successive halving (asha, val_loss): rungs at steps 10, 30, 90; at most 210 training steps "
             "against 810 for the full sweep (26%); trials reaching each rung at most: 9, 3, 1") in text
     assert "successive halving" not in render_plan(build_job(TINY_SPEC, source="<t>"), 2, 0)
+
+
+def test_bench_asha_compares_the_same_trials_with_and_without_the_scheduler(tmp_path: Path) -> None:
+    from bench.asha import parse_args, sweep_spec
+
+    args = parse_args([])
+    full = build_job(sweep_spec("full", str(tmp_path), args, asha=False))
+    halving = build_job(sweep_spec("asha", str(tmp_path), args, asha=True))
+    assert len(full.trials) == 16 and [t.trial_id for t in full.trials] == [t.trial_id for t in halving.trials]
+    assert full.spec.sweep is not None and full.spec.sweep.scheduler is None
+    assert halving.spec.sweep is not None and halving.spec.sweep.scheduler is not None
