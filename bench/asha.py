@@ -76,6 +76,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the random sweep's seed (default 0)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default bench/out/asha-<date>.json)")
+    p.add_argument("--keep", type=Path, default=None, help="keep both job folders here (default: a temporary folder)")
     p.add_argument("-v", "--verbose", action="store_true", help="the sweeps' progress lines")
     return p.parse_args(argv)
 
@@ -86,8 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("orchestrator", "rnn"):
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-asha-") as tmp:
-        full = run_side(sweep_spec("full", tmp, args, asha=False))
-        halving = run_side(sweep_spec("asha", tmp, args, asha=True))
+        root = str(args.keep) if args.keep else tmp
+        full = run_side(sweep_spec("full", root, args, asha=False))
+        halving = run_side(sweep_spec("asha", root, args, asha=True))
     ratio = halving["best_val_loss"] / full["best_val_loss"]
     fraction = halving["steps"] / full["steps"]
     print(f"random sweep of {args.samples} configurations (lr, hidden size), builtin corpus, "

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from orchestrator.durations import format_duration
 from orchestrator.spec import Job, ResourcesSpec, Trial, allowed_concurrency, job_location
 from orchestrator.spec.rules import estimate_parameters, vocab_estimate
-from orchestrator.spec.schema import asha_rungs, budget_steps, promotion_caps
+from orchestrator.spec.schema import asha_rungs, budget_steps, promotion_caps, worst_budget_steps
 from rnn.config import RunConfig, ThroughputConfig
 
 # nn.LSTM/GRU training measured 24-30 GFLOP/s on one core of the 2-core dev VM (B 32-64, H 128-512);
@@ -181,9 +181,11 @@ def _asha_line(job: Job) -> list[str]:
     if asha is None or asha.max_steps is None or not job.trials:
         return []
     rungs = asha_rungs(asha.grace_steps, asha.reduction_factor, asha.max_steps)
-    n = len(job.trials)
-    most, full = budget_steps(n, rungs, asha.reduction_factor), n * asha.max_steps
-    reaching = [n, *promotion_caps(n, len(rungs) - 1, asha.reduction_factor)]
-    return [f"successive halving (asha, {asha.metric}): rungs at steps {', '.join(map(str, rungs))}; at most "
-            f"{most:,} training steps against {full:,} for the full sweep ({most / full:.0%}); trials "
-            f"reaching each rung at most: {', '.join(map(str, reaching))}"]
+    n, rf = len(job.trials), asha.reduction_factor
+    full = n * asha.max_steps
+    usual, worst = budget_steps(n, rungs, rf), worst_budget_steps(n, rungs, rf)
+    reaching = [n, *promotion_caps(n, len(rungs) - 1, rf)]
+    return [f"successive halving (asha, {asha.metric}): rungs at steps {', '.join(map(str, rungs))}; about "
+            f"{usual:,} training steps ({usual / full:.0%} of the full sweep's {full:,}; trials reaching each rung: "
+            f"{', '.join(map(str, reaching))}), at most {worst:,} ({worst / full:.0%}) if trials arrive at "
+            f"the rungs from worst to best"]

@@ -20,7 +20,7 @@ import pytest
 from conftest import TINY_SPEC
 from orchestrator.errors import SpecError
 from orchestrator.results import ResultsStore
-from orchestrator.run.asha import Asha, budget_steps, load_asha, promotion_caps
+from orchestrator.run.asha import Asha, budget_steps, load_asha, promotion_caps, worst_budget_steps
 from orchestrator.run.backend import Assignment
 from orchestrator.run.dispatch import Dispatcher
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Paused
@@ -38,12 +38,15 @@ def test_rungs_grow_by_the_reduction_factor_and_end_at_max_steps() -> None:
     assert asha_rungs(10, 2, 25) == (10, 20, 25)
 
 
-def test_caps_and_budget_match_synchronous_halving() -> None:
+def test_budgets_synchronous_and_worst_case() -> None:
     assert promotion_caps(9, 2, 3) == [3, 1]
     assert promotion_caps(2, 2, 3) == [1, 1]  # a closed rung always promotes its best
     # 9 trials x 10 steps, 3 x 20 more, 1 x 60 more; the full grid is 9 x 90
     assert budget_steps(9, (10, 30, 90), 3) == 9 * 10 + 3 * 20 + 1 * 60
     assert budget_steps(16, (10, 30, 90), 3) == 16 * 10 + 5 * 20 + 1 * 60
+    # worst order: each arrival from the third on is promoted: 9 -> 7 -> 5
+    assert worst_budget_steps(9, (10, 30, 90), 3) == 9 * 10 + 7 * 20 + 5 * 60
+    assert worst_budget_steps(2, (10, 30, 90), 3) == 2 * 10 + 1 * 20 + 1 * 60
 
 
 def _asha(n: int) -> Asha:
@@ -61,15 +64,24 @@ def test_a_trial_is_promoted_as_soon_as_it_is_in_the_top_third() -> None:
     assert asha.paused == {"a": 0, "b": 0}
 
 
-def test_worse_arrivals_never_displace_a_promotion_and_the_cap_holds() -> None:
+def test_the_worst_arrival_order_promotes_n_minus_rf_plus_one() -> None:
     asha = _asha(9)
-    # each newcomer is the best so far: without the cap nearly all would be promoted
     promoted = []
-    for i, tid in enumerate("abcdefghi"):
+    for i, tid in enumerate("abcdefghi"):  # each newcomer is the best so far
         asha.record(tid, 0, 10.0 - i)
         promote, _ = asha.decide([0] * (8 - i) + [1] * len(promoted))
         promoted += [d.trial_id for d in promote]
-    assert len(promoted) == 3  # cap_0 = 9 // 3
+    assert promoted == list("cdefghi")  # 9 - 3 + 1, as worst_budget_steps assumes
+
+
+def test_a_late_better_arrival_is_still_promoted() -> None:
+    asha = _asha(9)
+    for tid, value in zip("abc", (3.0, 2.0, 1.0), strict=True):
+        asha.record(tid, 0, value)
+    assert [d.trial_id for d in asha.decide([0] * 6)[0]] == ["c"]
+    for tid, value in zip("def", (5.0, 6.0, 0.5), strict=True):  # f is the best of all
+        asha.record(tid, 0, value)
+    assert [d.trial_id for d in asha.decide([0] * 3 + [1])[0]] == ["f"]  # top 2 of 6: f and c
 
 
 def test_a_closed_rung_prunes_the_rest_and_promotes_at_least_one() -> None:
@@ -218,7 +230,7 @@ def test_asha_completes_the_best_trial_prunes_the_rest_within_budget(tmp_path: P
     assert rows[best]["status"] == "completed" and rows[best]["steps"] == 90
     statuses = sorted(r["status"] for r in rows.values())
     assert statuses.count("completed") >= 1 and set(statuses) <= {"completed", "pruned"}
-    assert backend.steps_trained <= budget_steps(9, (10, 30, 90), 3) < 9 * 90
+    assert backend.steps_trained <= worst_budget_steps(9, (10, 30, 90), 3) < 9 * 90
     pruned = [r for r in rows.values() if r["status"] == "pruned"]
     assert all(r["steps"] in (10, 30) and r["checkpoint"] == f"checkpoints/{r['trial_id']}/best.pt" for r in pruned)
     evals = store.read_evals().to_pylist()
@@ -264,8 +276,9 @@ def test_plan_shows_the_asha_budget_against_the_full_sweep() -> None:
     from orchestrator.plan import render_plan
 
     text = render_plan(build_job(_spec(), source="<t>"), 2, 0)
-    assert ("successive halving (asha, val_loss): rungs at steps 10, 30, 90; at most 210 training steps "
-            "against 810 for the full sweep (26%); trials reaching each rung at most: 9, 3, 1") in text
+    assert ("successive halving (asha, val_loss): rungs at steps 10, 30, 90; about 210 training steps (26% of "
+            "the full sweep's 810; trials reaching each rung: 9, 3, 1), at most 530 (65%) if trials arrive at the "
+            "rungs from worst to best") in text
     assert "successive halving" not in render_plan(build_job(TINY_SPEC, source="<t>"), 2, 0)
 
 

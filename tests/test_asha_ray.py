@@ -20,7 +20,7 @@ from orchestrator.results import ResultsStore
 from orchestrator.run.actor import TrainerActor
 from orchestrator.run.events import Ended, Evaluated, Paused
 from orchestrator.spec import build_job
-from orchestrator.spec.schema import asha_rungs, promotion_caps
+from orchestrator.spec.schema import asha_rungs, worst_promotions
 from rnn.events import TrialStatus
 
 
@@ -86,12 +86,12 @@ def test_driver_killed_between_rungs_then_rerun_keeps_the_rungs(tmp_path: Path) 
     assert not list(job.glob("checkpoints/*/last.pt"))  # resume points go once trials end
     evals = pq.read_table(job / "evals.parquet").to_pylist()
     assert len({(e["trial_id"], e["step"]) for e in evals}) == len(evals)
-    # the rung decisions: no rung promoted more than its cap, and the trial that completed
-    # passed every rung
+    # the rung decisions: no rung promoted more than asynchronous halving can, and the trial
+    # that completed passed every rung
     rungs = asha_rungs(10, 2, 40)
-    caps = promotion_caps(4, len(rungs) - 1, 2)
+    most = worst_promotions(4, len(rungs) - 1, 2)
     for k, step in enumerate(rungs[:-1]):
-        assert sum(r["steps"] > step for r in rows) <= caps[k]
+        assert sum(r["steps"] > step for r in rows) <= most[k]
     for r in completed:
         assert {e["step"] for e in evals if e["trial_id"] == r["trial_id"]} >= set(rungs)
     # paused trials that were promoted resumed from their rung, not from scratch

@@ -9,14 +9,15 @@ dispatcher looks (:meth:`Asha.decide`), from the lowest rung up:
   ``floor(n / rf)`` of the ``n`` trials recorded at its rung so far. Promoted means resumed, on
   any free worker, from its resume checkpoint, with the next rung as its pause point (the
   last rung is ``max_steps``: there it completes). Promotions go ahead of trials not started.
-- **Cap.** A sweep is finite, so no rung promotes more than synchronous successive halving
-  would: at most ``cap_k = max(1, floor(A_k / rf))`` trials leave rung ``k``, where ``A_0`` is
-  the number of trials and ``A_{k+1} = cap_k``. This is what makes the budget ``plan`` shows
-  an upper bound (:func:`budget_steps`); without it an unlucky arrival order (each newcomer
-  better than all before) promotes nearly every trial.
+  A trial promoted early stays promoted when better ones arrive later, so asynchronous
+  halving spends somewhat more than synchronous halving's ``n / rf`` per rung
+  (``spec.schema.budget_steps``); the worst arrival order (each newcomer better than all
+  before) promotes ``n - rf + 1`` (``spec.schema.worst_budget_steps``). A cap at synchronous
+  counts was tried and dropped: it made the first few arrivals at the top rung decide the
+  winner (``docs/benchmarks.md``, "Successive halving").
 - **Close and prune.** Rung ``k`` is *closed* when no trial can still arrive there: every
   rung below is closed and no trial pending or running is headed for rung ``k`` or below.
-  A closed rung promotes its best paused trials up to ``max(1, floor(n / rf))`` (capped), so
+  A closed rung promotes its best paused trials within the top ``max(1, floor(n / rf))``, so
   the best trial always reaches ``max_steps``, and every other trial paused there is
   **pruned**: terminal, keeping its curve and best checkpoint. When nothing is pending or
   running every rung is closed, so the sweep never ends with paused trials and idle workers.
@@ -35,10 +36,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from orchestrator.spec.schema import budget_steps, promotion_caps
+from orchestrator.spec.schema import budget_steps, promotion_caps, worst_budget_steps
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 
-__all__ = ["Asha", "Decision", "budget_steps", "load_asha", "promotion_caps", "restore"]
+__all__ = ["Asha", "Decision", "budget_steps", "load_asha", "promotion_caps", "restore", "worst_budget_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class Asha:
         k = len(self.pause_steps)
         self.records = self.records or [{} for _ in range(k)]
         self.promoted = self.promoted or [set() for _ in range(k)]
-        self.caps = promotion_caps(self.n_trials, k, self.reduction_factor)
 
     @property
     def pause_steps(self) -> tuple[int, ...]:
@@ -125,10 +125,8 @@ class Asha:
             ranked = self._ranked(k)
             n = len(ranked)
             closed = below_closed and lowest_active > k
-            quota = min(max(1, n // self.reduction_factor) if closed else n // self.reduction_factor, self.caps[k])
+            quota = max(1, n // self.reduction_factor) if closed else n // self.reduction_factor
             for rank, tid in enumerate(ranked[:quota], start=1):
-                if len(self.promoted[k]) >= self.caps[k]:
-                    break
                 if self.paused.get(tid) == k:
                     del self.paused[tid]
                     self.promoted[k].add(tid)

@@ -269,7 +269,8 @@ def asha_rungs(grace_steps: int, reduction_factor: int, max_steps: int) -> tuple
 
 
 def promotion_caps(n_trials: int, rungs: int, reduction_factor: int) -> list[int]:
-    """``cap_k`` for each pause rung: the most trials that may leave rung ``k`` upwards (see
+    """Trials leaving each pause rung upwards under synchronous halving: ``max(1, A_k // rf)``,
+    where ``A_0`` is ``n_trials`` and ``A_{k+1}`` the count before it (see
     :mod:`orchestrator.run.asha`)."""
     caps, arriving = [], n_trials
     for _ in range(rungs):
@@ -279,16 +280,34 @@ def promotion_caps(n_trials: int, rungs: int, reduction_factor: int) -> list[int
     return caps
 
 
-def budget_steps(n_trials: int, rungs: Sequence[int], reduction_factor: int) -> int:
-    """The most training steps ASHA spends on ``n_trials`` trials (``rungs`` ends with max_steps),
-    not counting steps redone after a lost worker."""
-    caps = promotion_caps(n_trials, len(rungs) - 1, reduction_factor)
-    arriving = [n_trials, *caps]
+def worst_promotions(n_trials: int, rungs: int, reduction_factor: int) -> list[int]:
+    """The most trials asynchronous halving can promote from each pause rung: ``A_k - rf + 1``
+    (each arrival better than all before it is promoted once ``rf`` have arrived), at least 1."""
+    out, arriving = [], n_trials
+    for _ in range(rungs):
+        arriving = max(min(arriving, 1), arriving - reduction_factor + 1)
+        out.append(arriving)
+    return out
+
+
+def _steps(arriving: Sequence[int], rungs: Sequence[int]) -> int:
     total, previous = 0, 0
     for count, step in zip(arriving, rungs, strict=True):
         total += count * (step - previous)
         previous = step
     return total
+
+
+def budget_steps(n_trials: int, rungs: Sequence[int], reduction_factor: int) -> int:
+    """Training steps synchronous halving spends on ``n_trials`` trials (``rungs`` ends with
+    max_steps): what asynchronous halving spends when arrivals come in no particular order."""
+    return _steps([n_trials, *promotion_caps(n_trials, len(rungs) - 1, reduction_factor)], rungs)
+
+
+def worst_budget_steps(n_trials: int, rungs: Sequence[int], reduction_factor: int) -> int:
+    """The most training steps asynchronous halving can spend (the worst arrival order), not
+    counting steps redone after a lost worker."""
+    return _steps([n_trials, *worst_promotions(n_trials, len(rungs) - 1, reduction_factor)], rungs)
 
 
 #: A variant: dotted path -> value, e.g. ``{"model.cell": "lstm", "model.layer_norm": True}``.
