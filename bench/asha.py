@@ -1,6 +1,6 @@
 """Successive halving (ASHA) against the full sweep it prunes, side by side in one run.
 
-    python -m bench.asha [--samples 16] [--max-steps 270] [--grace 30] [--rf 3] [--seed 0]
+    python -m bench.asha [--samples 16] [--max-steps 810] [--grace 90] [--rf 3] [--seed 0]
 
 One random sweep over ``train.lr`` (log-uniform) and ``model.hidden_size`` (a choice) on the
 builtin corpus, char level, tiny models (``jobs/asha_builtin.yaml``), run twice through
@@ -70,8 +70,8 @@ def run_side(raw: dict[str, Any]) -> dict[str, Any]:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.asha", description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=16, help="random configurations (default 16)")
-    p.add_argument("--max-steps", type=int, default=270, help="the full budget per trial (default 270)")
-    p.add_argument("--grace", type=int, default=30, help="ASHA's first rung, also eval_every (default 30)")
+    p.add_argument("--max-steps", type=int, default=810, help="the full budget per trial (default 810)")
+    p.add_argument("--grace", type=int, default=90, help="ASHA's first rung, also eval_every (default 90)")
     p.add_argument("--rf", type=int, default=3, help="reduction factor (default 3)")
     p.add_argument("--seed", type=int, default=0, help="the random sweep's seed (default 0)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
