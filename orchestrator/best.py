@@ -190,6 +190,6 @@ def _render(raw: Mapping[str, Any], config: Mapping[str, Any], header: list[str]
     comments = "".join(f"# {line}\n" for line in [
         "Written by `python -m orchestrator best`: the best configuration of a job, runnable as it is.",
         *header,
-        f"Run it: python -m orchestrator run {spec['name']}.yaml",
+        "Run it: python -m orchestrator run FILE (this file; results go to <output>/" + spec["name"] + ")",
     ])
     return comments + text
