@@ -3,7 +3,7 @@
 YAML (:mod:`~orchestrator.spec.yamlio`) → the whole-job fields and the spec's own sections
 (:mod:`~orchestrator.spec.schema`) → the sweep's structure (paths that exist, no repeats, at
 most :data:`~orchestrator.spec.schema.MAX_TRIALS`) → each random distribution's bounds → every
-grid x random point once: its swept values applied to the spec's sections, the sections they
+variant x grid x random point once: its swept values applied to the spec's sections, the sections they
 land in validated once (:func:`~orchestrator.spec.rules.check_config`; the others are the
 spec's, already validated), the cross-field rules run → one :class:`Trial` per point and seed,
 built from those validated sections (:func:`~orchestrator.spec.expand.make_trial`).
@@ -57,7 +57,7 @@ class Job:
 
     Attributes:
         spec: the validated spec (name, kind, sections, sweep, resources, output).
-        trials: one per distinct grid x random point and seed; ``trials[i].index == i``.
+        trials: one per distinct variant x grid x random point and seed; ``trials[i].index == i``.
         source: where the spec came from (its path, as given), for messages and the manifest.
         text: the spec's text exactly as validated, for the manifest (a YAML dump of the mapping
             when the job was built from one).
@@ -290,7 +290,7 @@ def _declared_paths(raw_sweep: Any) -> set[str]:
 
 
 def _points(sweep: Optional[SweepSpec]) -> list[Point]:
-    """The points to check: every grid x random point, or (a sweep too large to enumerate,
+    """The points to check: every variant x grid x random point, or (a sweep too large to enumerate,
     already reported) each grid value on its own."""
     if sweep is None or sweep.size() <= MAX_TRIALS:
         return sweep_points(sweep)
