@@ -10,11 +10,16 @@ scripted one in tests). Each turn of the loop:
 2. **Hand out trials** to ready idle workers, each from the driver's last checkpoint of it
    (read from the job folder when the trial is first dispatched, never up front).
 3. **Take the events** that arrived and record them (:mod:`orchestrator.run.recorder`).
+   With ``sweep.scheduler`` (successive halving, :mod:`orchestrator.run.asha`) each trial is
+   handed out with its next rung as its pause point; a trial that paused there waits, and
+   after the events ASHA's decisions are applied: promoted trials go to the front of the
+   queue (resumed from their rung's checkpoint), pruned ones are committed as ``pruned``.
 4. **Watch liveness.** A trial silent for its stall timeout is killed and retried as lost
    ("stalled"); a trial past ``trial_timeout_s`` ends as ``timeout``, not retried; a trial
    silent for a minute is named in the log.
-5. **Shrink the pool** once nothing is pending: idle workers keep a reservation, and workers
-   still waiting for a node are demand that is no longer needed.
+5. **Shrink the pool** once nothing is pending (or paused, and so perhaps promoted soon): idle
+   workers keep a reservation, and workers still waiting for a node are demand that is no
+   longer needed.
 
 What is retried: a lost worker or node and a stalled trial, up to ``max_retries`` times, from
 the last checkpoint. Not retried: out of memory (``oom``), a non-finite loss (``diverged``), an
