@@ -291,3 +291,12 @@ def test_bench_asha_compares_the_same_trials_with_and_without_the_scheduler(tmp_
     assert len(full.trials) == 16 and [t.trial_id for t in full.trials] == [t.trial_id for t in halving.trials]
     assert full.spec.sweep is not None and full.spec.sweep.scheduler is None
     assert halving.spec.sweep is not None and halving.spec.sweep.scheduler is not None
+
+
+def test_paused_is_not_terminal_and_pruned_is_not_a_failure() -> None:
+    from orchestrator.results import FAILURE_STATUSES, SUCCESS_STATUSES, TERMINAL_STATUSES
+    from orchestrator.run.runner import SKIP_STATUSES
+
+    assert "paused" not in TERMINAL_STATUSES and "paused" not in SKIP_STATUSES  # a rerun resumes it
+    assert "pruned" in SKIP_STATUSES and "pruned" in TERMINAL_STATUSES  # a rerun does not train it again
+    assert "pruned" not in FAILURE_STATUSES and "pruned" not in SUCCESS_STATUSES  # clean keeps its checkpoint
