@@ -13,8 +13,8 @@ dispatcher looks (:meth:`Asha.decide`), from the lowest rung up:
   halving spends somewhat more than synchronous halving's ``n / rf`` per rung
   (``spec.schema.budget_steps``); the worst arrival order (each newcomer better than all
   before) promotes ``n - rf + 1`` (``spec.schema.worst_budget_steps``). A cap at synchronous
-  counts was tried and dropped: it made the first few arrivals at the top rung decide the
-  winner (``docs/benchmarks.md``, "Successive halving").
+  counts was tried and dropped: a trial arriving after a rung's cap is spent could not be
+  promoted however good, so the arrival order could pick the winner.
 - **Close and prune.** Rung ``k`` is *closed* when no trial can still arrive there: every
   rung below is closed and no trial pending or running is headed for rung ``k`` or below.
   A closed rung promotes its best paused trials within the top ``max(1, floor(n / rf))``, so
