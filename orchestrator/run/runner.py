@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.errors import ExitCode, UsageError
@@ -74,7 +75,6 @@ def run_job(
 ) -> RunOutcome:
     """Run every unfinished trial of ``job`` (from :func:`orchestrator.spec.load_job`) and rebuild
     the report; ``output`` overrides the spec's results root (``run --output``)."""
-    from orchestrator.report.render import build_report
     from orchestrator.run.dispatch import Dispatcher
     from orchestrator.run.ray_backend import RayBackend
 
@@ -153,8 +153,9 @@ def run_job(
         manifest.update(trials_run=ran, trials_skipped=len(trials) - len(todo),
                         interrupted=bool(summary is not None and summary.interrupted))
         write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id, finished=True)
-        # The report is built while Ray shuts down: it reads only the job folder.
-        report = _Background(build_report, job_dir)
+        # The report is built while Ray shuts down: it reads only the job folder. Its import
+        # (matplotlib, scipy: about a second) happens in that thread too, off the critical path.
+        report = _Background(_build_report, job_dir)
         if connected and not cluster_lost:
             _shutdown_ray()
             connected = False
@@ -171,6 +172,12 @@ def run_job(
     # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
     failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
     return RunOutcome(ExitCode.FAILED if failed else ExitCode.OK, job_dir)
+
+
+def _build_report(job_dir: str) -> tuple[Path, Path]:
+    from orchestrator.report.render import build_report
+
+    return build_report(job_dir)
 
 
 def _compact(store: ResultsStore) -> None:
