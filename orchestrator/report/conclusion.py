@@ -73,14 +73,15 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
                      f"(paired t-test, p = {res.p:.3g}): these seeds cannot tell the two apart.")
     others = [r for s, r in compare_with_best(stats)[1:]]
     if others:
-        worse = sum(1 for r in others if r is not None and not r.note and r.p < ALPHA and r.mean_diff > 0)
-        tested = sum(1 for r in others if r is not None and not r.note)
+        tested = [r for r in others if r is not None and not r.note]
+        worse = sum(1 for r in tested if r.p < ALPHA and r.mean_diff > 0)
         if tested:
-            parts.append(f"Of the {tested} other configuration(s) that could be tested against the best, {worse} "
+            parts.append(f"Of the {len(tested)} other configuration(s) tested against the best, {worse} "
                          f"are significantly worse (p < {ALPHA}, not corrected for multiple comparisons).")
-        if tested < len(others):
-            parts.append(f"{len(others) - tested} other configuration(s) could not be tested (fewer than two "
-                         "seeds shared with the best).")
+        untested = sum(1 for r in others if r is None)
+        if untested:
+            parts.append(f"{untested} other configuration(s) share fewer than two seeds with the best and "
+                         "cannot be tested.")
     return blocks + [Para(" ".join([*parts, *extra]), emphasis=True)]
 
 

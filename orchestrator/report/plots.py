@@ -268,5 +268,7 @@ def parallel_coordinates_svg(params: Mapping[str, Sequence[Any]], metric: Sequen
     ax.set_ylim(-0.05, 1.05)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=_text(metric_name), pad=0.02)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=_text(metric_name), pad=0.02)
+    if bar.solids is not None:  # vector, not an embedded PNG: the page holds no data: URL either
+        bar.solids.set_rasterized(False)
     return to_svg(fig, "parcoords")
