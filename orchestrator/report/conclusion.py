@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from orchestrator.report.blocks import SEED, Block, Code, Heading, Para, Table, fmt_num
 from orchestrator.report.training import ConfigStat, compare_with_best
 
-__all__ = ["ALPHA", "best_configuration", "conclusion"]
+__all__ = ["ALPHA", "best_configuration", "best_trial_of", "conclusion"]
 
 #: The significance level the conclusion states results at (two-sided, uncorrected).
 ALPHA = 0.05
@@ -77,7 +77,8 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
         worse = sum(1 for r in tested if r.p < ALPHA and r.mean_diff > 0)
         if tested:
             parts.append(f"Of the {len(tested)} other configuration(s) tested against the best, {worse} "
-                         f"are significantly worse (p < {ALPHA}, not corrected for multiple comparisons).")
+                         f"{'is' if worse == 1 else 'are'} significantly worse (p < {ALPHA}, not corrected for "
+                         "multiple comparisons).")
         untested = sum(1 for r in others if r is None)
         if untested:
             parts.append(f"{untested} other configuration(s) share fewer than two seeds with the best and "
@@ -85,16 +86,22 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
     return blocks + [Para(" ".join([*parts, *extra]), emphasis=True)]
 
 
+def best_trial_of(
+    best: ConfigStat, ranked: Sequence[Mapping[str, Any]], label: Mapping[str, str]
+) -> Optional[Mapping[str, Any]]:
+    """The best configuration's best trial (``ranked`` is best first). It is the report's "best
+    checkpoint": the best single trial overall may belong to a configuration that is worse on
+    average, and one lucky seed is not the answer."""
+    return next((r for r in ranked if label[r["trial_id"]] == best.name), None)
+
+
 def best_configuration(
-    best: ConfigStat, rows: Sequence[Mapping[str, Any]], label: Mapping[str, str], varying: Sequence[str],
-    col: str, job_dir: str,
+    best: ConfigStat, top: Optional[Mapping[str, Any]], varying: Sequence[str], col: str, job_dir: str,
 ) -> list[Block]:
-    """The best configuration's swept settings, its best trial, and the command that exports it."""
-    mine = [r for r in rows if label[r["trial_id"]] == best.name and r.get(col) is not None]
-    top = min(mine, key=lambda r: r[col], default=None)
+    """The best configuration's swept settings, its best trial ``top``, and the command that exports it."""
     blocks: list[Block] = [Heading(2, "Best configuration")]
     if top is None:
-        return blocks
+        return blocks + [Para(f"{best.name}: no trial with a finite {col}.")]
     settings = [[c, fmt_num(top.get(c), "")] for c in varying]
     seed = f" (seed {top.get(SEED)})" if SEED in top else ""
     blocks += [

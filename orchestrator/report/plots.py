@@ -271,4 +271,5 @@ def parallel_coordinates_svg(params: Mapping[str, Sequence[Any]], metric: Sequen
     bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=_text(metric_name), pad=0.02)
     if bar.solids is not None:  # vector, not an embedded PNG: the page holds no data: URL either
         bar.solids.set_rasterized(False)
+        bar.solids.set_edgecolor("face")  # no hairlines between the colour steps
     return to_svg(fig, "parcoords")

@@ -23,7 +23,7 @@ from typing import Optional
 
 from orchestrator.report import plots
 from orchestrator.report.blocks import SCHEDULER_STATUSES, SEED, Block, Code, Figure, Heading, Para, Table
-from orchestrator.report.conclusion import best_configuration, conclusion
+from orchestrator.report.conclusion import best_configuration, best_trial_of, conclusion
 from orchestrator.report.importance import importance_section
 from orchestrator.report.sample import sample_section
 from orchestrator.report.sections import failures, header, job_kind, overview, provenance, throughput_section
@@ -98,8 +98,9 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     stopped = sum(1 for r in rows if r["status"] in SCHEDULER_STATUSES)
     ranked = rank_trials(rows, metric)
     answer = conclusion(stats, col, failed, stopped)
-    if stats and stats[0].n:
-        answer += best_configuration(stats[0], ranked, label, params, col, store.job_dir)
+    top = best_trial_of(stats[0], ranked, label) if stats and stats[0].n else None
+    if top is not None:
+        answer += best_configuration(stats[0], top, params, col, store.job_dir)
     blocks: list[Block] = [Para(metric.why)]
     statuses = {r["trial_id"]: r["status"] for r in rows}
     blocks += curves(evals, label, metric.evals_column, colors, statuses, [s.name for s in stats])
@@ -110,7 +111,7 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
         blocks += [Heading(2, "Text sample from the best checkpoint"),
                    Para("The text sample is generated when the sweep ends.")]
     else:
-        blocks += sample_section(store, ranked[0] if ranked else None)
+        blocks += sample_section(store, top)
     blocks += failures(rows, label)
     return answer, blocks
 

@@ -28,7 +28,8 @@ _MAX_CHARS = 400
 
 
 def sample_section(store: ResultsStore, best: Optional[Mapping[str, Any]], prompt: str = "\n") -> list[Block]:
-    """The sample block for trial row ``best`` (the ranking's first), or a one-line note why there is none."""
+    """The sample block for trial row ``best`` (the best configuration's best trial), or a one-line
+    note why there is none."""
     blocks: list[Block] = [Heading(2, "Text sample from the best checkpoint")]
     if best is None:
         return blocks + [Para("No sample: no trial has completed yet.")]
@@ -47,7 +48,7 @@ def sample_section(store: ResultsStore, best: Optional[Mapping[str, Any]], promp
     except (CheckpointError, RuntimeError, ValueError) as e:  # a damaged or foreign checkpoint: say so, go on
         log.warning("no text sample from %s: %s", best["trial_id"], e)
         return blocks + [Para(f"No sample: the checkpoint of {best['trial_id']} could not be used ({e}).")]
-    text = text.lstrip("\n")[:_MAX_CHARS]
+    text = text.lstrip()[:_MAX_CHARS]  # the prompt is a newline, and what follows may start blank
     where = f"{store.job_dir.rstrip('/')}/{store.checkpoint_relpath(best['trial_id'])}"
     return blocks + [
         Para(f"Trial {best['trial_id']}: {len(text)} characters generated on the CPU (seed {SAMPLE_SEED}, "
