@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.report.importance import parameter_importance
-from orchestrator.run.live_report import LiveReport
 from orchestrator.report.render import build_report
 from orchestrator.report.training import curves, summarize
 from orchestrator.results import ResultsStore
+from orchestrator.run.live_report import LiveReport
 from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.events import EvalRecord, TrialStatus
 from rnn.train import Trainer
