@@ -43,7 +43,7 @@ class Heading:
 @dataclass(frozen=True)
 class Para:
     text: str
-    emphasis: bool = False  # the conclusion: shown as a highlighted box in HTML
+    box: str = ""  # "answer" (the conclusion) or "live" (the live banner): a highlighted box, bold in Markdown
 
 
 @dataclass(frozen=True)

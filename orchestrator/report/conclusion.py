@@ -39,14 +39,14 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
     blocks: list[Block] = [Heading(2, "Conclusion")]
     if not shown:
         return blocks + [Para(" ".join(["No conclusion yet: no trial has completed with a finite metric.", *extra]),
-                              emphasis=True)]
+                              box="answer")]
     best = shown[0]
     what, unit = _what(col)
     if len(shown) == 1:
         first = (f"All {best.n} counted trial(s) share one configuration" if len(stats) == 1 else
                  f"Only {best.name} has counted trials so far ({best.n})")
         text = f"{first}, with a mean {what} of {best.mean:.4f}{unit}; there is nothing to compare it with."
-        return blocks + [Para(" ".join([text, *extra]), emphasis=True)]
+        return blocks + [Para(" ".join([text, *extra]), box="answer")]
     runner = shown[1]
     diff = runner.mean - best.mean
     rel = f" ({diff / abs(runner.mean):.1%})" if runner.mean else ""
@@ -83,7 +83,7 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
         if untested:
             parts.append(f"{untested} other configuration(s) share fewer than two seeds with the best and "
                          "cannot be tested.")
-    return blocks + [Para(" ".join([*parts, *extra]), emphasis=True)]
+    return blocks + [Para(" ".join([*parts, *extra]), box="answer")]
 
 
 def best_trial_of(

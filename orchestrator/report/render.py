@@ -150,7 +150,7 @@ def to_markdown(blocks: Sequence[Block]) -> str:
             if b.level == 1:
                 out.append("\n_Plots are in report.html (self-contained; open it in a browser)._")
         elif isinstance(b, Para):
-            out.append(f"**{e(b.text)}**" if b.emphasis else e(b.text))
+            out.append(f"**{e(b.text)}**" if b.box else e(b.text))
         elif isinstance(b, Table):
             out.append("| " + " | ".join(e(h) for h in b.headers) + " |")
             out.append("|" + "|".join("---" for _ in b.headers) + "|")
@@ -172,6 +172,7 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:to
 th{background:#f2f2f2} tr:nth-child(even) td{background:#fafafa}
 figure{margin:1em 0} figcaption{font-size:.85em;color:#555} svg{max-width:100%;height:auto}
 p.answer{background:#eef6ee;border-left:4px solid #3a7d44;padding:.6em .9em}
+p.live{background:#fff6e0;border-left:4px solid #c88a00;padding:.6em .9em}
 pre{background:#f6f6f6;border:1px solid #ddd;padding:.6em .9em;white-space:pre-wrap;font-size:.88em}
 """
 
@@ -187,7 +188,7 @@ def to_html(blocks: Sequence[Block], title: str, refresh_s: Optional[int] = None
         if isinstance(b, Heading):
             body.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
         elif isinstance(b, Para):
-            body.append(f'<p class="answer">{e(b.text)}</p>' if b.emphasis else f"<p>{e(b.text)}</p>")
+            body.append(f'<p class="{e(b.box)}">{e(b.text)}</p>' if b.box else f"<p>{e(b.text)}</p>")
         elif isinstance(b, Table):
             head = "".join(f"<th>{e(h)}</th>" for h in b.headers)
             rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b.rows)

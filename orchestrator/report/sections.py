@@ -43,7 +43,7 @@ def header(name: str, live: bool = False) -> list[Block]:
     blocks: list[Block] = [Heading(1, f"Report: {name}")]
     if live:
         blocks.append(Para("Live: the sweep is still running. This page shows the trials finished so far; it is "
-                           "rebuilt as more finish and the browser reloads it every 30 s.", emphasis=True))
+                           "rebuilt as more finish and the browser reloads it every 30 s.", box="live"))
     return blocks
 
 
