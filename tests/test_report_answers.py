@@ -207,3 +207,19 @@ def test_live_report_throttles_rebuilds(tmp_path: Path) -> None:
             time.sleep(0.05)
     assert 1 <= len(calls) <= 3
     assert all(b - a >= 0.6 for a, b in zip(calls, calls[1:], strict=False))
+
+
+def test_a_random_sweep_over_a_learning_rate_and_a_size(tmp_path: Path) -> None:
+    """16 single-seed configurations: a log axis for lr, lr binned into 4 levels, no significance."""
+    store = ResultsStore(tmp_path)
+    for i in range(16):
+        lr, hidden = 10 ** (-4 + i / 5), (32, 64)[i % 2]
+        config = {"data": {"level": "char", "vocab_size": None}, "model": {"hidden_size": hidden},
+                  "train": {"lr": lr, "seed": 0}}
+        _commit(store, f"t{i:02d}", 2.0 - 0.05 * i + 0.01 * (hidden == 64), config)
+    md_path, html_path = build_report(tmp_path)
+    md, html = md_path.read_text(), html_path.read_text()
+    assert "With one seed per configuration, no significance can be claimed" in _conclusion(md)
+    assert "| train.lr | 4 |" in md and "| model.hidden_size | 2 |" in md
+    assert "(between seeds of one configuration)" not in md  # no configuration repeats
+    assert "train.lr (log)" in html  # the parallel-coordinates axis of a rate spanning 10x or more
