@@ -142,6 +142,21 @@ def test_pruned_trials_show_their_curves_and_are_not_failures(tmp_path: Path) ->
     assert "✕ ends a trial the scheduler pruned" in md
 
 
+@pytest.mark.skipif(not HAS_PRUNED, reason="needs TrialStatus.PRUNED (the successive-halving branch)")
+def test_successive_halving_is_concluded_and_compared_at_the_common_step(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    _commit(store, "win", 1.0, {"model": {"hidden_size": 64}, "train": {"lr": 0.01, "seed": 0}})
+    for i, (hidden, lr) in enumerate(((32, 0.001), (64, 0.001), (32, 0.01), (128, 0.1))):
+        evals = _evals(2.0 + i)[:1]  # stopped at the first rung, step 10
+        store.commit_trial({"trial_id": f"p{i}", "status": "pruned", "best_val_loss": evals[0].val_loss,
+                            "config": {"model": {"hidden_size": hidden}, "train": {"lr": lr, "seed": 0}}}, evals)
+    md = build_report(tmp_path)[0].read_text()
+    assert "Successive halving ran model.hidden_size=64, train.lr=0.01 to the full budget" in _conclusion(md)
+    assert "no significance can be claimed" in _conclusion(md)
+    assert "compared here on val_loss at step 10, the last evaluation all of them reached" in md
+    assert "across these 5 trials" in md
+
+
 TINY = RunConfig(
     data=DataConfig(seq_len=16),
     model=ModelConfig(embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),

@@ -42,9 +42,15 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
                               box="answer")]
     best = shown[0]
     what, unit = _what(col)
+    if len(shown) == 1 and pruned and len(stats) > 1:
+        text = (f"Successive halving ran {best.name} to the full budget: mean {what} {best.mean:.4f}{unit} over "
+                f"{best.n} trial(s). The other configurations were stopped at earlier rungs, judged on their "
+                "validation loss there, so there is no full-budget runner-up and no significance can be claimed; "
+                "the parameters section compares every trial at the step all of them reached.")
+        return blocks + [Para(" ".join([text, *extra[:1]]), box="answer")]
     if len(shown) == 1:
         first = (f"All {best.n} counted trial(s) share one configuration" if len(stats) == 1 else
-                 f"Only {best.name} has counted trials so far ({best.n})")
+                 f"Only {best.name} has counted trials ({best.n})")
         text = f"{first}, with a mean {what} of {best.mean:.4f}{unit}; there is nothing to compare it with."
         return blocks + [Para(" ".join([text, *extra]), box="answer")]
     runner = shown[1]

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from orchestrator.report import plots
 from orchestrator.report.blocks import Block, Figure, Heading, Para, Table
 
-__all__ = ["MAX_LEVELS", "Importance", "importance_section", "parameter_importance"]
+__all__ = ["MAX_LEVELS", "Importance", "at_common_step", "importance_section", "parameter_importance"]
 
 #: A numeric parameter with more distinct values than this is binned by rank into this many levels.
 MAX_LEVELS = 4
@@ -86,31 +86,61 @@ def parameter_importance(
     return sorted(out, key=lambda i: -i.share), within
 
 
-def importance_section(rows: Sequence[Mapping[str, Any]], params: Sequence[str], col: str) -> list[Block]:
-    """Parallel coordinates and parameter importance, for sweeps over two or more parameters."""
+def at_common_step(
+    rows: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], col: str
+) -> tuple[list[dict[str, Any]], Optional[int]]:
+    """``rows`` (trials) with ``col`` replaced by its evaluation at the last step every one of them
+    reached, and that step: the one budget on which trials that successive halving stopped at
+    different rungs compare. Trials without a finite value there are left out."""
+    by_trial: dict[str, dict[int, float]] = defaultdict(dict)
+    wanted = {r["trial_id"] for r in rows}
+    for e in evals:
+        v = e.get(col)
+        if e["trial_id"] in wanted and v is not None and math.isfinite(v):
+            by_trial[e["trial_id"]][e["step"]] = v
+    if not by_trial or len(by_trial) < len(wanted):
+        return [], None
+    step = min(max(steps) for steps in by_trial.values())
+    out = []
+    for r in rows:
+        seen = by_trial[r["trial_id"]]
+        last = max(s for s in seen if s <= step) if any(s <= step for s in seen) else None
+        if last is not None:
+            out.append({**r, col: seen[last]})
+    return out, step
+
+
+def importance_section(
+    rows: Sequence[Mapping[str, Any]], params: Sequence[str], col: str, note: str = ""
+) -> list[Block]:
+    """Parallel coordinates and parameter importance, for sweeps over two or more parameters;
+    ``note`` says on what budget ``col`` was taken when it is not the trials' own best."""
     if len(params) < 2:
         return []
     ok = [r for r in rows if r.get(col) is not None and math.isfinite(r[col])]
     blocks: list[Block] = [Heading(2, "Parameters: parallel coordinates and importance")]
+    if note:
+        blocks.append(Para(note))
     if len(ok) < 3:
-        return blocks + [Para(f"Fewer than 3 counted trials with a finite {col}: nothing to decompose yet.")]
+        return blocks + [Para(f"Fewer than 3 trials with a finite {col}: nothing to decompose yet.")]
     svg = plots.parallel_coordinates_svg({p: [r.get(p) for r in ok] for p in params}, [r[col] for r in ok], col)
-    blocks.append(Figure(svg, f"one line per counted trial across the swept parameters, coloured by {col} "
+    blocks.append(Figure(svg, f"one line per trial across the swept parameters, coloured by {col} "
                               "(lower is better, drawn on top)"))
     found, within = parameter_importance(ok, params, col)
     if not found:
-        return blocks + [Para(f"Every counted trial has the same {col}: no parameter explains anything.")]
+        return blocks + [Para(f"Every trial has the same {col}: no parameter explains anything.")]
     table = [[i.parameter, str(i.levels), f"{i.share:.1%}"] for i in found]
     if within is not None:
         table.append(["(between seeds of one configuration)", "—", f"{within:.1%}"])
+    noise = (" The last row is seed-to-seed variance within identical settings: a share not well above it "
+             "is not distinguishable from noise." if within is not None else
+             " No configuration was repeated with another seed, so seed noise cannot be told apart here.")
     blocks += [
         Para(f"Importance is each parameter's main effect: the share of the variance of {col} across "
-             f"the {len(ok)} counted trials that lies between the groups of trials sharing a value of it "
+             f"these {len(ok)} trials that lies between the groups of trials sharing a value of it "
              f"(eta², one-way ANOVA; a number with more than {MAX_LEVELS} values is binned by rank into "
              f"{MAX_LEVELS}). Shares need not add up to 100%: the rest is interactions and noise, and "
-             "correlated parameters share credit. The last row is seed-to-seed variance within identical "
-             "settings: a share not well above it is not distinguishable from noise. Pruned trials are left "
-             "out (their metric is from a shorter budget)."),
+             "correlated parameters share credit." + noise),
         Table(["parameter", "levels", "share of variance"], table),
     ]
     return blocks

@@ -24,13 +24,14 @@ from typing import Optional
 from orchestrator.report import plots
 from orchestrator.report.blocks import SCHEDULER_STATUSES, SEED, Block, Code, Figure, Heading, Para, Table
 from orchestrator.report.conclusion import best_configuration, best_trial_of, conclusion
-from orchestrator.report.importance import importance_section
+from orchestrator.report.importance import at_common_step, importance_section
 from orchestrator.report.sample import sample_section
 from orchestrator.report.sections import failures, header, job_kind, overview, provenance, throughput_section
-from orchestrator.report.stats import config_label
+from orchestrator.report.stats import config_labels
 from orchestrator.report.training import best_trials, by_config, curves, summarize
 from orchestrator.results import (
     FAILURE_STATUSES,
+    SUCCESS_STATUSES,
     TRIAL_FIXED,
     ResultsError,
     ResultsStore,
@@ -66,7 +67,7 @@ def build_report(job_dir: str | os.PathLike[str], *, live: bool = False) -> tupl
     rows = trials.to_pylist()
     blocks = header(name, live=live)
     if kind == "throughput":  # no validation metrics: only failures are worth listing
-        label = {r["trial_id"]: config_label(r, varying_columns(rows, config_cols)) for r in rows}
+        label = config_labels(rows, varying_columns(rows, config_cols))
         blocks += overview(kind, rows) + failures(rows, label)
     else:
         answer, evidence = _training(store, rows, config_cols, store.read_evals().to_pylist(), live)
@@ -80,6 +81,20 @@ def build_report(job_dir: str | os.PathLike[str], *, live: bool = False) -> tupl
     return Path(md_path), Path(html_path)
 
 
+def _importance(rows: list[dict], ranked: list, evals: list[dict], params: list[str], col: str, evals_col: str,
+                stopped: int) -> list[Block]:
+    """Importance over the counted trials' best metric; when the scheduler stopped some trials
+    early, over every trial that did not fail, at the last step all of them reached."""
+    if stopped:
+        kept = [r for r in rows if r["status"] in SUCCESS_STATUSES or r["status"] in SCHEDULER_STATUSES]
+        common, step = at_common_step(kept, evals, evals_col)
+        if step is not None:
+            note = (f"Successive halving stopped trials at different steps, so every trial that did not fail "
+                    f"is compared here on {evals_col} at step {step}, the last evaluation all of them reached.")
+            return importance_section(common, params, evals_col, note=note)
+    return importance_section(ranked, params, col)
+
+
 def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], evals: list[dict],
               live: bool) -> tuple[list[Block], list[Block]]:
     """The answer (the conclusion and the best configuration), then the evidence: the curves, the
@@ -88,7 +103,7 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     if not rows:
         return [], []
     params = varying_columns(rows, [c for c in config_cols if c != SEED])
-    label = {r["trial_id"]: config_label(r, params) for r in rows}
+    label = config_labels(rows, params)
     metric = ranking_metric(rows)
     col = metric.trials_column
     stats = summarize(rows, label, col)
@@ -105,7 +120,7 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     statuses = {r["trial_id"]: r["status"] for r in rows}
     blocks += curves(evals, label, metric.evals_column, colors, statuses, [s.name for s in stats])
     blocks += by_config(stats, col, colors)
-    blocks += importance_section(ranked, params, col)
+    blocks += _importance(rows, ranked, evals, params, col, metric.evals_column, stopped)
     blocks += best_trials(ranked, params, col)
     if live:
         blocks += [Heading(2, "Text sample from the best checkpoint"),

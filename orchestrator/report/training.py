@@ -37,6 +37,7 @@ class ConfigStat:
     values: list[float]
     not_counted: int  # failed, diverged, OOM, timed out
     pruned: int  # stopped or paused by the scheduler
+    partial: float = math.nan  # the best metric of its scheduler-stopped trials (a shorter budget)
 
 
 def summarize(rows: list[dict], label: Mapping[str, str], col: str) -> list[ConfigStat]:
@@ -46,6 +47,11 @@ def summarize(rows: list[dict], label: Mapping[str, str], col: str) -> list[Conf
         if r["status"] in SUCCESS_STATUSES:
             groups[label[r["trial_id"]]].append(r)
     pruned = Counter(label[r["trial_id"]] for r in rows if r["status"] in SCHEDULER_STATUSES)
+    partial: dict[str, float] = {}
+    for r in rows:
+        v = r.get(col)
+        if r["status"] in SCHEDULER_STATUSES and v is not None and math.isfinite(v):
+            partial[label[r["trial_id"]]] = min(v, partial.get(label[r["trial_id"]], math.inf))
     other = Counter(label[r["trial_id"]] for r in rows
                     if r["status"] not in SUCCESS_STATUSES and r["status"] not in SCHEDULER_STATUSES)
     out = []
@@ -56,8 +62,17 @@ def summarize(rows: list[dict], label: Mapping[str, str], col: str) -> list[Conf
             if r[col] is not None and math.isfinite(r[col]):
                 seeds[r.get(SEED)].append(r[col])
         out.append(ConfigStat(name, mean, half, n, {s: sum(v) / len(v) for s, v in seeds.items()},
-                              [v for vs in seeds.values() for v in vs], other.get(name, 0), pruned.get(name, 0)))
-    return sorted(out, key=lambda s: (math.isnan(s.mean), s.mean))
+                              [v for vs in seeds.values() for v in vs], other.get(name, 0), pruned.get(name, 0),
+                              partial.get(name, math.nan)))
+
+    def order(s: ConfigStat) -> tuple[bool, float]:
+        # Counted configurations by mean; then those the scheduler stopped, by their best on a
+        # shorter budget; then the rest.
+        if s.n:
+            return False, s.mean
+        return True, s.partial if math.isfinite(s.partial) else math.inf
+
+    return sorted(out, key=order)
 
 
 def compare_with_best(stats: Sequence[ConfigStat]) -> list[tuple[ConfigStat, Optional[PairedTest]]]:
