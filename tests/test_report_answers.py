@@ -238,3 +238,12 @@ def test_a_random_sweep_over_a_learning_rate_and_a_size(tmp_path: Path) -> None:
     assert "| train.lr | 4 |" in md and "| model.hidden_size | 2 |" in md
     assert "(between seeds of one configuration)" not in md  # no configuration repeats
     assert "train.lr (log)" in html  # the parallel-coordinates axis of a rate spanning 10x or more
+
+
+def test_float_labels_are_short_unless_that_merges_configurations() -> None:
+    from orchestrator.report.stats import config_labels
+
+    rows = [{"trial_id": "a", "train.lr": 0.02586552182709658}, {"trial_id": "b", "train.lr": 0.001}]
+    assert config_labels(rows, ["train.lr"]) == {"a": "train.lr=0.02587", "b": "train.lr=0.001"}
+    close = [{"trial_id": "a", "train.lr": 0.0100001}, {"trial_id": "b", "train.lr": 0.0100002}]
+    assert config_labels(close, ["train.lr"]) == {"a": "train.lr=0.0100001", "b": "train.lr=0.0100002"}
