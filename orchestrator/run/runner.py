@@ -72,10 +72,16 @@ def run_job(
     output: Optional[str] = None,
     fresh: bool = False,
     stop: Optional[threading.Event] = None,
+    live_report_s: Optional[float] = None,
 ) -> RunOutcome:
     """Run every unfinished trial of ``job`` (from :func:`orchestrator.spec.load_job`) and rebuild
-    the report; ``output`` overrides the spec's results root (``run --output``)."""
+    the report; ``output`` overrides the spec's results root (``run --output``).
+
+    While trials run, the report is rebuilt in the background as they finish, at most every
+    ``live_report_s`` seconds (default :data:`~orchestrator.run.live_report.LIVE_REPORT_S`; 0 turns it off).
+    """
     from orchestrator.run.dispatch import Dispatcher
+    from orchestrator.run.live_report import LIVE_REPORT_S, LiveReport
     from orchestrator.run.ray_backend import RayBackend
 
     spec, trials = job.spec, list(job.trials)
@@ -137,13 +143,19 @@ def run_job(
                 todo, spec.resources, store, backend,
                 total=len(trials), faults=tuple(faults_from_env()), stop=stop,
             )
+            interval = LIVE_REPORT_S if live_report_s is None else live_report_s
+            live = LiveReport(job_dir, interval) if interval > 0 else None
             try:
                 with stop_on_signals(dispatcher.stop):
+                    if live is not None:
+                        live.start()
                     summary = dispatcher.run()
             except ClusterLostError:
                 cluster_lost = True
                 raise
             finally:
+                if live is not None:
+                    live.close()  # before compaction and the final report: never two writers
                 _compact(store)  # finished, interrupted or failed: fold this run's parts in
                 manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
                 write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id)
