@@ -15,7 +15,7 @@ from orchestrator.report.importance import parameter_importance
 from orchestrator.report.render import build_report
 from orchestrator.report.training import curves, summarize
 from orchestrator.results import ResultsStore
-from orchestrator.run.live_report import LiveReport
+from orchestrator.run.live_report import BUILD_SHARE, LiveReport
 from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.events import EvalRecord, TrialStatus
 from rnn.train import Trainer
@@ -222,6 +222,26 @@ def test_live_report_throttles_rebuilds(tmp_path: Path) -> None:
             time.sleep(0.05)
     assert 1 <= len(calls) <= 3
     assert all(b - a >= 0.6 for a, b in zip(calls, calls[1:], strict=False))
+
+
+def test_live_report_waits_longer_after_a_slow_build(tmp_path: Path) -> None:
+    # A build over thousands of trials takes seconds: the next one waits BUILD_SHARE times as
+    # long, so rebuilding never takes more than a bounded share of the driver's time.
+    store = ResultsStore(tmp_path)
+    calls: list[tuple[float, float]] = []
+
+    def slow_build(job_dir: Path, live: bool) -> None:
+        start = time.monotonic()
+        time.sleep(0.15)
+        calls.append((start, time.monotonic()))
+
+    with LiveReport(tmp_path, interval_s=0.05, poll_s=0.01, build=slow_build):
+        for i in range(25):  # a commit every 0.1 s for 2.5 s
+            _commit(store, f"t{i}", 1.0 + i, _cfg("gru", i))
+            time.sleep(0.1)
+    assert calls
+    assert len(calls) <= 3  # 2.5 s of commits, builds of 0.15 s each at most every 1.5 s
+    assert all(b[0] - a[1] >= BUILD_SHARE * 0.15 for a, b in zip(calls, calls[1:], strict=False))
 
 
 def test_a_random_sweep_over_a_learning_rate_and_a_size(tmp_path: Path) -> None:

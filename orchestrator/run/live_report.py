@@ -23,12 +23,14 @@ from typing import Any, Optional
 
 from orchestrator.results import ResultsStore
 
-__all__ = ["LIVE_REPORT_S", "LiveReport"]
+__all__ = ["BUILD_SHARE", "LIVE_REPORT_S", "LiveReport"]
 
 log = logging.getLogger(__name__)
 
 #: At most one live rebuild this often (seconds).
 LIVE_REPORT_S = 30.0
+#: And never more often than every BUILD_SHARE x the last build's duration: at most ~10% of the time.
+BUILD_SHARE = 10.0
 
 
 class LiveReport:
@@ -84,16 +86,21 @@ class LiveReport:
 
             self._build = build_report
         built = self._marker()  # what is there at the start is what the last report showed
-        last = time.monotonic()
+        last, spent = time.monotonic(), 0.0
         while not self._stop.wait(self.poll_s):
-            if time.monotonic() - last < self.interval_s:
+            # A build reads every trial, so it grows with the sweep; waiting at least
+            # BUILD_SHARE times its last duration keeps its share of the driver's time bounded
+            # (thousands of trials) while a small sweep still refreshes every interval_s.
+            if time.monotonic() - last < max(self.interval_s, BUILD_SHARE * spent):
                 continue
             marker = self._marker()
             if marker in (built, -1):
                 continue
+            t0 = time.monotonic()
             try:
                 self._build(self.job_dir, live=True)
                 self.builds += 1
             except Exception as e:  # noqa: BLE001  (the sweep matters more than a live page)
                 log.warning("live report: could not rebuild the report of %s: %s", self.job_dir, e)
             built, last = marker, time.monotonic()
+            spent = last - t0
