@@ -70,7 +70,7 @@ def test_training_report(train_job: Path) -> None:
     assert (md_path, html_path) == (train_job / "report.md", train_job / "report.html")
     html, md = html_path.read_text(), md_path.read_text()
     _assert_self_contained(html)
-    assert html.count("<svg") == 2  # validation curves + configuration CIs
+    assert html.count("<svg") == 3  # validation curves, train/val panels, configuration CIs
     for text in (html, md):
         assert "Report: cells" in text and "Kind: train" in text
         assert "f00d" * 16 in text and "jobs/cells.yaml" in text

@@ -247,6 +247,11 @@ class ResultsStore:
         """How many trials are committed as parts and not yet compacted."""
         return len(self._listing().latest)
 
+    def commit_marker(self) -> int:
+        """The newest commit's sequence number among the parts (0 for none): it changes with every
+        trial committed, so a live reader can tell from one listing whether anything finished."""
+        return self._listing().max_seq
+
     # --- reading: the union of tables and parts --------------------------------------------
 
     def read_trials(self) -> pa.Table:
