@@ -27,6 +27,7 @@ from orchestrator.results import (
     new_run_id,
     write_manifest,
 )
+from orchestrator.run.asha import load_asha
 from orchestrator.run.backend import ClusterLostError
 from orchestrator.run.connect import cluster_address, connect, probe_address, stop_on_signals
 from orchestrator.run.faults import faults_from_env
@@ -139,9 +140,11 @@ def run_job(
                 elastic=not started_here,
                 placement_timeout_s=spec.resources.placement_timeout_s,
             )
+            scheduler = spec.sweep.scheduler if spec.sweep is not None else None
             dispatcher = Dispatcher(
                 todo, spec.resources, store, backend,
                 total=len(trials), faults=tuple(faults_from_env()), stop=stop,
+                asha=load_asha(scheduler, trials, store) if scheduler is not None else None,
             )
             interval = LIVE_REPORT_S if live_report_s is None else live_report_s
             live = LiveReport(job_dir, interval) if interval > 0 else None
