@@ -278,7 +278,7 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
 
 def cmd_best(args: argparse.Namespace) -> int:
     """Print a runnable spec of a job's best configuration (``> best.yaml``)."""
-    from orchestrator.best import best_spec
+    from orchestrator.report.best import best_spec
 
     try:
         text = best_spec(args.dir, metric=args.metric)
@@ -288,7 +288,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-#: ``best --metric`` choices: ``orchestrator.best.METRICS`` (not imported here: it reads Parquet).
+#: ``best --metric`` choices: ``orchestrator.report.best.METRICS`` (not imported here: it reads Parquet).
 BEST_METRICS = ("val_loss", "val_bpc", "val_accuracy")
 
 

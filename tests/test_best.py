@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import TINY_SPEC, run_cli
-from orchestrator.best import METRICS, best_spec
+
 from orchestrator.cli import BEST_METRICS
 from orchestrator.errors import UsageError
+from orchestrator.report.best import METRICS, best_spec
 from orchestrator.results import ResultsStore, trial_row, write_manifest
 from orchestrator.spec import build_job
 from rnn.events import TrialStatus
@@ -59,6 +59,20 @@ def test_best_writes_the_best_trials_config_as_a_spec_that_validates(tmp_path: P
     # another metric, where higher is better
     by_acc = build_job(yaml.safe_load(best_spec(folder, metric="val_accuracy")))
     assert [t.trial_id for t in by_acc.trials] == [trials[3].trial_id]
+
+
+def test_the_final_report_writes_best_yaml_and_links_it_a_live_one_does_not(tmp_path: Path) -> None:
+    from orchestrator.report import build_report
+
+    folder, trials = _job_folder(tmp_path, _raw(), [("completed", 2.0, 0.30), ("completed", 1.5, 0.20),
+                                                    ("completed", 1.9, 0.4), ("completed", 1.7, 0.40)])
+    _, live_html = build_report(folder, live=True)
+    assert not (folder / "best.yaml").exists() and 'href="best.yaml"' not in live_html.read_text()
+    md, html = build_report(folder)
+    assert (folder / "best.yaml").read_text() == best_spec(folder)
+    assert 'href="best.yaml"' in html.read_text() and "(<best.yaml>)" in md.read_text()
+    spec = yaml.safe_load((folder / "best.yaml").read_text())
+    assert [t.trial_id for t in build_job(spec).trials] == [trials[1].trial_id]
 
 
 def test_best_falls_back_to_the_tables_config_columns(tmp_path: Path) -> None:

@@ -65,7 +65,15 @@ class Code:
     text: str
 
 
-Block = Union[Heading, Para, Table, Figure, Code]
+@dataclass(frozen=True)
+class Link:
+    """A paragraph that links a file beside the report (a relative ``href``): ``text`` then the link."""
+
+    text: str
+    href: str
+
+
+Block = Union[Heading, Para, Table, Figure, Code, Link]
 
 
 def fmt_num(x: Any, fmt: str = ".4f") -> str:

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from orchestrator.report.blocks import SEED, Block, Code, Heading, Para, Table, fmt_num
+from orchestrator.report.blocks import SEED, Block, Code, Heading, Link, Para, Table, fmt_num
 from orchestrator.report.training import ConfigStat, compare_with_best
 
 __all__ = ["ALPHA", "best_configuration", "best_trial_of", "conclusion"]
@@ -103,8 +103,10 @@ def best_trial_of(
 
 def best_configuration(
     best: ConfigStat, top: Optional[Mapping[str, Any]], varying: Sequence[str], col: str, job_dir: str,
+    best_file: Optional[str] = None,
 ) -> list[Block]:
-    """The best configuration's swept settings, its best trial ``top``, and the command that exports it."""
+    """The best configuration's swept settings, its best trial ``top``, a link to ``best_file`` (the
+    spec of it written beside the report, when there is one) and the command that exports it."""
     blocks: list[Block] = [Heading(2, "Best configuration")]
     if top is None:
         return blocks + [Para(f"{best.name}: no trial with a finite {col}.")]
@@ -117,6 +119,9 @@ def best_configuration(
     ]
     if settings:
         blocks.append(Table(["setting", "value"], settings))
-    blocks += [Para("To get it as a runnable spec:"), Code(f"python -m orchestrator best {shlex.quote(job_dir)} "
-                                                          "> best.yaml")]
+    if best_file:
+        blocks.append(Link("As a runnable spec (the best trial's full config, no sweep):", best_file))
+    again = "To print it again (or ranked by another --metric):"
+    blocks += [Para(again if best_file else "To get it as a runnable spec:"),
+               Code(f"python -m orchestrator best {shlex.quote(job_dir)} > best.yaml")]
     return blocks

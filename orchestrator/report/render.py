@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 from orchestrator.report import plots
-from orchestrator.report.blocks import SCHEDULER_STATUSES, SEED, Block, Code, Figure, Heading, Para, Table
+from orchestrator.report.best import write_best_spec
+from orchestrator.report.blocks import SCHEDULER_STATUSES, SEED, Block, Code, Figure, Heading, Link, Para, Table
 from orchestrator.report.conclusion import best_configuration, best_trial_of, conclusion
 from orchestrator.report.importance import at_common_step, importance_section
 from orchestrator.report.sample import sample_section
@@ -65,12 +66,18 @@ def build_report(job_dir: str | os.PathLike[str], *, live: bool = False) -> tupl
     kind = job_kind(manifest, store.has_throughput())
     config_cols = [c for c in trials.column_names if c not in TRIAL_FIXED.names]
     rows = trials.to_pylist()
+    # The best configuration as a runnable spec beside the report (not while the sweep runs: the
+    # best so far would be a moving target, and a file that changes under a user misleads).
+    best_file = None if live else write_best_spec(store)
     blocks = header(name, live=live)
     if kind == "throughput":  # no validation metrics: only failures are worth listing
         label = config_labels(rows, varying_columns(rows, config_cols))
         blocks += overview(kind, rows) + failures(rows, label)
+        if best_file:
+            blocks += [Heading(2, "Fastest setting"),
+                       Link("The fastest setting that fit, as a kind: train spec on that device:", best_file)]
     else:
-        answer, evidence = _training(store, rows, config_cols, store.read_evals().to_pylist(), live)
+        answer, evidence = _training(store, rows, config_cols, store.read_evals().to_pylist(), live, best_file)
         blocks += answer + overview(kind, rows) + evidence
     if throughput.num_rows:
         blocks += throughput_section(throughput.to_pylist(), [c for c in throughput.column_names if "." in c])
@@ -96,7 +103,7 @@ def _importance(rows: list[dict], ranked: list, evals: list[dict], params: list[
 
 
 def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], evals: list[dict],
-              live: bool) -> tuple[list[Block], list[Block]]:
+              live: bool, best_file: Optional[str]) -> tuple[list[Block], list[Block]]:
     """The answer (the conclusion and the best configuration), then the evidence: the curves, the
     statistics behind the conclusion, the parameters' importance, the best trials, a text sample
     and the failures."""
@@ -115,7 +122,7 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     answer = conclusion(stats, col, failed, stopped)
     top = best_trial_of(stats[0], ranked, label) if stats and stats[0].n else None
     if top is not None:
-        answer += best_configuration(stats[0], top, params, col, store.job_dir)
+        answer += best_configuration(stats[0], top, params, col, store.job_dir, best_file)
     blocks: list[Block] = [Para(metric.why)]
     statuses = {r["trial_id"]: r["status"] for r in rows}
     blocks += curves(evals, label, metric.evals_column, colors, statuses, [s.name for s in stats])
@@ -172,6 +179,8 @@ def to_markdown(blocks: Sequence[Block]) -> str:
             out.extend("| " + " | ".join(e(c) for c in row) + " |" for row in b.rows)
         elif isinstance(b, Figure):
             out.append(f"_Plot: {e(b.caption)} (see report.html)._")
+        elif isinstance(b, Link):
+            out.append(f"{e(b.text)} [{e(b.href)}](<{b.href}>)")
         elif isinstance(b, Code):  # a fence longer than any backtick run inside keeps it literal
             fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", b.text)), default=0))
             out += [fence, b.text, fence]
@@ -212,6 +221,8 @@ def to_html(blocks: Sequence[Block], title: str, refresh_s: Optional[int] = None
             body.append(f"<figure>{b.svg}<figcaption>{e(b.caption)}</figcaption></figure>")
         elif isinstance(b, Code):
             body.append(f"<pre>{e(b.text)}</pre>")
+        elif isinstance(b, Link):
+            body.append(f'<p>{e(b.text)} <a href="{e(b.href)}">{e(b.href)}</a></p>')
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         + (f'<meta http-equiv="refresh" content="{int(refresh_s)}">\n' if refresh_s else "")

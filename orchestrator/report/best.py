@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -31,7 +32,12 @@ from orchestrator.spec import build_job
 from orchestrator.spec.expand import set_path
 from orchestrator.spec.yamlio import parse_yaml
 
-__all__ = ["METRICS", "best_spec"]
+__all__ = ["BEST_FILE", "METRICS", "best_spec", "write_best_spec"]
+
+log = logging.getLogger(__name__)
+
+#: The spec of the best configuration, written beside the final report.
+BEST_FILE = "best.yaml"
 
 #: ``--metric`` choices: the trials column and whether higher is better.
 METRICS: dict[str, tuple[str, bool]] = {
@@ -73,6 +79,18 @@ def best_spec(job_dir: str | os.PathLike[str], metric: Optional[str] = None) -> 
     except ResultsError as e:
         raise UsageError(str(e)) from e
     return _render(raw, config, header)
+
+
+def write_best_spec(store: ResultsStore) -> Optional[str]:
+    """Write :func:`best_spec` of the store's job to ``best.yaml`` beside the report; returns that
+    name, or None (said at INFO) when there is nothing to write: no manifest, nothing ranked."""
+    try:
+        text = best_spec(store.job_dir)
+    except UsageError as e:
+        log.info("no %s in the report: %s", BEST_FILE, e)
+        return None
+    store.write_text(BEST_FILE, text)
+    return BEST_FILE
 
 
 def _spec_of(manifest: Optional[Mapping[str, Any]]) -> dict[str, Any]:
