@@ -68,6 +68,7 @@ class TrainerActor:
         from rnn.config import RunConfig
         from rnn.errors import is_out_of_memory
         from rnn.events import TrialStatus
+        from rnn.memory import release_device_memory
         from rnn.train import Trainer
 
         run_dir = self._scratch / trial_id
@@ -100,7 +101,7 @@ class TrainerActor:
         except Exception as exc:  # reported as data; the driver decides what it means
             oom = is_out_of_memory(exc)
             if oom:
-                _release_device_memory()
+                release_device_memory()
             log.warning("trial %s raised %s", trial_id, type(exc).__name__)
             yield Raised(format_exception(exc), oom=oom)
         finally:
@@ -130,12 +131,3 @@ class TrainerActor:
             yield Ended(None)
         except Exception as exc:  # set-up failures; per-size errors are rows
             yield Raised(format_exception(exc), oom=is_out_of_memory(exc))
-
-
-def _release_device_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if hasattr(torch, "mps") and torch.backends.mps.is_available():
-        torch.mps.empty_cache()
