@@ -60,6 +60,6 @@ def evaluate(model: LanguageModel, data: LMData, autocast: Any, rows: int) -> Va
     return ValMetrics(
         loss=loss,
         accuracy=float(correct.item()) / count,
-        bpc=loss * data.tokens_per_char_val / math.log(2),
+        bpc=data.val_bpc(loss),
         perplexity=math.exp(min(loss, 700.0)) if math.isfinite(loss) else float("nan"),
     )
