@@ -130,3 +130,16 @@ def test_fp16_step_skipped_by_the_scaler_does_not_advance_the_schedule() -> None
     run.advance_schedule()
     assert not ts.skipped and run.scheduler.last_epoch == 1
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_rng_capture_restores_the_cpu_and_data_generators() -> None:
+    # CUDA and MPS default generators are captured the same way on those devices; no GPU here.
+    from rnn.run_state import capture_rng, restore_rng
+
+    gen = torch.Generator().manual_seed(5)
+    saved = capture_rng(gen)
+    assert set(saved) == {"torch", "generator"}
+    expected = (torch.rand(3), torch.rand(3, generator=gen))
+    restore_rng(saved, gen)
+    again = (torch.rand(3), torch.rand(3, generator=gen))
+    assert all(torch.equal(a, b) for a, b in zip(expected, again, strict=True))
