@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnn.bpc import bits_per_char, unknown_piece_bits
 from rnn.config import DataConfig
 from rnn.corpus import Corpus, load_corpus
 from rnn.tokenizer import Tokenizer, build_tokenizer
@@ -52,6 +53,7 @@ class LMData:
     seq_len: int
     val_chars: int  # characters in the validation text
     train_chars: int  # characters in the training text
+    val_unknown_bits: float = 0.0  # bits to spell out the validation targets' [UNK] pieces (rnn.bpc)
     _offsets: Tensor = field(init=False, repr=False)
     _val_windows: Tensor = field(init=False, repr=False)
     _val_tail: Optional[Tensor] = field(init=False, repr=False)
@@ -85,6 +87,11 @@ class LMData:
         bits/char = val_loss_nats_per_token * tokens_per_char_val / ln 2.
         """
         return self.val.numel() / self.val_chars if self.val_chars else math.nan
+
+    def val_bpc(self, loss_nats: float) -> float:
+        """Bits per validation character for a mean validation loss (nats/token), with every
+        ``[UNK]`` charged its spelling (see :mod:`rnn.bpc`)."""
+        return bits_per_char(loss_nats, self.num_val_targets, self.val_unknown_bits, self.val.numel(), self.val_chars)
 
     @property
     def num_val_targets(self) -> int:
@@ -190,6 +197,7 @@ def prepare_data(
         seq_len=cfg.seq_len,
         val_chars=len(val_text),
         train_chars=len(train_text),
+        val_unknown_bits=unknown_piece_bits(tokenizer, train_text, val_text),
     )
 
 

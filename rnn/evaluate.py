@@ -48,7 +48,7 @@ def evaluate(model: LanguageModel, data: LMData, autocast: Any, rows: int) -> Va
     count = 0
     for window in data.val_batches(rows):  # (b, T+1)
         with autocast:
-            logits = model(window).logits  # (b, T, V); forward direction only
+            logits = model(window, backward=False).logits  # (b, T, V); forward direction only
         targets = window[:, 1:]
         nll += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").double()
         correct += (logits.argmax(-1) == targets).sum()
@@ -60,6 +60,6 @@ def evaluate(model: LanguageModel, data: LMData, autocast: Any, rows: int) -> Va
     return ValMetrics(
         loss=loss,
         accuracy=float(correct.item()) / count,
-        bpc=loss * data.tokens_per_char_val / math.log(2),
+        bpc=data.val_bpc(loss),
         perplexity=math.exp(min(loss, 700.0)) if math.isfinite(loss) else float("nan"),
     )

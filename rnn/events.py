@@ -39,7 +39,14 @@ class TrialStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class EvalRecord:
-    """Metrics at one evaluation. Losses are nats per token; bpc is bits per *character*."""
+    """Metrics at one evaluation. Losses are nats per token; bpc is bits per *character*.
+
+    ``train_loss`` is the same quantity as ``val_loss`` (forward direction, no label smoothing)
+    averaged over the training batches since the previous evaluation, so their gap is
+    overfitting. ``train_objective`` is what the optimiser minimised over those batches (with
+    label smoothing; for bidirectional models the mean of both directions). ``val_bpc`` charges
+    a word model's ``[UNK]`` tokens for spelling their words out (see :mod:`rnn.bpc`).
+    """
 
     step: int
     epoch: float
@@ -53,6 +60,7 @@ class EvalRecord:
     samples_per_s: float
     tokens_per_s: float
     elapsed_s: float
+    train_objective: Optional[float] = None  # None in records written before it existed
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,12 @@ class LanguageModel(nn.Module):
     def bidirectional(self) -> bool:
         return self.backward_rnn is not None
 
-    def forward(self, window: Tensor) -> LMOutput:
-        """Logits for a window ``[B, L]`` of token ids (``L >= 2``); see :class:`LMOutput`."""
+    def forward(self, window: Tensor, backward: bool = True) -> LMOutput:
+        """Logits for a window ``[B, L]`` of token ids (``L >= 2``); see :class:`LMOutput`.
+
+        ``backward=False`` skips a bidirectional model's backward stack and head (evaluation
+        scores the forward direction only); ``backward_logits`` is then None.
+        """
         if window.dim() != 2 or window.shape[1] < 2:
             raise ValueError(
                 f"window must be [batch, length >= 2] token ids (got {tuple(window.shape)})"
@@ -152,7 +156,7 @@ class LanguageModel(nn.Module):
         logits = self.head(self.drop(out))  # [B, L-1, V]
 
         backward_logits = None
-        if self.backward_rnn is not None:
+        if self.backward_rnn is not None and backward:
             # Reversed, the backward stack reads window[:, L-1], window[:, L-2], ...; after
             # flipping back, position t has read window[:, t+1:] and predicts window[:, t].
             rev, _ = self.backward_rnn(emb[:, 1:].flip(1))  # [B, L-1, H], reversed time

@@ -26,9 +26,12 @@ def generate(
 ) -> str:
     """Continue ``prompt`` by ``length`` tokens sampled from the model in ``checkpoint``.
 
-    ``temperature`` 0 means greedy decoding; ``top_k`` keeps only the k most likely tokens.
-    The model and tokenizer are rebuilt from the checkpoint alone; the corpus is not needed.
-    Returns the prompt followed by the generated text.
+    ``temperature`` 0 means greedy decoding; ``top_k`` keeps exactly the k most likely tokens
+    (ties at the k-th are broken by ``torch.topk``). ``seed=None`` seeds a private generator
+    from the OS; the global torch RNG is never touched. The model and tokenizer are rebuilt
+    from the checkpoint alone; the corpus is not needed. Returns the prompt followed by the
+    generated text, joined as the tokenizer joins them (so a word model's continuation is not
+    glued to the prompt's last word).
     """
     if length < 0:
         raise ValueError(f"length must be >= 0 (got {length})")
@@ -41,14 +44,18 @@ def generate(
     label = checkpoint_label(checkpoint)
     tokenizer = checkpoint_tokenizer(ckpt, label)  # checks the vocabulary before anything is sized by it
     try:
-        model = build_model(model_config_from_checkpoint(ckpt), tokenizer.vocab_size).to(dev)
+        with torch.random.fork_rng(devices=[]):  # weight init must not move the caller's global RNG
+            model = build_model(model_config_from_checkpoint(ckpt), tokenizer.vocab_size).to(dev)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as e:  # no config or weights, or weights of another shape
         raise CheckpointError(f"checkpoint {label} does not hold a model this version can rebuild ({e!r:.300})") from e
     model.eval()
 
     gen = torch.Generator(device=dev)
-    gen.manual_seed(seed if seed is not None else torch.seed())
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()  # a non-deterministic seed for this generator only
     # An empty prompt starts from a newline (byte-level BPE has no unknown id to start from).
     ids = tokenizer.encode(prompt) or tokenizer.encode("\n") or [0]
     tokens = torch.tensor([ids], dtype=torch.long, device=dev)  # (1, P)
@@ -61,9 +68,14 @@ def generate(
         else:
             last = last / temperature
             if top_k is not None and top_k < last.numel():
-                kth = torch.topk(last, top_k).values[-1]
-                last = last.masked_fill(last < kth, float("-inf"))
+                # Exactly k survivors: masking by value (< k-th) would keep every tie at the k-th.
+                keep = torch.topk(last, top_k).indices  # (k,)
+                last = torch.full_like(last, float("-inf")).scatter(0, keep, last[keep])
             nxt = int(torch.multinomial(torch.softmax(last, -1), 1, generator=gen))
         out.append(nxt)
         logits, state = model.step(torch.tensor([[nxt]], device=dev), state)
-    return prompt + tokenizer.decode(out)
+    # Decode prompt and continuation together, then keep the prompt as typed: decoding the
+    # continuation alone loses the separator a word tokenizer puts between tokens.
+    head = tokenizer.decode(ids)
+    whole = tokenizer.decode(ids + out)
+    return prompt + (whole[len(head) :] if whole.startswith(head) else tokenizer.decode(out))

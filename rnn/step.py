@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,26 +15,52 @@ from rnn.models import LanguageModel
 from rnn.optim import build_optimizer
 
 
-def lm_loss(model: LanguageModel, window: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Next-token cross-entropy; for bidirectional models the mean of both directions (ELMo)."""
+class StepLosses(NamedTuple):
+    """What one step measures, both on the device (0-dim)."""
+
+    objective: torch.Tensor  # what is minimised: label smoothing, both directions when bidirectional
+    nll: torch.Tensor  # the forward direction's unsmoothed cross-entropy, nats/token: val_loss's quantity
+
+
+def lm_losses(model: LanguageModel, window: torch.Tensor, label_smoothing: float = 0.0) -> StepLosses:
+    """The training objective and the forward unsmoothed next-token loss, from one forward pass.
+
+    The objective is next-token cross-entropy with ``label_smoothing``; for bidirectional models
+    the mean of both directions (ELMo). ``nll`` is the quantity validation reports, so that
+    ``train_loss - val_loss`` measures overfitting and nothing else.
+    """
     out = model(window)  # logits: (B, L-1, V)
-    loss = F.cross_entropy(out.logits.flatten(0, 1), window[:, 1:].flatten(), label_smoothing=label_smoothing)
+    logp = F.log_softmax(out.logits.float(), dim=-1).flatten(0, 1)  # (B*(L-1), V)
+    nll = F.nll_loss(logp, window[:, 1:].flatten())
+    # label_smoothing=eps is (1 - eps) * nll + eps * mean over classes of -log p (as in F.cross_entropy).
+    objective = nll if not label_smoothing else (1 - label_smoothing) * nll - label_smoothing * logp.mean()
     if out.backward_logits is not None:
         # The backward direction predicts the previous token.
         back = F.cross_entropy(
-            out.backward_logits.flatten(0, 1), window[:, :-1].flatten(), label_smoothing=label_smoothing
+            out.backward_logits.float().flatten(0, 1), window[:, :-1].flatten(), label_smoothing=label_smoothing
         )
-        loss = 0.5 * (loss + back)
-    return loss
+        objective = 0.5 * (objective + back)
+    return StepLosses(objective, nll.detach())
+
+
+def lm_loss(model: LanguageModel, window: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The training objective alone (see :func:`lm_losses`)."""
+    return lm_losses(model, window, label_smoothing).objective
 
 
 class TrainStep:
     """One training step: the trainer's, and the one a throughput sweep times.
 
-    Draws ``batch_size`` windows on the device, runs :func:`lm_loss` under the run's
+    Draws ``batch_size`` windows on the device, runs :func:`lm_losses` under the run's
     autocast, scales the loss for fp16, unscales and clips the gradient norm, and steps the
-    optimiser it owns. The trainer adds its bookkeeping around it (the lr schedule, a loss
-    sum, a finiteness flag); nothing here reads a value back to the host.
+    optimiser it owns. The trainer adds its bookkeeping around it (the lr schedule, loss sums,
+    a finiteness flag).
+
+    In fp32 and bf16 nothing here reads a value back to the host. In fp16 the GradScaler does,
+    every step: ``GradScaler.step`` reads whether any unscaled gradient is non-finite to decide
+    whether to step the optimiser, so an fp16 step waits for its backward pass. Just before it,
+    this step reads whether the (unscaled) gradient norm is finite, at the same point of the
+    stream, to set :attr:`skipped`: the trainer then leaves the lr schedule where it is.
 
     Args:
         model: the model, already on ``device``.
@@ -62,23 +88,31 @@ class TrainStep:
             torch.autocast(device_type=self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         )
         self._params = [p for p in model.parameters() if p.requires_grad]
+        #: True when the last call's optimiser step was skipped by the fp16 GradScaler
+        #: (non-finite gradients); always False in fp32 and bf16.
+        self.skipped = False
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one step; returns the detached loss and the gradient norm, both on the device."""
+    def __call__(self) -> tuple[StepLosses, torch.Tensor]:
+        """Run one step; returns the detached losses and the gradient norm, all on the device."""
         assert self.optimizer is not None, "TrainStep used after release()"
         window = self.data.sample_batch(self.batch_size, self.generator)  # (B, T+1)
         with self.autocast:
-            loss = lm_loss(self.model, window, self.train.label_smoothing)
-        self.scaler.scale(loss).backward()
+            losses = lm_losses(self.model, window, self.train.label_smoothing)
+        self.scaler.scale(losses.objective).backward()
         self.scaler.unscale_(self.optimizer)
         if self.train.clip_grad_norm:
             grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.train.clip_grad_norm)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
-        self.scaler.step(self.optimizer)
+        if self.scaler.is_enabled():
+            # The scaler skips the optimiser step exactly when an unscaled gradient is inf/NaN,
+            # which makes their norm non-finite. (A norm that overflows from finite gradients,
+            # above 1e19 per element, would be counted as skipped too.)
+            self.skipped = not bool(torch.isfinite(grad_norm))
+        self.scaler.step(self.optimizer)  # fp16: a host read (were the gradients finite?)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), grad_norm
+        return StepLosses(losses.objective.detach(), losses.nll), grad_norm
 
     def release(self) -> None:
         """Drop the gradients and the optimiser state (after an OOM, or between batch sizes)."""

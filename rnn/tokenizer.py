@@ -7,9 +7,12 @@ text), so nothing about the validation text leaks into the vocabulary.
   A character seen only in validation encodes to 0 and decodes to U+FFFD.
 - ``bpe``: byte-level BPE (GPT-2 style) from the ``tokenizers`` library. Every byte is in
   the base alphabet, so there is no unknown token and ``decode(encode(t)) == t`` exactly.
-- ``word``: a ``tokenizers`` WordLevel model over words and punctuation runs, capped at
-  ``vocab_size`` entries including ``[UNK]``. **Lossy**: ``decode`` joins tokens with
-  single spaces, so the original whitespace (newlines included) is not recovered.
+- ``word``: a ``tokenizers`` WordLevel model over words, punctuation runs and whitespace runs
+  (:data:`WORD_PIECES`), capped at ``vocab_size`` entries including ``[UNK]``. Whitespace is
+  a token like any other, so ``decode(encode(t)) == t`` wherever no piece of ``t`` is unknown;
+  an unknown piece decodes as ``[UNK]``. Bits per character charge each ``[UNK]`` the cost of
+  spelling its piece out (:mod:`rnn.bpc`). Tokenizers saved before whitespace was kept (in
+  older checkpoints) still load and decode as they did, joining tokens with spaces.
 
 ``to_state()`` returns a JSON-able dict that checkpoints store; ``tokenizer_from_state``
 rebuilds the tokenizer from it without the corpus. bpe/word training results are cached
@@ -26,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from rnn.atomic import atomic_write
 from rnn.config import DEFAULT_VOCAB_SIZE, LEVELS, MIN_VOCAB_SIZE
@@ -37,10 +40,12 @@ logger = logging.getLogger(__name__)
 
 UNK_CHAR_TOKEN = "<unk>"
 UNK_WORD_TOKEN = "[UNK]"
+#: A word model's pieces: words, punctuation runs, whitespace runs (together, all of the text).
+WORD_PIECES = r"\w+|[^\w\s]+|\s+"
 #: Size of the byte-level BPE base alphabet; the smallest possible bpe vocabulary.
 BYTE_ALPHABET_SIZE = 256
 #: Bump when training settings change, so stale cached tokenizers are not reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: word pieces keep whitespace
 #: Target chunk size for parallel ``encode_batch``; see :func:`_safe_chunks`.
 _ENCODE_CHUNK_CHARS = 1 << 13
 
@@ -154,7 +159,7 @@ class BPETokenizer(_LibraryTokenizer):
 
 
 class WordTokenizer(_LibraryTokenizer):
-    """Word-level with ``[UNK]``; decoding joins tokens with spaces (lossy)."""
+    """Word-level with ``[UNK]``: words, punctuation runs and whitespace runs are the pieces."""
 
     level = "word"
 
@@ -164,6 +169,18 @@ class WordTokenizer(_LibraryTokenizer):
         if unk is None:
             raise ValueError(f"word tokenizer has no {UNK_WORD_TOKEN} token")
         self.unk_id = unk
+
+    def pieces(self, text: str) -> list[str]:
+        """The pre-tokens of ``text``, one per id of :meth:`encode` (a word model maps each
+        piece to its id or to ``[UNK]``)."""
+        pre = self._tok.pre_tokenizer
+        if pre is None:
+            raise ValueError("word tokenizer has no pre-tokenizer")
+        return [piece for chunk in _safe_chunks(text) for piece, _ in pre.pre_tokenize_str(chunk)]
+
+    def is_known(self, piece: str) -> bool:
+        """Whether ``piece`` has its own id (else it encodes to ``[UNK]``)."""
+        return self._tok.token_to_id(piece) is not None
 
 
 _LIBRARY_CLASSES: dict[str, type[_LibraryTokenizer]] = {"bpe": BPETokenizer, "word": WordTokenizer}
@@ -201,7 +218,10 @@ def _train_bpe(text: str, vocab_size: int) -> HFTokenizer:
 
 def _train_word(text: str, vocab_size: int) -> HFTokenizer:
     tok = HFTokenizer(models.WordLevel(unk_token=UNK_WORD_TOKEN))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+|[^\w\s]+ : words and punctuation runs
+    # Words, punctuation runs and whitespace runs: the whitespace is predicted like any token,
+    # so every character of the text is accounted for and decoding gives the text back.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PIECES), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # concatenate: the pieces carry their own whitespace
     trainer = trainers.WordLevelTrainer(
         vocab_size=vocab_size, special_tokens=[UNK_WORD_TOKEN], show_progress=False
     )

@@ -5,8 +5,10 @@
 :class:`~rnn.events.TrainResult`. The orchestrator streams the same events out of a Ray actor,
 a notebook just calls ``fit()``.
 
-The hot loop never reads a value back to the host: losses, gradient norms and the
-first non-finite step are accumulated on the device and read at check points only.
+In fp32 and bf16 the hot loop never reads a value back to the host: losses, gradient norms
+and the first non-finite step are accumulated on the device and read at check points only.
+In fp16 the GradScaler reads once per step whether the gradients were finite (see
+:class:`rnn.step.TrainStep`). The wall clock is read every step; it costs no device sync.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -25,11 +26,11 @@ from rnn.checkpoint import load_checkpoint, save_checkpoint
 from rnn.config import ModelConfig, RunConfig
 from rnn.data import LMData, prepare_data
 from rnn.device import detect_device, device_report, resolve_precision
-from rnn.errors import CheckpointError
 from rnn.evaluate import eval_batch_size, evaluate
 from rnn.events import EvalRecord, TrainEvent, TrainResult, TrialStatus
 from rnn.models import LanguageModel, build_model
 from rnn.optim import build_scheduler
+from rnn.run_state import Run, checkpoint_state, restore_run
 from rnn.step import TrainStep, lm_loss  # noqa: F401  (lm_loss: part of this module's API)
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Trainer:
         yield TrainEvent("end", run.st.step, result=self._result(run))
 
     # ------------------------------------------------------------------ set-up
-    def _set_up(self, resume_from: Union[str, Path, bytes, None]) -> _Run:
+    def _set_up(self, resume_from: Union[str, Path, bytes, None]) -> Run:
         """Device, data, model, optimiser, schedule and run state, restored from a checkpoint if given."""
         cfg = self.config
         tc = cfg.train
@@ -135,14 +136,20 @@ class Trainer:
         assert train_step.optimizer is not None  # released only after the loop
         plateau_patience = max(1, tc.early_stopping.patience // 2) if tc.early_stopping else 2
         scheduler = build_scheduler(train_step.optimizer, tc, total_steps, plateau_patience)
-        run = _Run(device, data, model, precision, total_steps, train_step, scheduler)
+        run = Run(device, data, model, precision, total_steps, train_step, scheduler)
         if resume_from is not None:
             ckpt = load_checkpoint(resume_from, map_location=device)
-            self._restore(ckpt, run)
+            restore_run(ckpt, run, self.config)
             log.info("resumed from step %d (best val loss %s)", run.st.step, run.st.best_metric)
+            best = self.run_dir / BEST_CHECKPOINT
+            same_file = isinstance(resume_from, (str, Path)) and Path(resume_from).resolve() == best.resolve()
+            if run.st.best_record is not None and run.st.best_record.step == run.st.step and not same_file:
+                # The resumed state is the best one: write it here too, so that the result's
+                # best_checkpoint names a file of this run folder (a resume into a new folder).
+                run.st.best_path = self._save(run, best)
         return run
 
-    def _start_event(self, run: _Run, resumed: bool) -> TrainEvent:
+    def _start_event(self, run: Run, resumed: bool) -> TrainEvent:
         report = device_report(run.device)
         return TrainEvent(
             "start",
@@ -161,7 +168,7 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ the loop
-    def _loop(self, run: _Run, pause_at_step: Optional[int]) -> Iterator[TrainEvent]:
+    def _loop(self, run: Run, pause_at_step: Optional[int]) -> Iterator[TrainEvent]:
         """Step until the budget, a stop decision or the pause step; sets ``run.status``."""
         tc = self.config.train
         st, total = run.st, run.total_steps
@@ -169,11 +176,11 @@ class Trainer:
         run.window_start = time.monotonic()
         run.model.train()
         while total is None or st.step < total:
-            loss, run.grad_norm = run.train_step()  # on the device; nothing read back here
-            if run.per_step_schedule:
-                run.scheduler.step()
-            run.loss_sum += loss
-            bad = ~torch.isfinite(loss)
+            losses, run.grad_norm = run.train_step()  # on the device; nothing read back (but fp16)
+            run.advance_schedule()
+            run.objective_sum += losses.objective
+            run.nll_sum += losses.nll
+            bad = ~torch.isfinite(losses.objective)
             run.first_bad = torch.where(bad & (run.first_bad < 0), st.step + 1, run.first_bad)
             st.step += 1
             st.window_steps += 1
@@ -182,14 +189,16 @@ class Trainer:
 
             at_eval = st.step % tc.eval_every == 0 or st.step == total
             at_pause = st.step == pause_at_step and (total is None or st.step < total)
-            if not (at_eval or at_pause or st.step % CHECK_EVERY == 0):
+            # The clock is read every step (no device sync), so a slow step cannot overshoot
+            # max_time_s by more than itself.
+            out_of_time = tc.max_time_s is not None and run.elapsed() >= tc.max_time_s
+            if not (at_eval or at_pause or out_of_time or st.step % CHECK_EVERY == 0):
                 continue
             bad_step = int(run.first_bad.item())
             if bad_step >= 0:
                 run.status, run.error = TrialStatus.DIVERGED, f"training loss became non-finite at step {bad_step}"
                 log.warning(run.error)
                 return
-            out_of_time = tc.max_time_s is not None and run.elapsed() >= tc.max_time_s
             if at_eval or out_of_time:
                 stop = yield from self._evaluate_and_decide(run)
                 if stop or out_of_time:
@@ -198,7 +207,7 @@ class Trainer:
                 yield from self._pause(run, evaluated=at_eval)
                 return
 
-    def _evaluate_and_decide(self, run: _Run) -> Generator[TrainEvent, None, bool]:
+    def _evaluate_and_decide(self, run: Run) -> Generator[TrainEvent, None, bool]:
         """A scheduled evaluation: record it, step a plateau schedule, save the best, count
         patience. Returns True when the run must stop (divergence, early stopping)."""
         st, es = run.st, self.config.train.early_stopping
@@ -210,11 +219,15 @@ class Trainer:
             return True
         if run.scheduler is not None and not run.per_step_schedule:
             run.scheduler.step(metric)
-        if st.best_metric is None or metric < st.best_metric - (es.min_delta if es else 0.0):
-            st.best_metric, st.best_record, st.bad_evals = metric, rec, 0
+        if st.best_metric is None or metric < st.best_metric:  # any improvement is the new best
+            st.best_metric, st.best_record = metric, rec
             st.train_time_s = run.elapsed()
-            path = self._save(run, self.run_dir / BEST_CHECKPOINT)
-            yield TrainEvent("checkpoint", st.step, checkpoint=str(path), record=rec)
+            st.best_path = self._save(run, self.run_dir / BEST_CHECKPOINT)
+            yield TrainEvent("checkpoint", st.step, checkpoint=str(st.best_path), record=rec)
+        # min_delta governs patience only: an improvement smaller than it is still the best,
+        # but it does not reset the count of evaluations without progress.
+        if st.patience_ref is None or metric < st.patience_ref - (es.min_delta if es else 0.0):
+            st.patience_ref, st.bad_evals = metric, 0
         else:
             st.bad_evals += 1
             if es is not None and st.bad_evals >= es.patience:
@@ -225,7 +238,7 @@ class Trainer:
         run.model.train()
         return False
 
-    def _pause(self, run: _Run, evaluated: bool) -> Iterator[TrainEvent]:
+    def _pause(self, run: Run, evaluated: bool) -> Iterator[TrainEvent]:
         """Evaluate if needed (a measurement only: it decides nothing, so the resumed run is the
         uninterrupted one), write ``last.pt`` and end the run as paused."""
         st = run.st
@@ -241,16 +254,18 @@ class Trainer:
         log.info("paused at step %d; resume from %s", st.step, path)
         yield TrainEvent("paused", st.step, checkpoint=str(path), record=st.evals[-1] if st.evals else None)
 
-    def _record(self, run: _Run, reset_window: bool = True) -> EvalRecord:
+    def _record(self, run: Run, reset_window: bool = True) -> EvalRecord:
         """Evaluate now and append the record; the train-loss window restarts unless told not to."""
         st, B, T = run.st, self.config.train.batch_size, self.config.data.seq_len
         train_time = time.monotonic() - run.window_start
         assert run.train_step.optimizer is not None
         val = evaluate(run.model, run.data, run.train_step.autocast, eval_batch_size(B, T, run.data.vocab_size))
+        n = max(1, st.window_steps)
         rec = EvalRecord(
             step=st.step,
             epoch=st.step / run.data.steps_per_epoch(B),
-            train_loss=float((run.loss_sum / max(1, st.window_steps)).item()),
+            train_loss=float((run.nll_sum / n).item()),
+            train_objective=float((run.objective_sum / n).item()),
             val_loss=val.loss,
             val_bpc=val.bpc,
             val_perplexity=val.perplexity,
@@ -263,13 +278,13 @@ class Trainer:
         )
         st.evals.append(rec)
         if reset_window:
-            run.loss_sum.zero_()
+            run.nll_sum.zero_()
+            run.objective_sum.zero_()
             st.window_steps = 0
         return rec
 
-    def _result(self, run: _Run) -> TrainResult:
+    def _result(self, run: Run) -> TrainResult:
         st, best = run.st, run.st.best_record
-        best_path = self.run_dir / BEST_CHECKPOINT
         return TrainResult(
             status=run.status,
             steps=st.step,
@@ -281,7 +296,8 @@ class Trainer:
             best_val_bpc=best.val_bpc if best else None,
             best_val_accuracy=best.val_accuracy if best else None,
             best_step=best.step if best else None,
-            best_checkpoint=str(best_path) if best else None,
+            # None when the best weights are not in this folder (resumed from a later last.pt).
+            best_checkpoint=str(st.best_path) if best and st.best_path else None,
             corpus_sha256=run.data.corpus.sha256,
             vocab_size=run.data.vocab_size,
             error=run.error,
@@ -299,107 +315,8 @@ class Trainer:
             raise ValueError("no training budget: set train.max_steps, train.max_epochs or train.max_time_s")
         return min(budgets) if budgets else None
 
-    def _save(self, run: _Run, path: Path) -> Path:
-        """Everything that continues the run exactly: weights, optimiser, schedule, scaler, RNG,
-        progress, and the config and tokenizer that rebuild the model."""
-        st, generator = run.st, run.train_step.generator
-        assert run.train_step.optimizer is not None
-        rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-        if torch.cuda.is_available() and generator.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(generator.device)
-        state = {
-            "config": self.config.to_dict(),
-            "model": run.model.state_dict(),
-            "optimizer": run.train_step.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-            "scaler": run.train_step.scaler.state_dict(),
-            "step": st.step,
-            "best_metric": st.best_metric,
-            "best_step": st.best_record.step if st.best_record else None,
-            "bad_evals": st.bad_evals,
-            "train_time_s": st.train_time_s,
-            "window": {"loss_sum": run.loss_sum.detach().cpu(), "steps": st.window_steps},
-            "evals": [asdict(r) for r in st.evals],
-            "rng": rng,
-            "tokenizer": run.data.tokenizer.to_state(),
-            "vocab_size": run.data.vocab_size,
-            "corpus_sha256": run.data.corpus.sha256,
-        }
-        return save_checkpoint(path, state)
-
-    def _restore(self, ckpt: dict[str, Any], run: _Run) -> None:
-        saved = RunConfig.from_dict(ckpt["config"])
-        if saved.model != self.config.model or saved.data != self.config.data:
-            raise CheckpointError(
-                "checkpoint was written for a different model or data config; "
-                f"checkpoint model={saved.model}, this run model={self.config.model}"
-            )
-        st, ts, generator = run.st, run.train_step, run.train_step.generator
-        assert ts.optimizer is not None
-        run.model.load_state_dict(ckpt["model"])
-        ts.optimizer.load_state_dict(ckpt["optimizer"])
-        if run.scheduler is not None and ckpt.get("scheduler") is not None:
-            run.scheduler.load_state_dict(ckpt["scheduler"])
-        ts.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        generator.set_state(ckpt["rng"]["generator"].cpu())
-        if "cuda" in ckpt["rng"] and generator.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), generator.device)
-        st.step = int(ckpt["step"])
-        st.best_metric = ckpt["best_metric"]
-        st.bad_evals = int(ckpt["bad_evals"])
-        st.train_time_s = float(ckpt["train_time_s"])
-        st.evals = [EvalRecord(**r) for r in ckpt["evals"]]
-        best_step = ckpt.get("best_step", st.step)  # a best checkpoint is written at its best step
-        st.best_record = next((r for r in reversed(st.evals) if r.step == best_step), None)
-        window = ckpt.get("window")
-        if window is not None:  # a paused run resumes inside a train-loss window
-            run.loss_sum.copy_(window["loss_sum"].to(run.device))
-            st.window_steps = int(window["steps"])
-
-
-class _RunState:
-    """What changes as a run progresses and what a checkpoint restores."""
-
-    def __init__(self) -> None:
-        self.step = 0
-        self.best_metric: Optional[float] = None
-        self.best_record: Optional[EvalRecord] = None
-        self.bad_evals = 0
-        self.train_time_s = 0.0
-        self.evals: list[EvalRecord] = []
-        self.window_steps = 0  # steps summed into the current train-loss window
-
-
-class _Run:
-    """One run's set-up objects, device-side accumulators and progress, shared by the loop's parts."""
-
-    def __init__(
-        self,
-        device: torch.device,
-        data: LMData,
-        model: LanguageModel,
-        precision: str,
-        total_steps: Optional[int],
-        train_step: TrainStep,
-        scheduler: Any,
-    ) -> None:
-        self.device, self.data, self.model, self.precision = device, data, model, precision
-        self.total_steps, self.train_step, self.scheduler = total_steps, train_step, scheduler
-        self.per_step_schedule = scheduler is not None and train_step.train.scheduler != "plateau"
-        self.st = _RunState()
-        self.status = TrialStatus.COMPLETED
-        self.error: Optional[str] = None
-        # Device-side accumulators: read back only at check points.
-        self.loss_sum = torch.zeros((), device=device)
-        self.grad_norm = torch.zeros((), device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.clock_start = time.monotonic()  # so that elapsed() counts the time before a resume
-        self.window_start = time.monotonic()
-
-    def elapsed(self) -> float:
-        """Training seconds so far, including those before a resume."""
-        return time.monotonic() - self.clock_start
+    def _save(self, run: Run, path: Path) -> Path:
+        return save_checkpoint(path, checkpoint_state(run, self.config))
 
 
 def model_config_from_checkpoint(ckpt: dict[str, Any]) -> ModelConfig:
