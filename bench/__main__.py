@@ -47,12 +47,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if argv is None:
+        # The CLI (not a test calling main([...])): restart once with steady allocator tunables.
+        from bench.alloc import reexec_with_tunables
+
+        reexec_with_tunables(sys.argv[1:])
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     import torch
 
+    from bench.alloc import allocator_settings
     from bench.common import QUICK_SHAPES, SHAPES, format_table, machine, write_json
     from bench.dispatch import format_dispatch
     from bench.dispatch import measure as measure_dispatch
@@ -77,11 +83,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parts = [p for p in (args.only or PARTS) if p not in args.skip]
 
     meta = machine(device)
+    meta["allocator"] = allocator_settings()
     settings = {"steps_per_block": block, "rounds": rounds, "warmup": warmup, "amp": args.amp,
                 "quick": args.quick, "full_shapes": args.full_shapes, "parts": parts, "threads": threads,
                 "argv": list(argv) if argv is not None else sys.argv[1:]}
     print(f"bench on {meta['device']} ({meta['device_name']}); CPU {meta['cpu_model']} x{meta['cpu_count']}, "
           f"{meta['torch_threads']} torch threads; torch {meta['torch_version']}; {meta['date']}")
+    print(f"allocator: {meta['allocator']}")
     print(f"settings: {block} timed step(s) per block, {rounds} round(s), {warmup} warm-up step(s); parts {', '.join(parts)}")
     t0 = time.perf_counter()
 
