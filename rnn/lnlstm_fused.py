@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional, Protocol
 import torch
 from torch import Tensor
 
-from rnn import lnlstm_cpu
+from rnn import lnlstm_cpu, onednn
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class FusedLNLSTM(torch.autograd.Function):
     """``(xgb [B, T, 4H], h0, c0, W_h, LN_h gain/bias, LN_c gain/bias) -> (out [B, T, H], h_T, c_T)``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, xgb: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gh: Tensor, bh: Tensor,
         gc: Tensor, bc: Tensor, eps: float, kernels: Kernels,
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -97,7 +97,8 @@ class FusedLNLSTM(torch.autograd.Function):
         # activations' dtype (as autocast would), and their gradients cast back below.
         args = [t.to(dtype).contiguous() for t in (h0, c0, w, gh, bh, gc, bc)]
         x_tm = xgb.transpose(0, 1).contiguous()  # [T, B, 4H]
-        hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = kernels.forward(x_tm, *args, eps)
+        h0_, c0_, w_, gh_, bh_, gc_, bc_ = args
+        hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = kernels.forward(x_tm, h0_, c0_, w_, gh_, bh_, gc_, bc_, eps)
         ctx.kernels = kernels
         ctx.param_dtypes = [t.dtype for t in (h0, c0, w, gh, bh, gc, bc)]
         ctx.save_for_backward(hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, args[2], args[3], args[5])
@@ -118,7 +119,7 @@ class FusedLNLSTM(torch.autograd.Function):
         # Accumulate in float32 at least, so bf16/fp16 sums over T*B rows do not lose the tail.
         acc = torch.promote_types(tc.dtype, torch.float32)
         dz2, da2 = dz.flatten(0, 1), da.flatten(0, 1)  # [T*B, 4H]
-        dw = da2.t().to(acc) @ hs[:-1].flatten(0, 1).to(acc)  # [4H, H]
+        dw = onednn.matmul_tn(da2.to(acc), hs[:-1].flatten(0, 1).to(acc))  # [4H, H]
         dgh = (dz2.to(acc) * ahat.flatten(0, 1).to(acc)).sum(0)
         dbh = dz2.to(acc).sum(0)
         dcn2 = dcn.flatten(0, 1).to(acc)
