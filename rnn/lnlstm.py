@@ -58,9 +58,9 @@ def ln_lstm_recurrence(
     if path == "torch":
         return ln_lstm_recurrence_reference(
             xg, h0, c0, w_hh, ln_h_weight, ln_h_bias, bias, ln_c_weight, ln_c_bias, eps)
-    # b is added after LN_x and before LN_h's output joins, so folding it into xg keeps it
-    # post-normalisation; autograd sums its gradient over (B, T).
-    return fused_recurrence(path, xg + bias, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps)
+    # b and LN_h's bias are both added to every step's pre-activations after normalisation, so
+    # the kernels take their sum (one [4H] add, not a pass over [B, T, 4H]); both get its gradient.
+    return fused_recurrence(path, xg, h0, c0, w_hh, ln_h_weight, ln_h_bias + bias, ln_c_weight, ln_c_bias, eps)
 
 
 def ln_lstm_recurrence_reference(

@@ -10,18 +10,18 @@ Which path runs (:func:`recurrence_path`):
 All paths compute the same function of the same parameters, so a checkpoint trained on one
 loads and trains on another.
 
-The backward (haste's design): the per-step kernels return only the per-step gradients
-``dz`` (the gate pre-activations, which are also ``d xgb``), ``da`` (``W_h h``, before LN_h) and
-``dcn`` (LN_c's output). After the loop the recurrent weight gradient is one GEMM over all
-timesteps, ``dW_h = sum_t da_t^T h_{t-1}``, and the LayerNorm gains and biases are reductions
-over time and batch. The forward saves the LayerNorm statistics (normalised values and 1/std)
-and the activated gates, so the backward recomputes nothing.
+The backward (haste's design): the per-step kernels return the per-step gradients ``dz`` (the
+gate pre-activations, which are also ``d xgb``) and ``da`` (``W_h h``, before LN_h), and the
+LayerNorm gains' and biases' gradients, reductions over time and batch (the C++ kernels sum them
+in the loop, while each row is in cache). After the loop the recurrent weight gradient is one GEMM
+over all timesteps, ``dW_h = sum_t da_t^T h_{t-1}``. The forward saves the LayerNorm statistics
+(normalised values and 1/std) and the activated gates, so the backward recomputes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Optional, Protocol
+from typing import Any, Literal, Optional, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -76,7 +76,7 @@ def kernels_for(path: RecurrencePath) -> Kernels:
     if path == "fused-cpu":
         module = lnlstm_cpu.load()
         assert module is not None, "recurrence_path said fused-cpu"
-        return module  # type: ignore[return-value]
+        return cast(Kernels, module)
     if path == "triton":
         kernels = _triton_kernels()
         assert kernels is not None, "recurrence_path said triton"
@@ -85,7 +85,7 @@ def kernels_for(path: RecurrencePath) -> Kernels:
 
 
 class FusedLNLSTM(torch.autograd.Function):
-    """``(xgb [B, T, 4H], h0, c0, W_h, LN_h gain/bias, LN_c gain/bias) -> (out [B, T, H], h_T, c_T)``."""
+    """``(xgb [B, T, 4H], h0, c0, W_h, LN_h gain, LN_h bias + b, LN_c gain/bias) -> (out [B, T, H], h_T, c_T)``."""
 
     @staticmethod
     def forward(
@@ -93,15 +93,14 @@ class FusedLNLSTM(torch.autograd.Function):
         gc: Tensor, bc: Tensor, eps: float, kernels: Kernels,
     ) -> tuple[Tensor, Tensor, Tensor]:
         dtype = xgb.dtype
-        # The kernels want one dtype, contiguous, time-major. The parameters are cast to the
+        # The kernels want one dtype and contiguous tensors. The parameters are cast to the
         # activations' dtype (as autocast would), and their gradients cast back below.
-        args = [t.to(dtype).contiguous() for t in (h0, c0, w, gh, bh, gc, bc)]
-        x_tm = xgb.transpose(0, 1).contiguous()  # [T, B, 4H]
-        h0_, c0_, w_, gh_, bh_, gc_, bc_ = args
-        hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = kernels.forward(x_tm, h0_, c0_, w_, gh_, bh_, gc_, bc_, eps)
+        h0_, c0_, w_, gh_, bh_, gc_, bc_ = (t.to(dtype).contiguous() for t in (h0, c0, w, gh, bh, gc, bc))
+        hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = kernels.forward(
+            xgb.contiguous(), h0_, c0_, w_, gh_, bh_, gc_, bc_, eps)
         ctx.kernels = kernels
         ctx.param_dtypes = [t.dtype for t in (h0, c0, w, gh, bh, gc, bc)]
-        ctx.save_for_backward(hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, args[2], args[3], args[5])
+        ctx.save_for_backward(hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, w_, gh_, gc_)
         out = hs[1:].transpose(0, 1).contiguous()  # [B, T, H]: a copy, so no one writes into hs
         return out, hs[-1].clone(), cs[-1].clone()
 
@@ -110,31 +109,26 @@ class FusedLNLSTM(torch.autograd.Function):
         hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, w, gh, gc = ctx.saved_tensors
         T, B, H = tc.shape
         zeros = tc.new_zeros((B, H))
-        d_out = tc.new_zeros((T, B, H)) if dout is None else dout.transpose(0, 1).to(tc.dtype).contiguous()
+        d_out = tc.new_zeros((B, T, H)) if dout is None else dout.to(tc.dtype).contiguous()
         d_hT = zeros if dhT is None else dhT.to(tc.dtype).contiguous()
         d_cT = zeros if dcT is None else dcT.to(tc.dtype).contiguous()
-        dz, da, dcn, dh0, dc0 = ctx.kernels.backward(
+        dz, da, dh0, dc0, dgh, dbh, dgc, dbc = ctx.kernels.backward(
             d_out, d_hT, d_cT, w, gh, gc, cs, gates, ahat, rstd_a, chat, rstd_c, tc)
-        # After the loop: one GEMM over all T for W_h, reductions for the LayerNorm affines.
-        # Accumulate in float32 at least, so bf16/fp16 sums over T*B rows do not lose the tail.
+        # After the loop: the recurrent weight gradient as one GEMM over all T*B rows,
+        # dW_h = sum_t da_t^T h_{t-1}, accumulated in float32 at least.
         acc = torch.promote_types(tc.dtype, torch.float32)
-        dz2, da2 = dz.flatten(0, 1), da.flatten(0, 1)  # [T*B, 4H]
-        dw = onednn.matmul_tn(da2.to(acc), hs[:-1].flatten(0, 1).to(acc))  # [4H, H]
-        dgh = (dz2.to(acc) * ahat.flatten(0, 1).to(acc)).sum(0)
-        dbh = dz2.to(acc).sum(0)
-        dcn2 = dcn.flatten(0, 1).to(acc)
-        dgc = (dcn2 * chat.flatten(0, 1).to(acc)).sum(0)
-        dbc = dcn2.sum(0)
+        dw = onednn.matmul_tn(da.flatten(0, 1).to(acc), hs[:-1].flatten(0, 1).to(acc))  # [4H, H]
         grads = [dh0, dc0, dw, dgh, dbh, dgc, dbc]
         grads = [g.to(d) for g, d in zip(grads, ctx.param_dtypes, strict=True)]
-        return (dz.transpose(0, 1), *grads, None, None)
+        return (dz, *grads, None, None)
 
 
 def fused_recurrence(
     path: RecurrencePath, xgb: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, ln_h_weight: Tensor,
     ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """One layer over time on a fused ``path``; ``xgb`` already holds the gate bias ``b``."""
+    """One layer over time on a fused ``path``. The gate bias ``b`` is passed inside
+    ``ln_h_bias`` (both are added to every step's pre-activations)."""
     out, h, c = FusedLNLSTM.apply(
         xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps, kernels_for(path))
     return out, (h, c)

@@ -2,13 +2,17 @@
 //
 // Why C++: at the small batches a CPU trains with (B 8-64), the PyTorch loop spends most of its
 // time dispatching ~20 small ops per step, each allocating its output. Here each step is one
-// matmul into a preallocated slice (R.h, on MKL through at::mm_out) and one pass over each batch
-// row that does LN_h, the bias, the gates, the cell, LN_c and the output together.
+// matmul (R.h on oneDNN, see RowLinear) and one pass over each batch row that does LN_h, the
+// bias, the gates, the cell, LN_c and the output together; the backward is one pass per row
+// and one matmul per step.
 //
-// Layout: time-major. xgb [T, B, 4H] is LN_x(W_x x) + b; gate order (i, f, g, o).
-// The backward returns per-step gradients only; the recurrent weight gradient (one GEMM over all
-// T) and the LayerNorm parameter gradients (reductions over T and B) are done by the caller
-// after the loop (rnn/lnlstm_fused.py), as in haste's LN-LSTM.
+// Layout: the input xgb [B, T, 4H] (LN_x(W_x x); the gate bias b is folded into LN_h's bias by the
+// caller), dout and dz are batch-first like the module's tensors, so no transposed copy is
+// needed; the saved states and per-step gradients are time-major, so each step's rows are one
+// [B, .] matrix for the matmul. Gate order (i, f, g, o).
+// The backward returns the per-step gradient da (dL/d(W_h h)); the recurrent weight gradient is
+// one GEMM over all T after the loop, done by the caller (rnn/lnlstm_fused.py). The LayerNorm
+// affine gradients are summed inside the loop while each row is in cache.
 #include <torch/extension.h>
 
 #include <cmath>
@@ -178,7 +182,7 @@ void forward_loop(const at::Tensor& xgb, const at::Tensor& w, const T* gh, const
                   const T* bc, double eps, at::Tensor& hs, at::Tensor& cs, at::Tensor& gates,
                   at::Tensor& ahat, at::Tensor& rstd_a, at::Tensor& chat, at::Tensor& rstd_c,
                   at::Tensor& tc) {
-  const int64_t T_ = xgb.size(0), B = xgb.size(1), G = xgb.size(2), H = G / 4;
+  const int64_t B = xgb.size(0), T_ = xgb.size(1), G = xgb.size(2), H = G / 4;
   const T* x = xgb.data_ptr<T>();
   T* hp = hs.data_ptr<T>();
   T* cp = cs.data_ptr<T>();
@@ -194,7 +198,7 @@ void forward_loop(const at::Tensor& xgb, const at::Tensor& w, const T* gh, const
     const T* rawp = raw.data_ptr<T>();
     for (int64_t b = 0; b < B; ++b) {
       const int64_t rg = (t * B + b) * G, rh = (t * B + b) * H;
-      forward_row<T>(H, rawp + b * G, x + rg, gh, bh, gc, bc, eps, cp + rh, ap + rg, gp + rg, cp + rh + B * H,
+      forward_row<T>(H, rawp + b * G, x + (b * T_ + t) * G, gh, bh, gc, bc, eps, cp + rh, ap + rg, gp + rg, cp + rh + B * H,
                      chp + rh, tcp + rh, hp + rh + B * H, rap + t * B + b, rcp + t * B + b);
     }
   }
@@ -207,14 +211,18 @@ inline void backward_row(int64_t H, const T* __restrict__ g, const T* __restrict
                          T rstd_c, const T* __restrict__ dor, T* __restrict__ dhr, T* __restrict__ dcr,
                          T* __restrict__ dcnr, T* __restrict__ dzr, const T* __restrict__ c_prev,
                          const T* __restrict__ gc, const T* __restrict__ gh, const T* __restrict__ ahat, T rstd_a,
-                         T* __restrict__ dar, T* __restrict__ dchat, T* __restrict__ dc_ln, T* __restrict__ dahat) {
-  // h = o * tanh(cn): d(cn), and d(chat) = d(cn) * gamma_c. dhr becomes dL/dh_t.
+                         T* __restrict__ dar, T* __restrict__ dchat, T* __restrict__ dc_ln, T* __restrict__ dahat,
+                         T* __restrict__ dgh, T* __restrict__ dbh, T* __restrict__ dgc, T* __restrict__ dbc) {
+  // h = o * tanh(cn): d(cn), and d(chat) = d(cn) * gamma_c. dhr becomes dL/dh_t. The LayerNorm
+  // affine gradients are summed here, while the row is in cache, instead of in a pass after the loop.
   for (int64_t j = 0; j < H; ++j) {
     const T dht = dor[j] + dhr[j];
     dhr[j] = dht;
     const T tv = tcr[j];
     dcnr[j] = dht * g[3 * H + j] * (T(1) - tv * tv);
     dchat[j] = dcnr[j] * gc[j];
+    dgc[j] += dcnr[j] * ch[j];
+    dbc[j] += dcnr[j];
   }
   ln_backward(dchat, ch, rstd_c, H, dc_ln);
   for (int64_t j = 0; j < H; ++j) {
@@ -227,7 +235,11 @@ inline void backward_row(int64_t H, const T* __restrict__ g, const T* __restrict
     dcr[j] = dct * f;  // dL/dc_{t-1}
   }
   // z = xgb + LN_h(a): d(ahat) = dz * gamma_h, then LN_h backward into da.
-  for (int64_t k = 0; k < 4 * H; ++k) dahat[k] = dzr[k] * gh[k];
+  for (int64_t k = 0; k < 4 * H; ++k) {
+    dahat[k] = dzr[k] * gh[k];
+    dgh[k] += dzr[k] * ahat[k];
+    dbh[k] += dzr[k];
+  }
   ln_backward(dahat, ahat, rstd_a, 4 * H, dar);
 }
 
@@ -235,8 +247,8 @@ template <typename T>
 void backward_loop(const at::Tensor& dout, const at::Tensor& w_t, const T* gh, const T* gc,
                    const at::Tensor& cs, const at::Tensor& gates, const at::Tensor& ahat,
                    const at::Tensor& rstd_a, const at::Tensor& chat, const at::Tensor& rstd_c,
-                   const at::Tensor& tc, at::Tensor& dz, at::Tensor& da, at::Tensor& dcn, at::Tensor& dh,
-                   at::Tensor& dc) {
+                   const at::Tensor& tc, at::Tensor& dz, at::Tensor& da, at::Tensor& dh, at::Tensor& dc,
+                   at::Tensor& dgh, at::Tensor& dbh, at::Tensor& dgc, at::Tensor& dbc) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 4;
   const T* dop = dout.data_ptr<T>();
   const T* cp = cs.data_ptr<T>();
@@ -248,19 +260,22 @@ void backward_loop(const at::Tensor& dout, const at::Tensor& w_t, const T* gh, c
   const T* tcp = tc.data_ptr<T>();
   T* dzp = dz.data_ptr<T>();
   T* dap = da.data_ptr<T>();
-  T* dcnp = dcn.data_ptr<T>();
+  T* dghp = dgh.data_ptr<T>();
+  T* dbhp = dbh.data_ptr<T>();
+  T* dgcp = dgc.data_ptr<T>();
+  T* dbcp = dbc.data_ptr<T>();
   // dh [B, H]: dL/dh_t from later steps (replaced by a new tensor each step).
   T* dcp = dc.data_ptr<T>();  // [B, H]: dL/dc_t from later steps, then dL/dc_{t-1}
-  std::vector<T> t1(H), t2(H), t3(G);
+  std::vector<T> t1(H), t2(H), t3(G), dcn(H);
   const at::Tensor wp = row_linear().pack(w_t, B);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     dh = dh.contiguous();
     T* dhp = dh.data_ptr<T>();
     for (int64_t b = 0; b < B; ++b) {
       const int64_t rg = (t * B + b) * G, rh = (t * B + b) * H;
-      backward_row<T>(H, gp + rg, tcp + rh, chp + rh, rcp[t * B + b], dop + rh, dhp + b * H, dcp + b * H,
-                      dcnp + rh, dzp + rg, cp + rh, gc, gh, ap + rg, rap[t * B + b], dap + rg, t1.data(),
-                      t2.data(), t3.data());
+      backward_row<T>(H, gp + rg, tcp + rh, chp + rh, rcp[t * B + b], dop + (b * T_ + t) * H, dhp + b * H,
+                      dcp + b * H, dcn.data(), dzp + (b * T_ + t) * G, cp + rh, gc, gh, ap + rg, rap[t * B + b],
+                      dap + rg, t1.data(), t2.data(), t3.data(), dghp, dbhp, dgcp, dbcp);
     }
     dh = row_linear()(da.select(0, t), wp);  // dL/dh_{t-1} = da_t W_h
   }
@@ -274,7 +289,7 @@ void check(const at::Tensor& x, const char* name, const at::Tensor& like) {
 
 }  // namespace
 
-// Returns hs [T+1, B, H] (hs[0] = h0), cs [T+1, B, H], gates [T, B, 4H] (activated), ahat
+// xgb [B, T, 4H]. Returns hs [T+1, B, H] (hs[0] = h0), cs [T+1, B, H], gates [T, B, 4H] (activated), ahat
 // [T, B, 4H], rstd_a [T, B], chat [T, B, H], rstd_c [T, B], tc [T, B, H] (tanh(LN_c(c))).
 std::vector<at::Tensor> lnlstm_forward(const at::Tensor& xgb, const at::Tensor& h0, const at::Tensor& c0,
                                        const at::Tensor& w, const at::Tensor& gh, const at::Tensor& bh,
@@ -284,7 +299,7 @@ std::vector<at::Tensor> lnlstm_forward(const at::Tensor& xgb, const at::Tensor& 
            {gc, "ln_c.weight"}, {bc, "ln_c.bias"}})
     check(x, n, xgb);
   at::NoGradGuard no_grad;
-  const int64_t T_ = xgb.size(0), B = xgb.size(1), G = xgb.size(2), H = G / 4;
+  const int64_t B = xgb.size(0), T_ = xgb.size(1), G = xgb.size(2), H = G / 4;
   auto opts = xgb.options();
   at::Tensor hs = at::empty({T_ + 1, B, H}, opts), cs = at::empty({T_ + 1, B, H}, opts);
   hs.select(0, 0).copy_(h0);
@@ -299,8 +314,8 @@ std::vector<at::Tensor> lnlstm_forward(const at::Tensor& xgb, const at::Tensor& 
   return {hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc};
 }
 
-// dout [T, B, H], dhT/dcT [B, H]; returns dz [T, B, 4H] (= dL/dxgb), da [T, B, 4H] (dL/d(W_h h)),
-// dcn [T, B, H] (dL/d LN_c output), dh0, dc0.
+// dout [B, T, H], dhT/dcT [B, H]; returns dz [B, T, 4H] (= dL/dxgb), da [T, B, 4H] (dL/d(W_h h)),
+// dh0, dc0, and the gradients of LN_h's gain and bias and LN_c's gain and bias.
 std::vector<at::Tensor> lnlstm_backward(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& dcT,
                                         const at::Tensor& w, const at::Tensor& gh, const at::Tensor& gc,
                                         const at::Tensor& cs, const at::Tensor& gates, const at::Tensor& ahat,
@@ -311,14 +326,17 @@ std::vector<at::Tensor> lnlstm_backward(const at::Tensor& dout, const at::Tensor
            {cs, "cs"}, {gates, "gates"}, {ahat, "ahat"}, {chat, "chat"}, {tc, "tc"}})
     check(x, n, gates);
   at::NoGradGuard no_grad;
-  at::Tensor dz = at::empty_like(gates), da = at::empty_like(gates), dcn = at::empty_like(tc);
+  const int64_t T_ = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 4;
+  at::Tensor dz = at::empty({B, T_, G}, gates.options()), da = at::empty_like(gates);
   at::Tensor dh = dhT.clone(), dc = dcT.clone();
+  at::Tensor dgh = at::zeros({G}, gates.options()), dbh = at::zeros({G}, gates.options());
+  at::Tensor dgc = at::zeros({H}, gates.options()), dbc = at::zeros({H}, gates.options());
   const at::Tensor w_t = w.t().contiguous();  // [H, 4H]: dh = da W_h is a linear with weight W_h^T
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
     backward_loop<scalar_t>(dout, w_t, gh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), cs, gates, ahat, rstd_a,
-                            chat, rstd_c, tc, dz, da, dcn, dh, dc);
+                            chat, rstd_c, tc, dz, da, dh, dc, dgh, dbh, dgc, dbc);
   });
-  return {dz, da, dcn, dh, dc};
+  return {dz, da, dh, dc, dgh, dbh, dgc, dbc};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
