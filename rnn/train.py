@@ -138,6 +138,7 @@ class Trainer:
                 "device": device.type,
                 "device_name": report.get("device_name"),
                 "precision": precision,
+                "recurrence": model.recurrence_path(device, precision),
                 "vocab_size": data.vocab_size,
                 "corpus": data.corpus.name,
                 "corpus_sha256": data.corpus.sha256,
