@@ -133,3 +133,25 @@ def test_a_failed_build_falls_back_with_one_warning(tmp_path: Path, monkeypatch,
     assert m.recurrence_path(torch.device("cpu")) == "torch"
     out, _ = m(torch.randn(2, 3, 4))
     assert out.shape == (2, 3, 4)
+
+
+def test_start_event_trial_row_and_throughput_row_name_the_path(fused, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from orchestrator.results.tables import trial_row
+    from rnn.config import DataConfig, RunConfig, ThroughputConfig, TrainConfig
+    from rnn.throughput import measure_throughput
+    from rnn.train import Trainer
+
+    cfg = RunConfig(
+        data=DataConfig(corpus="builtin", level="char", seq_len=8),
+        model=ModelConfig(cell="lstm", embedding_dim=8, hidden_size=8, num_layers=1, dropout=0.0, layer_norm=True),
+        train=TrainConfig(device="cpu", seed=0, batch_size=4, max_steps=2, eval_every=2),
+    )
+    start = next(iter(Trainer(cfg, tmp_path / "run").iter_fit()))
+    assert start.kind == "start" and start.info["recurrence"] == "fused-cpu"
+    row = trial_row(SimpleNamespace(trial_id="t1", config={}), status="completed", info=start.info)
+    assert row["recurrence"] == "fused-cpu"
+    rows = measure_throughput(cfg, ThroughputConfig(batch_sizes=[2], warmup_steps=1, measure_steps=1),
+                              cache_dir=tmp_path)
+    assert [r.recurrence for r in rows] == ["fused-cpu"]
