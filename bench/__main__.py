@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-PARTS = ("cells", "trainer", "dispatch", "bookkeeping")
+PARTS = ("cells", "trainer", "dispatch", "via-run", "bookkeeping")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 #: Per-device defaults: (timed steps per block, rounds, warm-up steps, dispatch steps per trial).
@@ -117,6 +117,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         print(format_dispatch(dispatch))
 
+    via_run: Optional[dict[str, Any]] = None
+    if "via-run" in parts:
+        from bench.via_run import format_via_run
+        from bench.via_run import measure as measure_via_run
+
+        via_run = measure_via_run(batch_sizes=(16,), rounds=1, measure_steps=3) if args.quick else measure_via_run()
+        print()
+        print(format_via_run(via_run))
+
     bookkeeping: Optional[dict[str, Any]] = None
     if "bookkeeping" in parts:
         from bench.bookkeeping import format_bookkeeping
@@ -132,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           " absolute figures are noisy.")
     out = args.out or OUT_DIR / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     payload = {"machine": meta, "settings": settings, "elapsed_s": elapsed,
-               "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch,
+               "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch, "via_run": via_run,
                "bookkeeping": bookkeeping}
     print(f"wrote {write_json(out, payload)}")
     return 0
