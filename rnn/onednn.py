@@ -27,7 +27,7 @@ def available() -> bool:
 
 def _linear(x: Tensor, w: Tensor) -> Tensor:
     """``x [M, K] @ w[N, K]^T`` on oneDNN (float32) or ``aten::mm``."""
-    if x.dtype == torch.float32 and available():
+    if x.device.type == "cpu" and x.dtype == torch.float32 and available():
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return x @ w.t()
 
