@@ -13,13 +13,15 @@ loads and trains on another.
 The backward (haste's design): the per-step kernels return the per-step gradients ``dz`` (the
 gate pre-activations, which are also ``d xgb``) and ``da`` (``W_h h``, before LN_h), and the
 LayerNorm gains' and biases' gradients, reductions over time and batch (the C++ kernels sum them
-in the loop, while each row is in cache). After the loop the recurrent weight gradient is one GEMM
+in the loop, while each row is in cache; the Triton path reduces after the loop, so its step
+kernel needs no atomics). After the loop the recurrent weight gradient is one GEMM
 over all timesteps, ``dW_h = sum_t da_t^T h_{t-1}``. The forward saves the LayerNorm statistics
 (normalised values and 1/std) and the activated gates, so the backward recomputes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Literal, Optional, Protocol, cast
 
@@ -50,10 +52,13 @@ class Kernels(Protocol):
                  rstd_c: Tensor, tc: Tensor) -> list[Tensor]: ...
 
 
+@functools.cache
 def _triton_kernels() -> Optional[Kernels]:
+    """The Triton kernels, or None where Triton does not import (asked once per process)."""
     try:
         from rnn import triton_lnlstm
-    except ImportError:
+    except Exception as e:  # noqa: BLE001 (ImportError, or a Triton that fails to initialise)
+        log.info("Triton unavailable (%s): the layer-norm LSTM runs the PyTorch loop on CUDA", e)
         return None
     return triton_lnlstm.kernels()
 
