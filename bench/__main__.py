@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-PARTS = ("cells", "trainer", "dispatch", "via-run", "bookkeeping")
+PARTS = ("cells", "trainer", "dispatch", "end-to-end", "via-run", "bookkeeping")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 #: Per-device defaults: (timed steps per block, rounds, warm-up steps, dispatch steps per trial).
@@ -117,6 +117,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         print(format_dispatch(dispatch))
 
+    end_to_end: Optional[dict[str, Any]] = None
+    if "end-to-end" in parts:
+        from bench.end_to_end import format_end_to_end
+        from bench.end_to_end import measure as measure_end_to_end
+
+        # --quick: 2 trials of a few steps, one pass; the full line runs 8 trials of 800 steps twice
+        # on each side (about 5 minutes on the 2-core dev VM).
+        end_to_end = (measure_end_to_end(trials=2, steps=dispatch_steps, passes=1) if args.quick
+                      else measure_end_to_end(trials=dispatch_trials))
+        print()
+        print(format_end_to_end(end_to_end))
+
     via_run: Optional[dict[str, Any]] = None
     if "via-run" in parts:
         from bench.via_run import format_via_run
@@ -141,7 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           " absolute figures are noisy.")
     out = args.out or OUT_DIR / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     payload = {"machine": meta, "settings": settings, "elapsed_s": elapsed,
-               "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch, "via_run": via_run,
+               "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch, "end_to_end": end_to_end,
+               "via_run": via_run,
                "bookkeeping": bookkeeping}
     print(f"wrote {write_json(out, payload)}")
     return 0

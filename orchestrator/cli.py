@@ -276,9 +276,38 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_clean)
 
 
+def cmd_best(args: argparse.Namespace) -> int:
+    """Print a runnable spec of a job's best configuration (``> best.yaml``)."""
+    from orchestrator.report.best import best_spec
+
+    try:
+        text = best_spec(args.dir, metric=args.metric)
+    except UsageError as e:
+        return _fail(args.dir, e)
+    sys.stdout.write(text)
+    return ExitCode.OK
+
+
+#: ``best --metric`` choices: ``orchestrator.report.best.METRICS`` (not imported here: it reads Parquet).
+BEST_METRICS = ("val_loss", "val_bpc", "val_accuracy")
+
+
+def _add_best(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("best", help="print a runnable spec of a job's best configuration",
+                       description="Print, as a runnable job spec, the best configuration of the job folder DIR: "
+                                   "for a train job the best trial (ranked as the report ranks them), for a "
+                                   "throughput job the fastest setting that fit, as a kind: train spec on that "
+                                   "device. Redirect it to a file: best DIR > best.yaml.")
+    p.add_argument("dir", metavar="DIR", help="a job folder, e.g. results/quickstart")
+    p.add_argument("--metric", choices=BEST_METRICS, default=None,
+                   help="rank by this instead (default: the report's ranking, bits per character when the "
+                        "tokenization varies, else validation loss)")
+    p.set_defaults(func=cmd_best)
+
+
 #: Every subcommand's parser builder, in the order ``--help`` lists them.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, _add_validate, _add_plan, _add_report, _add_devices, _add_sample, _add_clean,
+    _add_run, _add_validate, _add_plan, _add_report, _add_best, _add_devices, _add_sample, _add_clean,
 ]
 #: Commands whose progress lines are their output: they log at INFO by default.
 _CHATTY = {"run", "report", "clean"}
@@ -302,7 +331,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     verbosity = args.verbose + (1 if args.command in _CHATTY else 0)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, force=True,
+    # best's output is a spec on stdout (``> best.yaml``): its log lines go to stderr
+    stream = sys.stderr if args.command == "best" else sys.stdout
+    logging.basicConfig(level=logging.WARNING, stream=stream, force=True,
                         format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     # Our own loggers speak at the chosen level; third-party libraries stay at WARNING.
     for name in ("orchestrator", "rnn"):

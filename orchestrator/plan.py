@@ -29,6 +29,7 @@ from typing import Any, Optional
 from orchestrator.durations import format_duration
 from orchestrator.spec import Job, ResourcesSpec, Trial, allowed_concurrency, job_location
 from orchestrator.spec.rules import estimate_parameters, vocab_estimate
+from orchestrator.spec.schema import asha_rungs, budget_steps, promotion_caps, worst_budget_steps
 from rnn.config import RunConfig, ThroughputConfig
 
 # nn.LSTM/GRU training measured 24-30 GFLOP/s on one core of the 2-core dev VM (B 32-64, H 128-512);
@@ -168,5 +169,23 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
         total = format_duration(makespan([e or 0.0 for e in estimates], slots))
     where = "GPU" if res.gpus_per_trial > 0 else "CPU"
     lines.append(f"rough time ({where} heuristic, see orchestrator/plan.py; measure before trusting): "
-                 f"about {total} for the job")
+                 f"about {total} for the job" + (" without successive halving" if _asha_line(job) else ""))
+    lines += _asha_line(job)
     return "\n".join(lines)
+
+
+def _asha_line(job: Job) -> list[str]:
+    """Successive halving's rungs and step budget against the full sweep's, or nothing."""
+    sweep = job.spec.sweep
+    asha = sweep.scheduler if sweep is not None else None
+    if asha is None or asha.max_steps is None or not job.trials:
+        return []
+    rungs = asha_rungs(asha.grace_steps, asha.reduction_factor, asha.max_steps)
+    n, rf = len(job.trials), asha.reduction_factor
+    full = n * asha.max_steps
+    usual, worst = budget_steps(n, rungs, rf), worst_budget_steps(n, rungs, rf)
+    reaching = [n, *promotion_caps(n, len(rungs) - 1, rf)]
+    return [f"successive halving (asha, {asha.metric}): rungs at steps {', '.join(map(str, rungs))}; about "
+            f"{usual:,} training steps ({usual / full:.0%} of the full sweep's {full:,}; trials reaching each rung: "
+            f"{', '.join(map(str, reaching))}), at most {worst:,} ({worst / full:.0%}) if trials arrive at "
+            f"the rungs from worst to best"]

@@ -13,8 +13,12 @@ from typing import Any, Optional
 
 
 class TrialStatus(str, enum.Enum):
-    """How a run ended. The first three come from the engine, the rest from the orchestrator
-    (``timeout``: the trial hit ``resources.trial_timeout_s``, its hard wall-clock cap)."""
+    """How a run ended. ``completed``, ``early_stopped``, ``diverged`` and ``paused`` come from the
+    engine, the rest from the orchestrator (``timeout``: the trial hit
+    ``resources.trial_timeout_s``, its hard wall-clock cap). ``paused``: the run stopped at a
+    scheduler's ``pause_at_step`` and left a resume checkpoint; it is neither a success nor final.
+    ``pruned``: successive halving (``sweep.scheduler``) decided a paused trial will never be
+    resumed; final, neither a success nor a failure (its curve and best checkpoint are kept)."""
 
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"
@@ -22,9 +26,15 @@ class TrialStatus(str, enum.Enum):
     FAILED = "failed"
     OOM = "oom"
     TIMEOUT = "timeout"
+    PAUSED = "paused"
+    PRUNED = "pruned"
 
     def is_success(self) -> bool:
         return self in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
+
+    def is_terminal(self) -> bool:
+        """False only for ``paused``: a paused trial is resumed (or pruned) later."""
+        return self is not TrialStatus.PAUSED
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class TrainEvent:
       - ``start``: ``info`` holds params, device, precision, vocab_size, corpus_sha256, ...
       - ``eval``: ``record`` is set.
       - ``checkpoint``: validation improved; ``checkpoint`` is the path of the new best file.
+      - ``paused``: the run reached ``pause_at_step``; ``checkpoint`` is the resume file
+        (``last.pt``) and ``record`` the evaluation at that step. An ``end`` event follows.
       - ``end``: ``result`` is set. Always the last event.
     """
 

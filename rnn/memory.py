@@ -7,6 +7,7 @@ process OOM-killed, instead of raising).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -92,3 +93,17 @@ def peak_memory_mb(device: torch.device) -> Optional[float]:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+
+
+def release_device_memory(device: Optional[torch.device] = None) -> None:
+    """Hand cached accelerator memory back after an out-of-memory error.
+
+    Collects garbage first (the frames of a caught exception may still hold activations), then
+    empties the caching allocator of ``device``, or of every accelerator present when None.
+    """
+    gc.collect()
+    kind = device.type if device is not None else None
+    if kind in (None, "cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if kind in (None, "mps") and hasattr(torch, "mps") and torch.backends.mps.is_available():
+        torch.mps.empty_cache()

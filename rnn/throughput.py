@@ -29,7 +29,6 @@ the machine.
 
 from __future__ import annotations
 
-import gc
 import logging
 import statistics
 import time
@@ -50,6 +49,7 @@ from rnn.memory import (  # noqa: F401  (re-exported: the throughput sweep's mem
     available_memory_bytes,
     estimate_step_memory,
     peak_memory_mb,
+    release_device_memory,
 )
 from rnn.models import build_model
 from rnn.step import TrainStep
@@ -83,14 +83,6 @@ def time_steps(step: Callable[[], Any], n: int, device: torch.device) -> list[fl
         sync()
         times.append(time.perf_counter() - t0)
     return times
-
-
-def _empty_cache(device: torch.device) -> None:
-    gc.collect()  # frames of a caught exception may still hold activations
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 class _Session:
@@ -172,7 +164,7 @@ class _Session:
                 p.grad = None
             del step
         if failure is not None:
-            _empty_cache(self.device)
+            release_device_memory(self.device)
             log.warning("batch %d: %s (%s)", batch_size, failure[0].value, failure[1].splitlines()[0])
             return self.row(batch_size, failure[0], failure[1])
         median = statistics.median(times)

@@ -14,19 +14,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 from rnn.checkpoint import load_checkpoint, save_checkpoint
 from rnn.config import ModelConfig, RunConfig
 from rnn.data import LMData, prepare_data
 from rnn.device import detect_device, device_report, resolve_precision
 from rnn.errors import CheckpointError
+from rnn.evaluate import eval_batch_size, evaluate
 from rnn.events import EvalRecord, TrainEvent, TrainResult, TrialStatus
 from rnn.models import LanguageModel, build_model
 from rnn.optim import build_scheduler
@@ -35,18 +35,10 @@ from rnn.step import TrainStep, lm_loss  # noqa: F401  (lm_loss: part of this mo
 log = logging.getLogger(__name__)
 
 BEST_CHECKPOINT = "best.pt"
+#: The resume checkpoint a paused run writes (see ``Trainer.iter_fit(pause_at_step=...)``).
+LAST_CHECKPOINT = "last.pt"
 #: Read the device-side divergence flag and the wall clock at most this many steps apart.
 CHECK_EVERY = 50
-#: Validation needs no backward pass, so it runs in batches of up to this many logits
-#: (256 MB in fp32), never fewer rows than the training batch: small training batches would
-#: otherwise make evaluation a long loop of tiny kernels.
-EVAL_LOGITS_BUDGET = 2**26
-EVAL_MAX_BATCH = 1024
-
-
-def eval_batch_size(train_batch: int, seq_len: int, vocab_size: int) -> int:
-    """Rows per validation batch: as many as the logits budget allows, within [train_batch, 1024]."""
-    return max(train_batch, min(EVAL_MAX_BATCH, EVAL_LOGITS_BUDGET // max(1, seq_len * vocab_size)))
 
 
 class Trainer:
@@ -98,12 +90,37 @@ class Trainer:
         assert result is not None
         return result
 
-    def iter_fit(self, resume_from: Union[str, Path, bytes, None] = None) -> Iterator[TrainEvent]:
+    def iter_fit(
+        self,
+        resume_from: Union[str, Path, bytes, None] = None,
+        *,
+        pause_at_step: Optional[int] = None,
+    ) -> Iterator[TrainEvent]:
         """Train, yielding events; the last event has kind ``end``.
 
         ``resume_from`` (a checkpoint path or its bytes) continues that run exactly: same
         steps, same batches, same schedule. Exceptions (out of memory, a bad corpus) propagate.
+
+        ``pause_at_step`` (below the run's step budget) stops the run there for a scheduler such
+        as successive halving: the trainer evaluates (unless that step was just evaluated),
+        writes a resume checkpoint of the current state to ``run_dir/last.pt``, yields a
+        ``paused`` event naming it, and ends with status :attr:`TrialStatus.PAUSED`. The lr
+        schedule still spans the full budget, and the pause evaluation changes no decision
+        (best, patience, plateau), so resuming from ``last.pt`` continues the run exactly as if
+        it had not stopped. A ``pause_at_step`` at or past the budget is ignored.
         """
+        run = self._set_up(resume_from)
+        if pause_at_step is not None and pause_at_step <= run.st.step:
+            raise ValueError(
+                f"pause_at_step={pause_at_step} is not past the step this run resumes from ({run.st.step})"
+            )
+        yield self._start_event(run, resumed=resume_from is not None)
+        yield from self._loop(run, pause_at_step)
+        yield TrainEvent("end", run.st.step, result=self._result(run))
+
+    # ------------------------------------------------------------------ set-up
+    def _set_up(self, resume_from: Union[str, Path, bytes, None]) -> _Run:
+        """Device, data, model, optimiser, schedule and run state, restored from a checkpoint if given."""
         cfg = self.config
         tc = cfg.train
         if self._num_threads:
@@ -114,132 +131,164 @@ class Trainer:
         model = build_model(cfg.model, data.vocab_size).to(device)
         precision = resolve_precision(tc.amp, device, batch_size=tc.batch_size)
         total_steps = self._total_steps(data)
-        es = tc.early_stopping
         train_step = TrainStep(model, data, tc, precision, tc.batch_size)
-        optimizer, scaler, generator = train_step.optimizer, train_step.scaler, train_step.generator
-        assert optimizer is not None  # released only after the loop
-        plateau_patience = max(1, es.patience // 2) if es else 2
-        scheduler = build_scheduler(optimizer, tc, total_steps, plateau_patience)
-        per_step_schedule = scheduler is not None and tc.scheduler != "plateau"
-
-        st = _RunState()
+        assert train_step.optimizer is not None  # released only after the loop
+        plateau_patience = max(1, tc.early_stopping.patience // 2) if tc.early_stopping else 2
+        scheduler = build_scheduler(train_step.optimizer, tc, total_steps, plateau_patience)
+        run = _Run(device, data, model, precision, total_steps, train_step, scheduler)
         if resume_from is not None:
             ckpt = load_checkpoint(resume_from, map_location=device)
-            self._restore(ckpt, model, optimizer, scheduler, scaler, generator, st)
-            log.info("resumed from step %d (best val loss %.4f)", st.step, st.best_metric)
+            self._restore(ckpt, run)
+            log.info("resumed from step %d (best val loss %s)", run.st.step, run.st.best_metric)
+        return run
 
-        report = device_report(device)
-        params = model.num_parameters()
-        yield TrainEvent(
+    def _start_event(self, run: _Run, resumed: bool) -> TrainEvent:
+        report = device_report(run.device)
+        return TrainEvent(
             "start",
-            st.step,
+            run.st.step,
             info={
-                "params": params,
-                "device": device.type,
+                "params": run.model.num_parameters(),
+                "device": run.device.type,
                 "device_name": report.get("device_name"),
-                "precision": precision,
-                "recurrence": model.recurrence_path(device, precision),
-                "vocab_size": data.vocab_size,
-                "corpus": data.corpus.name,
-                "corpus_sha256": data.corpus.sha256,
-                "total_steps": total_steps,
-                "resumed_from_step": st.step if resume_from is not None else None,
+                "precision": run.precision,
+                "recurrence": run.model.recurrence_path(run.device, run.precision),
+                "vocab_size": run.data.vocab_size,
+                "corpus": run.data.corpus.name,
+                "corpus_sha256": run.data.corpus.sha256,
+                "total_steps": run.total_steps,
+                "resumed_from_step": run.st.step if resumed else None,
             },
         )
 
-        autocast = train_step.autocast
-        B, T = tc.batch_size, cfg.data.seq_len
-        steps_per_epoch = data.steps_per_epoch(B)
-        # Device-side accumulators: read back only at check points.
-        loss_sum = torch.zeros((), device=device)
-        grad_norm = torch.zeros((), device=device)
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        status = TrialStatus.COMPLETED
-        error: Optional[str] = None
-        run_start = time.monotonic() - st.train_time_s
-        window_start, window_steps = time.monotonic(), 0
-
-        model.train()
-        while total_steps is None or st.step < total_steps:
-            loss, grad_norm = train_step()  # on the device; nothing read back here
-            if per_step_schedule:
-                scheduler.step()
-            loss_sum += loss
+    # ------------------------------------------------------------------ the loop
+    def _loop(self, run: _Run, pause_at_step: Optional[int]) -> Iterator[TrainEvent]:
+        """Step until the budget, a stop decision or the pause step; sets ``run.status``."""
+        tc = self.config.train
+        st, total = run.st, run.total_steps
+        run.clock_start = time.monotonic() - st.train_time_s
+        run.window_start = time.monotonic()
+        run.model.train()
+        while total is None or st.step < total:
+            loss, run.grad_norm = run.train_step()  # on the device; nothing read back here
+            if run.per_step_schedule:
+                run.scheduler.step()
+            run.loss_sum += loss
             bad = ~torch.isfinite(loss)
-            first_bad = torch.where(bad & (first_bad < 0), st.step + 1, first_bad)
+            run.first_bad = torch.where(bad & (run.first_bad < 0), st.step + 1, run.first_bad)
             st.step += 1
-            window_steps += 1
+            st.window_steps += 1
             if self._step_hook is not None:
-                self._step_hook(st.step, model)
+                self._step_hook(st.step, run.model)
 
-            at_eval = st.step % tc.eval_every == 0 or st.step == total_steps
-            if not (at_eval or st.step % CHECK_EVERY == 0):
+            at_eval = st.step % tc.eval_every == 0 or st.step == total
+            at_pause = st.step == pause_at_step and (total is None or st.step < total)
+            if not (at_eval or at_pause or st.step % CHECK_EVERY == 0):
                 continue
-            bad_step = int(first_bad.item())
+            bad_step = int(run.first_bad.item())
             if bad_step >= 0:
-                status = TrialStatus.DIVERGED
-                error = f"training loss became non-finite at step {bad_step}"
-                log.warning(error)
-                break
-            out_of_time = tc.max_time_s is not None and time.monotonic() - run_start >= tc.max_time_s
-            if not (at_eval or out_of_time):
-                continue
+                run.status, run.error = TrialStatus.DIVERGED, f"training loss became non-finite at step {bad_step}"
+                log.warning(run.error)
+                return
+            out_of_time = tc.max_time_s is not None and run.elapsed() >= tc.max_time_s
+            if at_eval or out_of_time:
+                stop = yield from self._evaluate_and_decide(run)
+                if stop or out_of_time:
+                    return
+            if at_pause:
+                yield from self._pause(run, evaluated=at_eval)
+                return
 
-            train_time = time.monotonic() - window_start
-            rec = self._evaluate(model, data, autocast, st, loss_sum / window_steps, grad_norm, optimizer)
-            rec = replace(
-                rec,
-                epoch=st.step / steps_per_epoch,
-                samples_per_s=window_steps * B / max(train_time, 1e-9),
-                tokens_per_s=window_steps * B * T / max(train_time, 1e-9),
-                elapsed_s=time.monotonic() - run_start,
-            )
-            st.evals.append(rec)
+    def _evaluate_and_decide(self, run: _Run) -> Generator[TrainEvent, None, bool]:
+        """A scheduled evaluation: record it, step a plateau schedule, save the best, count
+        patience. Returns True when the run must stop (divergence, early stopping)."""
+        st, es = run.st, self.config.train.early_stopping
+        rec = self._record(run)
+        yield TrainEvent("eval", st.step, record=rec)
+        metric = rec.val_loss if run.data.num_val_targets > 0 else rec.train_loss
+        if not math.isfinite(metric):
+            run.status, run.error = TrialStatus.DIVERGED, f"validation loss became non-finite at step {st.step}"
+            return True
+        if run.scheduler is not None and not run.per_step_schedule:
+            run.scheduler.step(metric)
+        if st.best_metric is None or metric < st.best_metric - (es.min_delta if es else 0.0):
+            st.best_metric, st.best_record, st.bad_evals = metric, rec, 0
+            st.train_time_s = run.elapsed()
+            path = self._save(run, self.run_dir / BEST_CHECKPOINT)
+            yield TrainEvent("checkpoint", st.step, checkpoint=str(path), record=rec)
+        else:
+            st.bad_evals += 1
+            if es is not None and st.bad_evals >= es.patience:
+                run.status = TrialStatus.EARLY_STOPPED
+                log.info("early stop at step %d: no improvement in %d evaluations", st.step, es.patience)
+                return True
+        run.window_start = time.monotonic()
+        run.model.train()
+        return False
+
+    def _pause(self, run: _Run, evaluated: bool) -> Iterator[TrainEvent]:
+        """Evaluate if needed (a measurement only: it decides nothing, so the resumed run is the
+        uninterrupted one), write ``last.pt`` and end the run as paused."""
+        st = run.st
+        if not evaluated:
+            rec = self._record(run, reset_window=False)  # the window goes on after the resume
             yield TrainEvent("eval", st.step, record=rec)
-            if not math.isfinite(rec.val_loss if data.num_val_targets > 0 else rec.train_loss):
-                status, error = TrialStatus.DIVERGED, f"validation loss became non-finite at step {st.step}"
-                break
-            metric = rec.val_loss if data.num_val_targets > 0 else rec.train_loss
-            if scheduler is not None and not per_step_schedule:
-                scheduler.step(metric)
-            if st.best_metric is None or metric < st.best_metric - (es.min_delta if es else 0.0):
-                st.best_metric, st.best_record, st.bad_evals = metric, rec, 0
-                st.train_time_s = time.monotonic() - run_start
-                path = self._save(model, optimizer, scheduler, scaler, generator, st, data)
-                yield TrainEvent("checkpoint", st.step, checkpoint=str(path), record=rec)
-            else:
-                st.bad_evals += 1
-                if es is not None and st.bad_evals >= es.patience:
-                    status = TrialStatus.EARLY_STOPPED
-                    log.info("early stop at step %d: no improvement in %d evaluations", st.step, es.patience)
-                    break
-            if out_of_time:
-                break
-            loss_sum.zero_()
-            window_start, window_steps = time.monotonic(), 0
-            model.train()
+            if not math.isfinite(rec.val_loss if run.data.num_val_targets > 0 else rec.train_loss):
+                run.status, run.error = TrialStatus.DIVERGED, f"validation loss became non-finite at step {st.step}"
+                return
+        st.train_time_s = run.elapsed()
+        path = self._save(run, self.run_dir / LAST_CHECKPOINT)
+        run.status = TrialStatus.PAUSED
+        log.info("paused at step %d; resume from %s", st.step, path)
+        yield TrainEvent("paused", st.step, checkpoint=str(path), record=st.evals[-1] if st.evals else None)
 
-        best = st.best_record
-        result = TrainResult(
-            status=status,
+    def _record(self, run: _Run, reset_window: bool = True) -> EvalRecord:
+        """Evaluate now and append the record; the train-loss window restarts unless told not to."""
+        st, B, T = run.st, self.config.train.batch_size, self.config.data.seq_len
+        train_time = time.monotonic() - run.window_start
+        assert run.train_step.optimizer is not None
+        val = evaluate(run.model, run.data, run.train_step.autocast, eval_batch_size(B, T, run.data.vocab_size))
+        rec = EvalRecord(
+            step=st.step,
+            epoch=st.step / run.data.steps_per_epoch(B),
+            train_loss=float((run.loss_sum / max(1, st.window_steps)).item()),
+            val_loss=val.loss,
+            val_bpc=val.bpc,
+            val_perplexity=val.perplexity,
+            val_accuracy=val.accuracy,
+            lr=run.train_step.optimizer.param_groups[0]["lr"],
+            grad_norm=float(run.grad_norm.float().item()),
+            samples_per_s=st.window_steps * B / max(train_time, 1e-9),
+            tokens_per_s=st.window_steps * B * T / max(train_time, 1e-9),
+            elapsed_s=run.elapsed(),
+        )
+        st.evals.append(rec)
+        if reset_window:
+            run.loss_sum.zero_()
+            st.window_steps = 0
+        return rec
+
+    def _result(self, run: _Run) -> TrainResult:
+        st, best = run.st, run.st.best_record
+        best_path = self.run_dir / BEST_CHECKPOINT
+        return TrainResult(
+            status=run.status,
             steps=st.step,
-            params=params,
-            device=device.type,
-            precision=precision,
-            train_time_s=time.monotonic() - run_start,
+            params=run.model.num_parameters(),
+            device=run.device.type,
+            precision=run.precision,
+            train_time_s=run.elapsed(),
             best_val_loss=best.val_loss if best else None,
             best_val_bpc=best.val_bpc if best else None,
             best_val_accuracy=best.val_accuracy if best else None,
             best_step=best.step if best else None,
-            best_checkpoint=str(self.run_dir / BEST_CHECKPOINT) if best else None,
-            corpus_sha256=data.corpus.sha256,
-            vocab_size=data.vocab_size,
-            error=error,
+            best_checkpoint=str(best_path) if best else None,
+            corpus_sha256=run.data.corpus.sha256,
+            vocab_size=run.data.vocab_size,
+            error=run.error,
             evals=tuple(st.evals),
         )
-        yield TrainEvent("end", st.step, result=result)
 
-    # ------------------------------------------------------------------ internals
     def _total_steps(self, data: LMData) -> Optional[int]:
         tc = self.config.train
         budgets = []
@@ -251,84 +300,48 @@ class Trainer:
             raise ValueError("no training budget: set train.max_steps, train.max_epochs or train.max_time_s")
         return min(budgets) if budgets else None
 
-    @torch.no_grad()
-    def _evaluate(
-        self,
-        model: LanguageModel,
-        data: LMData,
-        autocast: Any,
-        st: _RunState,
-        train_loss: torch.Tensor,
-        grad_norm: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-    ) -> EvalRecord:
-        """Forward-direction loss, accuracy and bits/char over the whole validation split."""
-        model.eval()
-        nll = torch.zeros((), dtype=torch.float64, device=train_loss.device)
-        correct = torch.zeros((), dtype=torch.long, device=train_loss.device)
-        count = 0
-        rows = eval_batch_size(self.config.train.batch_size, data.seq_len, data.vocab_size)
-        for window in data.val_batches(rows):  # (b, T+1)
-            with autocast:
-                logits = model(window).logits  # (b, T, V); forward direction only
-            targets = window[:, 1:]
-            nll += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").double()
-            correct += (logits.argmax(-1) == targets).sum()
-            count += targets.numel()
-        if count:
-            val_loss = float(nll.item()) / count
-            val_acc = float(correct.item()) / count
-            val_bpc = val_loss * data.tokens_per_char_val / math.log(2)
-        else:
-            val_loss = val_acc = val_bpc = float("nan")
-        return EvalRecord(
-            step=st.step,
-            epoch=0.0,
-            train_loss=float(train_loss.item()),
-            val_loss=val_loss,
-            val_bpc=val_bpc,
-            val_perplexity=math.exp(min(val_loss, 700.0)) if math.isfinite(val_loss) else float("nan"),
-            val_accuracy=val_acc,
-            lr=optimizer.param_groups[0]["lr"],
-            grad_norm=float(grad_norm.float().item()),
-            samples_per_s=0.0,
-            tokens_per_s=0.0,
-            elapsed_s=0.0,
-        )
-
-    def _save(self, model, optimizer, scheduler, scaler, generator, st: _RunState, data: LMData) -> Path:
+    def _save(self, run: _Run, path: Path) -> Path:
+        """Everything that continues the run exactly: weights, optimiser, schedule, scaler, RNG,
+        progress, and the config and tokenizer that rebuild the model."""
+        st, generator = run.st, run.train_step.generator
+        assert run.train_step.optimizer is not None
+        rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+        if torch.cuda.is_available() and generator.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(generator.device)
         state = {
             "config": self.config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
+            "model": run.model.state_dict(),
+            "optimizer": run.train_step.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+            "scaler": run.train_step.scaler.state_dict(),
             "step": st.step,
             "best_metric": st.best_metric,
+            "best_step": st.best_record.step if st.best_record else None,
             "bad_evals": st.bad_evals,
             "train_time_s": st.train_time_s,
+            "window": {"loss_sum": run.loss_sum.detach().cpu(), "steps": st.window_steps},
             "evals": [asdict(r) for r in st.evals],
-            "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
-            "tokenizer": data.tokenizer.to_state(),
-            "vocab_size": data.vocab_size,
-            "corpus_sha256": data.corpus.sha256,
+            "rng": rng,
+            "tokenizer": run.data.tokenizer.to_state(),
+            "vocab_size": run.data.vocab_size,
+            "corpus_sha256": run.data.corpus.sha256,
         }
-        if torch.cuda.is_available() and generator.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(generator.device)
-        return save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
+        return save_checkpoint(path, state)
 
-    def _restore(self, ckpt, model, optimizer, scheduler, scaler, generator, st: _RunState) -> None:
+    def _restore(self, ckpt: dict[str, Any], run: _Run) -> None:
         saved = RunConfig.from_dict(ckpt["config"])
         if saved.model != self.config.model or saved.data != self.config.data:
             raise CheckpointError(
                 "checkpoint was written for a different model or data config; "
                 f"checkpoint model={saved.model}, this run model={self.config.model}"
             )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        st, ts, generator = run.st, run.train_step, run.train_step.generator
+        assert ts.optimizer is not None
+        run.model.load_state_dict(ckpt["model"])
+        ts.optimizer.load_state_dict(ckpt["optimizer"])
+        if run.scheduler is not None and ckpt.get("scheduler") is not None:
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+        ts.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         generator.set_state(ckpt["rng"]["generator"].cpu())
         if "cuda" in ckpt["rng"] and generator.device.type == "cuda":
@@ -338,7 +351,12 @@ class Trainer:
         st.bad_evals = int(ckpt["bad_evals"])
         st.train_time_s = float(ckpt["train_time_s"])
         st.evals = [EvalRecord(**r) for r in ckpt["evals"]]
-        st.best_record = next((r for r in reversed(st.evals) if r.step == st.step), None)
+        best_step = ckpt.get("best_step", st.step)  # a best checkpoint is written at its best step
+        st.best_record = next((r for r in reversed(st.evals) if r.step == best_step), None)
+        window = ckpt.get("window")
+        if window is not None:  # a paused run resumes inside a train-loss window
+            run.loss_sum.copy_(window["loss_sum"].to(run.device))
+            st.window_steps = int(window["steps"])
 
 
 class _RunState:
@@ -351,6 +369,38 @@ class _RunState:
         self.bad_evals = 0
         self.train_time_s = 0.0
         self.evals: list[EvalRecord] = []
+        self.window_steps = 0  # steps summed into the current train-loss window
+
+
+class _Run:
+    """One run's set-up objects, device-side accumulators and progress, shared by the loop's parts."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        data: LMData,
+        model: LanguageModel,
+        precision: str,
+        total_steps: Optional[int],
+        train_step: TrainStep,
+        scheduler: Any,
+    ) -> None:
+        self.device, self.data, self.model, self.precision = device, data, model, precision
+        self.total_steps, self.train_step, self.scheduler = total_steps, train_step, scheduler
+        self.per_step_schedule = scheduler is not None and train_step.train.scheduler != "plateau"
+        self.st = _RunState()
+        self.status = TrialStatus.COMPLETED
+        self.error: Optional[str] = None
+        # Device-side accumulators: read back only at check points.
+        self.loss_sum = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.clock_start = time.monotonic()  # so that elapsed() counts the time before a resume
+        self.window_start = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Training seconds so far, including those before a resume."""
+        return time.monotonic() - self.clock_start
 
 
 def model_config_from_checkpoint(ckpt: dict[str, Any]) -> ModelConfig:

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 from bench.__main__ import main as bench_main  # noqa: E402
 from bench.common import Shape  # noqa: E402
 from bench.dispatch import format_dispatch, overheads_in_start_order  # noqa: E402
+from bench.end_to_end import format_end_to_end  # noqa: E402
 from bench.engine import BareLM, bare_step, run_config  # noqa: E402
 from bench.jobs import format_rows, load_trials, run_spec  # noqa: E402
 
@@ -47,7 +48,8 @@ def keep_threads():
 
 def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep_threads) -> None:
     out = tmp_path / "bench.json"
-    assert bench_main(["--quick", "--device", "cpu", "--skip", "dispatch", "--skip", "via-run", "--out", str(out)]) == 0
+    assert bench_main(["--quick", "--device", "cpu", "--skip", "dispatch", "--skip", "end-to-end",
+                       "--skip", "via-run", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for line in ("engine LSTM / bare nn.LSTM", "engine LN-LSTM / bare nn.LSTM", "Trainer / bare loop (same model)"):
         assert line in printed
@@ -57,7 +59,7 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep
     assert payload["machine"]["device"] == "cpu"
     assert payload["machine"]["torch_version"] == torch.__version__
     assert payload["machine"]["torch_threads"] == 1  # the CPU default, see bench/__main__.py
-    assert payload["dispatch"] is None and payload["via_run"] is None
+    assert payload["dispatch"] is None and payload["end_to_end"] is None and payload["via_run"] is None
     assert payload["machine"]["allocator"]  # what malloc ran with (bench/alloc.py)
     ratios = payload["ratios"]
     assert [r["measure"] for r in ratios] == [
@@ -102,6 +104,21 @@ def test_dispatch_summary_names_the_figures_and_targets() -> None:
     assert "dispatch overhead 0.05s (target <= 0.3s: ok)" in text
     cold = format_dispatch({**d, "warm_trials": 0, "overhead_s": math.nan, "net_overhead_s": math.nan})
     assert "n/a (no trial reused an actor" in cold
+
+
+def test_end_to_end_summary_gives_each_side_per_pass_and_the_ratio_of_medians() -> None:
+    d = {"trials": 8, "steps_per_trial": 800, "passes": 2,
+         "times_s": {"serial": [60.0, 62.0], "bare": [40.0, 38.0], "run": [41.0, 43.0]},
+         "median_s": {"serial": 61.0, "bare": 39.0, "run": 42.0}, "ratio_per_pass": [40 / 41, 38 / 43],
+         "ratio": 39 / 42, "serial_over_run": 61 / 42, "target": 0.95}
+    text = format_end_to_end(d)
+    assert "bare (2 reused Ray actors)      40.0 / 38.0 s" in text
+    assert "python -m orchestrator run      41.0 / 43.0 s" in text
+    assert "bare / run 0.93x over the medians (per pass 0.98, 0.88; target >= 0.95: BELOW TARGET)" in text
+    assert "serial / run 1.45x" in text
+    ok = format_end_to_end({**d, "times_s": {k: v for k, v in d["times_s"].items() if k != "serial"},
+                            "ratio": 0.97, "serial_over_run": None})
+    assert "target >= 0.95: ok" in ok and "serial" not in ok
 
 
 def test_jobs_runs_a_throughput_spec_through_the_engine(tmp_path: Path, keep_threads) -> None:

@@ -57,7 +57,7 @@ def test_validate_checks_every_example_job(monkeypatch: pytest.MonkeyPatch, caps
 def test_only_real_subcommands_are_registered() -> None:
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
-    assert set(sub.choices) == {"run", "validate", "plan", "report", "devices", "sample", "clean"}
+    assert set(sub.choices) == {"run", "validate", "plan", "report", "best", "devices", "sample", "clean"}
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -220,3 +220,56 @@ def test_learns_shakespeare_well_below_unigram_entropy(tmp_path: Path, shakespea
     p = counts / counts.sum()
     unigram_nats = float(-(p * p.log()).sum())  # about 3.3 nats/char
     assert result.best_val_loss < unigram_nats - 1.0, (result.best_val_loss, unigram_nats)
+
+
+def _final_weights(cfg: RunConfig, run_dir: Path, **fit: object) -> tuple[object, dict[str, torch.Tensor]]:
+    """Run to the end; returns the result and a copy of the weights after the last step."""
+    last: dict[str, torch.Tensor] = {}
+    total = cfg.train.max_steps
+
+    def keep(step: int, model: torch.nn.Module) -> None:
+        if step == total:
+            last.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    result = Trainer(cfg, run_dir, step_hook=keep).fit(**fit)
+    return result, last
+
+
+@pytest.mark.parametrize("pause_at", [20, 30])  # at an evaluation, and between two
+def test_pause_and_resume_reproduce_the_uninterrupted_run(tmp_path: Path, pause_at: int) -> None:
+    # Dropout and a step-wise onecycle schedule exercise the RNG and schedule state; patience and
+    # min_delta make the pause evaluation's neutrality visible.
+    cfg = tiny(max_steps=60, eval_every=20, scheduler="onecycle",
+               early_stopping=EarlyStopping(patience=3, min_delta=1e-3))
+    cfg = replace(cfg, model=replace(cfg.model, dropout=0.1, num_layers=2))
+    full, full_weights = _final_weights(cfg, tmp_path / "full")
+
+    events = list(Trainer(cfg, tmp_path / "part").iter_fit(pause_at_step=pause_at))
+    assert [e.kind for e in events][-2:] == ["paused", "end"]
+    paused = events[-1].result
+    assert paused.status is TrialStatus.PAUSED and not paused.status.is_success()
+    assert not paused.status.is_terminal() and TrialStatus.COMPLETED.is_terminal()
+    assert paused.steps == pause_at and paused.evals[-1].step == pause_at  # evaluated at the pause
+    last = tmp_path / "part" / "last.pt"
+    assert events[-2].checkpoint == str(last) and load_checkpoint(last)["step"] == pause_at
+    # The best checkpoint stays save-on-improvement: written at step 20 only.
+    assert load_checkpoint(tmp_path / "part" / "best.pt")["step"] == 20
+
+    resumed, resumed_weights = _final_weights(cfg, tmp_path / "resumed", resume_from=last)
+    assert resumed.status is TrialStatus.COMPLETED and resumed.steps == 60
+    scheduled = [r for r in resumed.evals if r.step % 20 == 0]
+    assert [r.step for r in scheduled] == [r.step for r in full.evals] == [20, 40, 60]
+    for a, b in zip(full.evals, scheduled):
+        assert (b.val_loss, b.train_loss, b.lr) == (a.val_loss, a.train_loss, a.lr)
+    assert resumed_weights.keys() == full_weights.keys()
+    assert all(torch.equal(resumed_weights[k], full_weights[k]) for k in full_weights)
+    assert (resumed.best_val_loss, resumed.best_step) == (full.best_val_loss, full.best_step)
+
+
+def test_pause_at_or_past_the_budget_is_ignored_and_before_the_resume_is_refused(tmp_path: Path) -> None:
+    result = Trainer(tiny(max_steps=20), tmp_path / "a").fit()
+    events = list(Trainer(tiny(max_steps=20), tmp_path / "b").iter_fit(pause_at_step=20))
+    assert "paused" not in [e.kind for e in events]
+    assert events[-1].result.status is TrialStatus.COMPLETED and events[-1].result.steps == result.steps == 20
+    with pytest.raises(ValueError, match="pause_at_step=10"):
+        list(Trainer(tiny(max_steps=40), tmp_path / "c").iter_fit(tmp_path / "a" / "best.pt", pause_at_step=10))

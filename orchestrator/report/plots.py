@@ -20,11 +20,14 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "Curve",
+    "Panel",
     "ThroughputSeries",
     "config_colors",
     "config_points_svg",
+    "parallel_coordinates_svg",
     "throughput_svg",
     "to_svg",
+    "train_val_panels_svg",
     "validation_curves_svg",
 ]
 
@@ -39,6 +42,15 @@ class Curve:
     config: str
     steps: Sequence[float]
     values: Sequence[float]
+    pruned: bool = False  # stopped early by the scheduler: its last point is marked
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One configuration's (train, validation) curve pairs, one pair per trial."""
+
+    config: str
+    pairs: Sequence[tuple[Curve, Curve]]
 
 
 @dataclass(frozen=True)
@@ -107,11 +119,44 @@ def validation_curves_svg(
         (line,) = ax.plot(c.steps, c.values, color=colors[c.config], lw=1.3, alpha=0.85,
                           marker="o" if len(c.steps) == 1 else None, ms=3)
         handles.setdefault(c.config, line)
+        if c.pruned:
+            ax.plot(c.steps[-1:], c.values[-1:], marker="X", ms=7, color=colors[c.config], mec="black", ls="none")
+    if any(c.pruned for c in curves):
+        handles["pruned (stopped at a rung)"] = ax.plot([], [], marker="X", ms=7, color="gray", mec="black",
+                                                       ls="none")[0]
     ax.set_xlabel("step")
     ax.set_ylabel(_text(ylabel))
     ax.grid(alpha=0.3)
     _legend(ax, handles)
     return to_svg(fig, "curves")
+
+
+def train_val_panels_svg(panels: Sequence[Panel], colors: Optional[Mapping[str, Any]] = None) -> str:
+    """Small multiples: per configuration, each trial's training loss (dashed) and validation loss
+    (solid) against step, on one shared y axis so the panels compare."""
+    cols = min(3, max(1, len(panels)))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3.3 * cols, 2.6 * rows + 0.3))
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
+    colors = colors or config_colors([p.config for p in panels])
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        color = colors[panel.config]
+        for train, val in panel.pairs:
+            ax.plot(val.steps, val.values, color=color, lw=1.3, marker="o" if len(val.steps) == 1 else None, ms=3)
+            ax.plot(train.steps, train.values, color=color, lw=1.1, ls="--", alpha=0.8)
+            if val.pruned and val.steps:
+                ax.plot(val.steps[-1:], val.values[-1:], marker="X", ms=6, color=color, mec="black", ls="none")
+        ax.set_title(_text(panel.config), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss (nats/token)", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    return to_svg(fig, "trainval")
 
 
 def config_points_svg(
@@ -176,3 +221,55 @@ def throughput_svg(series: Sequence[ThroughputSeries]) -> str:
     ax.grid(alpha=0.3, which="both")
     _legend(ax, handles)
     return to_svg(fig, "throughput")
+
+
+def _axis_positions(values: Sequence[Any]) -> tuple[list[float], list[float], list[str], bool]:
+    """Map one parameter's values to [0, 1]: numbers linearly (log when positive and spanning
+    at least 10x, as a learning rate does), anything else as evenly spaced categories.
+    Returns positions, tick positions, tick labels and whether the axis is logarithmic."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if numeric and len(set(values)) > 1:
+        lo, hi = min(values), max(values)
+        log = lo > 0 and hi / lo >= 10
+        f = (lambda v: math.log10(v)) if log else (lambda v: float(v))
+        span = f(hi) - f(lo)
+        pos = [(f(v) - f(lo)) / span for v in values]
+        ticks = sorted(set(values)) if len(set(values)) <= 6 else [lo, hi]
+        return pos, [(f(t) - f(lo)) / span for t in ticks], [format(t, ".3g") for t in ticks], log
+    cats = sorted({str(v) for v in values})
+    step = 1 / (len(cats) - 1) if len(cats) > 1 else 0.0
+    where = {c: (i * step if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+    return [where[str(v)] for v in values], list(where.values()), cats, False
+
+
+def parallel_coordinates_svg(params: Mapping[str, Sequence[Any]], metric: Sequence[float], metric_name: str) -> str:
+    """One vertical axis per parameter and a last one for the metric; one line per trial, coloured
+    by the metric (the best, lowest, drawn last and brightest)."""
+    names = list(params)
+    columns = [_axis_positions(list(params[n])) for n in names]
+    columns.append(_axis_positions(list(metric)))
+    fig = Figure(figsize=(max(6.0, 1.8 * (len(names) + 1)), 4.2))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis_r"]
+    lo, hi = min(metric), max(metric)
+    norm = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1e-9)
+    xs = list(range(len(columns)))
+    for i in sorted(range(len(metric)), key=lambda j: -metric[j]):  # worst first: the best ends on top
+        ax.plot(xs, [c[0][i] for c in columns], color=cmap(norm(metric[i])), lw=1.4, alpha=0.8)
+    for x, (_, ticks, labels, _) in zip(xs, columns, strict=True):
+        ax.axvline(x, color="#444", lw=0.8)
+        for t, lab in zip(ticks, labels, strict=True):
+            ax.annotate(_text(lab), (x, t), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+    ax.set_xticks(xs, [_text(n) + (" (log)" if c[3] else "") for n, c in zip(names, columns, strict=False)]
+                  + [_text(metric_name)], fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(columns) - 0.6)
+    ax.set_ylim(-0.05, 1.05)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=_text(metric_name), pad=0.02)
+    if bar.solids is not None:  # vector, not an embedded PNG: the page holds no data: URL either
+        bar.solids.set_rasterized(False)
+        bar.solids.set_edgecolor("face")  # no hairlines between the colour steps
+    return to_svg(fig, "parcoords")

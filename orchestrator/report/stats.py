@@ -18,7 +18,8 @@ from scipy import stats as _st
 
 from orchestrator.results.ranking import varying_columns
 
-__all__ = ["PairedTest", "config_label", "mean_ci", "paired_test", "shared_seeds", "varying_columns"]
+__all__ = ["PairedTest", "config_label", "config_labels", "mean_ci", "paired_test", "shared_seeds",
+           "varying_columns"]
 
 
 def _finite(values: Iterable[Any]) -> np.ndarray:
@@ -97,8 +98,25 @@ def paired_test(
                       t=float(res.statistic), p=float(res.pvalue))
 
 
-def config_label(row: Mapping[str, Any], varying: Sequence[str]) -> str:
-    """``"model.cell=gru, train.lr=0.002"`` from the varying columns; ``"all trials"`` if none vary."""
+def config_label(row: Mapping[str, Any], varying: Sequence[str], digits: Optional[int] = None) -> str:
+    """``"model.cell=gru, train.lr=0.002"`` from the varying columns; ``"all trials"`` if none vary.
+
+    ``digits``: floats to that many significant digits (a random draw's 0.02586552182709658
+    reads 0.02587).
+    """
     if not varying:
         return "all trials"
-    return ", ".join(f"{col}={row.get(col)}" for col in varying)
+
+    def value(v: Any) -> Any:
+        return format(v, f".{digits}g") if digits and isinstance(v, float) else v
+
+    return ", ".join(f"{col}={value(row.get(col))}" for col in varying)
+
+
+def config_labels(rows: Sequence[Mapping[str, Any]], varying: Sequence[str], digits: int = 4) -> dict[str, str]:
+    """Trial id -> configuration label, floats shortened to ``digits`` significant digits unless
+    that would give two different configurations the same label."""
+    full = {r["trial_id"]: config_label(r, varying) for r in rows}
+    short = {r["trial_id"]: config_label(r, varying, digits) for r in rows}
+    same = len(set(short.values())) == len(set(full.values()))
+    return short if same else full

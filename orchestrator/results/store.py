@@ -107,6 +107,12 @@ _FOLDERS: dict[str, _Folder] = {}
 _FOLDERS_GUARD = threading.Lock()
 
 
+#: A trial's best checkpoint (the trials table's ``checkpoint``) and, under successive halving,
+#: a paused trial's resume point.
+BEST_CHECKPOINT = "best.pt"
+RESUME_CHECKPOINT = "last.pt"
+
+
 class ResultsStore:
     """Read and write one job's results. Writes are atomic; concurrent runs need :class:`JobLock`.
 
@@ -241,6 +247,11 @@ class ResultsStore:
         """How many trials are committed as parts and not yet compacted."""
         return len(self._listing().latest)
 
+    def commit_marker(self) -> int:
+        """The newest commit's sequence number among the parts (0 for none): it changes with every
+        trial committed, so a live reader can tell from one listing whether anything finished."""
+        return self._listing().max_seq
+
     # --- reading: the union of tables and parts --------------------------------------------
 
     def read_trials(self) -> pa.Table:
@@ -297,11 +308,17 @@ class ResultsStore:
 
     # --- checkpoints and other files -------------------------------------------------------
 
-    def checkpoint_relpath(self, trial_id: str) -> str:
-        """``checkpoints/<trial_id>/best.pt``: the trials table's ``checkpoint`` value."""
+    def checkpoint_relpath(self, trial_id: str, name: str = BEST_CHECKPOINT) -> str:
+        """``checkpoints/<trial_id>/best.pt``: the trials table's ``checkpoint`` value.
+
+        ``name=RESUME_CHECKPOINT`` (``last.pt``) is a paused trial's resume point under
+        successive halving: the state at its rung, which the best checkpoint need not be.
+        """
         if not trial_id or "/" in trial_id or "\\" in trial_id or trial_id in (".", ".."):
             raise ValueError(f"trial_id {trial_id!r} cannot name a folder (expected no '/' or '..')")
-        return f"checkpoints/{trial_id}/best.pt"
+        if name not in (BEST_CHECKPOINT, RESUME_CHECKPOINT):
+            raise ValueError(f"checkpoint name {name!r} is not {BEST_CHECKPOINT!r} or {RESUME_CHECKPOINT!r}")
+        return f"checkpoints/{trial_id}/{name}"
 
     def checkpoint_path(self, trial_id: str) -> Path:
         """The local path of a trial's best checkpoint (local job folders only)."""
@@ -311,15 +328,19 @@ class ResultsStore:
             )
         return Path(self._storage.location(self.checkpoint_relpath(trial_id)))
 
-    def write_checkpoint_bytes(self, trial_id: str, data: bytes) -> str:
+    def write_checkpoint_bytes(self, trial_id: str, data: bytes, name: str = BEST_CHECKPOINT) -> str:
         """Atomically store a serialized checkpoint; returns its path relative to the job folder."""
-        rel = self.checkpoint_relpath(trial_id)
+        rel = self.checkpoint_relpath(trial_id, name)
         self._storage.write_atomic(rel, lambda f: f.write(data))
         return rel
 
-    def read_checkpoint_bytes(self, trial_id: str) -> Optional[bytes]:
-        """A trial's stored best checkpoint, or None when it has none (resume starts over)."""
-        return self._storage.read_bytes(self.checkpoint_relpath(trial_id))
+    def read_checkpoint_bytes(self, trial_id: str, name: str = BEST_CHECKPOINT) -> Optional[bytes]:
+        """A trial's stored checkpoint, or None when it has none (resume starts over)."""
+        return self._storage.read_bytes(self.checkpoint_relpath(trial_id, name))
+
+    def delete_checkpoint(self, trial_id: str, name: str) -> bool:
+        """Delete one of a trial's checkpoints; False when it was not there."""
+        return self._storage.delete(self.checkpoint_relpath(trial_id, name))
 
     def write_text(self, relpath: str, text: str) -> str:
         """Atomically write a UTF-8 text file in the job folder; returns its location."""

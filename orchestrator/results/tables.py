@@ -44,13 +44,16 @@ __all__ = [
 
 # Derived from TrialStatus, never listed by hand: a status the orchestrator adds (``timeout``)
 # is terminal, and a failure unless TrialStatus.is_success says otherwise.
-#: Statuses after which a trial is not run again: all of them, for a finished run.
-TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus)
+#: Statuses after which a trial is not run again: all but ``paused`` (successive halving
+#: resumes or prunes a paused trial later).
+TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus if s.is_terminal())
 #: Statuses of a trial that produced a usable model.
 SUCCESS_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus if s.is_success())
 #: Statuses listed under "Failures" in the report; a dispatcher that retries failures on
 #: resume passes ``TERMINAL_STATUSES - FAILURE_STATUSES`` to :meth:`ResultsStore.finished_trial_ids`.
-FAILURE_STATUSES: frozenset[str] = TERMINAL_STATUSES - SUCCESS_STATUSES
+#: ``pruned`` is neither a success nor a failure: successive halving stopped a trial that was
+#: doing fine but worse than others; its curve and best checkpoint are kept.
+FAILURE_STATUSES: frozenset[str] = TERMINAL_STATUSES - SUCCESS_STATUSES - {TrialStatus.PRUNED.value}
 #: Outcomes of one batch size in a throughput measurement (``rnn.throughput.ThroughputStatus`` values).
 THROUGHPUT_STATUSES: tuple[str, ...] = tuple(s.value for s in ThroughputStatus)
 
@@ -225,7 +228,7 @@ def normalize_trial_row(row: Mapping[str, Any]) -> dict[str, Any]:
         out["status"] = TrialStatus(out.get("status")).value
     except ValueError:
         raise ValueError(
-            f"trial {tid}: status {out.get('status')!r} is not one of {sorted(TERMINAL_STATUSES)}"
+            f"trial {tid}: status {out.get('status')!r} is not one of {sorted(s.value for s in TrialStatus)}"
         ) from None
     for name in ("started_at", "finished_at"):
         out[name] = _timestamp(out.get(name), name)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Raised, Started
+from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
 from orchestrator.run.faults import Fault, batch_hook, step_hook
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,17 @@ class TrainerActor:
         attempt: int = 1,
         resume: Optional[bytes] = None,
         fault: Optional[Fault] = None,
+        pause_at: Optional[int] = None,
     ) -> Iterator[Event]:
-        """Train one trial, yielding its events (see :mod:`orchestrator.run.events`)."""
+        """Train one trial, yielding its events (see :mod:`orchestrator.run.events`).
+
+        With ``pause_at`` (successive halving) the trainer stops at that step and the last
+        event is ``Paused``, carrying the resume checkpoint, instead of ``Ended``.
+        """
         from rnn.config import RunConfig
         from rnn.errors import is_out_of_memory
+        from rnn.events import TrialStatus
+        from rnn.memory import release_device_memory
         from rnn.train import Trainer
 
         run_dir = self._scratch / trial_id
@@ -73,20 +80,28 @@ class TrainerActor:
             data_dir=self._data_dir,
             step_hook=step_hook(fault) if fault and fault.applies(trial_id, attempt) else None,
         )
+        pause: dict[str, Any] = {"pause_at_step": pause_at} if pause_at is not None else {}
+        resume_point: Optional[bytes] = None
         try:
-            for event in trainer.iter_fit(resume_from=resume):
+            for event in trainer.iter_fit(resume_from=resume, **pause):
                 if event.kind == "start":
                     yield Started({**event.info, "host": socket.gethostname(), "pid": os.getpid()})
                 elif event.kind == "eval" and event.record is not None:
                     yield Evaluated(event.record)
                 elif event.kind == "checkpoint" and event.checkpoint is not None:
                     yield Checkpointed(event.step, Path(event.checkpoint).read_bytes())
+                elif event.kind == "paused" and event.checkpoint is not None:
+                    resume_point = Path(event.checkpoint).read_bytes()
                 elif event.kind == "end":
-                    yield Ended(event.result)
+                    result = event.result
+                    if result is not None and result.status is TrialStatus.PAUSED and resume_point is not None:
+                        yield Paused(result.steps, resume_point, result)
+                    else:
+                        yield Ended(result)
         except Exception as exc:  # reported as data; the driver decides what it means
             oom = is_out_of_memory(exc)
             if oom:
-                _release_device_memory()
+                release_device_memory()
             log.warning("trial %s raised %s", trial_id, type(exc).__name__)
             yield Raised(format_exception(exc), oom=oom)
         finally:
@@ -116,12 +131,3 @@ class TrainerActor:
             yield Ended(None)
         except Exception as exc:  # set-up failures; per-size errors are rows
             yield Raised(format_exception(exc), oom=is_out_of_memory(exc))
-
-
-def _release_device_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if hasattr(torch, "mps") and torch.backends.mps.is_available():
-        torch.mps.empty_cache()

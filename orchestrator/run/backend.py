@@ -34,6 +34,8 @@ class Assignment:
     attempt: int
     resume: Optional[bytes] = None
     fault: Optional[Fault] = None
+    #: Successive halving: stop at this step with a resume checkpoint (the trial's next rung).
+    pause_at: Optional[int] = None
 
 
 class NoticeKind(str, enum.Enum):

@@ -10,11 +10,16 @@ scripted one in tests). Each turn of the loop:
 2. **Hand out trials** to ready idle workers, each from the driver's last checkpoint of it
    (read from the job folder when the trial is first dispatched, never up front).
 3. **Take the events** that arrived and record them (:mod:`orchestrator.run.recorder`).
+   With ``sweep.scheduler`` (successive halving, :mod:`orchestrator.run.asha`) each trial is
+   handed out with its next rung as its pause point; a trial that paused there waits, and
+   after the events ASHA's decisions are applied: promoted trials go to the front of the
+   queue (resumed from their rung's checkpoint), pruned ones are committed as ``pruned``.
 4. **Watch liveness.** A trial silent for its stall timeout is killed and retried as lost
    ("stalled"); a trial past ``trial_timeout_s`` ends as ``timeout``, not retried; a trial
    silent for a minute is named in the log.
-5. **Shrink the pool** once nothing is pending: idle workers keep a reservation, and workers
-   still waiting for a node are demand that is no longer needed.
+5. **Shrink the pool** once nothing is pending (or paused, and so perhaps promoted soon): idle
+   workers keep a reservation, and workers still waiting for a node are demand that is no
+   longer needed.
 
 What is retried: a lost worker or node and a stalled trial, up to ``max_retries`` times, from
 the last checkpoint. Not retried: out of memory (``oom``), a non-finite loss (``diverged``), an
@@ -35,7 +40,9 @@ from typing import Optional
 from orchestrator.durations import format_duration
 from orchestrator.errors import UsageError
 from orchestrator.results import ResultsStore
+from orchestrator.run.asha import Asha
 from orchestrator.run.backend import Assignment, Backend, Notice, NoticeKind
+from orchestrator.run.events import Paused
 from orchestrator.run.faults import Fault
 from orchestrator.run.progress import Progress
 from orchestrator.run.recorder import Recorder, TrialState
@@ -88,6 +95,7 @@ class Dispatcher:
         total: Optional[int] = None,
         faults: tuple[Fault, ...] = (),
         stop: Optional[threading.Event] = None,
+        asha: Optional[Asha] = None,
     ) -> None:
         self.trials = trials
         self.res = resources
@@ -102,6 +110,8 @@ class Dispatcher:
         self._idle: list[int] = []
         self._busy: dict[int, TrialState] = {}
         self._start_failures = 0
+        self.asha = asha
+        self._paused: dict[str, TrialState] = {}  # successive halving: waiting at a rung for a decision
 
     @property
     def corpora(self) -> dict[str, str]:
@@ -126,27 +136,36 @@ class Dispatcher:
             self.res.cpus_per_trial, self.res.gpus_per_trial,
             "" if capacity is not None else " (the pool follows the cluster)",
         )
-        self._pending.extend(self.recorder.state(t) for t in self.trials)
+        for trial in self.trials:
+            state = self.recorder.state(trial)
+            restored = self.asha.restored.pop(trial.trial_id, None) if self.asha is not None else None
+            if restored is not None:  # paused at a rung when an earlier run stopped
+                state.paused_result, state.has_resume_point = restored, True
+                self._paused[trial.trial_id] = state
+            else:
+                self._pending.append(state)
         try:
-            while (self._pending or self._busy) and not self.stop.is_set():
+            self._decide()
+            while (self._pending or self._busy or self._paused) and not self.stop.is_set():
                 self._grow()
                 self._hand_out()
                 for notice in self.backend.poll(POLL_S):
                     self._on_notice(notice)
+                self._decide()
                 now = time.monotonic()
                 self._watch(now)
                 if self._pending and self._starting and not (self._busy or self._idle):
                     self._check_hostable()
-                if not self._pending:
+                if not self._pending and not self._paused:  # a paused trial may be promoted soon
                     self._shrink()
                 self.backend.check()
         finally:
             self.backend.close()
-        interrupted = self.stop.is_set() and bool(self._pending or self._busy)
+        interrupted = self.stop.is_set() and bool(self._pending or self._busy or self._paused)
         if interrupted:
             log.warning(
-                "interrupted: %d trials stopped or not started; run the same command again to resume them",
-                len(self._pending) + len(self._busy),
+                "interrupted: %d trials stopped, paused or not started; run the same command again to resume them",
+                len(self._pending) + len(self._busy) + len(self._paused),
             )
         return SweepSummary(self.total, skipped, dict(self.recorder.statuses), interrupted)
 
@@ -169,6 +188,10 @@ class Dispatcher:
         while self._pending and self._idle:
             worker, state = self._idle.pop(), self._pending.popleft()
             self.recorder.load_resume(state)
+            pause_at = None
+            if self.asha is not None:  # the next rung above where it resumes
+                state.target = self.asha.target_for(state.resume_step if state.resume else None)
+                pause_at = self.asha.pause_step(state.target)
             # A ``commit`` fault acts on the driver (the recorder), not in the worker.
             fault = next((f for f in self.faults
                           if f.kind != "commit" and f.applies(state.trial.trial_id, state.attempt)), None)
@@ -179,6 +202,7 @@ class Dispatcher:
                 attempt=state.attempt,
                 resume=state.resume,
                 fault=fault,
+                pause_at=pause_at,
             ))
             now = time.monotonic()
             state.attempt_started_mono = state.last_event_mono = now
@@ -210,6 +234,12 @@ class Dispatcher:
             if self.recorder.on_event(state, n.event):
                 del self._busy[n.worker]
                 self._idle.append(n.worker)
+                if isinstance(n.event, Paused) and self.asha is not None:
+                    rung = self.asha.pause_steps.index(n.event.step) if n.event.step in self.asha.pause_steps \
+                        else state.target
+                    self.asha.record(state.trial.trial_id, rung, self.asha.value_of(n.event.result.evals, n.event.step))
+                    self._paused[state.trial.trial_id] = state
+                    state.paused_mono = time.monotonic()
         elif n.kind is NoticeKind.END:
             state = self._busy.pop(n.worker, None)
             if state is not None:  # the stream ended without a last event
@@ -217,6 +247,30 @@ class Dispatcher:
                 self._idle.append(n.worker)
         elif n.kind is NoticeKind.LOST:
             self._lost(n)
+
+    # ------------------------------------------------------------------ successive halving
+    def _decide(self) -> None:
+        """Promote the paused trials ASHA now allows (ahead of trials not started) and prune
+        those whose rung is closed (see :mod:`orchestrator.run.asha`)."""
+        if self.asha is None or not self._paused:
+            return
+        asha = self.asha
+        active = [s.target for s in self._pending] + [s.target for s in self._busy.values()]
+        promote, prune = asha.decide(active)
+        for d in promote:  # lowest rung first, so the highest rung's promotion ends up first in line
+            state = self._paused.pop(d.trial_id)
+            state.target = d.rung + 1
+            if state.first_started_mono is not None and state.paused_mono is not None:
+                # trial_timeout_s and the trial's duration count running time, not the wait at a rung
+                state.first_started_mono += time.monotonic() - state.paused_mono
+            state.paused_mono = None
+            self._pending.appendleft(state)
+            self.progress.line(state.tag, f"promoted from rung {asha.pause_steps[d.rung]} "
+                               f"({asha.metric} {d.value:.4f}, rank {d.rank} of {d.recorded})")
+        for d in prune:
+            state = self._paused.pop(d.trial_id)
+            self.recorder.prune(state, f"at rung {asha.pause_steps[d.rung]}, {asha.metric} {d.value:.4f} ranked "
+                                f"{d.rank} of {d.recorded}")
 
     def _start_failed(self, n: Notice) -> None:
         self._starting.discard(n.worker)

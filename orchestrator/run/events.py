@@ -50,6 +50,20 @@ class Ended:
 
 
 @dataclass(frozen=True)
+class Paused:
+    """The last event of a trial that stopped at its successive-halving rung (``pause_at``).
+
+    ``data`` is the resume checkpoint (``last.pt``: the state at ``step``, which the best
+    checkpoint need not be); ``result`` is the engine's result with status ``paused``, its
+    evaluations included.
+    """
+
+    step: int
+    data: bytes
+    result: TrainResult
+
+
+@dataclass(frozen=True)
 class Raised:
     """An exception inside the trainer: ``Type: message`` first, then the worker's traceback."""
 
@@ -57,4 +71,4 @@ class Raised:
     oom: bool = False
 
 
-Event = Union[Started, Evaluated, Checkpointed, Measured, Ended, Raised]
+Event = Union[Started, Evaluated, Checkpointed, Measured, Ended, Paused, Raised]

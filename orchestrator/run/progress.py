@@ -44,8 +44,14 @@ class Progress:
         self.running -= 1
         self.line(tag, message)
 
-    def trial_finished(self, tag: str, message: str, duration_s: float, ok: bool) -> None:
+    def trial_paused(self, tag: str, message: str) -> None:
+        """A trial stopped at a successive-halving rung: not running, not done."""
         self.running -= 1
+        self.line(tag, message)
+
+    def trial_finished(self, tag: str, message: str, duration_s: float, ok: bool, running: bool = True) -> None:
+        if running:
+            self.running -= 1
         self.done += 1
         self.failed += 0 if ok else 1
         self._duration_sum += duration_s

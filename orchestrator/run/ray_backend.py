@@ -150,7 +150,7 @@ class RayBackend:
             # Backpressure 1: the worker goes on only once the driver has taken its last event,
             # so a checkpoint it yielded has reached the driver before the worker can die after it.
             run = actor.run.options(_generator_backpressure_num_objects=1)
-            gen = run.remote(a.trial_id, a.config, a.attempt, a.resume, a.fault)
+            gen = run.remote(a.trial_id, a.config, a.attempt, a.resume, a.fault, a.pause_at)
         self._streams[gen] = worker
 
     def poll(self, timeout_s: float) -> list[Notice]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from orchestrator.durations import format_duration
 from orchestrator.results import ResultsStore, trial_row
-from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Raised, Started
+from orchestrator.results.store import RESUME_CHECKPOINT
+from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
 from orchestrator.run.faults import Fault, raise_commit_fault
 from orchestrator.run.progress import Progress, trial_label
 from orchestrator.spec import Trial
@@ -46,6 +47,12 @@ class TrialState:
     info: dict[str, Any] = field(default_factory=dict)
     evals: dict[int, EvalRecord] = field(default_factory=dict)  # by step, across attempts
     rows: list[Any] = field(default_factory=list)  # throughput rows of this attempt
+    # Successive halving: the pause rung it runs to, and its result when it last paused (its
+    # resume checkpoint is then checkpoints/<id>/last.pt, and ``resume`` holds those bytes).
+    target: int = 0
+    paused_result: Optional[TrainResult] = None
+    has_resume_point: bool = False
+    paused_mono: Optional[float] = None  # when it paused: waiting at a rung is not running time
 
     @property
     def throughput(self) -> bool:
@@ -84,7 +91,10 @@ class Recorder:
         if state.resume_loaded:
             return
         state.resume_loaded = True
-        saved = self.store.read_checkpoint_bytes(state.trial.trial_id)
+        tid = state.trial.trial_id
+        # a paused trial resumes from its rung (last.pt); anything else from its best checkpoint
+        saved = (self.store.read_checkpoint_bytes(tid, RESUME_CHECKPOINT) if state.has_resume_point
+                 else self.store.read_checkpoint_bytes(tid))
         if saved is None:
             return
         step = _checkpoint_step(saved)
@@ -121,13 +131,38 @@ class Recorder:
         elif isinstance(event, Ended):
             if event.result is None:
                 self._finish_throughput(state)
+            elif event.result.status is TrialStatus.PAUSED:  # a pause must carry its resume checkpoint
+                self.finish(state, TrialStatus.FAILED, error="the trainer paused without a resume checkpoint")
             else:
                 self.finish(state, event.result.status, result=event.result, error=event.result.error)
+            return True
+        elif isinstance(event, Paused):
+            self.pause(state, event)
             return True
         elif isinstance(event, Raised):
             self.finish(state, TrialStatus.OOM if event.oom else TrialStatus.FAILED, error=event.error)
             return True
         return False
+
+    def pause(self, state: TrialState, event: Paused) -> None:
+        """Make a pause at a rung durable: the resume checkpoint first, then a ``paused`` part
+        (its row and evaluations so far), which a later ``pruned`` or final part supersedes."""
+        tid = state.trial.trial_id
+        self.store.write_checkpoint_bytes(tid, event.data, RESUME_CHECKPOINT)
+        state.resume, state.resume_step, state.resume_loaded = event.data, event.step, True
+        state.has_resume_point = True
+        state.paused_result = event.result
+        self._commit(self._row(state, TrialStatus.PAUSED, event.result, None), list(event.result.evals), [])
+        best = event.result.best_val_loss
+        how = f"best val {best:.4f} at step {event.result.best_step}" if best is not None else "no evaluation"
+        self.progress.trial_paused(state.tag, f"paused at step {event.step} ({how})")
+
+    def prune(self, state: TrialState, why: str) -> None:
+        """End a paused trial as ``pruned``: its paused row and evaluations, committed again."""
+        result = state.paused_result
+        assert result is not None, "only a paused trial can be pruned"
+        self.finish(state, TrialStatus.PRUNED, result=replace(result, status=TrialStatus.PRUNED),
+                    summary=why, running=False)
 
     def finish(
         self,
@@ -138,32 +173,20 @@ class Recorder:
         error: Optional[str] = None,
         summary: Optional[str] = None,
         throughput: Optional[list[Any]] = None,
+        running: bool = True,
     ) -> None:
         """Commit the trial's row, evaluations and throughput rows (one durable write), then log it.
 
         Without an engine result (a lost worker given up on, a timeout, an OOM kill) the row is
         filled from what the events said: the best evaluation seen and the last checkpoint.
+        ``running``: False for a trial that was not running (a paused trial pruned).
         """
         tid = state.trial.trial_id
-        evals = list(result.evals) if result is not None else [state.evals[s] for s in sorted(state.evals)]
-        info = dict(state.info)
-        if result is None and evals:
-            best = min(evals, key=lambda r: r.val_loss if math.isfinite(r.val_loss) else math.inf)
-            info.update(best_val_loss=best.val_loss, best_val_bpc=best.val_bpc,
-                        best_val_accuracy=best.val_accuracy, best_step=best.step, steps=evals[-1].step)
-        has_ckpt = state.resume is not None and (result is None or result.best_checkpoint is not None)
-        row = trial_row(
-            state.trial,
-            status=status,
-            result=result,
-            error=error,
-            attempts=state.attempt,
-            started_at=state.started_at,
-            finished_at=datetime.now(timezone.utc),
-            info=info,
-            checkpoint=self.store.checkpoint_relpath(tid) if has_ckpt else None,
-        )
-        self._commit(row, evals, throughput or [])
+        evals = list(result.evals) if result is not None else self._evals_seen(state)
+        self._commit(self._row(state, status, result, error), evals, throughput or [])
+        if state.has_resume_point:  # a successive-halving trial has ended: its resume point is not needed
+            self.store.delete_checkpoint(tid, RESUME_CHECKPOINT)
+            state.has_resume_point = False
         self.statuses[status.value] = self.statuses.get(status.value, 0) + 1
         duration = time.monotonic() - (state.first_started_mono or time.monotonic())
         if summary is not None:
@@ -174,9 +197,43 @@ class Recorder:
         else:
             msg = f"{status.value}: {error.splitlines()[0] if error else 'no evaluation'}"
         state.resume = None  # the bytes are on disk; hold nothing for a finished trial
-        self.progress.trial_finished(state.tag, msg, duration, ok=status.is_success())
+        state.paused_result = None
+        self.progress.trial_finished(state.tag, msg, duration, ok=status.is_success() or status is TrialStatus.PRUNED,
+                                     running=running)
 
     # --- pieces ---------------------------------------------------------------------------
+
+    def _evals_seen(self, state: TrialState) -> list[EvalRecord]:
+        """The evaluations the events brought, over those of its last pause (a promoted trial
+        resumed in this run, whose own events start at its rung)."""
+        merged = {r.step: r for r in (state.paused_result.evals if state.paused_result else ())}
+        merged.update(state.evals)
+        return [merged[s] for s in sorted(merged)]
+
+    def _row(self, state: TrialState, status: TrialStatus, result: Optional[TrainResult],
+             error: Optional[str]) -> dict[str, Any]:
+        tid = state.trial.trial_id
+        info = dict(state.info)
+        evals = self._evals_seen(state) if result is None else []
+        if evals:
+            best = min(evals, key=lambda r: r.val_loss if math.isfinite(r.val_loss) else math.inf)
+            info.update(best_val_loss=best.val_loss, best_val_bpc=best.val_bpc,
+                        best_val_accuracy=best.val_accuracy, best_step=best.step, steps=evals[-1].step)
+        if status is TrialStatus.PRUNED and result is not None:  # its best checkpoint is on disk, if it had one
+            has_ckpt = result.best_checkpoint is not None
+        else:
+            has_ckpt = state.resume is not None and (result is None or result.best_checkpoint is not None)
+        return trial_row(
+            state.trial,
+            status=status,
+            result=result,
+            error=error,
+            attempts=state.attempt,
+            started_at=state.started_at,
+            finished_at=datetime.now(timezone.utc),
+            info=info,
+            checkpoint=self.store.checkpoint_relpath(tid) if has_ckpt else None,
+        )
 
     def _started(self, state: TrialState, info: dict[str, Any]) -> None:
         state.info.update(info)

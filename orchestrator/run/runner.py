@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.errors import ExitCode, UsageError
@@ -26,6 +27,7 @@ from orchestrator.results import (
     new_run_id,
     write_manifest,
 )
+from orchestrator.run.asha import load_asha
 from orchestrator.run.backend import ClusterLostError
 from orchestrator.run.connect import cluster_address, connect, probe_address, stop_on_signals
 from orchestrator.run.faults import faults_from_env
@@ -71,11 +73,16 @@ def run_job(
     output: Optional[str] = None,
     fresh: bool = False,
     stop: Optional[threading.Event] = None,
+    live_report_s: Optional[float] = None,
 ) -> RunOutcome:
     """Run every unfinished trial of ``job`` (from :func:`orchestrator.spec.load_job`) and rebuild
-    the report; ``output`` overrides the spec's results root (``run --output``)."""
-    from orchestrator.report.render import build_report
+    the report; ``output`` overrides the spec's results root (``run --output``).
+
+    While trials run, the report is rebuilt in the background as they finish, at most every
+    ``live_report_s`` seconds (default :data:`~orchestrator.run.live_report.LIVE_REPORT_S`; 0 turns it off).
+    """
     from orchestrator.run.dispatch import Dispatcher
+    from orchestrator.run.live_report import LIVE_REPORT_S, LiveReport
     from orchestrator.run.ray_backend import RayBackend
 
     spec, trials = job.spec, list(job.trials)
@@ -133,17 +140,25 @@ def run_job(
                 elastic=not started_here,
                 placement_timeout_s=spec.resources.placement_timeout_s,
             )
+            scheduler = spec.sweep.scheduler if spec.sweep is not None else None
             dispatcher = Dispatcher(
                 todo, spec.resources, store, backend,
                 total=len(trials), faults=tuple(faults_from_env()), stop=stop,
+                asha=load_asha(scheduler, trials, store) if scheduler is not None else None,
             )
+            interval = LIVE_REPORT_S if live_report_s is None else live_report_s
+            live = LiveReport(job_dir, interval) if interval > 0 else None
             try:
                 with stop_on_signals(dispatcher.stop):
+                    if live is not None:
+                        live.start()
                     summary = dispatcher.run()
             except ClusterLostError:
                 cluster_lost = True
                 raise
             finally:
+                if live is not None:
+                    live.close()  # before compaction and the final report: never two writers
                 _compact(store)  # finished, interrupted or failed: fold this run's parts in
                 manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
                 write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id)
@@ -153,8 +168,9 @@ def run_job(
         manifest.update(trials_run=ran, trials_skipped=len(trials) - len(todo),
                         interrupted=bool(summary is not None and summary.interrupted))
         write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id, finished=True)
-        # The report is built while Ray shuts down: it reads only the job folder.
-        report = _Background(build_report, job_dir)
+        # The report is built while Ray shuts down: it reads only the job folder. Its import
+        # (matplotlib, scipy: about a second) happens in that thread too, off the critical path.
+        report = _Background(_build_report, job_dir)
         if connected and not cluster_lost:
             _shutdown_ray()
             connected = False
@@ -171,6 +187,12 @@ def run_job(
     # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
     failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
     return RunOutcome(ExitCode.FAILED if failed else ExitCode.OK, job_dir)
+
+
+def _build_report(job_dir: str) -> tuple[Path, Path]:
+    from orchestrator.report.render import build_report
+
+    return build_report(job_dir)
 
 
 def _compact(store: ResultsStore) -> None:

@@ -4,6 +4,8 @@
 - ``random``: ``samples`` draws from per-path distributions, deterministic given ``seed``
   (Python's ``random.Random``, whose draws are stable across Python versions), so a resumed
   job expands to the same trials. Adding a path to ``space`` changes every sample;
+- ``variants``: a list of override mappings (``{model.cell: gru}``), outermost: every grid x
+  random point once per variant, so unlike settings (an LN-LSTM and a GRU) share one job;
 - ``seeds``: every point repeated once per seed (sets ``train.seed``), innermost.
 
 A trial's id is a hash of its fully resolved config and the job kind, never of the spec's name,
@@ -72,7 +74,8 @@ def sample_space(spec: RandomSpec) -> list[dict[str, Any]]:
 
 
 def sweep_points(sweep: Optional[SweepSpec]) -> list[Point]:
-    """Every grid x random point of ``sweep`` in order (first grid path slowest), seeds left out.
+    """Every variant x grid x random point of ``sweep`` in order (variants slowest, then the
+    first grid path), seeds left out.
 
     A seed cannot make a config invalid, so :mod:`~orchestrator.spec.validate` checks each of
     these points once and then makes one trial per seed (:func:`seed_points`).
@@ -93,8 +96,15 @@ def sweep_points(sweep: Optional[SweepSpec]) -> list[Point]:
             Point(sample, {path: f"sweep.random.space.{path} (sample {k})" for path in sample})
             for k, sample in enumerate(sample_space(sweep.random))
         ]
+    variant_points = [Point({}, {})]
+    if sweep.variants:
+        variant_points = [
+            Point(copy.deepcopy(dict(variant)), {path: f"sweep.variants[{i}].{path}" for path in variant})
+            for i, variant in enumerate(sweep.variants)
+        ]
     return [
-        Point({**g.overrides, **r.overrides}, {**g.origins, **r.origins})
+        Point({**v.overrides, **g.overrides, **r.overrides}, {**v.origins, **g.origins, **r.origins})
+        for v in variant_points
         for g in grid_points
         for r in random_points
     ]

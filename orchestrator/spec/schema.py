@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator, model_validator
@@ -237,18 +238,97 @@ class RandomSpec(_Section):
     space: Annotated[dict[str, Distribution], Field(min_length=1)]
 
 
+AshaMetric = Literal["val_loss", "val_bpc"]
+
+
+class AshaSpec(_Section):
+    """``sweep.scheduler``: asynchronous successive halving with promotion (Li et al. 2018).
+
+    Rungs sit at ``grace_steps * reduction_factor**k`` steps below ``max_steps``; a trial runs to
+    its next rung and pauses, and the best ``1/reduction_factor`` of those recorded at a rung
+    are resumed to the next one (see :mod:`orchestrator.run.asha`). ``max_steps`` is the full
+    budget: it must equal ``train.max_steps`` (null: taken from it).
+    """
+
+    type: Literal["asha"]
+    metric: AshaMetric = "val_loss"
+    grace_steps: _Steps
+    reduction_factor: Annotated[int, Strict(), Field(ge=2, le=100)] = 3
+    max_steps: Optional[_Steps] = None
+
+
+def asha_rungs(grace_steps: int, reduction_factor: int, max_steps: int) -> tuple[int, ...]:
+    """The rung steps: ``grace * rf**k`` below ``max_steps``, then ``max_steps`` itself (the last
+    rung is the full budget, where a trial completes instead of pausing)."""
+    rungs: list[int] = []
+    step = grace_steps
+    while step < max_steps:
+        rungs.append(step)
+        step *= reduction_factor
+    return (*rungs, max_steps)
+
+
+def promotion_caps(n_trials: int, rungs: int, reduction_factor: int) -> list[int]:
+    """Trials leaving each pause rung upwards under synchronous halving: ``max(1, A_k // rf)``,
+    where ``A_0`` is ``n_trials`` and ``A_{k+1}`` the count before it (see
+    :mod:`orchestrator.run.asha`)."""
+    caps, arriving = [], n_trials
+    for _ in range(rungs):
+        cap = max(1, arriving // reduction_factor) if arriving else 0
+        caps.append(cap)
+        arriving = cap
+    return caps
+
+
+def worst_promotions(n_trials: int, rungs: int, reduction_factor: int) -> list[int]:
+    """The most trials asynchronous halving can promote from each pause rung: ``A_k - rf + 1``
+    (each arrival better than all before it is promoted once ``rf`` have arrived), at least 1."""
+    out, arriving = [], n_trials
+    for _ in range(rungs):
+        arriving = max(min(arriving, 1), arriving - reduction_factor + 1)
+        out.append(arriving)
+    return out
+
+
+def _steps(arriving: Sequence[int], rungs: Sequence[int]) -> int:
+    total, previous = 0, 0
+    for count, step in zip(arriving, rungs, strict=True):
+        total += count * (step - previous)
+        previous = step
+    return total
+
+
+def budget_steps(n_trials: int, rungs: Sequence[int], reduction_factor: int) -> int:
+    """Training steps synchronous halving spends on ``n_trials`` trials (``rungs`` ends with
+    max_steps): what asynchronous halving spends when arrivals come in no particular order."""
+    return _steps([n_trials, *promotion_caps(n_trials, len(rungs) - 1, reduction_factor)], rungs)
+
+
+def worst_budget_steps(n_trials: int, rungs: Sequence[int], reduction_factor: int) -> int:
+    """The most training steps asynchronous halving can spend (the worst arrival order), not
+    counting steps redone after a lost worker."""
+    return _steps([n_trials, *worst_promotions(n_trials, len(rungs) - 1, reduction_factor)], rungs)
+
+
+#: A variant: dotted path -> value, e.g. ``{"model.cell": "lstm", "model.layer_norm": True}``.
+Variant = dict[str, Any]
+
+
 class SweepSpec(_Section):
     """The ``sweep`` section. Paths and swept values are checked against the sections by
     :mod:`orchestrator.spec.validate`."""
 
     grid: Optional[Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]] = None
     random: Optional[RandomSpec] = None
+    variants: Optional[Annotated[list[Variant], Field(min_length=1)]] = None
     seeds: Optional[Annotated[list[Seed], Field(min_length=1)]] = None
+    scheduler: Optional[AshaSpec] = None
 
     def size(self) -> int:
         """How many points the sweep expands to (before duplicate random draws are dropped)."""
         n = math.prod(len(values) for values in (self.grid or {}).values())
         n *= self.random.samples if self.random else 1
+        n *= len(self.variants) if self.variants else 1
         n *= len(self.seeds) if self.seeds else 1
         return n
 

@@ -3,7 +3,7 @@
 YAML (:mod:`~orchestrator.spec.yamlio`) → the whole-job fields and the spec's own sections
 (:mod:`~orchestrator.spec.schema`) → the sweep's structure (paths that exist, no repeats, at
 most :data:`~orchestrator.spec.schema.MAX_TRIALS`) → each random distribution's bounds → every
-grid x random point once: its swept values applied to the spec's sections, the sections they
+variant x grid x random point once: its swept values applied to the spec's sections, the sections they
 land in validated once (:func:`~orchestrator.spec.rules.check_config`; the others are the
 spec's, already validated), the cross-field rules run → one :class:`Trial` per point and seed,
 built from those validated sections (:func:`~orchestrator.spec.expand.make_trial`).
@@ -41,6 +41,7 @@ from orchestrator.spec.schema import (
     ResourcesSpec,
     SweepSpec,
     ThroughputSpec,
+    TrainSpec,
     config_sections,
 )
 from orchestrator.spec.yamlio import decode_spec, parse_yaml, read_spec_bytes
@@ -56,7 +57,7 @@ class Job:
 
     Attributes:
         spec: the validated spec (name, kind, sections, sweep, resources, output).
-        trials: one per distinct grid x random point and seed; ``trials[i].index == i``.
+        trials: one per distinct variant x grid x random point and seed; ``trials[i].index == i``.
         source: where the spec came from (its path, as given), for messages and the manifest.
         text: the spec's text exactly as validated, for the manifest (a YAML dump of the mapping
             when the job was built from one).
@@ -125,7 +126,7 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
     if not isinstance(raw, dict):
         return None, []
     parts: dict[str, Any] = {}
-    for key in ("grid", "random", "seeds"):
+    for key in ("grid", "random", "variants", "seeds", "scheduler"):
         value = raw.get(key)
         if key == "random" and isinstance(value, dict) and isinstance(value.get("space"), dict):
             value = {**value, "space": {p: d for p, d in value["space"].items() if _valid_dist(p, d)}}
@@ -152,20 +153,85 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
         if problem:
             problems.append(problem)
             del space[path]
+    variants, variant_problems = _usable_variants(parts.get("variants"), kind, grid, space)
+    problems += variant_problems
     seeds = parts.get("seeds")
     if seeds:
         problems += _repeats(list(seeds), "sweep.seeds")
-        if "train.seed" in grid or "train.seed" in space:
-            problems.append(Problem("sweep.seeds", "train.seed is also swept by grid or random; use one of them"))
+        in_variants = any("train.seed" in v for v in variants or [])
+        if "train.seed" in grid or "train.seed" in space or in_variants:
+            message = "train.seed is also swept by grid, random or variants; use one of them"
+            problems.append(Problem("sweep.seeds", message))
     sweep = SweepSpec(
         grid=grid or None,
         random=random_spec.model_copy(update={"space": space}) if space and random_spec is not None else None,
+        variants=variants,
         seeds=seeds,
+        scheduler=parts.get("scheduler"),
     )
     if sweep.size() > MAX_TRIALS:
         message = f"expands to {sweep.size()} trials, more than the limit of {MAX_TRIALS}; use fewer values or seeds"
         problems.append(Problem("sweep", message))
     return sweep, problems
+
+
+def _usable_variants(
+    variants: Optional[list[dict[str, Any]]], kind: str, grid: Mapping[str, Any], space: Mapping[str, Any]
+) -> tuple[Optional[list[dict[str, Any]]], list[Problem]]:
+    """The variants with their unusable paths left out, and the problems with those paths.
+
+    A variant sets several paths together, so a path may appear in many variants; it may not
+    also be swept by ``grid`` or ``random`` (the two would fight over its value).
+    """
+    if not variants:
+        return None, []
+    problems: list[Problem] = []
+    kept: list[dict[str, Any]] = []
+    for i, variant in enumerate(variants):
+        good = {}
+        for path, value in variant.items():
+            where = f"sweep.variants[{i}].{path}"
+            problem = _path_problem(path, kind, where)
+            if problem is None and (path in grid or path in space):
+                other = "sweep.grid" if path in grid else "sweep.random"
+                problem = Problem(where, f"also swept by {other}; sweep each setting in one place")
+            if problem:
+                problems.append(problem)
+            else:
+                good[path] = value
+        kept.append(good)
+    problems += _repeats(list(variants), "sweep.variants")
+    return kept, problems
+
+
+def _check_scheduler(sweep: Optional[SweepSpec], raw: Mapping[str, Any], kind: str) -> tuple[
+        Optional[SweepSpec], list[Problem]]:
+    """Successive halving's rules: train jobs only, a fixed ``train.max_steps`` it agrees with,
+    and a first rung below it. Returns the sweep with ``scheduler.max_steps`` filled in."""
+    if sweep is None or sweep.scheduler is None:
+        return sweep, []
+    asha = sweep.scheduler
+    where = "sweep.scheduler"
+    if kind != "train":
+        return sweep, [Problem(f"{where}.type", "successive halving needs kind: train (a throughput trial has no "
+                               "validation loss to rank)")]
+    swept = {*(sweep.grid or {}), *(sweep.random.space if sweep.random else {}),
+             *(p for v in sweep.variants or [] for p in v)}
+    if "train.max_steps" in swept:
+        return sweep, [Problem(where, "train.max_steps cannot be swept under successive halving: every trial "
+                               "shares its budget (sweep.scheduler.max_steps)")]
+    train = raw.get("train")
+    budget = (train if isinstance(train, dict) else {}).get("max_steps", TrainSpec.model_fields["max_steps"].default)
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return sweep, [Problem("train.max_steps", "successive halving needs a step budget (an integer)",
+                               got=budget)]
+    if asha.max_steps is not None and asha.max_steps != budget:
+        return sweep, [Problem(f"{where}.max_steps", f"should equal train.max_steps ({budget}), the budget a "
+                               "trial that is never pruned trains for; or leave it out", got=asha.max_steps)]
+    if asha.grace_steps >= budget:
+        return sweep, [Problem(f"{where}.grace_steps", f"should be below max_steps ({budget}): it is the first "
+                               "rung", got=asha.grace_steps)]
+    return sweep.model_copy(update={"scheduler": asha.model_copy(update={"max_steps": budget})}), []
 
 
 def _check_random_values(sweep: SweepSpec, base: dict, kind: str, res: dict) -> tuple[SweepSpec, list[Problem]]:
@@ -217,16 +283,21 @@ def _declared_paths(raw_sweep: Any) -> set[str]:
         return set()
     random_part = raw_sweep.get("random")
     parts = [raw_sweep.get("grid"), random_part.get("space") if isinstance(random_part, dict) else None]
+    variants = raw_sweep.get("variants")
+    if isinstance(variants, list):
+        parts += variants
     return {str(path) for part in parts if isinstance(part, dict) for path in part}
 
 
 def _points(sweep: Optional[SweepSpec]) -> list[Point]:
-    """The points to check: every grid x random point, or (a sweep too large to enumerate,
+    """The points to check: every variant x grid x random point, or (a sweep too large to enumerate,
     already reported) each grid value on its own."""
     if sweep is None or sweep.size() <= MAX_TRIALS:
         return sweep_points(sweep)
     grid = sweep.grid or {}
-    return [Point({p: v}, {p: f"sweep.grid.{p}[{i}]"}) for p, vs in grid.items() for i, v in enumerate(vs)]
+    points = [Point({p: v}, {p: f"sweep.grid.{p}[{i}]"}) for p, vs in grid.items() for i, v in enumerate(vs)]
+    return points + [Point(dict(v), {p: f"sweep.variants[{i}].{p}" for p in v})
+                     for i, v in enumerate(sweep.variants or [])]
 
 
 def _own_sections(spec: Optional[JobSpec], kind: str) -> dict[str, BaseModel]:
@@ -261,6 +332,8 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     _, res, _ = field_values(ResourcesSpec, raw.get("resources", {}), "resources")
     sweep, sweep_problems = _usable_sweep(raw.get("sweep"), kind)
     problems += sweep_problems
+    sweep, scheduler_problems = _check_scheduler(sweep, raw, kind)
+    problems += scheduler_problems
     base = {name: raw.get(name, {}) for name in config_sections(kind)}
     if sweep is not None:
         sweep, random_problems = _check_random_values(sweep, base, kind, res)
@@ -287,6 +360,9 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     assert spec is not None  # pydantic raised nothing, or there would be problems
     if spec.kind == "throughput" and spec.throughput is None:
         spec = spec.model_copy(update={"throughput": ThroughputSpec()})
+    if spec.sweep is not None and sweep is not None and sweep.scheduler is not None:
+        # the scheduler with its max_steps filled in from train.max_steps
+        spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"scheduler": sweep.scheduler})})
     if text is None:
         text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
     return Job(spec, _trials(spec, checked), source, text)

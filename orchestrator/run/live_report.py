@@ -1,0 +1,106 @@
+"""The report kept current while a sweep runs: rebuilt in the background as trials finish.
+
+:class:`LiveReport` runs a daemon thread beside the driver's dispatch loop. Every
+``poll_s`` it lists the job folder's trial parts (one directory listing, nothing opened); when
+a trial was committed since its last build and at least ``interval_s`` has passed, it rebuilds
+``report.md`` and ``report.html`` with ``live=True`` (a banner, a self-reload, no text sample).
+The dispatch loop never waits for it: the report's import and each build happen on this
+thread (sharing the GIL, not waiting on it), and a failed build is logged and tried again at
+the next commit. The runner closes it before it compacts the parts and builds the final
+report, so the two never write at once. It lives in ``run/`` and imports
+:mod:`orchestrator.report` only in its thread, so starting a sweep does not wait for
+matplotlib and scipy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+from orchestrator.results import ResultsStore
+
+__all__ = ["BUILD_SHARE", "LIVE_REPORT_S", "LiveReport"]
+
+log = logging.getLogger(__name__)
+
+#: At most one live rebuild this often (seconds).
+LIVE_REPORT_S = 30.0
+#: And never more often than every BUILD_SHARE x the last build's duration: at most ~10% of the time.
+BUILD_SHARE = 10.0
+
+
+class LiveReport:
+    """Rebuild the report of ``job_dir`` as trials finish, at most every ``interval_s`` seconds.
+
+    Use as a context manager, or :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        job_dir: str | os.PathLike[str],
+        interval_s: float = LIVE_REPORT_S,
+        poll_s: float = 2.0,
+        build: Optional[Callable[..., Any]] = None,
+    ) -> None:
+        self.job_dir = job_dir
+        self.interval_s = interval_s
+        self.poll_s = min(poll_s, interval_s)
+        self.builds = 0
+        self._build = build
+        self._store = ResultsStore(job_dir)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="live-report", daemon=True)
+
+    def start(self) -> LiveReport:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop; an in-flight build is finished first (it writes atomically either way)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> LiveReport:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _marker(self) -> int:
+        try:
+            return self._store.commit_marker()
+        except Exception as e:  # noqa: BLE001  (a listing that fails now may work next time)
+            log.debug("live report: cannot list %s: %s", self.job_dir, e)
+            return -1
+
+    def _loop(self) -> None:
+        if self._build is None:
+            # Imported here, in this thread: matplotlib and scipy take about a second to import,
+            # which would otherwise delay the sweep's start on the driver.
+            from orchestrator.report.render import build_report
+
+            self._build = build_report
+        built = self._marker()  # what is there at the start is what the last report showed
+        last, spent = time.monotonic(), 0.0
+        while not self._stop.wait(self.poll_s):
+            # A build reads every trial, so it grows with the sweep; waiting at least
+            # BUILD_SHARE times its last duration keeps its share of the driver's time bounded
+            # (thousands of trials) while a small sweep still refreshes every interval_s.
+            if time.monotonic() - last < max(self.interval_s, BUILD_SHARE * spent):
+                continue
+            marker = self._marker()
+            if marker in (built, -1):
+                continue
+            t0 = time.monotonic()
+            try:
+                self._build(self.job_dir, live=True)
+                self.builds += 1
+            except Exception as e:  # noqa: BLE001  (the sweep matters more than a live page)
+                log.warning("live report: could not rebuild the report of %s: %s", self.job_dir, e)
+            built, last = marker, time.monotonic()
+            spent = last - t0

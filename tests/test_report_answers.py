@@ -1,0 +1,269 @@
+"""The report answers the question: conclusion, best configuration, train/val curves, parameter
+importance, a text sample, scheduler statuses, and the live refresh while a sweep runs."""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.report.importance import parameter_importance
+from orchestrator.report.render import build_report
+from orchestrator.report.training import curves, summarize
+from orchestrator.results import ResultsStore
+from orchestrator.run.live_report import BUILD_SHARE, LiveReport
+from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from rnn.events import EvalRecord, TrialStatus
+from rnn.train import Trainer
+
+HAS_PRUNED = "pruned" in {s.value for s in TrialStatus}
+
+
+def _evals(final: float, train_gap: float = -0.1) -> list[EvalRecord]:
+    return [EvalRecord(step=s, epoch=s / 100, train_loss=final + train_gap + 1 / s, val_loss=final + 1 / s,
+                       val_bpc=(final + 1 / s) / math.log(2), val_perplexity=math.exp(final), val_accuracy=0.5,
+                       lr=1e-3, grad_norm=1.0, samples_per_s=50.0, tokens_per_s=1600.0, elapsed_s=s / 10)
+            for s in (10, 20, 40)]
+
+
+def _commit(store: ResultsStore, tid: str, loss: float, config: dict, status: str = "completed",
+            checkpoint: bytes | None = None) -> None:
+    rel = store.write_checkpoint_bytes(tid, checkpoint) if checkpoint else None
+    store.commit_trial({"trial_id": tid, "status": status, "best_val_loss": loss, "best_val_bpc": loss / math.log(2),
+                        "best_val_accuracy": 0.5, "best_step": 40, "params": 100, "steps": 40, "train_time_s": 1.0,
+                        "checkpoint": rel, "config": config}, _evals(loss))
+
+
+def _cfg(cell: str, seed: int, bidir: bool = False) -> dict:
+    return {"data": {"level": "char"}, "model": {"cell": cell, "bidirectional": bidir}, "train": {"seed": seed}}
+
+
+def _conclusion(md: str) -> str:
+    return md.split("## Conclusion", 1)[1].split("##", 1)[0]
+
+
+def test_one_seed_claims_no_significance(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    _commit(store, "a", 1.0, _cfg("gru", 0))
+    _commit(store, "b", 1.2, _cfg("lstm", 0))
+    md = build_report(tmp_path)[0].read_text()
+    text = _conclusion(md)
+    assert "Best: model.cell=gru, with a mean validation loss of 1.0000 nats/token over 1 seed." in text
+    assert "The runner-up, model.cell=lstm, is 0.2000 higher (16.7%)." in text
+    assert "With one seed per configuration, no significance can be claimed" in text
+    assert "significant at" not in text
+    # the conclusion comes before the evidence
+    assert md.index("## Conclusion") < md.index("## Trials") < md.index("## Validation curves")
+    assert f"python -m orchestrator best {tmp_path} > best.yaml" in md
+
+
+def test_an_unsupported_difference_is_called_not_significant(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    # means: gru 1.1, lstm 1.1167; lstm - gru per seed: +0.2, -0.1, -0.05: t = 0.180, p = 0.874 (ttest_rel)
+    for seed, (g, lstm) in enumerate(((1.0, 1.2), (1.2, 1.1), (1.1, 1.05))):
+        _commit(store, f"g{seed}", g, _cfg("gru", seed))
+        _commit(store, f"l{seed}", lstm, _cfg("lstm", seed))
+    text = _conclusion(build_report(tmp_path)[0].read_text())
+    assert "Best: model.cell=gru" in text and "The runner-up, model.cell=lstm, is 0.0167 higher (1.5%)." in text
+    assert "not significant at the 5% level on the 3 seeds both ran (paired t-test, p = 0.874)" in text
+
+
+def test_importance_is_the_between_group_share_of_variance() -> None:
+    # 2 x 2 grid, 2 seeds: cell moves the loss by 1.0, bidirectional by 0.2, seeds by ±0.05.
+    rows = [{"model.cell": c, "model.bidirectional": b, "m": 1.0 + (c == "rnn") + 0.2 * b + s}
+            for c in ("gru", "rnn") for b in (False, True) for s in (-0.05, 0.05)]
+    found, within = parameter_importance(rows, ["model.cell", "model.bidirectional"], "m")
+    # SS_total = 8 * (0.25 + 0.01 + 0.0025) = 2.1; cell: 8 * 0.25 = 2.0; bidir: 8 * 0.01 = 0.08; seeds 0.02
+    assert [(i.parameter, i.levels) for i in found] == [("model.cell", 2), ("model.bidirectional", 2)]
+    assert found[0].share == pytest.approx(2.0 / 2.1) and found[1].share == pytest.approx(0.08 / 2.1)
+    assert within == pytest.approx(0.02 / 2.1)
+
+
+def test_a_many_valued_number_is_binned_by_rank() -> None:
+    rows = [{"train.lr": 10 ** (-4 + i / 4), "model.cell": "gru", "m": float(i)} for i in range(12)]
+    found, within = parameter_importance(rows, ["train.lr", "model.cell"], "m")
+    lr = next(i for i in found if i.parameter == "train.lr")
+    assert lr.levels == 4 and 0.9 < lr.share < 1.0  # 4 bins of 3 ranks each
+    assert within is None  # no configuration repeats
+
+
+def test_two_swept_parameters_get_parallel_coordinates_and_importance(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    for cell, base in (("gru", 1.0), ("rnn", 2.0)):
+        for bidir in (False, True):
+            for seed in (0, 1):
+                _commit(store, f"{cell}{int(bidir)}{seed}", base + 0.1 * bidir + 0.01 * seed, _cfg(cell, seed, bidir))
+    md_path, html_path = build_report(tmp_path)
+    md, html = md_path.read_text(), html_path.read_text()
+    assert "## Parameters: parallel coordinates and importance" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| model.cell | 2 |"))
+    assert float(row.split("|")[3].strip().rstrip("%")) > 95
+    assert "(between seeds of one configuration)" in md
+    assert html.count("<svg") == 4  # curves, train/val panels, configuration CIs, parallel coordinates
+    assert "data:" not in html and "<image" not in html  # the colour bar is vector, not an embedded PNG
+    # one swept parameter: no such section
+    one = tmp_path / "one"
+    store = ResultsStore(one)
+    _commit(store, "a", 1.0, _cfg("gru", 0))
+    _commit(store, "b", 1.1, _cfg("lstm", 0))
+    assert "parallel coordinates" not in build_report(one)[0].read_text()
+
+
+def test_train_and_validation_curves_are_drawn_together() -> None:
+    rows = [{"trial_id": "a", "status": "completed", "best_val_loss": 1.0, "train.seed": 0},
+            {"trial_id": "b", "status": "pruned", "best_val_loss": 1.5, "train.seed": 0}]
+    label = {"a": "model.cell=gru", "b": "model.cell=lstm"}
+    evals = [{"trial_id": t, "step": s, "train_loss": 2.0 / s, "val_loss": 3.0 / s}
+             for t in ("a", "b") for s in (10, 20)]
+    stats = summarize(rows, label, "best_val_loss")
+    assert [(s.name, s.n, s.pruned) for s in stats] == [("model.cell=gru", 1, 0), ("model.cell=lstm", 0, 1)]
+    blocks = curves(evals, label, "val_loss", {"model.cell=gru": "C0", "model.cell=lstm": "C1"},
+                    {r["trial_id"]: r["status"] for r in rows}, [s.name for s in stats])
+    svgs = [b for b in blocks if hasattr(b, "svg")]
+    assert len(svgs) == 2 and "pruned" in svgs[0].caption  # type: ignore[attr-defined]
+    panels = svgs[1].svg  # type: ignore[attr-defined]
+    assert "model.cell=gru" in panels and "model.cell=lstm" in panels and "stroke-dasharray" in panels
+
+
+@pytest.mark.skipif(not HAS_PRUNED, reason="needs TrialStatus.PRUNED (the successive-halving branch)")
+def test_pruned_trials_show_their_curves_and_are_not_failures(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    _commit(store, "a", 1.0, _cfg("gru", 0))
+    _commit(store, "b", 1.1, _cfg("gru", 1))
+    _commit(store, "p", 1.9, _cfg("lstm", 0), status="pruned")
+    md = build_report(tmp_path)[0].read_text()
+    assert "## Failures (0)" in md
+    assert "| model.cell=lstm | 0 | — | — | — | — | 0 | 1 |" in md
+    assert "1 trial(s) were stopped early by the scheduler" in md
+    assert "✕ ends a trial the scheduler pruned" in md
+
+
+@pytest.mark.skipif(not HAS_PRUNED, reason="needs TrialStatus.PRUNED (the successive-halving branch)")
+def test_successive_halving_is_concluded_and_compared_at_the_common_step(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    _commit(store, "win", 1.0, {"model": {"hidden_size": 64}, "train": {"lr": 0.01, "seed": 0}})
+    for i, (hidden, lr) in enumerate(((32, 0.001), (64, 0.001), (32, 0.01), (128, 0.1))):
+        evals = _evals(2.0 + i)[:1]  # stopped at the first rung, step 10
+        store.commit_trial({"trial_id": f"p{i}", "status": "pruned", "best_val_loss": evals[0].val_loss,
+                            "config": {"model": {"hidden_size": hidden}, "train": {"lr": lr, "seed": 0}}}, evals)
+    md = build_report(tmp_path)[0].read_text()
+    assert "Successive halving ran model.hidden_size=64, train.lr=0.01 to the full budget" in _conclusion(md)
+    assert "no significance can be claimed" in _conclusion(md)
+    assert "compared here on val_loss at step 10, the last evaluation all of them reached" in md
+    assert "across these 5 trials" in md
+
+
+TINY = RunConfig(
+    data=DataConfig(seq_len=16),
+    model=ModelConfig(embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
+    train=TrainConfig(batch_size=8, max_steps=10, eval_every=10, scheduler="constant"),
+)
+
+
+def test_a_text_sample_comes_from_the_best_checkpoint(tmp_path: Path) -> None:
+    result = Trainer(TINY, tmp_path / "run").fit()
+    data = Path(str(result.best_checkpoint)).read_bytes()
+    store = ResultsStore(tmp_path / "job")
+    _commit(store, "best", 1.0, _cfg("gru", 0), checkpoint=data)
+    _commit(store, "other", 1.5, _cfg("lstm", 0), checkpoint=data)
+
+    def section() -> str:
+        md = build_report(tmp_path / "job")[0].read_text()
+        return md.split("## Text sample from the best checkpoint", 1)[1].split("\n## ", 1)[0]
+
+    first = section()
+    assert re.search(r"Trial best: \d+ characters generated on the CPU \(seed 0", first)
+    assert "--length 200 --temperature 0.8 --top-k 20 --seed 0" in first
+    assert section() == first  # the same text on a rebuild: fixed seed, CPU
+    # no checkpoint: one line, no crash
+    bare = tmp_path / "bare"
+    _commit(ResultsStore(bare), "x", 1.0, _cfg("gru", 0))
+    assert "No sample: trial x has no checkpoint" in build_report(bare)[0].read_text()
+
+
+def test_live_report_refreshes_as_trials_finish_and_stops(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    _commit(store, "a", 1.0, _cfg("gru", 0))
+    built = threading.Event()
+
+    def build(job_dir: Path, live: bool) -> None:
+        build_report(job_dir, live=live)
+        built.set()
+
+    with LiveReport(tmp_path, interval_s=0.2, poll_s=0.05, build=build) as live:
+        time.sleep(0.5)
+        assert live.builds == 0  # nothing finished since it started: nothing to rebuild
+        _commit(store, "b", 1.2, _cfg("lstm", 0))
+        assert built.wait(10)
+        html = (tmp_path / "report.html").read_text()
+        assert "Live: the sweep is still running" in html and '<meta http-equiv="refresh" content="30">' in html
+        assert "model.cell=lstm" in html and "generated when the sweep ends" in html
+    builds = live.builds
+    _commit(store, "c", 1.3, _cfg("rnn", 0))
+    time.sleep(0.4)
+    assert live.builds == builds == 1  # closed: no more rebuilds
+    final = build_report(tmp_path)[1].read_text()
+    assert "Live:" not in final and "http-equiv" not in final
+
+
+def test_live_report_throttles_rebuilds(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    calls: list[float] = []
+    with LiveReport(tmp_path, interval_s=0.6, poll_s=0.02, build=lambda d, live: calls.append(time.monotonic())):
+        for i in range(12):  # a commit every 0.1 s for 1.2 s
+            _commit(store, f"t{i}", 1.0 + i, _cfg("gru", i))
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:  # a loaded machine may be slow to get to it
+            time.sleep(0.05)
+    assert 1 <= len(calls) <= 3
+    assert all(b - a >= 0.6 for a, b in zip(calls, calls[1:], strict=False))
+
+
+def test_live_report_waits_longer_after_a_slow_build(tmp_path: Path) -> None:
+    # A build over thousands of trials takes seconds: the next one waits BUILD_SHARE times as
+    # long, so rebuilding never takes more than a bounded share of the driver's time.
+    store = ResultsStore(tmp_path)
+    calls: list[tuple[float, float]] = []
+
+    def slow_build(job_dir: Path, live: bool) -> None:
+        start = time.monotonic()
+        time.sleep(0.15)
+        calls.append((start, time.monotonic()))
+
+    with LiveReport(tmp_path, interval_s=0.05, poll_s=0.01, build=slow_build):
+        for i in range(25):  # a commit every 0.1 s for 2.5 s
+            _commit(store, f"t{i}", 1.0 + i, _cfg("gru", i))
+            time.sleep(0.1)
+    assert calls
+    assert len(calls) <= 3  # 2.5 s of commits, builds of 0.15 s each at most every 1.5 s
+    assert all(b[0] - a[1] >= BUILD_SHARE * 0.15 for a, b in zip(calls, calls[1:], strict=False))
+
+
+def test_a_random_sweep_over_a_learning_rate_and_a_size(tmp_path: Path) -> None:
+    """16 single-seed configurations: a log axis for lr, lr binned into 4 levels, no significance."""
+    store = ResultsStore(tmp_path)
+    for i in range(16):
+        lr, hidden = 10 ** (-4 + i / 5), (32, 64)[i % 2]
+        config = {"data": {"level": "char", "vocab_size": None}, "model": {"hidden_size": hidden},
+                  "train": {"lr": lr, "seed": 0}}
+        _commit(store, f"t{i:02d}", 2.0 - 0.05 * i + 0.01 * (hidden == 64), config)
+    md_path, html_path = build_report(tmp_path)
+    md, html = md_path.read_text(), html_path.read_text()
+    assert "With one seed per configuration, no significance can be claimed" in _conclusion(md)
+    assert "| train.lr | 4 |" in md and "| model.hidden_size | 2 |" in md
+    assert "(between seeds of one configuration)" not in md  # no configuration repeats
+    assert "train.lr (log)" in html  # the parallel-coordinates axis of a rate spanning 10x or more
+
+
+def test_float_labels_are_short_unless_that_merges_configurations() -> None:
+    from orchestrator.report.stats import config_labels
+
+    rows = [{"trial_id": "a", "train.lr": 0.02586552182709658}, {"trial_id": "b", "train.lr": 0.001}]
+    assert config_labels(rows, ["train.lr"]) == {"a": "train.lr=0.02587", "b": "train.lr=0.001"}
+    close = [{"trial_id": "a", "train.lr": 0.0100001}, {"trial_id": "b", "train.lr": 0.0100002}]
+    assert config_labels(close, ["train.lr"]) == {"a": "train.lr=0.0100001", "b": "train.lr=0.0100002"}
