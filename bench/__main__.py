@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-PARTS = ("cells", "trainer", "dispatch", "end-to-end", "bookkeeping")
+PARTS = ("cells", "trainer", "dispatch", "end-to-end", "via-run", "bookkeeping")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 #: Per-device defaults: (timed steps per block, rounds, warm-up steps, dispatch steps per trial).
@@ -47,12 +47,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if argv is None:
+        # The CLI (not a test calling main([...])): restart once with steady allocator tunables.
+        from bench.alloc import reexec_with_tunables
+
+        reexec_with_tunables(sys.argv[1:])
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     import torch
 
+    from bench.alloc import allocator_settings
     from bench.common import QUICK_SHAPES, SHAPES, format_table, machine, write_json
     from bench.dispatch import format_dispatch
     from bench.dispatch import measure as measure_dispatch
@@ -77,11 +83,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parts = [p for p in (args.only or PARTS) if p not in args.skip]
 
     meta = machine(device)
+    meta["allocator"] = allocator_settings()
     settings = {"steps_per_block": block, "rounds": rounds, "warmup": warmup, "amp": args.amp,
                 "quick": args.quick, "full_shapes": args.full_shapes, "parts": parts, "threads": threads,
                 "argv": list(argv) if argv is not None else sys.argv[1:]}
     print(f"bench on {meta['device']} ({meta['device_name']}); CPU {meta['cpu_model']} x{meta['cpu_count']}, "
           f"{meta['torch_threads']} torch threads; torch {meta['torch_version']}; {meta['date']}")
+    print(f"allocator: {meta['allocator']}")
     print(f"settings: {block} timed step(s) per block, {rounds} round(s), {warmup} warm-up step(s); parts {', '.join(parts)}")
     t0 = time.perf_counter()
 
@@ -121,6 +129,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         print(format_end_to_end(end_to_end))
 
+    via_run: Optional[dict[str, Any]] = None
+    if "via-run" in parts:
+        from bench.via_run import format_via_run
+        from bench.via_run import measure as measure_via_run
+
+        via_run = measure_via_run(batch_sizes=(16,), rounds=1, measure_steps=3) if args.quick else measure_via_run()
+        print()
+        print(format_via_run(via_run))
+
     bookkeeping: Optional[dict[str, Any]] = None
     if "bookkeeping" in parts:
         from bench.bookkeeping import format_bookkeeping
@@ -137,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out or OUT_DIR / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     payload = {"machine": meta, "settings": settings, "elapsed_s": elapsed,
                "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch, "end_to_end": end_to_end,
+               "via_run": via_run,
                "bookkeeping": bookkeeping}
     print(f"wrote {write_json(out, payload)}")
     return 0

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.alloc import minor_faults
 from bench.common import Ratio, Shape
 from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.data import LMData, prepare_data
@@ -105,9 +106,16 @@ def rotate(
             step()
     names = list(steps)
     times: dict[str, list[float]] = {n: [] for n in names}
+    faults = dict.fromkeys(names, 0)
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
+            f0 = minor_faults()
             times[name] += time_steps(steps[name], block, device)
+            faults[name] += minor_faults() - f0
+    # Page faults per step show whether one side pays the kernel for memory the other does not
+    # (see bench/alloc.py); they should be near 0 on both sides.
+    log.info("minor page faults per step: %s",
+             ", ".join(f"{n} {faults[n] / max(1, len(times[n])):.0f}" for n in names))
     return times
 
 

@@ -3,8 +3,10 @@
 #
 #   bash bench/gpu.sh            # writes to $OUT if set, else bench/out/gpu
 #
-# 1. python -m bench on CUDA at full steps and full shapes (ratios 1-3; the sweep-dispatch
-#    part is a CPU measurement and is skipped here), amp auto (the engine's default);
+# 1. python -m bench on CUDA at full steps and full shapes (ratios 1-3; the sweep-dispatch and
+#    via-run parts are CPU measurements and are skipped here), amp auto (the engine's default).
+#    The LN-LSTM line is LN-LSTM / cuDNN nn.LSTM at the seed (B 2048) and char-rnn (B 64) shapes;
+#    the log says which recurrence the layer-norm model used (triton where Triton imports);
 # 2. ratios 1-2 again with amp off, so the layer-norm LSTM's fp32 figure is on record too;
 # 3. jobs/throughput_sweep.yaml through the engine directly (rnn.throughput.measure_throughput
 #    per trial, no Ray), as a table with the CPU guard's memory estimate beside the measured peak;
@@ -50,15 +52,20 @@ if "$PY" -m pip install -q -e . --no-deps --no-build-isolation >/dev/null 2>&1; 
 else
   log "editable install failed; running from the source tree (PYTHONPATH)"
 fi
-for pair in numpy:numpy yaml:pyyaml tokenizers:tokenizers pydantic:pydantic; do
+for pair in numpy:numpy yaml:pyyaml tokenizers:tokenizers pydantic:pydantic triton:triton; do
   mod="${pair%%:*}"; pkg="${pair##*:}"
   "$PY" -c "import $mod" 2>/dev/null && continue
   log "$mod missing; trying pip install $pkg"
   "$PY" -m pip install -q "$pkg" >/dev/null 2>&1 || log "could not install $pkg (offline?); steps that need it may fail"
 done
 
+log "layer-norm LSTM recurrence on $DEVICE (fp32, bf16)"
+"$PY" -c "import torch; from rnn.config import ModelConfig; from rnn.models import build_model
+m = build_model(ModelConfig(cell='lstm', layer_norm=True), 65); d = torch.device('$DEVICE')
+print('recurrence:', m.recurrence_path(d, 'fp32'), m.recurrence_path(d, 'bf16'))" || log "recurrence check failed"
+
 log "1/3 bench, amp auto"
-timeout 220 "$PY" -m bench --device "$DEVICE" $EXTRA --skip dispatch -v --out "$OUT_DIR/bench-gpu.json" 2>&1 \
+timeout 220 "$PY" -m bench --device "$DEVICE" $EXTRA --skip dispatch --skip via-run -v --out "$OUT_DIR/bench-gpu.json" 2>&1 \
   | grep -v ' INFO rnn.data' || log "bench (amp auto) failed or timed out (status $?)"
 
 log "2/3 bench, amp off, ratios 1-2"

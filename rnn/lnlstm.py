@@ -15,8 +15,10 @@ Choices, and why:
   inside ``W_x``/``W_h`` would be cancelled by LayerNorm's mean subtraction, which is how the
   seed project lost its forget-gate bias. So ``W_x`` and ``W_h`` have no bias.
 - ``W_x x`` and ``LN_x`` run for all timesteps in one batched op; only the recurrence loops,
-  and it lives in :func:`ln_lstm_recurrence` so a fused or compiled kernel can replace it
-  without touching the module.
+  and it lives in :func:`ln_lstm_recurrence`, which picks a fused path where one is available
+  (:mod:`rnn.lnlstm_fused`: C++ on the CPU, Triton on CUDA) and otherwise runs the PyTorch loop
+  :func:`ln_lstm_recurrence_reference`. Every path computes the same function of the same
+  parameters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from typing import Optional, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rnn import onednn
+from rnn.lnlstm_fused import RECURRENCE_CHOICES, RecurrencePath, fused_recurrence, recurrence_path
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -41,8 +46,36 @@ def ln_lstm_recurrence(
     ln_c_weight: Tensor,
     ln_c_bias: Tensor,
     eps: float,
+    recurrence: str = "auto",
 ) -> tuple[Tensor, LSTMState]:
     """Run one layer-norm LSTM layer over time, given its already-normalised input projection.
+
+    ``recurrence``: ``auto`` (the fused path for these tensors, see
+    :func:`rnn.lnlstm_fused.recurrence_path`) or ``torch`` (always the PyTorch loop). The
+    arguments and result are those of :func:`ln_lstm_recurrence_reference`.
+    """
+    path = recurrence_path(xg.device, xg.dtype, recurrence)
+    if path == "torch":
+        return ln_lstm_recurrence_reference(
+            xg, h0, c0, w_hh, ln_h_weight, ln_h_bias, bias, ln_c_weight, ln_c_bias, eps)
+    # b and LN_h's bias are both added to every step's pre-activations after normalisation, so
+    # the kernels take their sum (one [4H] add, not a pass over [B, T, 4H]); both get its gradient.
+    return fused_recurrence(path, xg, h0, c0, w_hh, ln_h_weight, ln_h_bias + bias, ln_c_weight, ln_c_bias, eps)
+
+
+def ln_lstm_recurrence_reference(
+    xg: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    ln_h_weight: Tensor,
+    ln_h_bias: Tensor,
+    bias: Tensor,
+    ln_c_weight: Tensor,
+    ln_c_bias: Tensor,
+    eps: float,
+) -> tuple[Tensor, LSTMState]:
+    """The PyTorch loop: one layer-norm LSTM layer over time, given its normalised input projection.
 
     Args:
         xg: ``[B, T, 4H]``, ``LN_x(W_x x)`` for every timestep (no ``b`` yet).
@@ -76,8 +109,11 @@ def ln_lstm_recurrence(
 class LayerNormLSTMLayer(nn.Module):
     """One layer of :class:`LayerNormLSTM`: parameters plus the batched input projection."""
 
-    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5) -> None:
+    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5, recurrence: str = "auto") -> None:
         super().__init__()
+        if recurrence not in RECURRENCE_CHOICES:
+            raise ValueError(f"recurrence must be one of {', '.join(RECURRENCE_CHOICES)} (got {recurrence!r})")
+        self.recurrence = recurrence
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.eps = eps
@@ -102,7 +138,12 @@ class LayerNormLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """``x``: ``[B, T, C]``; ``state``: ``(h0, c0)`` each ``[B, H]``."""
-        xg = self.ln_x(self.w_x(x))  # [B, T, 4H]: one matmul and one LayerNorm for all steps
+        # [B, T, 4H]: one matmul and one LayerNorm for all steps. On the fused CPU path the matmul
+        # runs on oneDNN (rnn.onednn: about 3x MKL's sgemm here); the torch path stays plain.
+        if recurrence_path(x.device, x.dtype, self.recurrence) == "fused-cpu":
+            xg = self.ln_x(onednn.linear(x, self.w_x.weight))
+        else:
+            xg = self.ln_x(self.w_x(x))
         h0, c0 = state
         return ln_lstm_recurrence(
             xg,
@@ -115,6 +156,7 @@ class LayerNormLSTMLayer(nn.Module):
             self.ln_c.weight,
             self.ln_c.bias,
             self.eps,
+            self.recurrence,
         )
 
 
@@ -127,6 +169,8 @@ class LayerNormLSTM(nn.Module):
         num_layers: stacked layers.
         dropout: dropout on each layer's output except the last, in training (as ``nn.LSTM``).
         eps: LayerNorm epsilon.
+        recurrence: ``auto`` (a fused path where one runs, see :func:`recurrence_path`) or
+            ``torch`` (always the PyTorch loop). It changes no parameter.
 
     ``forward(x [B, T, C], state=None)`` returns ``(output [B, T, H], (h, c))`` with ``h`` and
     ``c`` each ``[num_layers, B, H]``; ``state`` is an optional ``(h0, c0)`` of the same shape
@@ -142,6 +186,7 @@ class LayerNormLSTM(nn.Module):
         num_layers: int = 1,
         dropout: float = 0.0,
         eps: float = 1e-5,
+        recurrence: str = "auto",
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -153,9 +198,13 @@ class LayerNormLSTM(nn.Module):
         self.num_layers = num_layers
         self.dropout = dropout
         self.layers = nn.ModuleList(
-            LayerNormLSTMLayer(input_size if k == 0 else hidden_size, hidden_size, eps)
+            LayerNormLSTMLayer(input_size if k == 0 else hidden_size, hidden_size, eps, recurrence)
             for k in range(num_layers)
         )
+
+    def recurrence_path(self, device: torch.device, dtype: torch.dtype = torch.float32) -> RecurrencePath:
+        """The path the recurrence takes for inputs of ``dtype`` on ``device`` (autocast as now)."""
+        return recurrence_path(device, dtype, cast(LayerNormLSTMLayer, self.layers[0]).recurrence)
 
     def forward(
         self, x: Tensor, state: Optional[LSTMState] = None

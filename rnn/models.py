@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rnn.config import CELLS, ModelConfig
+from rnn.device import autocast_dtype
 from rnn.lnlstm import LayerNormLSTM
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,17 @@ class LanguageModel(nn.Module):
         emb = self.drop(self.embedding(tokens))  # [B, T, E]
         out, state = self.forward_rnn(emb, state)  # [B, T, H]
         return self.head(self.drop(out)), state  # [B, T, V]
+
+    def recurrence_path(self, device: torch.device, precision: str = "fp32") -> Optional[str]:
+        """Which recurrence a layer-norm model runs on ``device`` at ``precision``:
+        ``fused-cpu``, ``triton`` or ``torch`` (see :mod:`rnn.lnlstm_fused`); None for the
+        ``nn.LSTM``/``nn.GRU``/``nn.RNN`` cells, which run cuDNN or oneDNN."""
+        if not isinstance(self.forward_rnn, LayerNormLSTM):
+            return None
+        dtype = autocast_dtype(precision) or torch.float32
+        if dtype != torch.float32 and device.type == "cpu":
+            return "torch"  # CPU autocast: the kernels take float32/float64 only
+        return self.forward_rnn.recurrence_path(device, dtype)
 
     def num_parameters(self) -> int:
         """Trainable parameter count; a tied embedding/head weight counts once."""

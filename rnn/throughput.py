@@ -108,7 +108,8 @@ class _Session:
         fields.update(timing)
         return ThroughputRow(
             batch_size=batch_size, status=status, device=self.device.type, device_name=self.device_name,
-            precision=self.precision(batch_size), torch_version=torch.__version__, error=error, **fields,
+            precision=self.precision(batch_size), torch_version=torch.__version__, error=error,
+            recurrence=self.model.recurrence_path(self.device, self.precision(batch_size)), **fields,
         )
 
     def memory_guard(self, batch_size: int) -> Optional[str]:

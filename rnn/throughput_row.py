@@ -53,6 +53,8 @@ class ThroughputRow:
     torch_version: str
     error: Optional[str]
     is_best: bool = False
+    #: The layer-norm LSTM's recurrence path (``fused-cpu``, ``triton``, ``torch``); None for other cells.
+    recurrence: Optional[str] = None
 
     def __post_init__(self) -> None:
         try:

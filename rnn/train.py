@@ -159,6 +159,7 @@ class Trainer:
                 "device": run.device.type,
                 "device_name": report.get("device_name"),
                 "precision": run.precision,
+                "recurrence": run.model.recurrence_path(run.device, run.precision),
                 "vocab_size": run.data.vocab_size,
                 "corpus": run.data.corpus.name,
                 "corpus_sha256": run.data.corpus.sha256,

@@ -49,7 +49,7 @@ def keep_threads():
 def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep_threads) -> None:
     out = tmp_path / "bench.json"
     assert bench_main(["--quick", "--device", "cpu", "--skip", "dispatch", "--skip", "end-to-end",
-                       "--out", str(out)]) == 0
+                       "--skip", "via-run", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for line in ("engine LSTM / bare nn.LSTM", "engine LN-LSTM / bare nn.LSTM", "Trainer / bare loop (same model)"):
         assert line in printed
@@ -59,7 +59,8 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep
     assert payload["machine"]["device"] == "cpu"
     assert payload["machine"]["torch_version"] == torch.__version__
     assert payload["machine"]["torch_threads"] == 1  # the CPU default, see bench/__main__.py
-    assert payload["dispatch"] is None and payload["end_to_end"] is None
+    assert payload["dispatch"] is None and payload["end_to_end"] is None and payload["via_run"] is None
+    assert payload["machine"]["allocator"]  # what malloc ran with (bench/alloc.py)
     ratios = payload["ratios"]
     assert [r["measure"] for r in ratios] == [
         "engine LSTM / bare nn.LSTM", "engine LN-LSTM / bare nn.LSTM", "Trainer / bare loop (same model)",
@@ -143,3 +144,23 @@ def test_jobs_reads_a_spec_without_pydantic(tmp_path: Path, monkeypatch) -> None
 
 def test_gpu_script_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu.sh")], check=True)
+
+
+def test_via_run_line_names_the_ratio_and_target() -> None:
+    from bench.via_run import format_via_run
+
+    d = {"batch_sizes": [64], "rounds": 3, "cpus_per_trial": 2, "target": 0.9,
+         "median": {"via_run": {64: 850.0}, "in_process": {64: 1000.0}}, "ratio": {64: 0.85}}
+    text = format_via_run(d)
+    assert "throughput via run / in-process" in text
+    assert "0.85x (target >= 0.9x: BELOW TARGET)" in text
+
+
+def test_allocator_reexec_is_skipped_when_tunables_are_set(monkeypatch) -> None:
+    from bench import alloc
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0")
+    monkeypatch.setattr(alloc.os, "execve", lambda *a: pytest.fail("re-executed"))
+    alloc.reexec_with_tunables([])
+    assert alloc.allocator_settings() in ("glibc.malloc.check=0",) or not alloc._glibc()
+    assert alloc.minor_faults() > 0

@@ -55,10 +55,21 @@ def reference_ln_lstm(
     return out, (torch.stack(hs), torch.stack(cs))
 
 
-def _randomised(input_size: int, hidden: int, layers: int, seed: int = 0) -> LayerNormLSTM:
+@pytest.fixture(params=["auto", "torch"])
+def recurrence(request) -> str:
+    """Both recurrence paths: ``auto`` is the fused C++ path on the CPU (skipped if it cannot build)."""
+    if request.param == "auto":
+        from rnn import lnlstm_cpu
+
+        if lnlstm_cpu.load() is None:
+            pytest.skip("the C++ kernels could not be built here")
+    return request.param
+
+
+def _randomised(input_size: int, hidden: int, layers: int, seed: int = 0, recurrence: str = "auto") -> LayerNormLSTM:
     """A float64 LN-LSTM with every parameter (gains, betas, b too) random rather than its init."""
     torch.manual_seed(seed)
-    m = LayerNormLSTM(input_size, hidden, num_layers=layers).to(F64)
+    m = LayerNormLSTM(input_size, hidden, num_layers=layers, recurrence=recurrence).to(F64)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.5)
@@ -67,8 +78,8 @@ def _randomised(input_size: int, hidden: int, layers: int, seed: int = 0) -> Lay
 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_matches_reference_outputs_and_state(layers, with_state):
-    m = _randomised(5, 4, layers)
+def test_matches_reference_outputs_and_state(layers, with_state, recurrence):
+    m = _randomised(5, 4, layers, recurrence=recurrence)
     x = torch.randn(3, 7, 5, dtype=F64)
     state = None
     if with_state:
@@ -82,8 +93,8 @@ def test_matches_reference_outputs_and_state(layers, with_state):
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-def test_gradients_match_reference(layers):
-    m = _randomised(5, 4, layers, seed=1)
+def test_gradients_match_reference(layers, recurrence):
+    m = _randomised(5, 4, layers, seed=1, recurrence=recurrence)
     x = torch.randn(2, 6, 5, dtype=F64, requires_grad=True)
     h0 = torch.randn(layers, 2, 4, dtype=F64, requires_grad=True)
     c0 = torch.randn(layers, 2, 4, dtype=F64, requires_grad=True)
@@ -109,8 +120,8 @@ def test_gradients_match_reference(layers):
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-def test_gradcheck_inputs_and_parameters(layers):
-    m = _randomised(3, 2, layers, seed=2)
+def test_gradcheck_inputs_and_parameters(layers, recurrence):
+    m = _randomised(3, 2, layers, seed=2, recurrence=recurrence)
     names = [n for n, _ in m.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for p in m.parameters())
     x = torch.randn(2, 3, 3, dtype=F64, requires_grad=True)

@@ -75,6 +75,9 @@ class TrialRecord:
     attempts: Optional[int] = dataclasses.field(default=None, metadata={"arrow": pa.int32()})
     corpus_sha256: Optional[str] = None
     vocab_size: Optional[int] = None
+    #: The layer-norm LSTM's recurrence path (``fused-cpu``, ``triton``, ``torch``; from the
+    #: ``start`` event); None for the other cells.
+    recurrence: Optional[str] = None
 
 
 _SCALARS: dict[type, pa.DataType] = {
