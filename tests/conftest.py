@@ -86,6 +86,29 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Pat
     )
 
 
+def sigkill_driver_when(spec_path: Path, env: dict[str, str], ready: Callable[[], bool], what: str,
+                        timeout: float = 180) -> None:
+    """Run ``python -m orchestrator run SPEC`` and SIGKILL it, with every Ray process it started,
+    as soon as ``ready()`` holds; the test fails with "no WHAT in time" if it never does.
+
+    The driver gets a session of its own: it and the Ray processes it starts form one process
+    group this test owns, so killing the group touches nothing else on the machine.
+    """
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(spec_path)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} in time")
+            time.sleep(0.1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
 class Driver:
     """``python -m orchestrator run`` in the background, its output in a file we can watch."""
 

@@ -4,18 +4,12 @@ real-Ray sweep whose driver is SIGKILLed between rungs and rerun."""
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import pytest
 
-from conftest import REPO, TINY_SPEC, ray_env, run_cli, write_spec
+from conftest import TINY_SPEC, ray_env, run_cli, sigkill_driver_when, write_spec
 from orchestrator.results import ResultsStore
 from orchestrator.run.actor import TrainerActor
 from orchestrator.run.events import Ended, Evaluated, Paused
@@ -54,22 +48,9 @@ def test_driver_killed_between_rungs_then_rerun_keeps_the_rungs(tmp_path: Path) 
     spec_path = write_spec(tmp_path / "halving.yaml", spec)
     job = tmp_path / "results" / "halving"
     env = ray_env(tmp_path)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(spec_path)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # two trials paused at a rung: kill between rungs
-            parts = list((job / "parts").glob("*.paused.*.arrow")) if (job / "parts").is_dir() else []
-            if len(parts) >= 2:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("no two trials paused in time")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    # two trials paused at a rung: kill between rungs
+    sigkill_driver_when(spec_path, env, lambda: (job / "parts").is_dir()
+                        and len(list((job / "parts").glob("*.paused.*.arrow"))) >= 2, "two trials paused")
     paused_before = ResultsStore(job).finished_trial_ids({"paused"})
     assert paused_before and all((job / "checkpoints" / t / "last.pt").is_file() for t in paused_before)
 

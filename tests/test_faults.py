@@ -9,14 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from orchestrator.results import ResultsStore
-from conftest import REPO, TINY_SPEC, ray_env, run_cli, write_spec
+from conftest import REPO, TINY_SPEC, ray_env, run_cli, sigkill_driver_when, write_spec
 from orchestrator.spec import load_job
 
 
@@ -70,23 +68,9 @@ def test_driver_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) 
     spec_path = write_spec(tmp_path / "killme.yaml", spec)
     job = tmp_path / "results" / "killme"
     env = ray_env(tmp_path)
-    # A session of its own: the driver and the Ray processes it starts form one process group we own.
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(spec_path)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            # A finished trial is a committed part first; compaction into trials.parquet comes at the end.
-            if (job / "parts").is_dir() and any(p.suffix == ".arrow" for p in (job / "parts").iterdir()):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("no trial finished in time")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    # A finished trial is a committed part first; compaction into trials.parquet comes at the end.
+    sigkill_driver_when(spec_path, env, lambda: (job / "parts").is_dir()
+                        and any(p.suffix == ".arrow" for p in (job / "parts").iterdir()), "trial finished")
     before = {r["trial_id"]: r for r in ResultsStore(job).read_trials().to_pylist()}  # tables + parts
     assert 1 <= len(before) < 4
 
