@@ -42,13 +42,29 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import yaml
 
+from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: A sweep small enough to finish in seconds: 2 cells x 2 seeds of a tiny char LSTM/GRU.
+#: The engine tests' tiny run: a 1-layer char LSTM of 32 units on the builtin corpus, 40 steps.
+TINY_RUN = RunConfig(
+    data=DataConfig(corpus="builtin", level="char", seq_len=16),
+    model=ModelConfig(cell="lstm", embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
+    train=TrainConfig(batch_size=8, max_steps=40, eval_every=10, lr=3e-3, scheduler="constant", seed=0),
+)
+
+
+def tiny_run(**train: Any) -> RunConfig:
+    """:data:`TINY_RUN` with these ``train`` fields changed."""
+    return replace(TINY_RUN, train=replace(TINY_RUN.train, **train))
+
+
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny",
     "data": {"corpus": "builtin", "level": "char", "seq_len": 16},

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_RUN, tiny_run
 from rnn.checkpoint import load_checkpoint, save_checkpoint
 from rnn.data import prepare_data
 from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainConfig
@@ -18,15 +19,8 @@ from rnn.events import TrialStatus
 from rnn.sample import generate
 from rnn.train import Trainer
 
-TINY = RunConfig(
-    data=DataConfig(corpus="builtin", level="char", seq_len=16),
-    model=ModelConfig(cell="lstm", embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
-    train=TrainConfig(batch_size=8, max_steps=40, eval_every=10, lr=3e-3, scheduler="constant", seed=0),
-)
-
-
-def tiny(**train: object) -> RunConfig:
-    return replace(TINY, train=replace(TINY.train, **train))
+TINY = TINY_RUN
+tiny = tiny_run
 
 
 def test_fit_reports_evals_and_saves_best(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainConfig
+from conftest import tiny_run
+from rnn.config import EarlyStopping, RunConfig
 from rnn.data import prepare_data
 from rnn.errors import CheckpointError
 from rnn.evaluate import evaluate
@@ -22,15 +23,12 @@ from rnn.run_state import Run
 from rnn.step import TrainStep, lm_losses
 from rnn.train import Trainer
 
-TINY = RunConfig(
-    data=DataConfig(corpus="builtin", level="char", seq_len=16),
-    model=ModelConfig(cell="lstm", embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
-    train=TrainConfig(batch_size=8, max_steps=20, eval_every=10, lr=3e-3, scheduler="constant", seed=0),
-)
-
-
 def tiny(**train: object) -> RunConfig:
-    return replace(TINY, train=replace(TINY.train, **train))
+    """The engine tests' tiny run (conftest.TINY_RUN) at a 20-step budget unless told otherwise."""
+    return tiny_run(**{"max_steps": 20, **train})
+
+
+TINY = tiny()
 
 
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "step"])
