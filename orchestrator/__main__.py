@@ -1,5 +1,5 @@
 """``python -m orchestrator``: see :mod:`orchestrator.cli`."""
 
-from orchestrator.cli import main
+from orchestrator.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -126,8 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.FAILED
     except ClusterLostError as e:
-        print(f"error: {e}; every finished trial is on disk: run the same command again once the "
-              "cluster is back to resume", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return ExitCode.FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -324,6 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS:
         add(sub)
     return parser
+
+
+def entry(argv: Optional[Sequence[str]] = None) -> int:
+    """The process entry point (``python -m orchestrator``, ``rnn-orchestrator``).
+
+    ``run`` goes through :func:`orchestrator.supervise.supervise`: the driver is a forked child,
+    so a driver that Ray ends without unwinding still gets its error line. Everything else, and
+    every in-process caller of :func:`main`, runs in this process.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if build_parser().parse_args(argv).command == "run":
+        from orchestrator.supervise import supervise
+
+        return supervise(lambda: main(argv))
+    return main(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

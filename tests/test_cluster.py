@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +19,7 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY_SPEC, Driver, ray_env, run_cli, write_spec
+from conftest import REPO, TINY_SPEC, Driver, ray_env, run_cli, write_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -138,6 +140,51 @@ def test_head_dying_ends_the_run_clearly_and_the_rerun_resumes(tmp_path: Path, c
     assert f"skipping {len(done)} finished trials" in rerun.stdout
     rows = pq.read_table(job / "trials.parquet").to_pylist()
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+
+
+_STUCK_IN_RAY = """
+import sys, time
+from orchestrator.supervise import supervise
+
+def driver():
+    import ray
+    ray.init(address=sys.argv[1], log_to_driver=False)
+
+    @ray.remote(num_cpus=1)
+    def forever():
+        time.sleep(3600)
+
+    ref = forever.remote()
+    print("waiting", flush=True)
+    ray.get(ref)  # inside Ray when the head dies
+    return 0
+
+raise SystemExit(supervise(driver))
+"""
+
+
+def test_a_driver_ray_ends_without_unwinding_still_gets_its_error_line(tmp_path: Path, cluster: Any) -> None:
+    # Ray's client ends a driver with _Exit(1) and no Python unwinding once the GCS has been gone
+    # for gcs_rpc_server_reconnect_timeout_s (16 s here, 60 s by default), or at once when this
+    # node's raylet dies under an object read; the supervisor that `run` forks says what happened.
+    env = ray_env(tmp_path, {"RAY_gcs_rpc_server_reconnect_timeout_s": "16"})
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_IN_RAY, cluster.address], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "waiting":
+                break
+        cluster.remove_node(cluster.head_node, allow_graceful=False)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: lost the Ray cluster: the driver process (pid "), out
+    assert "ended abruptly inside Ray (exit status 1)" in last and "run the same command again" in last
 
 
 def test_a_trial_no_node_can_host_fails_with_the_reason(tmp_path: Path, cluster: Any) -> None:

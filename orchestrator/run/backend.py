@@ -21,7 +21,21 @@ from orchestrator.run.faults import Fault
 
 
 class ClusterLostError(Exception):
-    """The cluster itself is gone (the head or its GCS stopped answering)."""
+    """The cluster itself is gone (the head or its GCS stopped answering); the argument says how.
+
+    Its text is the whole message a user sees, resume advice included.
+    """
+
+    def __str__(self) -> str:
+        how = self.args[0] if self.args else "it stopped answering"
+        return (f"lost the Ray cluster: {how}; every finished trial is on disk: run the same command again "
+                "once the cluster is back to resume")
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: how a Ray error is named in logs and trial rows."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
 @dataclass(frozen=True)

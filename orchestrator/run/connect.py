@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: How long an address may take to accept a TCP connection before it counts as unreachable.
 PROBE_TIMEOUT_S = 15.0
+#: A signal repeated within this many seconds is one signal delivered twice (see stop_on_signals).
+REPEAT_WINDOW_S = 1.0
 
 
 def cluster_address(address: Optional[str]) -> Optional[str]:
@@ -96,10 +99,19 @@ def connect(address: Optional[str]) -> bool:
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt).
 
-    Installed *after* ``ray.init``, which puts in a handler of its own that aborts the process.
+    The same signal again within :data:`REPEAT_WINDOW_S` counts once: one Ctrl-C, or one
+    ``ray job stop``, reaches the driver twice, directly and forwarded by the supervisor
+    (:mod:`orchestrator.supervise`). Installed *after* ``ray.init``, which puts in a handler of
+    its own that aborts the process.
     """
+    last: dict[int, float] = {}
 
     def on_signal(signum: int, frame: object) -> None:
+        now = time.monotonic()
+        repeat = now - last.get(signum, -math.inf) < REPEAT_WINDOW_S
+        last[signum] = now
+        if repeat:
+            return
         if stop.is_set():
             raise KeyboardInterrupt
         log.warning("%s received: stopping running trials, keeping what finished (again to force)",

@@ -26,25 +26,20 @@ import time
 from typing import Any, Optional
 
 from orchestrator.run.actor import TrainerActor
-from orchestrator.run.backend import Assignment, ClusterLostError, Notice, NoticeKind
+from orchestrator.run.backend import Assignment, ClusterLostError, Notice, NoticeKind, first_line
+from orchestrator.run.cluster_watch import ClusterWatch
 from orchestrator.spec import ResourcesSpec, allowed_concurrency
 
 log = logging.getLogger(__name__)
 
 #: Longest wait for the value of an event Ray says is ready (a checkpoint crossing the network).
 GET_TIMEOUT_S = 120.0
-#: How often the GCS is probed, and for how long it may stay silent before the cluster is lost.
-PROBE_EVERY_S = 5.0
-CLUSTER_LOST_AFTER_S = 20.0
+#: The longest one question to the GCS (nodes, autoscaler state) may take.
+GCS_TIMEOUT_S = 5.0
 #: How often the nodes are asked whether any can host a trial.
 PLACEMENT_CHECK_EVERY_S = 10.0
 _EPS = 1e-9
 _AUTOSCALER_V1_KEY = b"__autoscaling_status"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
 def _v1_can_launch(status: dict[str, Any]) -> bool:
@@ -83,6 +78,7 @@ class RayBackend:
             now and let them wait. False on an embedded local Ray, whose size is fixed.
         placement_timeout_s: with no autoscaler, how long the cluster may go without any node
             that could host a trial before :meth:`unhostable` says so.
+        watch: the probe of the cluster itself that :meth:`check` consults (None: never lost).
         actor_options: extra ``.options()`` for the actors (e.g. a ``runtime_env``).
     """
 
@@ -94,6 +90,7 @@ class RayBackend:
         data_dir: Optional[str] = None,
         elastic: bool = False,
         placement_timeout_s: float = 600.0,
+        watch: Optional[ClusterWatch] = None,
         actor_options: Optional[dict[str, Any]] = None,
     ) -> None:
         import ray
@@ -104,6 +101,7 @@ class RayBackend:
         self._num_threads, self._data_dir = num_threads, data_dir
         self._elastic = elastic
         self._placement_timeout_s = placement_timeout_s
+        self._watch = watch
         self._cls = ray.remote(TrainerActor).options(
             num_cpus=self._cpus,
             num_gpus=self._gpus,
@@ -116,8 +114,6 @@ class RayBackend:
         self._starting: dict[Any, int] = {}  # ready() ref -> worker
         self._streams: dict[Any, int] = {}  # ObjectRefGenerator -> worker
         self._capacity: Optional[int] = None
-        self._last_probe_ok = time.monotonic()
-        self._next_probe = 0.0
         self._next_placement_check = 0.0
         self._unfit_since: Optional[float] = None
         self._unhostable: Optional[str] = None
@@ -164,11 +160,10 @@ class RayBackend:
             if ready:  # and whatever else is ready right now
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         except ray.exceptions.RayError as e:  # the cluster may be going: check() decides
-            log.warning("ray.wait failed (%s)", _first_line(e))
+            log.warning("ray.wait failed (%s)", first_line(e))
             return []
         except OSError as e:  # the pipe to this node's raylet broke: the node is gone with the head
-            raise ClusterLostError(f"lost the Ray cluster: the connection to this machine's Ray node broke "
-                                   f"({_first_line(e)})") from e
+            raise ClusterLostError(f"the connection to this machine's Ray node broke ({first_line(e)})") from e
         notices = []
         for ref in ready:
             if ref in self._starting:
@@ -194,20 +189,14 @@ class RayBackend:
             return self._unhostable
         self._next_placement_check = now + PLACEMENT_CHECK_EVERY_S
         try:
-            nodes = [n for n in self._ray.nodes() if n.get("Alive")]
-        except Exception as e:  # noqa: BLE001
-            log.debug("ray.nodes() failed: %s", e)
+            sizes = self._alive_node_sizes()
+        except Exception as e:  # noqa: BLE001  (the cluster may be going: check() decides)
+            log.debug("listing the nodes failed: %s", e)
             return None
-        fits = [
-            n for n in nodes
-            if n["Resources"].get("CPU", 0) + _EPS >= self._cpus and n["Resources"].get("GPU", 0) + _EPS >= self._gpus
-        ]
-        if fits:
+        if any(cpu + _EPS >= self._cpus and gpu + _EPS >= self._gpus for cpu, gpu in sizes):
             self._unfit_since = self._unhostable = None
             return None
-        largest = max(
-            ((n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes), default=(0, 0)
-        )
+        largest = max(sizes, default=(0.0, 0.0))
         need = (f"a trial needs {self._cpus:g} CPU and {self._gpus:g} GPU, the largest node has "
                 f"{largest[0]:g} CPU and {largest[1]:g} GPU")
         autoscaler = self._autoscaler_state()
@@ -223,27 +212,23 @@ class RayBackend:
         return self._unhostable
 
     def check(self) -> None:
-        now = time.monotonic()
-        if now < self._next_probe:
-            return
-        self._next_probe = now + PROBE_EVERY_S
-        try:
-            gcs = self._ray._private.worker.global_worker.gcs_client
-            gcs.internal_kv_exists(b"rnn-orchestrator-probe", None, timeout=PROBE_EVERY_S)
-            self._last_probe_ok = time.monotonic()
-        except Exception as e:  # noqa: BLE001  (any failure to answer counts)
-            silent = time.monotonic() - self._last_probe_ok
-            log.warning("the Ray head is not answering (%s) for %.0f s", _first_line(e), silent)
-            if silent >= CLUSTER_LOST_AFTER_S:
-                raise ClusterLostError(
-                    f"lost the Ray cluster: its head (GCS) has not answered for {silent:.0f} s ({_first_line(e)})"
-                ) from e
+        if self._watch is not None:
+            self._watch.check()
 
     def close(self) -> None:
         for worker in list(self._actors):
             self.kill(worker)
 
     # --- pieces ---------------------------------------------------------------------------
+
+    def _alive_node_sizes(self) -> list[tuple[float, float]]:
+        """(CPU, GPU) of each live node, asked of the GCS with a timeout (``ray.nodes()`` has none)."""
+        from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+        gcs = self._ray._private.worker.global_worker.gcs_client
+        infos = gcs.get_all_node_info(timeout=GCS_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+        return [(float(i.resources_total.get("CPU", 0)), float(i.resources_total.get("GPU", 0)))
+                for i in infos.values()]
 
     def _autoscaler_state(self) -> str:
         """``infeasible`` (the autoscaler says no node type fits a trial), ``present`` or ``none``."""
@@ -252,7 +237,7 @@ class RayBackend:
         try:
             gcs = self._ray._private.worker.global_worker.gcs_client
             reply = GetClusterStatusReply()
-            reply.ParseFromString(gcs.get_cluster_status(timeout_s=PROBE_EVERY_S))
+            reply.ParseFromString(gcs.get_cluster_status(timeout_s=GCS_TIMEOUT_S))
             state = reply.autoscaling_state
             if state.autoscaler_state_version > 0:  # the v2 autoscaler reports here
                 for request in state.infeasible_resource_requests:
@@ -260,7 +245,7 @@ class RayBackend:
                     if abs(bundle.get("CPU", 0) - self._cpus) < _EPS and abs(bundle.get("GPU", 0) - self._gpus) < _EPS:
                         return "infeasible"
                 return "present"
-            status = gcs.internal_kv_get(_AUTOSCALER_V1_KEY, None, timeout=PROBE_EVERY_S)
+            status = gcs.internal_kv_get(_AUTOSCALER_V1_KEY, None, timeout=GCS_TIMEOUT_S)
             if status and _v1_can_launch(json.loads(status)):
                 return "present"  # the v1 autoscaler writes its status here
         except Exception as e:  # noqa: BLE001  (treated as no autoscaler: the wait is bounded)
@@ -277,7 +262,7 @@ class RayBackend:
         except ray.exceptions.RayError as e:
             # An error in the actor's constructor will not go away on another try.
             creation = "creation task" in str(e)
-            return Notice(NoticeKind.START_FAILED, worker, reason=_first_line(e), setup_failed=creation)
+            return Notice(NoticeKind.START_FAILED, worker, reason=first_line(e), setup_failed=creation)
         return Notice(NoticeKind.READY, worker, reason=str(host))
 
     def _next_event(self, gen: Any) -> Notice:
@@ -301,6 +286,6 @@ class RayBackend:
                           reason=f"GetTimeoutError: an event could not be fetched within {GET_TIMEOUT_S:g} s")
         except ray.exceptions.RayError as e:
             del self._streams[gen]
-            return Notice(NoticeKind.LOST, worker, reason=_first_line(e))
+            return Notice(NoticeKind.LOST, worker, reason=first_line(e))
         return Notice(NoticeKind.EVENT, worker, event=event)
 

@@ -29,6 +29,7 @@ from orchestrator.results import (
 )
 from orchestrator.run.asha import load_asha
 from orchestrator.run.backend import ClusterLostError
+from orchestrator.run.cluster_watch import ClusterWatch
 from orchestrator.run.connect import cluster_address, connect, probe_address, stop_on_signals
 from orchestrator.run.faults import faults_from_env
 from orchestrator.spec import Job, Trial, job_location
@@ -120,6 +121,7 @@ def run_job(
         raise UsageError(str(e)) from e
     summary = None
     cluster_lost = False
+    watch: Optional[ClusterWatch] = None
     try:
         store = ResultsStore(job_dir)
         store.compact()  # parts a killed run left: fold them in, so resume reads one table
@@ -133,12 +135,14 @@ def run_job(
         if todo:
             if not connected:  # the folder changed under us: a trial to run after all
                 started_here, connected = connect(address), True
+            watch = ClusterWatch.for_connected_ray()
             backend = RayBackend(
                 spec.resources,
                 num_threads=max(1, int(spec.resources.cpus_per_trial)),
                 data_dir=os.environ.get("RNN_DATA_DIR"),
                 elastic=not started_here,
                 placement_timeout_s=spec.resources.placement_timeout_s,
+                watch=watch,
             )
             scheduler = spec.sweep.scheduler if spec.sweep is not None else None
             dispatcher = Dispatcher(
@@ -171,6 +175,8 @@ def run_job(
         # The report is built while Ray shuts down: it reads only the job folder. Its import
         # (matplotlib, scipy: about a second) happens in that thread too, off the critical path.
         report = _Background(_build_report, job_dir)
+        if watch is not None:
+            watch.stop()  # before the shutdown ends an embedded Ray's GCS
         if connected and not cluster_lost:
             _shutdown_ray()
             connected = False
@@ -179,6 +185,8 @@ def run_job(
         log.info("report:  %s", html)
     finally:
         lock.release()
+        if watch is not None:
+            watch.stop()
         # With the head gone, ray.shutdown() would wait on it: the process exit cleans up.
         if connected and not cluster_lost:
             _shutdown_ray()
