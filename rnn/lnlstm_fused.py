@@ -128,6 +128,9 @@ class FusedLNLSTM(torch.autograd.Function):
         return (dz, *grads, None, None)
 
 
+# Under torch.compile the fused kernels run eagerly (a graph break): dynamo cannot trace into the
+# C++ or Triton launches, and the Function's hand-written backward is the point of the path.
+@torch.compiler.disable
 def fused_recurrence(
     path: RecurrencePath, xgb: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, ln_h_weight: Tensor,
     ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float,

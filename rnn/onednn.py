@@ -52,6 +52,9 @@ class _Linear(torch.autograd.Function):
         return dx, dw
 
 
+# Under torch.compile this runs eagerly (a graph break): Inductor cannot lower the oneDNN op
+# outside its freezing pass (a LoweringException in torch 2.13; see bench/compile.py).
+@torch.compiler.disable
 def linear(x: Tensor, w: Tensor) -> Tensor:
     """``x [..., K] @ w[N, K]^T`` (no bias), differentiable, on oneDNN for float32 CPU tensors."""
     shape = x.shape

@@ -9,7 +9,8 @@
 - ``seeds``: every point repeated once per seed (sets ``train.seed``), innermost.
 
 A trial's id is a hash of its fully resolved config and the job kind, never of the spec's name,
-resources or output, nor of where the trial sits in the sweep: widening a grid later keeps the
+resources or output, nor of where the trial sits in the sweep, nor of ``train.compile`` (a speed
+setting; see :data:`UNHASHED`): widening a grid later keeps the
 ids of the cells that were already there, so finished trials are recognised on resume.
 
 This module builds nothing it has not been handed validated: :mod:`orchestrator.spec.validate`
@@ -131,9 +132,18 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+#: Settings that change how fast a trial runs, not what it computes: left out of its id, so a job
+#: re-run with another value resumes the same trials (checkpoints load under any of them).
+UNHASHED: tuple[tuple[str, str], ...] = (("train", "compile"),)
+
+
 def trial_id_for(kind: str, config: Mapping[str, Any]) -> str:
-    """12 hex chars of the sha256 of the kind and the fully resolved config."""
-    text = canonical_json({"kind": kind, "config": config})
+    """12 hex chars of the sha256 of the kind and the fully resolved config (less :data:`UNHASHED`)."""
+    hashed = dict(config)
+    for section, key in UNHASHED:
+        if isinstance(hashed.get(section), Mapping) and key in hashed[section]:
+            hashed[section] = {k: v for k, v in hashed[section].items() if k != key}
+    text = canonical_json({"kind": kind, "config": hashed})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
