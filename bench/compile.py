@@ -2,12 +2,13 @@
 
 For each case (plain LSTM, GRU, layer-norm LSTM on the ``fused-cpu`` C++ recurrence and on the
 ``torch`` loop) two models of the same config and initial weights are built; one runs its
-:class:`rnn.step.TrainStep` eagerly, the other through ``torch.compile`` (as the trainer does
-with ``train.compile: on``; see :mod:`rnn.compile`). The first compiled step is timed on its
-own: ``compile_s`` is that step less a steady compiled step. Then the two sides run in
-alternating blocks (:func:`bench.engine.rotate`) and each side's figure is its median step.
-``break_even_steps = compile_s / (eager - compiled)``: the run length from which compiling pays
-(None when the compiled step is not faster).
+:class:`rnn.step.TrainStep` eagerly, the other compiled exactly as the trainer compiles it with
+``train.compile: on`` (:func:`rnn.compile.compile_train_step`: ``reduce-overhead`` on CUDA, the
+warm-up forward/backward, the fallback). ``compile_s`` is that warm-up less one steady compiled
+step. Then the two sides run in alternating blocks (:func:`bench.engine.rotate`) and each side's
+figure is its median step. ``break_even_steps = compile_s / (eager - compiled)``: the run length
+from which compiling pays (None when the compiled step is not faster). Inductor's on-disk caches
+are off unless ``--warm-cache``, so ``compile_s`` is a cold compile.
 
 ``python -m bench.compile`` (or ``python -m bench --only compile``) runs it at the char-rnn
 shape on the CPU with one thread; ``--cases``, ``--hidden``, ``--seq-len`` narrow it.
@@ -22,13 +23,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, cast
 
 import torch
 
-from bench.common import Shape
+from bench.common import Shape, machine, write_json
 from bench.engine import rotate
-from rnn.compile import compile_model
+from rnn.compile import compile_train_step
 from rnn.config import DataConfig, ModelConfig, TrainConfig
 from rnn.data import LMData, prepare_data
 from rnn.lnlstm import LayerNormLSTM
@@ -44,6 +46,8 @@ CASES: dict[str, tuple[str, bool, str]] = {
     "ln-fused-cpu": ("lstm", True, "auto"),
     "ln-torch": ("lstm", True, "torch"),
 }
+#: ``python -m bench --quick``: the harness runs; figures mean nothing.
+QUICK_CASES = ("lstm", "ln-fused-cpu")
 CHAR_RNN = Shape("char-rnn", batch_size=8, seq_len=100, embedding_dim=128, hidden_size=512, num_layers=2,
                  cpu_batch_size=8)
 
@@ -95,21 +99,17 @@ def measure_case(case: str, shape: Shape, data: LMData, device: torch.device, *,
     train = TrainConfig(batch_size=shape.batch_size, device=device.type, amp="off", seed=0)
     eager_model = _model(case, shape, data.vocab_size, device)
     eager = TrainStep(eager_model, data, train, "fp32", shape.batch_size)
-    base = _model(case, shape, data.vocab_size, device)
-    result = compile_model(base, device, mode=None, warm_up=None)
-    compiled = TrainStep(base, data, train, "fp32", shape.batch_size)
-    compiled.forward_model = result.module
+    compiled = TrainStep(_model(case, shape, data.vocab_size, device), data, train, "fp32", shape.batch_size)
+    # The trainer's own path (mode, warm-up, fallback): its compile_s is the warm-up's
+    # forward/backward, which compiles; one steady compiled step is taken off below.
+    result = compile_train_step(compiled, "on", recurrence=None, total_steps=None, max_time_s=None)
     note = "" if result.compiled else f"compile failed: {result.error}"
-    # The first compiled step compiles (dynamo traces, Inductor generates and builds C++).
-    t0 = time.perf_counter()
-    compiled()
-    first = time.perf_counter() - t0
     steps: dict[str, Callable[[], object]] = {"eager": eager, "compiled": compiled}
     times = rotate(steps, device, warmup=warmup, block=block, rounds=rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     fig = CompileFigure(
         case=case, shape=shape.describe(), recurrence=eager_model.recurrence_path(device),
-        compiled=result.compiled, compile_s=max(0.0, first - med["compiled"]),
+        compiled=result.compiled, compile_s=max(0.0, result.compile_s - med["compiled"]),
         eager_ms=med["eager"] * 1e3, compiled_ms=med["compiled"] * 1e3,
         timed_steps_each=len(times["eager"]), note=note,
     )
@@ -118,14 +118,15 @@ def measure_case(case: str, shape: Shape, data: LMData, device: torch.device, *,
 
 
 def measure(cases: Sequence[str], shape: Shape, device: torch.device, *, block: int, rounds: int,
-            warmup: int) -> list[CompileFigure]:
-    """Every case in ``cases`` at ``shape`` (the built-in char corpus)."""
+            warmup: int, cold: bool = True) -> list[CompileFigure]:
+    """Every case in ``cases`` at ``shape`` (the built-in char corpus); ``cold``: Inductor's caches off."""
+    import torch._inductor.config as inductor
+
     data = prepare_data(DataConfig(corpus="builtin", level="char", seq_len=shape.seq_len, val_fraction=0.01), device)
-    out = []
-    for case in cases:
-        torch._dynamo.reset()  # each case compiles from scratch: no cache from the one before
-        out.append(measure_case(case, shape, data, device, block=block, rounds=rounds, warmup=warmup))
-    return out
+    # A cold compile is what the first trial on a machine pays (later ones may hit the cache).
+    with inductor.patch({"force_disable_caches": cold}):
+        return [measure_case(case, shape, data, device, block=block, rounds=rounds, warmup=warmup)
+                for case in cases]
 
 
 def format_compile(figures: Sequence[CompileFigure]) -> str:
@@ -144,33 +145,39 @@ def format_compile(figures: Sequence[CompileFigure]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compile", description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    p.add_argument("--batch", type=int, default=CHAR_RNN.batch_size)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 8 on the CPU, 64 on CUDA)")
     p.add_argument("--seq-len", type=int, default=CHAR_RNN.seq_len)
     p.add_argument("--hidden", type=int, default=CHAR_RNN.hidden_size)
     p.add_argument("--layers", type=int, default=CHAR_RNN.num_layers)
     p.add_argument("--steps", type=int, default=3, help="timed steps per block (default 3)")
     p.add_argument("--rounds", type=int, default=4, help="alternations (default 4)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after the compile (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--warm-cache", action="store_true",
                    help="let Inductor use its on-disk caches (default: off, so compile_s is a cold compile)")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if not args.warm_cache:
-        # A cold compile: what the first trial on a machine pays (later ones may hit the cache).
-        torch._inductor.config.force_disable_caches = True
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    shape = Shape("char-rnn", args.batch, args.seq_len, CHAR_RNN.embedding_dim, args.hidden, args.layers, args.batch)
     device = torch.device(args.device)
-    print(f"eager vs torch.compile training step on {device}, {args.threads} thread(s), torch {torch.__version__}; "
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    batch = args.batch or (CHAR_RNN.batch_size if device.type == "cpu" else 64)
+    shape = Shape("char-rnn", batch, args.seq_len, CHAR_RNN.embedding_dim, args.hidden, args.layers, batch)
+    print(f"eager vs torch.compile training step on {device}, {torch.get_num_threads()} thread(s), "
+          f"torch {torch.__version__}; "
           f"{shape.describe()}; {args.steps} step(s) x {args.rounds} rounds")
     t0 = time.perf_counter()
-    figures = measure(args.cases, shape, device, block=args.steps, rounds=args.rounds, warmup=args.warmup)
+    figures = measure(args.cases, shape, device, block=args.steps, rounds=args.rounds, warmup=args.warmup,
+                      cold=not args.warm_cache)
     print(format_compile(figures))
     print(f"{time.perf_counter() - t0:.0f}s")
+    if args.out:
+        payload = {"machine": machine(device), "argv": list(argv or sys.argv[1:]),
+                   "figures": [f.to_dict() for f in figures]}
+        print(f"wrote {write_json(args.out, payload)}")
     return 0
 
 
