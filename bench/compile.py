@@ -1,14 +1,15 @@
 """Eager vs ``torch.compile`` training steps, side by side: the figures behind ``train.compile: auto``.
 
-For each case (plain LSTM, GRU, layer-norm LSTM on the ``fused-cpu`` C++ recurrence and on the
-``torch`` loop) two models of the same config and initial weights are built; one runs its
-:class:`rnn.step.TrainStep` eagerly, the other compiled exactly as the trainer compiles it with
-``train.compile: on`` (:func:`rnn.compile.compile_train_step`: ``reduce-overhead`` on CUDA, the
-warm-up forward/backward, the fallback). ``compile_s`` is that warm-up less one steady compiled
-step. Then the two sides run in alternating blocks (:func:`bench.engine.rotate`) and each side's
-figure is its median step. ``break_even_steps = compile_s / (eager - compiled)``: the run length
-from which compiling pays (None when the compiled step is not faster). Inductor's on-disk caches
-are off unless ``--warm-cache``, so ``compile_s`` is a cold compile.
+For each case (plain LSTM, GRU, and the layer-norm LSTM on its fused recurrence, ``ln-fused``: C++
+kernels on the CPU, Triton on CUDA, and on the ``torch`` loop, ``ln-torch``) two models of the same
+config and initial weights are built; one runs its :class:`rnn.step.TrainStep` eagerly, the other
+compiled exactly as the trainer compiles it with ``train.compile: on``
+(:func:`rnn.compile.compile_train_step`: ``reduce-overhead`` on CUDA, the warm-up
+forward/backward, the fallback). ``compile_s`` is that warm-up less one steady compiled step.
+Then the two sides run in alternating blocks (:func:`bench.engine.rotate`) and each side's figure
+is its median step. ``break_even_steps = compile_s / (eager - compiled)``: the run length from
+which compiling pays (None when the compiled step is not faster). Inductor's on-disk caches are
+off unless ``--warm-cache``, so ``compile_s`` is a cold compile.
 
 ``python -m bench.compile`` (or ``python -m bench --only compile``) runs it at the char-rnn
 shape on the CPU with one thread; ``--cases``, ``--hidden``, ``--seq-len`` narrow it.
@@ -43,11 +44,11 @@ log = logging.getLogger(__name__)
 CASES: dict[str, tuple[str, bool, str]] = {
     "lstm": ("lstm", False, "auto"),
     "gru": ("gru", False, "auto"),
-    "ln-fused-cpu": ("lstm", True, "auto"),
+    "ln-fused": ("lstm", True, "auto"),
     "ln-torch": ("lstm", True, "torch"),
 }
 #: ``python -m bench --quick``: the harness runs; figures mean nothing.
-QUICK_CASES = ("lstm", "ln-fused-cpu")
+QUICK_CASES = ("lstm", "ln-fused")
 CHAR_RNN = Shape("char-rnn", batch_size=8, seq_len=100, embedding_dim=128, hidden_size=512, num_layers=2,
                  cpu_batch_size=8)
 

@@ -22,19 +22,19 @@ What ``auto`` does, and why (``python -m bench.compile``, docs/benchmarks.md, 2-
 char-rnn shape B 8, T 100, E 128, H 512, 2 layers, torch 2.13, cold Inductor cache):
 
 - ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` cells: dynamo does not trace the oneDNN/cuDNN RNN op, so
-  only the embedding, head and loss compile. The step was 1.03x (LSTM) and 1.02x (GRU) eager,
-  within the noise of this machine, for a 1-9 s compile. ``auto``: off.
-- Layer-norm LSTM on the ``fused-cpu`` (or ``triton``) recurrence: the fused kernels run eagerly
-  inside the compiled graph (:func:`rnn.lnlstm_fused.fused_recurrence` is
-  ``torch.compiler.disable``-d: Inductor cannot lower them), so again only the edges compile:
-  0.94x eager on the CPU, a 7 s compile. ``auto``: off.
+  only the embedding, head and loss compile. The step was 1.01-1.03x (LSTM) and 0.99-1.06x (GRU)
+  eager, about the run-to-run noise of this machine, for a 9-11 s compile. ``auto``: off.
+- Layer-norm LSTM on the ``fused-cpu`` (or ``triton``) recurrence: the fused kernels and the
+  oneDNN input projection run eagerly between compiled pieces (:func:`rnn.lnlstm_fused.fused_recurrence`
+  and :func:`rnn.onednn.linear` are ``torch.compiler.disable``-d: Inductor failed to lower the
+  oneDNN op, and the C++ and Triton launches are opaque to dynamo), so again only the edges
+  compile: 0.94-0.99x eager on the CPU, a 6-7 s compile. ``auto``: off.
 - Layer-norm LSTM on the ``torch`` loop (MPS, CPU autocast, no C++ kernels or no Triton): dynamo
-  unrolls the T-step loop into one graph and Inductor fuses each step's pointwise work: 1.27x
-  eager after a 335 s compile (see :data:`AUTO_MIN_STEPS`). ``auto``: on where the run is long
-  enough to repay the compile; not on MPS (not measured). Even compiled, this path ran at 0.42x
-  of the fused C++ path (326 vs 136 ms a step), so on the CPU it only matters where those
-  kernels cannot run (no C++ compiler for them means none for Inductor either) or under
-  CPU autocast.
+  unrolls the T-step loop into one graph and Inductor fuses each step's pointwise work: 1.14-1.27x
+  eager after a 299-335 s compile (see :data:`AUTO_MIN_STEPS`). ``auto``: on where the run is long
+  enough to repay the compile; not on MPS (not measured). Even compiled, this path's step took
+  about twice the fused C++ path's (266-326 against 127-143 ms), so on the CPU it only matters
+  where those kernels cannot run (``RNN_LNLSTM_CPP=0``, a failed build) or under CPU autocast.
 
 On CUDA nothing was measured in this project; the issue that asked for ``compile`` recorded a
 whole-model compile with CUDA graphs taking the torch-loop LN-LSTM from 0.08-0.18x to
@@ -58,14 +58,13 @@ log = logging.getLogger(__name__)
 
 #: ``auto`` compiles the torch-loop layer-norm LSTM only when the run has at least this many steps
 #: left. ``python -m bench.compile --cases ln-torch`` (char-rnn shape, CPU, 1 thread; see
-#: docs/benchmarks.md): a cold compile took 335 s, and the step went from 414 to 326 ms (1.27x),
-#: so compiling breaks even at about 3,800 steps. 10,000 steps keep a margin (about 13% of the
-#: run saved there): compile time grows with T (the loop is unrolled) and the per-step gain
-#: shrinks with smaller batches.
-AUTO_MIN_STEPS = 10_000
-#: ``auto`` with a wall-clock budget and no step budget: compile when the budget is at least an
-#: hour (10,000 of those 326 ms steps take 54 minutes).
-AUTO_MIN_SECONDS = 3600.0
+#: docs/benchmarks.md), three runs: a cold compile of 299-335 s, and a step 1.14-1.27x faster
+#: (302 -> 266, 369 -> 307, 414 -> 326 ms), so compiling breaks even after 3,800-8,300 steps.
+#: 25,000 steps is about 3x the worst (compile time also grows with T: the loop is unrolled).
+AUTO_MIN_STEPS = 25_000
+#: ``auto`` with a wall-clock budget (``max_time_s``): compile only when it is at least two hours
+#: (25,000 of those 266-326 ms compiled steps take 1.8-2.3 hours), whatever the step budget.
+AUTO_MIN_SECONDS = 7200.0
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ def decide(
         return False, f"auto: compiling on {device.type} is not measured"
     if total_steps is not None and total_steps < AUTO_MIN_STEPS:
         return False, f"auto: {total_steps} steps are too few to repay the compile (needs >= {AUTO_MIN_STEPS})"
-    if total_steps is None and max_time_s is not None and max_time_s < AUTO_MIN_SECONDS:
+    if max_time_s is not None and max_time_s < AUTO_MIN_SECONDS:  # the run stops at whichever comes first
         return False, (f"auto: a {max_time_s:g}s budget is too short to repay the compile "
                        f"(needs >= {AUTO_MIN_SECONDS:g}s)")
     return True, "auto: the layer-norm LSTM's torch loop compiles into fused steps and the run is long"

@@ -38,6 +38,8 @@ def test_auto_compiles_only_the_torch_loop_of_a_long_run() -> None:
     compiles, why = decide("auto", CPU, "torch", total_steps=long - 1, max_time_s=None)
     assert not compiles and str(AUTO_MIN_STEPS) in why
     assert decide("auto", CPU, "torch", total_steps=None, max_time_s=AUTO_MIN_SECONDS / 2)[0] is False
+    assert decide("auto", CPU, "torch", total_steps=10 * long, max_time_s=AUTO_MIN_SECONDS / 2)[0] is False
+    assert decide("auto", CPU, "torch", total_steps=None, max_time_s=AUTO_MIN_SECONDS)[0] is True
     assert decide("auto", CPU, "torch", total_steps=None, max_time_s=None)[0] is True  # throughput: unbounded
     with pytest.raises(ValueError, match="train.compile"):
         decide("sometimes", CPU, None, total_steps=1, max_time_s=None)
