@@ -45,7 +45,7 @@ def test_auto_compiles_only_the_torch_loop_of_a_long_run() -> None:
         decide("sometimes", CPU, None, total_steps=1, max_time_s=None)
 
 
-def test_yaml_off_and_on_are_the_settings_and_do_not_change_the_trial_id() -> None:
+def test_yaml_off_and_on_are_the_settings_and_each_value_is_its_own_trial() -> None:
     raw = parse_yaml("name: x\ntrain:\n  compile: off\n")  # YAML 1.1: a bare off is False
     off = build_job(raw, "s.yaml").trials[0]
     assert off.run_config.train.compile == "off"
@@ -53,9 +53,15 @@ def test_yaml_off_and_on_are_the_settings_and_do_not_change_the_trial_id() -> No
     on = build_job(raw, "s.yaml").trials[0]
     assert on.run_config.train.compile == "on"
     assert TrainConfig(compile=False).compile == "off"  # type: ignore[arg-type]  (a notebook's bool)
-    # A speed setting: the same trial whichever it is, so a re-run with another value resumes it.
-    assert on.trial_id == off.trial_id == trial_id_for("train", {**off.config, "train": {
-        k: v for k, v in off.config["train"].items() if k != "compile"}})
+    # The default is left out of the id (jobs written before the setting keep their ids); other
+    # values are other trials, so a sweep over train.compile runs each.
+    auto = build_job({"name": "x"}, "s.yaml").trials[0]
+    assert auto.run_config.train.compile == "auto"
+    assert auto.trial_id == trial_id_for("train", {**auto.config, "train": {
+        k: v for k, v in auto.config["train"].items() if k != "compile"}})
+    assert len({auto.trial_id, on.trial_id, off.trial_id}) == 3
+    swept = build_job({"name": "x", "sweep": {"grid": {"train.compile": [False, True, "auto"]}}}, "s.yaml")
+    assert [t.run_config.train.compile for t in swept.trials] == ["off", "on", "auto"]
 
 
 def _fit(tmp: Path, compile: str, resume: Path | None = None, pause: int | None = None):  # noqa: ANN202

@@ -9,8 +9,8 @@
 - ``seeds``: every point repeated once per seed (sets ``train.seed``), innermost.
 
 A trial's id is a hash of its fully resolved config and the job kind, never of the spec's name,
-resources or output, nor of where the trial sits in the sweep, nor of ``train.compile`` (a speed
-setting; see :data:`UNHASHED`): widening a grid later keeps the
+resources or output, nor of where the trial sits in the sweep (nor of a later-added setting at its
+default, see :data:`HASHED_UNLESS_DEFAULT`): widening a grid later keeps the
 ids of the cells that were already there, so finished trials are recognised on resume.
 
 This module builds nothing it has not been handed validated: :mod:`orchestrator.spec.validate`
@@ -132,17 +132,19 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-#: Settings that change how fast a trial runs, not what it computes: left out of its id, so a job
-#: re-run with another value resumes the same trials (checkpoints load under any of them).
-UNHASHED: tuple[tuple[str, str], ...] = (("train", "compile"),)
+#: Settings added after trial ids were first written, left out of the id at their default value:
+#: jobs written before keep their ids (and resume), while any other value is a different trial, so
+#: a sweep over it has one trial per value.
+HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (("train", "compile", "auto"),)
 
 
 def trial_id_for(kind: str, config: Mapping[str, Any]) -> str:
-    """12 hex chars of the sha256 of the kind and the fully resolved config (less :data:`UNHASHED`)."""
+    """12 hex chars of the sha256 of the kind and the fully resolved config (see :data:`HASHED_UNLESS_DEFAULT`)."""
     hashed = dict(config)
-    for section, key in UNHASHED:
-        if isinstance(hashed.get(section), Mapping) and key in hashed[section]:
-            hashed[section] = {k: v for k, v in hashed[section].items() if k != key}
+    for section, key, default in HASHED_UNLESS_DEFAULT:
+        part = hashed.get(section)
+        if isinstance(part, Mapping) and key in part and part[key] == default:
+            hashed[section] = {k: v for k, v in part.items() if k != key}
     text = canonical_json({"kind": kind, "config": hashed})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
