@@ -24,11 +24,11 @@ char-rnn shape B 8, T 100, E 128, H 512, 2 layers, torch 2.13, cold Inductor cac
 - ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` cells: dynamo does not trace the oneDNN/cuDNN RNN op, so
   only the embedding, head and loss compile. The step was 1.01-1.03x (LSTM) and 0.99-1.06x (GRU)
   eager, about the run-to-run noise of this machine, for a 9-11 s compile. ``auto``: off.
-- Layer-norm LSTM on the ``fused-cpu`` (or ``triton``) recurrence: the fused kernels and the
-  oneDNN input projection run eagerly between compiled pieces (:func:`rnn.lnlstm_fused.fused_recurrence`
-  and :func:`rnn.onednn.linear` are ``torch.compiler.disable``-d: Inductor failed to lower the
-  oneDNN op, and the C++ and Triton launches are opaque to dynamo), so again only the edges
-  compile: 0.94-0.99x eager on the CPU, a 6-7 s compile. ``auto``: off.
+- Layer-norm LSTM on the ``fused-cpu`` (or ``triton``) recurrence: the fused kernels run eagerly
+  between compiled pieces (:func:`rnn.lnlstm_fused.eager_under_compile`: the C++ and Triton
+  launches are opaque to dynamo), and the oneDNN input projection becomes a plain matmul for
+  Inductor (:func:`rnn.onednn.linear`: Inductor failed to lower the oneDNN op), so again only the
+  edges compile: 0.94-0.99x eager on the CPU, a 6-7 s compile. ``auto``: off.
 - Layer-norm LSTM on the ``torch`` loop (MPS, CPU autocast, no C++ kernels or no Triton): dynamo
   unrolls the T-step loop into one graph and Inductor fuses each step's pointwise work: 1.14-1.27x
   eager after a 299-335 s compile (see :data:`AUTO_MIN_STEPS`). ``auto``: on where the run is long
@@ -52,6 +52,7 @@ from typing import Optional, cast
 import torch
 from torch import nn
 
+from rnn import lnlstm_fused
 from rnn.step import TrainStep, lm_losses
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def compile_model(
     against dynamo's limit.
     """
     torch._dynamo.reset()
+    lnlstm_fused.eager_under_compile()
     start = time.perf_counter()
     try:
         compiled = cast(nn.Module, torch.compile(model, mode=mode, dynamic=False))  # an OptimizedModule

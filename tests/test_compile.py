@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -88,6 +89,26 @@ def test_compile_on_trains_compiled_and_checkpoints_resume_across_settings(tmp_p
     start, done = _fit(tmp_path / "b", "on", resume=tmp_path / "b" / LAST_CHECKPOINT)
     assert start.info["compiled"] is True and start.info["resumed_from_step"] == PAUSE
     assert done.steps == STEPS and math.isfinite(done.best_val_loss)
+
+
+def test_the_fused_layer_norm_lstm_compiles_around_its_kernels(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    # The C++ kernels and the oneDNN projection stay eager (graph breaks, rnn.lnlstm_fused.
+    # eager_under_compile); compiled as they stood, Inductor failed on the oneDNN op.
+    from rnn import lnlstm_cpu
+    from rnn.config import ModelConfig
+
+    if lnlstm_cpu.load() is None:
+        pytest.skip("the layer-norm LSTM's C++ kernels cannot be built here")
+    cfg = tiny_run(device="cpu", max_steps=2, eval_every=2, compile="on")
+    cfg = replace(cfg, model=ModelConfig(cell="lstm", embedding_dim=8, hidden_size=8, num_layers=1, dropout=0.0,
+                                         layer_norm=True))
+    events = list(Trainer(cfg, tmp_path, num_threads=1).iter_fit())
+    assert events[0].info["recurrence"] == "fused-cpu" and events[0].info["compiled"] is True
+    assert math.isfinite(events[-1].result.best_val_loss)
+    # Dynamo was never asked to trace the extension (it warns, then breaks the graph, when it is).
+    assert not [w for w in recwarn if "does not know how to trace" in str(w.message)]
 
 
 def test_a_failed_compile_warns_once_and_trains_eagerly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
