@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from rnn import lnlstm_fused
+from rnn.config import COMPILE_SETTINGS
 from rnn.step import TrainStep, lm_losses
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def decide(
     if setting == "on":
         return True, "train.compile is on"
     if setting != "auto":
-        raise ValueError(f"train.compile: expected off, auto or on (got {setting!r})")
+        raise ValueError(f"train.compile: expected one of {', '.join(COMPILE_SETTINGS)} (got {setting!r})")
     if recurrence != "torch":
         what = "the fused recurrence runs eagerly inside a compiled graph" if recurrence else \
             "dynamo does not trace the oneDNN/cuDNN recurrent op"
