@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-PARTS = ("cells", "trainer", "dispatch", "end-to-end", "via-run", "bookkeeping")
+PARTS = ("cells", "trainer", "dispatch", "end-to-end", "via-run", "bookkeeping", "compile")
+#: What runs without --only: "compile" (eager vs torch.compile, minutes of cold compiles) only on request.
+DEFAULT_PARTS = tuple(p for p in PARTS if p != "compile")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 #: Per-device defaults: (timed steps per block, rounds, warm-up steps, dispatch steps per trial).
@@ -36,7 +38,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: 1 on the CPU, see docs/benchmarks.md; torch's default elsewhere)")
     p.add_argument("--amp", default="auto", help="the engine's amp setting (auto | off | bf16 | fp16; default auto)")
-    p.add_argument("--only", action="append", choices=PARTS, help="run only these parts (repeatable)")
+    p.add_argument("--only", action="append", choices=PARTS,
+                   help="run only these parts (repeatable; 'compile' runs only when named here)")
     p.add_argument("--skip", action="append", choices=PARTS, default=[], help="skip these parts (repeatable)")
     p.add_argument("--dispatch-trials", type=int, default=8, help="trials in the dispatch sweep (default 8)")
     p.add_argument("--dispatch-steps", type=int, default=None, help="training steps per dispatch trial (default 150)")
@@ -80,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warmup = args.warmup if args.warmup is not None else warmup
     dispatch_steps = args.dispatch_steps or dispatch_steps
     dispatch_trials = 2 if args.quick and args.dispatch_trials == 8 else args.dispatch_trials
-    parts = [p for p in (args.only or PARTS) if p not in args.skip]
+    parts = [p for p in (args.only or DEFAULT_PARTS) if p not in args.skip]
 
     meta = machine(device)
     meta["allocator"] = allocator_settings()
@@ -148,6 +151,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         print(format_bookkeeping(bookkeeping))
 
+    compiled: Optional[list[dict[str, Any]]] = None
+    if "compile" in parts:
+        from bench.compile import CASES, CHAR_RNN, QUICK_CASES, format_compile
+        from bench.compile import measure as measure_compile
+
+        shape = QUICK_SHAPES[0] if args.quick else CHAR_RNN if device.type == "cpu" else SHAPES[1]
+        figures = measure_compile(QUICK_CASES if args.quick else tuple(CASES), shape, device,
+                                  block=block, rounds=rounds, warmup=warmup)
+        compiled = [f.to_dict() for f in figures]
+        print()
+        print(format_compile(figures))
+
     elapsed = time.perf_counter() - t0
     print(f"\n{elapsed:.0f}s. Ratios compare sides timed alternately in this run; on a shared machine the"
           " absolute figures are noisy.")
@@ -155,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     payload = {"machine": meta, "settings": settings, "elapsed_s": elapsed,
                "ratios": [r.to_dict() for r in ratios], "dispatch": dispatch, "end_to_end": end_to_end,
                "via_run": via_run,
-               "bookkeeping": bookkeeping}
+               "bookkeeping": bookkeeping, "compile": compiled}
     print(f"wrote {write_json(out, payload)}")
     return 0
 

@@ -11,7 +11,9 @@
 # 3. jobs/throughput_sweep.yaml through the engine directly (rnn.throughput.measure_throughput
 #    per trial, no Ray), as a table with the CPU guard's memory estimate beside the measured peak;
 # 4. jobs/throughput_amp.yaml the same way: fp32 vs bf16 for plain and layer-norm LSTM, the
-#    measurement behind `amp: auto`.
+#    measurement behind `amp: auto`;
+# 5. only with BENCH_COMPILE=1 (up to 7 more minutes): python -m bench.compile, eager vs
+#    torch.compile(mode="reduce-overhead") training steps, the measurement behind `compile: auto`.
 #
 # A dry run on a machine without a GPU checks the script itself (figures meaningless):
 #   BENCH_DEVICE=cpu BENCH_ARGS=--quick BENCH_SPEC=small.yaml bash bench/gpu.sh
@@ -79,6 +81,14 @@ timeout 120 "$PY" -m bench.jobs "$SPEC" --device "$DEVICE" --out "$OUT_DIR/throu
 log "4/4 precision policy: jobs/throughput_amp.yaml (fp32 vs bf16, plain vs layer-norm LSTM)"
 timeout 100 "$PY" -m bench.jobs jobs/throughput_amp.yaml --device "$DEVICE" --out "$OUT_DIR/throughput-amp-gpu.json" 2>&1 \
   | grep -v ' INFO rnn.data' || log "amp sweep failed or timed out (status $?)"
+
+if [ "${BENCH_COMPILE:-0}" = 1 ]; then
+  # Optional (BENCH_COMPILE=1): train.compile's figures on this device, eager vs torch.compile with
+  # reduce-overhead, char-rnn shape at B 64. The ln-torch case compiles for minutes.
+  log "5/5 train.compile: python -m bench.compile (reduce-overhead)"
+  timeout 420 "$PY" -m bench.compile --device "$DEVICE" --out "$OUT_DIR/compile-gpu.json" 2>&1 \
+    | grep -v ' INFO rnn.data' || log "compile bench failed or timed out (status $?)"
+fi
 
 log "done in $(( $(date +%s) - START ))s; output in $OUT_DIR"
 ls -l "$OUT_DIR"

@@ -17,6 +17,9 @@ Optimizer = Literal["adamw", "adam", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "plateau", "step", "constant"]
 Amp = Literal["auto", "off", "fp16", "bf16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+#: ``train.compile``: torch.compile the training forward (see :mod:`rnn.compile`).
+Compile = Literal["off", "auto", "on"]
+COMPILE_SETTINGS: tuple[str, ...] = ("off", "auto", "on")
 
 CELLS: tuple[str, ...] = ("lstm", "gru", "rnn")
 LEVELS: tuple[str, ...] = ("char", "bpe", "word")
@@ -90,11 +93,14 @@ class TrainConfig:
     clip_grad_norm: Optional[float] = 1.0  # None or 0 disables clipping
     label_smoothing: float = 0.0
     amp: Amp = "auto"
+    compile: Compile = "auto"  # off | auto | on; YAML's bare off/on (booleans) mean the same
     early_stopping: Optional[EarlyStopping] = None
     seed: int = 0
     device: DeviceName = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # YAML 1.1 reads a bare `off`/`on` as a boolean
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
         if isinstance(self.early_stopping, dict):  # built from a plain mapping
             object.__setattr__(self, "early_stopping", EarlyStopping(**self.early_stopping))
 

@@ -128,12 +128,36 @@ class FusedLNLSTM(torch.autograd.Function):
         return (dz, *grads, None, None)
 
 
+def _apply(
+    path: RecurrencePath, xgb: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, ln_h_weight: Tensor,
+    ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return FusedLNLSTM.apply(
+        xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps, kernels_for(path))
+
+
+#: ``_apply`` as ``torch.compile`` must see it: ``torch.compiler.disable``-d, a graph break, so the
+#: kernels and the hand-written backward run eagerly between compiled pieces (dynamo cannot trace
+#: the C++ or Triton launches). Made by :func:`eager_under_compile`, which :mod:`rnn.compile` calls
+#: before compiling, and not at import: ``torch.compiler.disable`` imports dynamo, about 1 s.
+_eager_apply: Optional[Any] = None
+
+
+def eager_under_compile() -> None:
+    """Make :func:`fused_recurrence` and the oneDNN input projection (:func:`rnn.onednn.linear`)
+    graph breaks that run eagerly under ``torch.compile`` (idempotent)."""
+    global _eager_apply
+    if _eager_apply is None:
+        _eager_apply = torch.compiler.disable(_apply)
+    onednn.eager_under_compile()
+
+
 def fused_recurrence(
     path: RecurrencePath, xgb: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, ln_h_weight: Tensor,
     ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One layer over time on a fused ``path``. The gate bias ``b`` is passed inside
     ``ln_h_bias`` (both are added to every step's pre-activations)."""
-    out, h, c = FusedLNLSTM.apply(
-        xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps, kernels_for(path))
+    run = _eager_apply if _eager_apply is not None and torch.compiler.is_compiling() else _apply
+    out, h, c = run(path, xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps)
     return out, (h, c)

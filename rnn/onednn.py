@@ -14,7 +14,7 @@ here supplies it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -27,7 +27,10 @@ def available() -> bool:
 
 def _linear(x: Tensor, w: Tensor) -> Tensor:
     """``x [M, K] @ w[N, K]^T`` on oneDNN (float32) or ``aten::mm``."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and available():
+    # Never inside a graph torch.compile traces: Inductor cannot lower this op outside its freezing
+    # pass (a LoweringException in torch 2.13, see docs/benchmarks.md). After eager_under_compile()
+    # linear() does not get here while tracing; without it, Inductor gets a plain matmul.
+    if x.device.type == "cpu" and x.dtype == torch.float32 and available() and not torch.compiler.is_compiling():
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return x @ w.t()
 
@@ -52,8 +55,27 @@ class _Linear(torch.autograd.Function):
         return dx, dw
 
 
-def linear(x: Tensor, w: Tensor) -> Tensor:
-    """``x [..., K] @ w[N, K]^T`` (no bias), differentiable, on oneDNN for float32 CPU tensors."""
+def _linear_nd(x: Tensor, w: Tensor) -> Tensor:
     shape = x.shape
     y = _Linear.apply(x.reshape(-1, shape[-1]), w)
     return y.reshape(*shape[:-1], w.shape[0])
+
+
+#: ``_linear_nd`` ``torch.compiler.disable``-d, so that under ``torch.compile`` it runs eagerly on
+#: oneDNN (a graph break). Made by :func:`eager_under_compile` (``rnn.compile`` calls it before
+#: compiling), not at import: ``torch.compiler.disable`` imports dynamo, about 1 s.
+_eager_linear: Optional[Any] = None
+
+
+def eager_under_compile() -> None:
+    """Make :func:`linear` a graph break that runs on oneDNN under ``torch.compile`` (idempotent)."""
+    global _eager_linear
+    if _eager_linear is None:
+        _eager_linear = torch.compiler.disable(_linear_nd)
+
+
+def linear(x: Tensor, w: Tensor) -> Tensor:
+    """``x [..., K] @ w[N, K]^T`` (no bias), differentiable, on oneDNN for float32 CPU tensors."""
+    if _eager_linear is not None and torch.compiler.is_compiling():
+        return _eager_linear(x, w)
+    return _linear_nd(x, w)

@@ -73,6 +73,9 @@ class Run:
         self.objective_sum = torch.zeros((), device=device)  # what is minimised: train_objective
         self.grad_norm = torch.zeros((), device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        # train.compile: whether the training forward is compiled, and the seconds it took.
+        self.compiled = False
+        self.compile_s = 0.0
         self.clock_start = time.monotonic()  # set again by the loop, minus the time before a resume
         self.window_start = time.monotonic()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,13 @@ class TrainStep:
         self, model: LanguageModel, data: LMData, train: TrainConfig, precision: str, batch_size: int
     ) -> None:
         self.model = model
+        #: What the forward pass runs: ``model``, or its ``torch.compile`` wrapper (see
+        #: :mod:`rnn.compile`); both share ``model``'s parameters.
+        self.forward_model: torch.nn.Module = model
+        #: True when ``forward_model`` runs CUDA graphs (``reduce-overhead``): each step then
+        #: tells the CUDA-graph trees that a new iteration begins, so this step's graphs may
+        #: reuse the memory of the last step's outputs (which the caller has consumed by then).
+        self.cudagraph_steps = False
         self.data = data
         self.train = train
         self.batch_size = batch_size
@@ -95,9 +102,11 @@ class TrainStep:
     def __call__(self) -> tuple[StepLosses, torch.Tensor]:
         """Run one step; returns the detached losses and the gradient norm, all on the device."""
         assert self.optimizer is not None, "TrainStep used after release()"
+        if self.cudagraph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         window = self.data.sample_batch(self.batch_size, self.generator)  # (B, T+1)
         with self.autocast:
-            losses = lm_losses(self.model, window, self.train.label_smoothing)
+            losses = lm_losses(cast(LanguageModel, self.forward_model), window, self.train.label_smoothing)
         self.scaler.scale(losses.objective).backward()
         self.scaler.unscale_(self.optimizer)
         if self.train.clip_grad_norm:

@@ -38,6 +38,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from rnn.compile import compile_train_step
 from rnn.config import RunConfig, ThroughputConfig
 from rnn.data import LMData, prepare_data
 from rnn.device import detect_device, device_report, resolve_precision
@@ -148,7 +149,14 @@ class _Session:
         try:
             if batch_hook is not None:
                 batch_hook(batch_size)
-            step = TrainStep(self.model, self.data, self.config.train, self.precision(batch_size), batch_size)
+            precision = self.precision(batch_size)
+            step = TrainStep(self.model, self.data, self.config.train, precision, batch_size)
+            # train.compile applies as in a training run of unbounded length (a throughput figure
+            # stands for a long run's speed); the compile happens here, before the warm-up steps.
+            compiled = compile_train_step(
+                step, self.config.train.compile, recurrence=self.model.recurrence_path(self.device, precision),
+                total_steps=None, max_time_s=None,
+            )
             for _ in range(self.tp.warmup_steps):
                 step()
             times = time_steps(step, self.tp.measure_steps, self.device)
@@ -173,6 +181,7 @@ class _Session:
         return self.row(
             batch_size, ThroughputStatus.OK, samples_per_s=samples, tokens_per_s=samples * self.data.seq_len,
             step_time_ms=median * 1e3, step_time_ms_max=max(times) * 1e3, peak_mem_mb=peak,
+            compiled=compiled.compiled, compile_s=compiled.compile_s,
         )
 
 

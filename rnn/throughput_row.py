@@ -55,6 +55,10 @@ class ThroughputRow:
     is_best: bool = False
     #: The layer-norm LSTM's recurrence path (``fused-cpu``, ``triton``, ``torch``); None for other cells.
     recurrence: Optional[str] = None
+    #: ``train.compile``: whether this size's steps ran compiled, and the seconds the compile took
+    #: (before the warm-up steps, untimed); None when the size did not run.
+    compiled: Optional[bool] = None
+    compile_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         try:

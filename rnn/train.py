@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import torch
 
 from rnn.checkpoint import load_checkpoint, save_checkpoint
+from rnn.compile import compile_train_step
 from rnn.config import ModelConfig, RunConfig
 from rnn.data import LMData, prepare_data
 from rnn.device import detect_device, device_report, resolve_precision
@@ -147,6 +148,14 @@ class Trainer:
                 # The resumed state is the best one: write it here too, so that the result's
                 # best_checkpoint names a file of this run folder (a resume into a new folder).
                 run.st.best_path = self._save(run, best)
+        # After the restore, so that `auto` sizes the steps left; the warm-up leaves the RNG
+        # states, the batch generator and the gradients as it found them.
+        remaining = None if total_steps is None else total_steps - run.st.step
+        compiled = compile_train_step(
+            train_step, tc.compile, recurrence=model.recurrence_path(device, precision),
+            total_steps=remaining, max_time_s=tc.max_time_s,
+        )
+        run.compiled, run.compile_s = compiled.compiled, compiled.compile_s
         return run
 
     def _start_event(self, run: Run, resumed: bool) -> TrainEvent:
@@ -160,6 +169,8 @@ class Trainer:
                 "device_name": report.get("device_name"),
                 "precision": run.precision,
                 "recurrence": run.model.recurrence_path(run.device, run.precision),
+                "compiled": run.compiled,
+                "compile_s": run.compile_s,
                 "vocab_size": run.data.vocab_size,
                 "corpus": run.data.corpus.name,
                 "corpus_sha256": run.data.corpus.sha256,

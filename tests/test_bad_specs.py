@@ -103,6 +103,7 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
     ("bad-optimizer", with_(("train.optimizer", "lion")), ["train.optimizer:"]),
     ("bad-scheduler", with_(("train.scheduler", "linear")), ["train.scheduler:"]),
     ("bad-amp", with_(("train.amp", "fp8")), ["train.amp:"]),
+    ("bad-compile", with_(("train.compile", "fast")), ["train.compile: should be 'off', 'auto' or 'on' (got 'fast')"]),
     ("bad-device", with_(("train.device", "tpu")), ["train.device:"]),
     ("bad-level", with_(("data.level", "byte")), ["data.level:"]),
     # --- ranges

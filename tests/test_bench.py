@@ -164,3 +164,16 @@ def test_allocator_reexec_is_skipped_when_tunables_are_set(monkeypatch) -> None:
     alloc.reexec_with_tunables([])
     assert alloc.allocator_settings() in ("glibc.malloc.check=0",) or not alloc._glibc()
     assert alloc.minor_faults() > 0
+
+
+def test_compile_figures_give_the_ratio_and_break_even() -> None:
+    from bench.compile import CompileFigure, format_compile
+
+    paid = CompileFigure("ln-torch", "B=8", "torch", True, compile_s=30.0, eager_ms=400.0, compiled_ms=300.0,
+                         timed_steps_each=12)
+    assert paid.ratio == pytest.approx(4 / 3) and paid.break_even_steps == pytest.approx(300)
+    never = replace(paid, case="ln-fused", recurrence="fused-cpu", compiled_ms=450.0)
+    assert never.break_even_steps is None and never.to_dict()["break_even_steps"] is None
+    table = format_compile([paid, never])
+    assert "| ln-torch | torch | yes | 30.0 | 400.0 | 300.0 | 1.33x | 300 |" in table
+    assert table.splitlines()[-1].endswith("| never |")

@@ -78,6 +78,10 @@ class TrialRecord:
     #: The layer-norm LSTM's recurrence path (``fused-cpu``, ``triton``, ``torch``; from the
     #: ``start`` event); None for the other cells.
     recurrence: Optional[str] = None
+    #: ``train.compile``: whether the training forward ran ``torch.compile``d, and the seconds the
+    #: compile took at set-up (0 when not compiled; from the ``start`` event).
+    compiled: Optional[bool] = None
+    compile_s: Optional[float] = None
 
 
 _SCALARS: dict[type, pa.DataType] = {

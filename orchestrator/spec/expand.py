@@ -9,7 +9,8 @@
 - ``seeds``: every point repeated once per seed (sets ``train.seed``), innermost.
 
 A trial's id is a hash of its fully resolved config and the job kind, never of the spec's name,
-resources or output, nor of where the trial sits in the sweep: widening a grid later keeps the
+resources or output, nor of where the trial sits in the sweep (nor of a later-added setting at its
+default, see :data:`HASHED_UNLESS_DEFAULT`): widening a grid later keeps the
 ids of the cells that were already there, so finished trials are recognised on resume.
 
 This module builds nothing it has not been handed validated: :mod:`orchestrator.spec.validate`
@@ -131,9 +132,20 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+#: Settings added after trial ids were first written, left out of the id at their default value:
+#: jobs written before keep their ids (and resume), while any other value is a different trial, so
+#: a sweep over it has one trial per value.
+HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (("train", "compile", "auto"),)
+
+
 def trial_id_for(kind: str, config: Mapping[str, Any]) -> str:
-    """12 hex chars of the sha256 of the kind and the fully resolved config."""
-    text = canonical_json({"kind": kind, "config": config})
+    """12 hex chars of the sha256 of the kind and the fully resolved config (see :data:`HASHED_UNLESS_DEFAULT`)."""
+    hashed = dict(config)
+    for section, key, default in HASHED_UNLESS_DEFAULT:
+        part = hashed.get(section)
+        if isinstance(part, Mapping) and key in part and part[key] == default:
+            hashed[section] = {k: v for k, v in part.items() if k != key}
+    text = canonical_json({"kind": kind, "config": hashed})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from rnn.config import Amp, Cell, DeviceName, Level, Optimizer, Scheduler
+from rnn.config import Amp, Cell, Compile, DeviceName, Level, Optimizer, Scheduler
 
 Kind = Literal["train", "throughput"]
 KINDS: tuple[str, ...] = ("train", "throughput")
@@ -103,9 +103,18 @@ class TrainSpec(_Section):
     clip_grad_norm: Optional[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]] = 1.0
     label_smoothing: _Fraction = 0.0
     amp: Amp = "auto"
+    compile: Compile = "auto"
     early_stopping: Optional[EarlyStoppingSpec] = None
     seed: Seed = 0
     device: DeviceName = "auto"
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `compile: off` / `on` as a boolean; they mean the settings.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class ThroughputSpec(_Section):
