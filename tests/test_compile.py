@@ -63,6 +63,7 @@ def test_yaml_off_and_on_are_the_settings_and_each_value_is_its_own_trial() -> N
     assert len({auto.trial_id, on.trial_id, off.trial_id}) == 3
     swept = build_job({"name": "x", "sweep": {"grid": {"train.compile": [False, True, "auto"]}}}, "s.yaml")
     assert [t.run_config.train.compile for t in swept.trials] == ["off", "on", "auto"]
+    assert [t.overrides["train.compile"] for t in swept.trials] == ["off", "on", "auto"]  # the log's tags
 
 
 def _fit(tmp: Path, compile: str, resume: Path | None = None, pause: int | None = None):  # noqa: ANN202

@@ -172,6 +172,17 @@ class Trial:
     config: dict[str, Any] = field(hash=False, compare=False)
 
 
+def _validated(config: Mapping[str, Any], path: str, raw: Any) -> Any:
+    """A swept value as validation left it (YAML's bare ``off`` is ``False`` until ``train.compile``
+    reads it as ``"off"``), so the progress log shows what runs; ``raw`` where the path is not a setting."""
+    node: Any = config
+    for key in path.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return raw
+        node = node[key]
+    return node
+
+
 def make_trial(kind: str, sections: Mapping[str, BaseModel], overrides: Mapping[str, Any], index: int) -> Trial:
     """The trial of validated ``sections`` (name -> section model; ``throughput`` for throughput jobs)."""
     data, model, train = sections["data"], sections["model"], sections["train"]
@@ -195,7 +206,8 @@ def make_trial(kind: str, sections: Mapping[str, BaseModel], overrides: Mapping[
     return Trial(
         trial_id=trial_id_for(kind, config),
         index=index,
-        overrides={**overrides, "train.seed": train.seed},
+        overrides={**{path: _validated(config, path, value) for path, value in overrides.items()},
+                   "train.seed": train.seed},
         run_config=run,
         throughput_config=throughput,
         config=config,
