@@ -74,13 +74,14 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         swept = " ".join(f"{k.split('.')[-1]}={v}" for k, v in r["overrides"].items() if k != "train.seed")
         num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+        status = str(getattr(r["status"], "value", r["status"]))  # an enum prints as its class name since 3.11
         lines.append(
-            f"{r['trial_id'][:12]:<12} {swept[:22]:<22} {r['batch_size']:>7} {r['status']:<6} "
+            f"{r['trial_id'][:12]:<12} {swept[:22]:<22} {r['batch_size']:>7} {status:<6} "
             f"{num(r['samples_per_s'], ',.0f'):>11} {num(r['tokens_per_s'], ',.0f'):>12} "
             f"{num(r['step_time_ms'], '.1f'):>8} {num(r['step_time_ms_max'], '.1f'):>8} "
             f"{num(r['peak_mem_mb'], ',.0f'):>9} {r['estimate_mb']:>9,.0f} {r['precision']:<5} {'*' if r['is_best'] else ''}"
         )
-        if r["error"] and r["status"] != "ok":
+        if r["error"] and status != "ok":
             lines.append(f"{'':<12} {r['error'].splitlines()[0][:110]}")
     return "\n".join(lines)
 
