@@ -64,7 +64,10 @@ def _intervals(rows: list[dict]) -> list[tuple[dt.datetime, dt.datetime]]:
 
 
 def test_pool_grows_as_nodes_join_and_its_demand_is_withdrawn(tmp_path: Path, cluster: Any) -> None:
-    spec_path = _spec(tmp_path, "grow", seeds=3, steps=60, max_concurrent=3)
+    # Trials long enough (about 2-5 s each here, 6 of them) that work is left when the nodes have
+    # joined and their workers have started: at 60 steps a quiet machine finished all six on the
+    # first node before the new workers were up.
+    spec_path = _spec(tmp_path, "grow", seeds=3, steps=400, max_concurrent=3)
     driver = Driver(["run", str(spec_path), "--address", cluster.address], ray_env(tmp_path), tmp_path / "grow.log")
     try:
         driver.wait_for(lambda t: "started (attempt 1)" in t, 120, "the first trial to start")
@@ -85,6 +88,7 @@ def test_pool_grows_as_nodes_join_and_its_demand_is_withdrawn(tmp_path: Path, cl
     assert "Traceback" not in out
     rows = pq.read_table(tmp_path / "results" / "grow" / "trials.parquet").to_pylist()
     assert len(rows) == 6 and {r["status"] for r in rows} == {"completed"}
+    assert out.count("worker up on") >= 3, out  # a worker on each node, the two new ones included
     spans = _intervals(rows)
     overlapping = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
     assert overlapping >= 1, spans  # trials ran side by side once the nodes joined
