@@ -98,7 +98,7 @@ def test_pool_grows_as_nodes_join_and_its_demand_is_withdrawn(tmp_path: Path, cl
 def test_node_dying_mid_trial_costs_a_retry_not_the_sweep(tmp_path: Path, cluster: Any) -> None:
     doomed = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    spec_path = _spec(tmp_path, "nodeloss", seeds=1, steps=150, max_concurrent=2, max_retries=2)
+    spec_path = _spec(tmp_path, "nodeloss", seeds=1, steps=400, max_concurrent=2, max_retries=2)
     driver = Driver(["run", str(spec_path), "--address", cluster.address], ray_env(tmp_path), tmp_path / "loss.log")
     try:
         driver.wait_for(lambda t: t.count("step 10:") >= 2, 180, "both trials to evaluate once")
@@ -114,7 +114,7 @@ def test_node_dying_mid_trial_costs_a_retry_not_the_sweep(tmp_path: Path, cluste
     rows = pq.read_table(tmp_path / "results" / "nodeloss" / "trials.parquet").to_pylist()
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
     assert sorted(r["attempts"] for r in rows) == [1, 2]
-    assert all(r["steps"] == 150 for r in rows)
+    assert all(r["steps"] == 400 for r in rows)
 
 
 def test_head_dying_ends_the_run_clearly_and_the_rerun_resumes(tmp_path: Path, cluster: Any) -> None:
