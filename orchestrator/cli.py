@@ -31,6 +31,11 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def print_error(message: str) -> None:
+    """The ``error: ...`` line a command ends with when it fails after its input was accepted."""
+    print(f"error: {message}", file=sys.stderr)
+
+
 def _fail(where: object, message: object) -> ExitCode:
     """Print one ``WHERE: message`` line to stderr; the status of bad input."""
     text = _one_line(message) if isinstance(message, BaseException) else " ".join(str(message).split())
@@ -123,10 +128,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except UsageError as e:
         return _fail(args.spec, e)
     except ResultsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return ExitCode.FAILED
     except ClusterLostError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return ExitCode.FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -134,8 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001  (the driver never dies with a traceback)
         logging.getLogger("orchestrator").debug("unexpected error", exc_info=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: unexpected {type(e).__name__}: {first} (every finished trial is on disk; run the same "
-              "command again to resume)", file=sys.stderr)
+        print_error(f"unexpected {type(e).__name__}: {first} (every finished trial is on disk; run the same "
+                    "command again to resume)")
         return ExitCode.FAILED
     return outcome.exit_code
 
@@ -255,7 +260,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     try:
         report = clean_job(args.dir, keep_top=args.keep_top, dry_run=args.dry_run)
     except ResultsError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print_error(_one_line(e))
         return ExitCode.FAILED
     verb = "would remove" if args.dry_run else "removed"
     for rel in report.removed:
@@ -336,7 +341,7 @@ def entry(argv: Optional[Sequence[str]] = None) -> int:
     if build_parser().parse_args(argv).command == "run":
         from orchestrator.supervise import supervise
 
-        return supervise(lambda: main(argv))
+        return supervise(lambda: main(argv), say=print_error)
     return main(argv)
 
 

@@ -8,8 +8,8 @@ So the command line forks ``run`` before anything imports Ray: the child is the 
 parent, which never imports Ray, waits for it and speaks when it could not.
 
 - The driver hands the supervisor the exit status it chose through a pipe, once its command has
-  returned. A driver that ends without doing so ended abruptly: the supervisor prints one error
-  line saying how, with the resume advice, and exits 1. Nothing finished is lost: a trial's part
+  returned. A driver that ends without doing so ended abruptly: the supervisor has the CLI print
+  one error line saying how, with the resume advice, and exits 1. Nothing finished is lost: a trial's part
   is written whole before it counts as finished, and the next run folds the parts in.
 - Signals sent to the supervisor alone (``kill PID``, ``Popen.send_signal``) are forwarded to
   the driver: SIGINT, SIGTERM, SIGHUP. Both share one process group, so a terminal's Ctrl-C or
@@ -35,13 +35,13 @@ from orchestrator.errors import ExitCode
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def supervise(command: Callable[[], int]) -> int:
+def supervise(command: Callable[[], int], say: Callable[[str], None]) -> int:
     """Run ``command`` in a forked driver process and return the exit status to use.
 
     In the driver, this returns ``command()``'s status after telling the supervisor; in the
-    supervisor, it returns that status once the driver has ended (or 1 after saying how it
-    ended, if it ended abruptly). Call it only from a process entry point: both processes
-    return from it.
+    supervisor, it returns that status once the driver has ended (or 1 after passing ``say``
+    one line on how it ended, if it ended abruptly: the CLI prints it as its error line).
+    Call it only from a process entry point: both processes return from it.
     """
     if not hasattr(os, "fork"):
         return command()
@@ -66,7 +66,7 @@ def supervise(command: Callable[[], int]) -> int:
             os.close(chosen_w)
     os.close(chosen_w)
     os.close(alive_r)
-    return _wait_for_driver(pid, chosen_r, blocked)
+    return _wait_for_driver(pid, chosen_r, blocked, say)
 
 
 def _end_with_supervisor(alive_r: int) -> None:
@@ -74,7 +74,7 @@ def _end_with_supervisor(alive_r: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _wait_for_driver(pid: int, chosen_r: int, blocked: set[int | signal.Signals]) -> int:
+def _wait_for_driver(pid: int, chosen_r: int, blocked: set[int | signal.Signals], say: Callable[[str], None]) -> int:
     forwarded: set[int] = set()
 
     def forward(signum: int, frame: object) -> None:
@@ -109,6 +109,5 @@ def _wait_for_driver(pid: int, chosen_r: int, blocked: set[int | signal.Signals]
         what = (f"lost the Ray cluster: the driver process (pid {pid}) ended abruptly inside Ray (exit status "
                 f"{os.waitstatus_to_exitcode(status)}), as Ray ends a driver when this machine's Ray node or the "
                 "cluster's head (GCS) goes away")
-    print(f"error: {what}; every finished trial is on disk: run the same command again to resume "
-          "(once the cluster is back)", file=sys.stderr)
+    say(f"{what}; every finished trial is on disk: run the same command again to resume (once the cluster is back)")
     return int(ExitCode.FAILED)

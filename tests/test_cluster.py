@@ -148,6 +148,7 @@ def test_head_dying_ends_the_run_clearly_and_the_rerun_resumes(tmp_path: Path, c
 
 _STUCK_IN_RAY = """
 import sys, time
+from orchestrator.cli import print_error
 from orchestrator.supervise import supervise
 
 def driver():
@@ -163,7 +164,7 @@ def driver():
     ray.get(ref)  # inside Ray when the head dies
     return 0
 
-raise SystemExit(supervise(driver))
+raise SystemExit(supervise(driver, say=print_error))
 """
 
 

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 _PROGRAM = """
 import os, signal, sys, threading, time
+from orchestrator.cli import print_error
 from orchestrator.supervise import supervise
 from orchestrator.run.connect import stop_on_signals
 
@@ -44,7 +45,7 @@ def driver():
         return 130
     raise AssertionError(how)
 
-raise SystemExit(supervise(driver))
+raise SystemExit(supervise(driver, say=print_error))
 """
 
 
