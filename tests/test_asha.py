@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -240,6 +241,43 @@ def test_asha_completes_the_best_trial_prunes_the_rest_within_budget(tmp_path: P
     resumed = [a for a in backend.launched if a.resume is not None]
     assert resumed and all(a.pause_at in (30, None) for a in resumed)
     assert summary_dispatcher.recorder.statuses.get("paused") is None
+
+
+def test_a_pruned_trials_duration_is_its_running_time_not_its_wait_at_the_rung(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last trial to reach the first rung takes 1 s to arrive there, so every trial paused at
+    # that rung before it waits at least 1 s; the trials pruned there ran for milliseconds.
+    from orchestrator.run.progress import Progress
+
+    finished: list[tuple[str, float]] = []
+    real = Progress.trial_finished
+
+    def trial_finished(self: Progress, tag: str, message: str, duration_s: float, ok: bool,
+                       running: bool = True) -> None:
+        finished.append((message, duration_s))
+        real(self, tag, message, duration_s, ok, running)
+
+    monkeypatch.setattr(Progress, "trial_finished", trial_finished)
+
+    class SlowLastArrival(HalvingBackend):
+        arrived = 0
+
+        def poll(self, timeout_s: float) -> list:
+            notices = super().poll(timeout_s)
+            for n in notices:
+                if isinstance(n.event, Paused) and n.event.step == 10:
+                    self.arrived += 1
+                    if self.arrived == 9:
+                        time.sleep(1.0)
+            return notices
+
+    job, bases = _job_and_bases()
+    _dispatch(job, ResultsStore(tmp_path / "job"), SlowLastArrival(bases))
+    at_first_rung = [d for m, d in finished if m.startswith("pruned: at rung 10,")]
+    assert len(at_first_rung) >= 3, finished
+    # the last arrival's own running time holds the second; the others' does not
+    assert sum(d < 0.9 for d in at_first_rung) >= len(at_first_rung) - 1, finished
 
 
 def test_a_driver_stopped_between_rungs_resumes_with_the_same_decisions(tmp_path: Path) -> None:

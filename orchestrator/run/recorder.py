@@ -188,7 +188,9 @@ class Recorder:
             self.store.delete_checkpoint(tid, RESUME_CHECKPOINT)
             state.has_resume_point = False
         self.statuses[status.value] = self.statuses.get(status.value, 0) + 1
-        duration = time.monotonic() - (state.first_started_mono or time.monotonic())
+        # Running time: a trial pruned at a rung stopped running when it paused there.
+        ended = state.paused_mono if state.paused_mono is not None else time.monotonic()
+        duration = ended - (state.first_started_mono or ended)
         if summary is not None:
             msg = f"{status.value}: {summary} in {format_duration(duration)}"
         elif result is not None and result.best_val_loss is not None:
