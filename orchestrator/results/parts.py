@@ -33,7 +33,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
+from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED, with_added_columns
 from orchestrator.results.tables import build_table
 
 __all__ = [
@@ -173,9 +173,17 @@ def decode_part(ref: PartRef, table: pa.Table, where: str) -> Part:
         raise ValueError(f"{where} is not a trial part (expected one row with {EVALS_COLUMN} and {THROUGHPUT_COLUMN})")
     evals = table.column(EVALS_COLUMN).combine_chunks().flatten()  # StructArray, one item per evaluation
     tid = ref.trial_id
-    eval_table = pa.Table.from_arrays(
-        [pa.array([tid] * len(evals), pa.string()), *evals.flatten()], schema=EVAL_SCHEMA
-    ) if len(evals) else EVAL_SCHEMA.empty_table()
+    eval_table = EVAL_SCHEMA.empty_table()
+    if len(evals):
+        names = ["trial_id", *(evals.type.field(i).name for i in range(evals.type.num_fields))]
+        eval_table = with_added_columns(  # a part written before an EvalRecord field was added
+            pa.Table.from_arrays([pa.array([tid] * len(evals), pa.string()), *evals.flatten()], names=names),
+            EVAL_SCHEMA,
+        )
+        if eval_table.column_names != EVAL_SCHEMA.names:
+            raise ValueError(f"{where}: its evaluations have the fields {eval_table.column_names[1:]}, expected "
+                             f"{EVAL_SCHEMA.names[1:]} (written by another version)")
+        eval_table = eval_table.cast(EVAL_SCHEMA)
     throughput = [{"trial_id": tid, **t} for t in table.column(THROUGHPUT_COLUMN)[0].as_py() or []]
     row = table.drop_columns([EVALS_COLUMN, THROUGHPUT_COLUMN]).to_pylist()[0]
     return Part(ref, row, eval_table, throughput)

@@ -33,6 +33,7 @@ from rnn.events import EvalRecord, TrialStatus
 from rnn.throughput_row import ThroughputRow
 
 __all__ = [
+    "ADDED_COLUMNS",
     "EVAL_SCHEMA",
     "THROUGHPUT_FIXED",
     "TRIAL_FIXED",
@@ -41,6 +42,7 @@ __all__ = [
     "eval_records",
     "throughput_records",
     "trial_records",
+    "with_added_columns",
 ]
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -129,6 +131,28 @@ EVAL_SCHEMA: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(EvalRecord)])
 #: The fixed columns of ``throughput.parquet``: ``trial_id`` then ``ThroughputRow``'s fields;
 #: flattened config columns follow.
 THROUGHPUT_FIXED: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(ThroughputRow)])
+
+#: Fixed columns added after a release (``train_objective`` in ``evals.parquet``; ``recurrence``,
+#: ``compiled`` and ``compile_s`` in ``trials.parquet`` and ``throughput.parquet``). A table or
+#: part written before one of them existed is read with it null, and the next compaction
+#: writes it, instead of being refused as another version's. Add a column here when you add
+#: a field to ``TrialRecord``, ``EvalRecord`` or ``ThroughputRow``.
+ADDED_COLUMNS: frozenset[str] = frozenset({"train_objective", "recurrence", "compiled", "compile_s"})
+
+
+def with_added_columns(table: pa.Table, fixed: pa.Schema) -> pa.Table:
+    """``table`` with the :data:`ADDED_COLUMNS` of ``fixed`` it lacks, as nulls in their place.
+
+    Columns come back as ``fixed`` orders them, then any others (config columns) as they were;
+    a missing fixed column not in :data:`ADDED_COLUMNS` stays missing, for the caller to refuse.
+    """
+    absent = [f for f in fixed if f.name in ADDED_COLUMNS and f.name not in table.column_names]
+    if not absent:
+        return table
+    for f in absent:
+        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    have = set(table.column_names)
+    return table.select([n for n in fixed.names if n in have] + [n for n in table.column_names if n not in fixed.names])
 
 
 def _records(cls: type, rows: Iterable[dict[str, Any]]) -> list[Any]:

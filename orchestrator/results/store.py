@@ -62,7 +62,7 @@ from orchestrator.results.parts import (
     merge_throughput,
     merge_trials,
 )
-from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
+from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED, with_added_columns
 from orchestrator.results.storage import ResultsError, Storage, open_storage
 from orchestrator.results.tables import (
     TERMINAL_STATUSES,
@@ -359,6 +359,7 @@ class ResultsStore:
         table = self._storage.read_table(relpath)
         if table is None:
             return fixed.empty_table()
+        table = with_added_columns(table, fixed)  # written before a column was added
         missing = [f.name for f in fixed if f.name not in table.column_names]
         if missing or (exact and table.column_names != fixed.names):
             raise ResultsError(
