@@ -28,7 +28,7 @@ quickstart: $(STAMP)
 
 # ruff takes well under a second; mypy about 20 s cold (it reads torch's types), under 1 s warm.
 lint: $(STAMP)
-	$(BIN)/ruff check rnn orchestrator
+	$(BIN)/ruff check rnn orchestrator bench
 	$(BIN)/mypy rnn orchestrator
 
 # The report's browser test opens report.html in headless Chromium (Debian's package). As root

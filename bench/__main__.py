@@ -10,8 +10,9 @@ import datetime as dt
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 PARTS = ("cells", "trainer", "dispatch", "end-to-end", "via-run", "bookkeeping", "compile")
 #: What runs without --only: "compile" (eager vs torch.compile, minutes of cold compiles) only on request.
@@ -28,15 +29,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default auto)")
     p.add_argument("--quick", action="store_true",
-                   help="a tiny shape, one step per block and a 2-trial sweep: checks the harness runs; figures mean nothing")
+                   help="a tiny shape, one step per block and a 2-trial sweep: checks the harness runs; "
+                        "figures mean nothing")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per block in ratios 1-2 (default 2 on CPU, 20 on CUDA); ratio 3's windows are twice that")
+                   help="timed steps per block in ratios 1-2 (default 2 on CPU, 20 on CUDA); "
+                        "ratio 3's windows are twice that")
     p.add_argument("--rounds", type=int, default=None,
-                   help="alternations of engine and baseline in ratios 1-2 (default 5 CPU, 6 CUDA); ratio 3 runs one fewer")
+                   help="alternations of engine and baseline in ratios 1-2 (default 5 CPU, 6 CUDA); "
+                        "ratio 3 runs one fewer")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per side before timing")
-    p.add_argument("--full-shapes", action="store_true", help="on the CPU, use the full batch sizes (slow: 10-20 s a step)")
+    p.add_argument("--full-shapes", action="store_true",
+                   help="on the CPU, use the full batch sizes (slow: 10-20 s a step)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: 1 on the CPU, see docs/benchmarks.md; torch's default elsewhere)")
+                   help="torch intra-op threads (default: 1 on the CPU, see docs/benchmarks.md; "
+                        "torch's default elsewhere)")
     p.add_argument("--amp", default="auto", help="the engine's amp setting (auto | off | bf16 | fp16; default auto)")
     p.add_argument("--only", action="append", choices=PARTS,
                    help="run only these parts (repeatable; 'compile' runs only when named here)")
@@ -93,14 +99,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"bench on {meta['device']} ({meta['device_name']}); CPU {meta['cpu_model']} x{meta['cpu_count']}, "
           f"{meta['torch_threads']} torch threads; torch {meta['torch_version']}; {meta['date']}")
     print(f"allocator: {meta['allocator']}")
-    print(f"settings: {block} timed step(s) per block, {rounds} round(s), {warmup} warm-up step(s); parts {', '.join(parts)}")
+    print(f"settings: {block} timed step(s) per block, {rounds} round(s), {warmup} warm-up step(s); "
+          f"parts {', '.join(parts)}")
     t0 = time.perf_counter()
 
     ratios = []
     for base in (QUICK_SHAPES if args.quick else SHAPES) if {"cells", "trainer"} & set(parts) else ():
         shape = base.on(device, args.full_shapes)
         if shape.batch_size != base.batch_size:
-            print(f"  {shape.name}: batch {base.batch_size} -> {shape.batch_size} on the CPU (--full-shapes for the full batch)")
+            print(f"  {shape.name}: batch {base.batch_size} -> {shape.batch_size} on the CPU "
+                  "(--full-shapes for the full batch)")
         data = prepare(shape, device)
         if "cells" in parts:
             ratios += compare_cells(shape, device, data, amp=args.amp, warmup=warmup, block=block, rounds=rounds)

@@ -31,8 +31,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def _old_rewrite_ms(folder: Path, rows: int) -> float:
         start = time.perf_counter()
         old = storage.read_table("trials.parquet")
         table = build_table(TRIAL_FIXED, old.to_pylist() + [new], old.schema)
-        storage.write_atomic("trials.parquet", lambda f: pq.write_table(table, f))
+        storage.write_atomic("trials.parquet", lambda f, t=table: pq.write_table(t, f))
         times.append(time.perf_counter() - start)
         storage.write_atomic("trials.parquet", lambda f: pq.write_table(base, f))  # back to `rows` rows
     return statistics.median(times) * 1e3
@@ -154,7 +155,8 @@ def format_bookkeeping(d: dict[str, Any]) -> str:
                      f" per trial (mean {w['mean_ms']:.2f}, max {w['max_ms']:.1f}){contrast}")
     lines += [
         f"  per trial at {cps[-1]:,}: {last:.2f} ms (target <= {d['target_ms']} ms: {ok(last <= d['target_ms'])});"
-        f" ratio {cps[-1]:,}/{cps[0]:,}: {d['ratio']:.2f} (target <= {d['target_ratio']}: {ok(d['ratio'] <= d['target_ratio'])})",
+        f" ratio {cps[-1]:,}/{cps[0]:,}: {d['ratio']:.2f}"
+        f" (target <= {d['target_ratio']}: {ok(d['ratio'] <= d['target_ratio'])})",
         f"  compact() of {d['trials']:,} parts: {d['compact_s']:.2f}s ({d['evals_rows']:,} evaluation rows);"
         f" resume read finished_trial_ids(): {d['resume_parts_ms']:.0f} ms over parts,"
         f" {d['resume_table_ms']:.0f} ms after compaction",
@@ -166,9 +168,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bookkeeping", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, nargs="+", default=list(CHECKPOINTS),
                    help="checkpoints: trial counts at which the per-trial cost is read (default 100 1000 10000)")
-    p.add_argument("--window", type=int, default=WINDOW, help=f"commits per figure, ending at each checkpoint (default {WINDOW})")
+    p.add_argument("--window", type=int, default=WINDOW,
+                   help=f"commits per figure, ending at each checkpoint (default {WINDOW})")
     p.add_argument("--no-old", action="store_true", help="skip the old design's contrast figures")
-    p.add_argument("--dir", type=Path, default=None, help="where the temporary job folder goes (default: the system's temp)")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="where the temporary job folder goes (default: the system's temp)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,9 +6,10 @@ import datetime as dt
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -28,7 +29,7 @@ class Shape:
     num_layers: int
     cpu_batch_size: int
 
-    def on(self, device: torch.device, full: bool) -> "Shape":
+    def on(self, device: torch.device, full: bool) -> Shape:
         """The shape as run on ``device``."""
         if device.type == "cpu" and not full:
             return Shape(self.name, self.cpu_batch_size, self.seq_len, self.embedding_dim,
@@ -97,7 +98,8 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 def format_table(ratios: Sequence[Ratio]) -> str:
     """A fixed-width table of the ratios."""
-    head = f"{'measure':<34} {'shape':<9} {'B':>5} {'prec':<5} {'engine/s':>11} {'baseline/s':>11} {'ratio':>6} {'target':>7}"
+    head = (f"{'measure':<34} {'shape':<9} {'B':>5} {'prec':<5} {'engine/s':>11} {'baseline/s':>11} "
+            f"{'ratio':>6} {'target':>7}")
     lines = [head, "-" * len(head)]
     for r in ratios:
         target = "" if r.target is None else f">={r.target:.2f}"

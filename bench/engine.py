@@ -17,10 +17,10 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

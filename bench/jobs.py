@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from bench.common import machine, write_json
 
@@ -79,7 +80,8 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['trial_id'][:12]:<12} {swept[:22]:<22} {r['batch_size']:>7} {status:<6} "
             f"{num(r['samples_per_s'], ',.0f'):>11} {num(r['tokens_per_s'], ',.0f'):>12} "
             f"{num(r['step_time_ms'], '.1f'):>8} {num(r['step_time_ms_max'], '.1f'):>8} "
-            f"{num(r['peak_mem_mb'], ',.0f'):>9} {r['estimate_mb']:>9,.0f} {r['precision']:<5} {'*' if r['is_best'] else ''}"
+            f"{num(r['peak_mem_mb'], ',.0f'):>9} {r['estimate_mb']:>9,.0f} {r['precision']:<5} "
+            f"{'*' if r['is_best'] else ''}"
         )
         if r["error"] and status != "ok":
             lines.append(f"{'':<12} {r['error'].splitlines()[0][:110]}")
@@ -109,7 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{args.spec} on {meta['device']} ({meta['device_name']}), torch {meta['torch_version']}, {meta['date']}")
     print(format_rows(rows))
     if args.out:
-        write_json(args.out, {"machine": meta, "spec": args.spec, "rows": rows, "torch_threads": torch.get_num_threads()})
+        write_json(args.out, {"machine": meta, "spec": args.spec, "rows": rows,
+                              "torch_threads": torch.get_num_threads()})
         print(f"wrote {args.out}")
     return 0
 

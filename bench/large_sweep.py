@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import yaml
 
@@ -74,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         corpus.write_text("".join(pydoc_data.topics.topics.values())[:20_000], encoding="utf-8")
         spec_path = root / "large.yaml"
         spec_path.write_text(yaml.safe_dump(spec(args.trials, corpus, root / "results")), encoding="utf-8")
-        cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        cluster = Cluster(initialize_head=True, connect=False,
+                          head_node_args={"num_cpus": 0, "include_dashboard": False})
         try:
             for _ in range(args.nodes):
                 cluster.add_node(num_cpus=1)
@@ -85,9 +87,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             start = time.monotonic()
             with open(log, "w") as out:
                 code = subprocess.call([sys.executable, "-m", "orchestrator", "run", str(spec_path),
-                                        "--address", cluster.address], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+                                        "--address", cluster.address],
+                                       env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
             wall = time.monotonic() - start
-            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the driver: the largest child waited for
+            # the driver: the largest descendant waited for (run's supervisor waits for its driver)
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         finally:
             cluster.shutdown()
         if code != 0:

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         speed = f"{r.samples_per_s:,.0f}" if r.samples_per_s else "-"
         peak = f"{r.peak_mem_mb:,.0f}" if r.peak_mem_mb else "-"
-        print(f"{r.batch_size:>6} {r.status:<6} {speed:>12} {peak:>9}  {(r.error or '').splitlines()[0][:90] if r.error else ''}")
+        error = r.error.splitlines()[0][:90] if r.error else ""
+        print(f"{r.batch_size:>6} {r.status:<6} {speed:>12} {peak:>9}  {error}")
     statuses = [r.status for r in rows]
     ok = statuses == ["ok", "oom", "oom", "ok"]
     print("real OOM path:", "as expected" if ok else f"UNEXPECTED {statuses}")
