@@ -123,9 +123,12 @@ def importance_section(
         blocks.append(Para(note))
     if len(ok) < 3:
         return blocks + [Para(f"Fewer than 3 trials with a finite {col}: nothing to decompose yet.")]
-    svg = plots.parallel_coordinates_svg({p: [r.get(p) for r in ok] for p in params}, [r[col] for r in ok], col)
+    drawn = plots.thin(sorted(ok, key=lambda r: r[col]))
+    svg = plots.parallel_coordinates_svg({p: [r.get(p) for r in drawn] for p in params}, [r[col] for r in drawn], col)
+    thinned = (f"; {len(drawn):,} of {len(ok):,} trials drawn, at evenly spaced ranks of {col} (the best and "
+               "the worst included); the importance below uses all of them" if len(drawn) < len(ok) else "")
     blocks.append(Figure(svg, f"one line per trial across the swept parameters, coloured by {col} "
-                              "(lower is better, drawn on top)"))
+                              f"(lower is better, drawn on top){thinned}"))
     found, within = parameter_importance(ok, params, col)
     if not found:
         return blocks + [Para(f"Every trial has the same {col}: no parameter explains anything.")]

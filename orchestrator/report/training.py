@@ -23,6 +23,8 @@ __all__ = ["ConfigStat", "best_trials", "by_config", "compare_with_best", "curve
 _TOP_N = 10
 #: Train-and-validation panels: one per configuration, best first, at most this many.
 _MAX_PANELS = 12
+#: Line pairs (seeds) drawn per panel, at most.
+_MAX_PAIRS = 20
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,21 @@ def curves(evals: list[dict], label: Mapping[str, str], col: str, colors: dict, 
     if not val:
         return blocks + [Para("No evaluations recorded yet.")]
     pruned_note = "; ✕ ends a trial the scheduler pruned" if any(c.pruned for c in val) else ""
-    blocks.append(Figure(plots.validation_curves_svg(val, col, colors),
+    drawn = val
+    if len(val) > plots.MAX_LINES:  # the worst drawn first, so the best end up on top
+        drawn = plots.thin(sorted(val, key=_lowest), plots.MAX_LINES)[::-1]
+        pruned_note += (f"; {len(drawn):,} of {len(val):,} trials drawn, at evenly spaced ranks of their "
+                        f"lowest {col} (the best and the worst included)")
+    blocks.append(Figure(plots.validation_curves_svg(drawn, col, colors),
                          f"{col} against step, one line per trial, coloured by configuration{pruned_note}"))
-    panels = []
+    panels, thinned = [], False
     for name in order[:_MAX_PANELS]:
         tids = [t for t in label if label[t] == name and t in by_trial]
-        pairs = [(curve(t, "train_loss"), curve(t, "val_loss")) for t in tids]
+        pairs = [p for t in tids if (p := (curve(t, "train_loss"), curve(t, "val_loss")))[1].steps or p[0].steps]
+        if len(pairs) > _MAX_PAIRS:
+            pairs, thinned = plots.thin(sorted(pairs, key=lambda p: _lowest(p[1])), _MAX_PAIRS), True
         if any(v.steps for _, v in pairs):
-            panels.append(plots.Panel(name, [p for p in pairs if p[1].steps or p[0].steps]))
+            panels.append(plots.Panel(name, pairs))
     more = len(order) - _MAX_PANELS
     blocks += [
         Heading(2, "Train and validation loss by configuration"),
@@ -120,9 +129,16 @@ def curves(evals: list[dict], label: Mapping[str, str], col: str, colors: dict, 
              + (f" The {_MAX_PANELS} best configurations are shown; {more} more are in the tables." if more > 0
                 else "")),
         Figure(plots.train_val_panels_svg(panels, colors), "training (dashed) and validation (solid) loss "
-               "against step, one panel per configuration, best first"),
+               "against step, one panel per configuration, best first"
+               + (f"; a panel with more than {_MAX_PAIRS} trials draws {_MAX_PAIRS} of them, at evenly spaced "
+                  "ranks of their lowest validation loss" if thinned else "")),
     ]
     return blocks
+
+
+def _lowest(c: plots.Curve) -> float:
+    """A curve's best (lowest) finite value; a curve without one ranks last."""
+    return min((v for v in c.values if math.isfinite(v)), default=math.inf)
 
 
 def by_config(stats: Sequence[ConfigStat], col: str, colors: dict) -> list[Block]:
