@@ -177,3 +177,13 @@ def test_compile_figures_give_the_ratio_and_break_even() -> None:
     table = format_compile([paid, never])
     assert "| ln-torch | torch | yes | 30.0 | 400.0 | 300.0 | 1.33x | 300 |" in table
     assert table.splitlines()[-1].endswith("| never |")
+
+
+def test_end_of_run_times_compaction_and_report_in_fresh_processes(tmp_path: Path, capsys) -> None:
+    from bench.end_of_run import main as end_of_run
+
+    assert end_of_run(["--trials", "30", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "end of run over 30 trials:" in out
+    assert "compact(): " in out and "report:    " in out and "report.html" in out
+    assert not list(tmp_path.iterdir())  # the temporary job folder is gone
