@@ -19,12 +19,12 @@ import matplotlib
 from matplotlib.figure import Figure
 
 __all__ = [
+    "MAX_LINES",
     "Curve",
     "Panel",
     "ThroughputSeries",
     "config_colors",
     "config_points_svg",
-    "MAX_LINES",
     "parallel_coordinates_svg",
     "thin",
     "throughput_svg",
