@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
@@ -38,6 +39,8 @@ _MAX_LEGEND = 20  # legend entries; more configurations than this are noise in a
 #: thousands drawn whole is an unreadable block of colour, a page of tens of megabytes, and
 #: most of the report's build time (about 80% of 19 s at 10,000 trials).
 MAX_LINES = 300
+#: Characters per line of a small-multiple panel's title (about the panel's width at 8 pt).
+_PANEL_TITLE_CHARS = 48
 
 T = TypeVar("T")
 
@@ -165,7 +168,8 @@ def train_val_panels_svg(panels: Sequence[Panel], colors: Optional[Mapping[str, 
             ax.plot(train.steps, train.values, color=color, lw=1.1, ls="--", alpha=0.8)
             if val.pruned and val.steps:
                 ax.plot(val.steps[-1:], val.values[-1:], marker="X", ms=6, color=color, mec="black", ls="none")
-        ax.set_title(_text(panel.config), fontsize=8)
+        # wrapped: a label naming many swept settings would run into the next panel's title
+        ax.set_title("\n".join(textwrap.wrap(_text(panel.config), _PANEL_TITLE_CHARS)), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
