@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+import pyarrow as pa
+
 from orchestrator.report import plots
 from orchestrator.report.best import write_best_spec
 from orchestrator.report.blocks import SCHEDULER_STATUSES, SEED, Block, Code, Figure, Heading, Link, Para, Table
@@ -77,7 +79,7 @@ def build_report(job_dir: str | os.PathLike[str], *, live: bool = False) -> tupl
             blocks += [Heading(2, "Fastest setting"),
                        Link("The fastest setting that fit, as a kind: train spec on that device:", best_file)]
     else:
-        answer, evidence = _training(store, rows, config_cols, store.read_evals().to_pylist(), live, best_file)
+        answer, evidence = _training(store, rows, config_cols, store.read_evals(), live, best_file)
         blocks += answer + overview(kind, rows) + evidence
     if throughput.num_rows:
         blocks += throughput_section(throughput.to_pylist(), [c for c in throughput.column_names if "." in c])
@@ -102,7 +104,7 @@ def _importance(rows: list[dict], ranked: list, evals: list[dict], params: list[
     return importance_section(ranked, params, col)
 
 
-def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], evals: list[dict],
+def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eval_table: pa.Table,
               live: bool, best_file: Optional[str]) -> tuple[list[Block], list[Block]]:
     """The answer (the conclusion and the best configuration), then the evidence: the curves, the
     statistics behind the conclusion, the parameters' importance, the best trials, a text sample
@@ -112,6 +114,10 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     params = varying_columns(rows, [c for c in config_cols if c != SEED])
     label = config_labels(rows, params)
     metric = ranking_metric(rows)
+    # Only the columns the plots and the common-step comparison read: as Python dicts the whole
+    # table is most of the report's memory at 10,000 trials (100,000 evaluations).
+    wanted = dict.fromkeys(["trial_id", "step", "train_loss", "val_loss", metric.evals_column])
+    evals = eval_table.select(list(wanted)).to_pylist()
     col = metric.trials_column
     stats = summarize(rows, label, col)
     # One colour per configuration, in trial order, shared by every plot.
