@@ -153,6 +153,67 @@ def test_a_crash_anywhere_in_compaction_loses_nothing(tmp_path: Path, monkeypatc
     assert _snapshot(ResultsStore(tmp_path)) == before and _parts(tmp_path) == []
 
 
+def _batched_job(job: Path) -> ResultsStore:
+    """The mixed job, plus a trial e whose failed first part was left behind, superseded."""
+    store = _mixed_job(job)
+    store.commit_trial(_row("e", status="failed", loss=None), _evals(1, 2.5))
+    first = next(n for n in _parts(job) if n.endswith(".failed.e.arrow"))
+    kept = (job / "parts" / first).read_bytes()
+    store.commit_trial(_row("e", loss=1.05), _evals(2, 1.05))
+    (job / "parts" / first).write_bytes(kept)  # a writer killed before deleting it
+    return store
+
+
+@pytest.mark.parametrize("batch", [1, 2, 1000])
+def test_a_batched_compaction_gives_the_same_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     batch: int) -> None:
+    monkeypatch.setattr("orchestrator.results.store.COMPACT_BATCH", batch)
+    store = _batched_job(tmp_path)
+    union = _snapshot(store)
+    assert [r["trial_id"] for r in union[0]] == ["a", "b", "c", "d", "e"]
+    assert store.compact() == 4 and _parts(tmp_path) == []
+    assert _snapshot(ResultsStore(tmp_path)) == union
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_crash_at_any_step_of_a_batched_compaction_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   batch: int) -> None:
+    # Every table write and every part deletion of a compaction in passes of `batch` parts, one
+    # crash per run: after each, a reader sees what was committed, and compacting again finishes.
+    monkeypatch.setattr("orchestrator.results.store.COMPACT_BATCH", batch)
+    write, delete = Storage.write_atomic, Storage.delete
+    steps = {"n": 0, "crash_at": -1}
+
+    def counted(step: Any) -> Any:
+        def wrapper(self: Storage, *args: Any) -> Any:
+            steps["n"] += 1
+            result = step(self, *args)
+            if steps["n"] == steps["crash_at"]:  # it happened, then the process died
+                raise KeyboardInterrupt
+            return result
+        return wrapper
+
+    monkeypatch.setattr(Storage, "write_atomic", counted(write))
+    monkeypatch.setattr(Storage, "delete", counted(delete))
+    _batched_job(tmp_path / "dry")
+    steps["n"] = 0
+    ResultsStore(tmp_path / "dry").compact()
+    total = steps["n"]
+    # per pass: evals and trials (throughput once it has rows), then its parts (e's two)
+    assert total == {1: 15, 2: 10}[batch]
+    for k in range(1, total + 1):
+        job = tmp_path / f"crash-{k}"
+        store = _batched_job(job)
+        before = _snapshot(store)
+        steps.update(n=0, crash_at=k)
+        with pytest.raises(KeyboardInterrupt):
+            store.compact()
+        steps["crash_at"] = -1
+        assert _snapshot(ResultsStore(job)) == before, k
+        ResultsStore(job).compact()
+        assert _snapshot(ResultsStore(job)) == before and _parts(job) == [], k
+
+
 def test_a_rerun_replaces_its_part_and_a_superseded_part_never_wins(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     store.commit_trial(_row("a", status="failed", loss=None), _evals(2))

@@ -20,9 +20,11 @@ all of its results are. A commit costs the same whatever number of trials came b
 **Compaction.** :meth:`ResultsStore.compact` folds the parts into the three tables, then
 deletes them. Readers see the union of tables and parts, where a trial's part wins over its
 table rows: its trials row takes the table row's place, its evaluations and throughput rows
-replace the table's; trials new to the table are appended in the order of their latest commit. Every file is
-written atomically and parts are deleted only after all three tables are written (superseded
-ones first), so a crash at any moment loses nothing and compacting again gives the same tables.
+replace the table's; trials new to the table are appended in the order of their latest commit.
+It folds :data:`COMPACT_BATCH` parts per pass, in commit order, so its memory does not grow with
+the sweep. Every file is written atomically and a pass's parts are deleted only after all three
+tables holding them are written (each trial's superseded parts first), so a crash at any moment
+loses nothing and compacting again gives the same tables.
 
 Every file is written atomically (a temporary file in the same folder, then a rename).
 ``job_dir`` may be a local path or a pyarrow filesystem URI (``file:///...``; other
@@ -40,7 +42,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -83,6 +85,11 @@ EVALS_FILE = "evals.parquet"
 THROUGHPUT_FILE = "throughput.parquet"
 #: Reads of the union retried when a part vanished under them (a concurrent compaction).
 _READ_ATTEMPTS = 5
+#: Parts folded per pass of :meth:`ResultsStore.compact`, which holds that many decoded parts at
+#: a time. Each pass rewrites the three tables, so smaller passes cost time. Compacting 10,000
+#: synthetic trials here: all at once 6.2 s and +201 MB peak RSS; 5,000: 6.4 s, +149 MB;
+#: 2,500: 7.1 s, +138 MB; 1,000: 9.2 s, +141 MB (the tables' rewrites dominate below 2,500).
+COMPACT_BATCH = 2500
 
 
 class RecordError(ResultsError, ValueError):
@@ -211,37 +218,53 @@ class ResultsStore:
         """Fold the parts into ``trials.parquet``, ``evals.parquet`` and ``throughput.parquet``.
 
         Call it while holding the job's :class:`JobLock` (the runner does at the end of a run;
-        ``report`` and ``clean`` do when no run holds it, see :func:`compact_if_idle`). The three
-        tables are written (each atomically), and only then are the parts deleted, superseded
-        ones first; a crash at any point loses nothing, and compacting again is a no-op on the
+        ``report`` and ``clean`` do when no run holds it, see :func:`compact_if_idle`). It folds
+        :data:`COMPACT_BATCH` parts per pass, in commit order: the three tables are written (each
+        atomically) with them, and only then are those parts deleted, each trial's superseded
+        ones first. A crash at any point loses nothing, and compacting again is a no-op on the
         tables' content. Returns the number of trials folded in.
         """
         with self._folder.mutex:
             listing = self._listing()
             if not listing.latest and not listing.superseded:
                 return 0
-            parts = self._load(listing.latest)
-            trials_old = self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False)
-            trials = merge_trials(trials_old, parts)
-            if parts:
-                evals_old = self._read_table(EVALS_FILE, EVAL_SCHEMA, exact=True)
-                evals = merge_evals(evals_old, parts)
-                if evals.num_rows or self._storage.exists(EVALS_FILE):
-                    self._write_table(EVALS_FILE, evals.combine_chunks())
-                tp_old = self._read_table(THROUGHPUT_FILE, THROUGHPUT_FIXED, exact=False)
-                throughput = merge_throughput(tp_old, parts)
-                if throughput.num_rows or self._storage.exists(THROUGHPUT_FILE):
-                    self._write_table(THROUGHPUT_FILE, throughput)
-                self._write_table(TRIALS_FILE, trials)  # last: its rows are what resume reads
-            for ref in (*listing.superseded, *listing.latest):  # older first: never let one resurface
-                self._storage.delete(ref.relpath)
-                self._decoded.pop(ref, None)
+            older: dict[str, list[PartRef]] = {}
+            for ref in listing.superseded:
+                older.setdefault(ref.trial_id, []).append(ref)
+            # In commit order, a batch at a time: after each pass the tables hold every part
+            # folded so far, and the union of tables and remaining parts is what it was.
+            for start in range(0, len(listing.latest), COMPACT_BATCH):
+                batch = listing.latest[start:start + COMPACT_BATCH]
+                self._fold(batch)
+                done = [r for ref in batch for r in older.pop(ref.trial_id, ())]
+                self._delete_parts([*done, *batch])  # older first: never let one resurface
+            self._delete_parts([r for refs in older.values() for r in refs])
             if self._folder.newest is not None:
                 for ref in listing.latest:
                     if self._folder.newest.get(ref.trial_id) == ref:
                         del self._folder.newest[ref.trial_id]
         log.info("compacted %d trial part(s) into %s", len(listing.latest), self.job_dir)
         return len(listing.latest)
+
+    def _fold(self, refs: Sequence[PartRef]) -> None:
+        """Write the three tables with the parts ``refs`` folded in (trials last: its rows are
+        what resume reads)."""
+        parts = self._load(refs)
+        if not parts:
+            return
+        trials = merge_trials(self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False), parts)
+        evals = merge_evals(self._read_table(EVALS_FILE, EVAL_SCHEMA, exact=True), parts)
+        if evals.num_rows or self._storage.exists(EVALS_FILE):
+            self._write_table(EVALS_FILE, evals.combine_chunks())
+        throughput = merge_throughput(self._read_table(THROUGHPUT_FILE, THROUGHPUT_FIXED, exact=False), parts)
+        if throughput.num_rows or self._storage.exists(THROUGHPUT_FILE):
+            self._write_table(THROUGHPUT_FILE, throughput)
+        self._write_table(TRIALS_FILE, trials)
+
+    def _delete_parts(self, refs: Iterable[PartRef]) -> None:
+        for ref in refs:
+            self._storage.delete(ref.relpath)
+            self._decoded.pop(ref, None)
 
     def pending_parts(self) -> int:
         """How many trials are committed as parts and not yet compacted."""
