@@ -54,6 +54,7 @@ from torch import nn
 
 from rnn import lnlstm_fused
 from rnn.config import COMPILE_SETTINGS
+from rnn.run_state import capture_rng, restore_rng
 from rnn.step import TrainStep, lm_losses
 
 log = logging.getLogger(__name__)
@@ -161,27 +162,6 @@ def compile_model(
     return CompileResult(compiled, True, seconds, "compiled")
 
 
-class _SavedRng:
-    """Restores the CPU generator and ``device``'s default generator on exit (dropout draws from them)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def __enter__(self) -> None:
-        self.cpu = torch.get_rng_state()
-        if self.device.type == "cuda":
-            self.cuda = torch.cuda.get_rng_state(self.device)
-        elif self.device.type == "mps":
-            self.mps = torch.mps.get_rng_state()
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(self.cuda, self.device)
-        elif self.device.type == "mps":
-            torch.mps.set_rng_state(self.mps)
-
-
 def warm_up_step(step: TrainStep) -> Callable[[nn.Module], None]:
     """One forward/backward of ``step``'s loss through a module, leaving no trace on the run:
     its own batch generator, RNG states restored, gradients dropped."""
@@ -189,12 +169,13 @@ def warm_up_step(step: TrainStep) -> Callable[[nn.Module], None]:
     def run(module: nn.Module) -> None:
         generator = torch.Generator(device=step.device).manual_seed(step.train.seed)
         window = step.data.sample_batch(step.batch_size, generator)  # (B, T+1)
+        saved = capture_rng(step.generator)  # dropout draws from the CPU and device generators
         try:
-            with _SavedRng(step.device):
-                with step.autocast:
-                    losses = lm_losses(module, window, step.train.label_smoothing)  # type: ignore[arg-type]
-                losses.objective.backward()
+            with step.autocast:
+                losses = lm_losses(module, window, step.train.label_smoothing)  # type: ignore[arg-type]
+            losses.objective.backward()
         finally:
+            restore_rng(saved, step.generator)
             for p in step.model.parameters():
                 p.grad = None
 
