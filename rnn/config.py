@@ -21,6 +21,14 @@ DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 Compile = Literal["off", "auto", "on"]
 COMPILE_SETTINGS: tuple[str, ...] = ("off", "auto", "on")
 
+
+def compile_setting(value: Any) -> Any:
+    """``train.compile`` as written: YAML 1.1 reads a bare ``off``/``on`` as a boolean, which
+    means that setting; anything else is returned for validation to judge."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
 CELLS: tuple[str, ...] = ("lstm", "gru", "rnn")
 LEVELS: tuple[str, ...] = ("char", "bpe", "word")
 
@@ -99,8 +107,7 @@ class TrainConfig:
     device: DeviceName = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # YAML 1.1 reads a bare `off`/`on` as a boolean
-            object.__setattr__(self, "compile", "on" if self.compile else "off")
+        object.__setattr__(self, "compile", compile_setting(self.compile))
         if isinstance(self.early_stopping, dict):  # built from a plain mapping
             object.__setattr__(self, "early_stopping", EarlyStopping(**self.early_stopping))
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from rnn.config import Amp, Cell, Compile, DeviceName, Level, Optimizer, Scheduler
+from rnn.config import Amp, Cell, Compile, DeviceName, Level, Optimizer, Scheduler, compile_setting
 
 Kind = Literal["train", "throughput"]
 KINDS: tuple[str, ...] = ("train", "throughput")
@@ -111,10 +111,7 @@ class TrainSpec(_Section):
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_bool(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare `compile: off` / `on` as a boolean; they mean the settings.
-        if isinstance(value, bool):
-            return "on" if value else "off"
-        return value
+        return compile_setting(value)
 
 
 class ThroughputSpec(_Section):
