@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, cast
 
 import torch
@@ -205,5 +205,5 @@ def compile_train_step(
         step.forward_model = result.module
         step.cudagraph_steps = step.device.type == "cuda"
         log.info("compiled the model in %.1fs (%s)", result.compile_s, reason)
-        return CompileResult(result.module, True, result.compile_s, reason)
+        return replace(result, reason=reason)
     return result

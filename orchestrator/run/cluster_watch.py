@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from orchestrator.run.backend import ClusterLostError, first_line
+from orchestrator.run.connect import gcs_client
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,7 @@ class ClusterWatch:
     @classmethod
     def for_connected_ray(cls) -> ClusterWatch:
         """A started watch over the GCS this process is connected to (after ``ray.init``)."""
-        import ray
-
-        gcs = ray._private.worker.global_worker.gcs_client
+        gcs = gcs_client()
 
         def probe(timeout_s: float) -> object:
             return gcs.internal_kv_exists(b"rnn-orchestrator-probe", None, timeout=timeout_s)

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 from orchestrator.errors import UsageError
 
@@ -93,6 +93,16 @@ def connect(address: Optional[str]) -> bool:
     )
     log.info("started a local Ray instance with %d CPUs", os.cpu_count() or 1)
     return True
+
+
+def gcs_client() -> Any:
+    """This process's client of the cluster's GCS: Ray's own, connected by :func:`connect`.
+
+    Its calls take a timeout, unlike ``ray.nodes()`` and friends, which wait on a dead head.
+    """
+    import ray
+
+    return ray._private.worker.global_worker.gcs_client
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from orchestrator.run.actor import TrainerActor
 from orchestrator.run.backend import Assignment, ClusterLostError, Notice, NoticeKind, first_line
 from orchestrator.run.cluster_watch import ClusterWatch
+from orchestrator.run.connect import gcs_client
 from orchestrator.spec import ResourcesSpec, allowed_concurrency
 
 log = logging.getLogger(__name__)
@@ -221,15 +222,11 @@ class RayBackend:
 
     # --- pieces ---------------------------------------------------------------------------
 
-    def _gcs(self) -> Any:
-        """This process's client of the cluster's GCS (Ray's own, connected by ``ray.init``)."""
-        return self._ray._private.worker.global_worker.gcs_client
-
     def _alive_node_sizes(self) -> list[tuple[float, float]]:
         """(CPU, GPU) of each live node, asked of the GCS with a timeout (``ray.nodes()`` has none)."""
         from ray.core.generated.gcs_pb2 import GcsNodeInfo
 
-        infos = self._gcs().get_all_node_info(timeout=GCS_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+        infos = gcs_client().get_all_node_info(timeout=GCS_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
         return [(float(i.resources_total.get("CPU", 0)), float(i.resources_total.get("GPU", 0)))
                 for i in infos.values()]
 
@@ -238,7 +235,7 @@ class RayBackend:
         from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
 
         try:
-            gcs = self._gcs()
+            gcs = gcs_client()
             reply = GetClusterStatusReply()
             reply.ParseFromString(gcs.get_cluster_status(timeout_s=GCS_TIMEOUT_S))
             state = reply.autoscaling_state
