@@ -94,6 +94,17 @@ def ray_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str,
     return env
 
 
+def eventually(condition: Callable[[], bool], within_s: float, every_s: float = 0.05) -> bool:
+    """Whether ``condition()`` holds within ``within_s`` seconds, asked every ``every_s``: for what
+    another thread, process or Ray itself brings about a moment later."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every_s)
+    return True
+
+
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """``python -m orchestrator ARGS`` in a subprocess; output is captured as text."""
     return subprocess.run(
@@ -115,11 +126,8 @@ def sigkill_driver_when(spec_path: Path, env: dict[str, str], ready: Callable[[]
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {what} in time")
-            time.sleep(0.1)
+        if not eventually(ready, timeout, every_s=0.1):
+            pytest.fail(f"no {what} in time")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, TINY_SPEC, Driver, ray_env, run_cli, write_spec
+from conftest import REPO, TINY_SPEC, Driver, eventually, ray_env, run_cli, write_spec
 from orchestrator.results import ResultsStore
 
 pytestmark = pytest.mark.cluster
@@ -60,16 +60,13 @@ def _pending_demand(address: str) -> list[tuple[dict[str, float], int]]:
     return [(dict(r.request.resources_bundle), r.count) for r in reply.cluster_resource_state.pending_resource_requests]
 
 
-def _demand_once_settled(address: str, within_s: float = 20.0) -> list[tuple[dict[str, float], int]]:
-    """The pending demand once it is empty, or as it stands after ``within_s``.
+def _demand_withdrawn(address: str) -> bool:
+    """Whether the pending demand empties within 20 s.
 
     Raylets report their queued leases to the GCS on a period, so a request withdrawn by
     ``ray.kill`` (or by the driver's exit) leaves the autoscaler's view a moment later, not at once.
     """
-    deadline = time.monotonic() + within_s
-    while (demand := _pending_demand(address)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return demand
+    return eventually(lambda: _pending_demand(address) == [], 20, every_s=0.5)
 
 
 def _intervals(rows: list[dict]) -> list[tuple[dt.datetime, dt.datetime]]:
@@ -86,10 +83,10 @@ def test_pool_grows_as_nodes_join_and_its_demand_is_withdrawn(tmp_path: Path, cl
         driver.wait_for(lambda t: "started (attempt 1)" in t, 120, "the first trial to start")
         # One node of 1 CPU runs one trial; the two other workers the spec allows wait, and
         # their wait is the demand an autoscaler would act on.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(b.get("CPU") == 1.0 and n >= 2 for b, n in _pending_demand(cluster.address)):
-            time.sleep(0.5)
-        assert any(b.get("CPU") == 1.0 and n >= 2 for b, n in _pending_demand(cluster.address)), _pending_demand(cluster.address)
+        def waiting() -> bool:
+            return any(b.get("CPU") == 1.0 and n >= 2 for b, n in _pending_demand(cluster.address))
+
+        assert eventually(waiting, 30, every_s=0.5), _pending_demand(cluster.address)
         cluster.add_node(num_cpus=1)
         cluster.add_node(num_cpus=1)
         code = driver.finish(timeout=240)
@@ -105,7 +102,7 @@ def test_pool_grows_as_nodes_join_and_its_demand_is_withdrawn(tmp_path: Path, cl
     spans = _intervals(rows)
     overlapping = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
     assert overlapping >= 1, spans  # trials ran side by side once the nodes joined
-    assert _demand_once_settled(cluster.address) == []  # the demand was withdrawn at the end
+    assert _demand_withdrawn(cluster.address), _pending_demand(cluster.address)  # withdrawn at the end
 
 
 def test_node_dying_mid_trial_costs_a_retry_not_the_sweep(tmp_path: Path, cluster: Any) -> None:
@@ -220,4 +217,4 @@ def test_a_trial_no_node_can_host_fails_with_the_reason(tmp_path: Path, cluster:
     for r in rows:
         assert "no node of the cluster can host a trial" in r["error"] and "needs 2 CPU" in r["error"], r["error"]
     assert took < 120, took
-    assert _demand_once_settled(cluster.address) == []  # the waiting workers' demand was withdrawn
+    assert _demand_withdrawn(cluster.address), _pending_demand(cluster.address)  # the waiting workers' too

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+
+from conftest import eventually
 
 from orchestrator.run.backend import ClusterLostError
 from orchestrator.run.cluster_watch import ClusterWatch, ray_gcs_timeout_s
@@ -23,14 +24,6 @@ class Head:
         self.calls += 1
         if not self.up:
             raise ConnectionError("failed to connect to all addresses")
-
-
-def _soon(condition: Callable[[], bool], within_s: float = 5.0) -> bool:
-    """Whether ``condition`` holds within ``within_s`` (the watch probes from its own thread)."""
-    deadline = time.monotonic() + within_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return condition()
 
 
 def test_a_silent_head_is_lost_after_lost_after_s_not_before() -> None:
@@ -63,9 +56,9 @@ def test_a_head_that_answers_again_is_not_lost_and_a_stopped_watch_probes_no_mor
     head = Head()
     watch = ClusterWatch(head.probe, every_s=0.05, lost_after_s=0.3).start()
     head.up = False
-    assert _soon(lambda: watch.silent_s() > 0)
+    assert eventually(lambda: watch.silent_s() > 0, 5)  # the watch probes from its own thread
     head.up = True  # a blip: the GCS restarted, or one probe timed out
-    assert _soon(lambda: watch.silent_s() == 0)
+    assert eventually(lambda: watch.silent_s() == 0, 5)
     watch.check()
     watch.stop()  # the run ended: ray.shutdown is about to end an embedded GCS
     calls = head.calls

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import eventually
 from orchestrator.report.importance import parameter_importance
 from orchestrator.report.render import build_report
 from orchestrator.report.training import curves, summarize
@@ -217,9 +218,7 @@ def test_live_report_throttles_rebuilds(tmp_path: Path) -> None:
         for i in range(12):  # a commit every 0.1 s for 1.2 s
             _commit(store, f"t{i}", 1.0 + i, _cfg("gru", i))
             time.sleep(0.1)
-        deadline = time.monotonic() + 10
-        while not calls and time.monotonic() < deadline:  # a loaded machine may be slow to get to it
-            time.sleep(0.05)
+        eventually(lambda: bool(calls), 10)  # a loaded machine may be slow to get to it
     assert 1 <= len(calls) <= 3
     assert all(b - a >= 0.6 for a, b in zip(calls, calls[1:], strict=False))
 

@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, eventually
 
 _PROGRAM = """
 import os, signal, sys, threading, time
@@ -122,10 +121,7 @@ def test_the_driver_ends_when_its_supervisor_is_killed() -> None:
     proc, driver = _start("forever")
     proc.send_signal(signal.SIGKILL)  # the supervisor alone
     proc.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(driver):
-        time.sleep(0.05)
-    if _alive(driver):
+    if not eventually(lambda: not _alive(driver), 10):
         os.kill(driver, signal.SIGKILL)
         pytest.fail("the driver outlived its supervisor")
     _finish(proc)
