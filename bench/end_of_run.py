@@ -11,6 +11,7 @@ its imports, and (for the report) the size of ``report.html``.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,6 @@ print(json.dumps({"s": time.perf_counter() - start, "rise_mb": peak_mb() - base}
 
 
 def _measure(step: str, job: Path) -> dict:
-    import json
-
     out = subprocess.run([sys.executable, "-c", _STEP, step, str(job)], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
