@@ -157,6 +157,29 @@ def resolve_precision(amp: str, device: torch.device, batch_size: Optional[int] 
     return "fp32"
 
 
+def use_tf32(device: torch.device) -> bool:
+    """Whether float32 matmuls on ``device`` run in TF32, and set it so for this process.
+
+    On CUDA with TF32 units (compute capability >= 8.0, Ampere and later) they do: cuDNN's
+    ``nn.LSTM`` runs TF32 by default (``torch.backends.cudnn.allow_tf32``), so the cuBLAS matmuls
+    of the layer-norm LSTM, the input projections and the head do too, or the two cells would be
+    compared at different precisions (IEEE fp32 GEMMs run at a fraction of TF32's rate). TF32
+    keeps fp32's range with a 10-bit mantissa, the precision PyTorch's own
+    ``torch.set_float32_matmul_precision("high")`` chooses. Elsewhere (CPU, MPS, older GPUs): no
+    TF32, and nothing is set.
+
+    A run calls this when it starts (torch's switches are per process, and an actor runs many
+    trials); the trial row and the throughput row record the answer as ``tf32``.
+    """
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    tf32 = torch.cuda.get_device_capability(index) >= (8, 0)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return tf32
+
+
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:
     """The ``torch.autocast`` dtype for a resolved precision, or None for fp32 (autocast off)."""
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -54,7 +54,7 @@ def ln_lstm_recurrence(
     :func:`rnn.lnlstm_fused.recurrence_path`) or ``torch`` (always the PyTorch loop). The
     arguments and result are those of :func:`ln_lstm_recurrence_reference`.
     """
-    path = recurrence_path(xg.device, xg.dtype, recurrence)
+    path = recurrence_path(xg.device, xg.dtype, recurrence, hidden_size=h0.shape[-1])
     if path == "torch":
         return ln_lstm_recurrence_reference(
             xg, h0, c0, w_hh, ln_h_weight, ln_h_bias, bias, ln_c_weight, ln_c_bias, eps)
@@ -140,7 +140,7 @@ class LayerNormLSTMLayer(nn.Module):
         """``x``: ``[B, T, C]``; ``state``: ``(h0, c0)`` each ``[B, H]``."""
         # [B, T, 4H]: one matmul and one LayerNorm for all steps. On the fused CPU path the matmul
         # runs on oneDNN (rnn.onednn: about 3x MKL's sgemm here); the torch path stays plain.
-        if recurrence_path(x.device, x.dtype, self.recurrence) == "fused-cpu":
+        if recurrence_path(x.device, x.dtype, self.recurrence, self.hidden_size) == "fused-cpu":
             xg = self.ln_x(onednn.linear(x, self.w_x.weight))
         else:
             xg = self.ln_x(self.w_x(x))
@@ -204,7 +204,7 @@ class LayerNormLSTM(nn.Module):
 
     def recurrence_path(self, device: torch.device, dtype: torch.dtype = torch.float32) -> RecurrencePath:
         """The path the recurrence takes for inputs of ``dtype`` on ``device`` (autocast as now)."""
-        return recurrence_path(device, dtype, cast(LayerNormLSTMLayer, self.layers[0]).recurrence)
+        return recurrence_path(device, dtype, cast(LayerNormLSTMLayer, self.layers[0]).recurrence, self.hidden_size)
 
     def forward(
         self, x: Tensor, state: Optional[LSTMState] = None

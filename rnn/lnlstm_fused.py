@@ -3,12 +3,25 @@
 Which path runs (:func:`recurrence_path`):
 
 - ``fused-cpu``: CPU tensors in float32/float64 and the C++ kernels built (:mod:`rnn.lnlstm_cpu`).
-- ``triton``: CUDA tensors in float32/bfloat16/float16 and Triton importable (:mod:`rnn.triton_lnlstm`).
+- ``triton``: CUDA tensors in float32/bfloat16/float16, Triton importable (:mod:`rnn.triton_lnlstm`),
+  ``RNN_LNLSTM_TRITON`` not ``0``, and the kernels' first-use self-check passed (:func:`triton_ready`).
 - ``torch``: anything else (MPS, autocast on the CPU, no compiler): the PyTorch loop in
   :func:`rnn.lnlstm.ln_lstm_recurrence_reference`, differentiated by autograd.
 
 All paths compute the same function of the same parameters, so a checkpoint trained on one
 loads and trains on another.
+
+Never fatal: Triton compiles a kernel at its first launch, for each hidden-size block and dtype,
+and a compiler or driver failure there would otherwise end the trial. So the first time a process
+would use the ``triton`` path for a (device, dtype, block), :func:`triton_ready` runs a tiny
+forward and backward against the PyTorch loop; on an exception or a mismatch it logs one warning
+naming the cause and the process uses the ``torch`` path for that key from then on (the trial row's
+``recurrence`` then says ``torch``).
+
+Autocast: under autocast the Function does what ``torch.amp.custom_fwd``/``custom_bwd`` would
+for the tensors' own device type (the decorators fix one device type, and this Function serves
+the CPU and CUDA): it casts ``W_h`` once per forward to the autocast dtype, saves it, and runs
+``W_h h``, ``da W_h`` and ``dW_h`` in that dtype with autocast off inside, so no step re-casts.
 
 The backward (haste's design): the per-step kernels return the per-step gradients ``dz`` (the
 gate pre-activations, which are also ``d xgb``) and ``da`` (``W_h h``, before LN_h), and the
@@ -23,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import os
 from typing import Any, Literal, Optional, Protocol, cast
 
 import torch
@@ -39,6 +54,13 @@ RECURRENCE_CHOICES: tuple[str, ...] = ("auto", "torch")
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_HALF = (torch.bfloat16, torch.float16)
+
+#: Set to 0 to never use the Triton kernels (CUDA then runs the PyTorch loop), as ``RNN_LNLSTM_CPP=0``
+#: does for the C++ kernels on the CPU.
+TRITON_SWITCH = "RNN_LNLSTM_TRITON"
+#: The self-check's outcome per (device, dtype, hidden-size block): None passed, else the reason.
+_triton_checked: dict[tuple[str, torch.dtype, int], Optional[str]] = {}
 
 
 class Kernels(Protocol):
@@ -63,15 +85,105 @@ def _triton_kernels() -> Optional[Kernels]:
     return triton_lnlstm.kernels()
 
 
-def recurrence_path(device: torch.device, dtype: torch.dtype, choice: str = "auto") -> RecurrencePath:
-    """The path a layer on ``device`` with ``dtype`` inputs takes (autocast state is read now)."""
+def _block(hidden_size: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, hidden_size))))  # triton.next_power_of_2
+
+
+def _max_error(got: Tensor, want: Tensor) -> float:
+    """``max |got - want| / max(1, max |want|)``; inf where ``got`` is not finite."""
+    got, want = got.detach().double(), want.detach().double()
+    if not bool(torch.isfinite(got).all()):
+        return math.inf
+    return float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
+
+
+#: The self-check's tolerance on that error: float32 matmuls may run TF32 (10-bit mantissa); half
+#: precision rounds h, the gates and the normalised values. A wrong kernel is off by O(1) or NaN.
+SELF_CHECK_TOL = {torch.float32: 2e-2, torch.bfloat16: 1e-1, torch.float16: 5e-2}
+
+
+def self_check(kernels: Kernels, device: torch.device, dtype: torch.dtype, hidden_size: int) -> Optional[str]:
+    """Run ``kernels`` once, forward and backward, on a tiny batch (B 3, T 4) at ``hidden_size``
+    against the PyTorch loop in float64; None when they agree, else why not (one line).
+
+    ``dtype`` is the precision the layer would run at: float32 runs float32 inputs with autocast
+    off; bfloat16/float16 run float32 inputs under autocast to that dtype, as the trainer does.
+    The random inputs come from a generator of their own: the run's RNG streams are left alone.
+    """
+    from rnn.lnlstm import ln_lstm_recurrence_reference  # imports this module
+
+    B, T, H = 3, 4, hidden_size
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(B, T, 4 * H), (B, H), (B, H), (4 * H, H), (4 * H,), (4 * H,), (4 * H,), (H,), (H,)]
+    scales = [1.0, 1.0, 1.0, H**-0.5, 1.0, 0.1, 0.1, 1.0, 0.1]
+    base = [torch.randn(s, generator=gen, dtype=torch.float64) * k for s, k in zip(shapes, scales, strict=True)]
+    try:
+        with torch.enable_grad():
+            want_in = [t.to(device).requires_grad_() for t in base]
+            want = ln_lstm_recurrence_reference(*want_in, 1e-5)
+            want_out = (want[0], *want[1])
+            proj = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(device) for t in want_out]
+            want_grads = torch.autograd.grad(sum((a * p).sum() for a, p in zip(want_out, proj, strict=True)), want_in)
+
+            got_in = [t.to(device, torch.float32).requires_grad_() for t in base]
+            xg, h0, c0, w, gh, bh, b, gc, bc = got_in
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype in _HALF):
+                out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, kernels)
+            got_out = (out, h, c)
+            loss = sum((a.double() * p).sum() for a, p in zip(got_out, proj, strict=True))
+            got_grads = torch.autograd.grad(loss, got_in)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as e:  # noqa: BLE001 (a compile or launch failure of any kind means: don't use it)
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    names = ["out", "h_T", "c_T", *(f"grad {n}" for n in ("xg", "h0", "c0", "W_h", "LN_h gain", "LN_h bias",
+                                                          "b", "LN_c gain", "LN_c bias"))]
+    tol = SELF_CHECK_TOL[dtype]
+    for name, a, ref in zip(names, (*got_out, *got_grads), (*want_out, *want_grads), strict=True):
+        err = _max_error(a, ref)
+        if not err <= tol:
+            return f"{name} differs from the PyTorch loop by {err:.3g} (tolerance {tol:g})"
+    return None
+
+
+def triton_ready(device: torch.device, dtype: torch.dtype, hidden_size: int) -> bool:
+    """Whether the ``triton`` path may run layers of ``hidden_size`` in ``dtype`` on ``device``.
+
+    False when ``RNN_LNLSTM_TRITON=0``, when Triton does not import, or when the kernels' first-use
+    :func:`self_check` failed in this process (logged once, as a warning naming the cause).
+    """
+    if os.environ.get(TRITON_SWITCH, "1") == "0":
+        return False
+    kernels = _triton_kernels()
+    if kernels is None:
+        return False
+    key = (str(device), dtype, _block(hidden_size))
+    if key not in _triton_checked:
+        with torch.autocast(device.type, enabled=False):
+            reason = self_check(kernels, device, dtype, hidden_size)
+        _triton_checked[key] = reason
+        if reason is not None:
+            log.warning("the layer-norm LSTM's Triton kernels failed their self-check on %s (%s, hidden %d): %s; "
+                        "using the PyTorch loop there (set %s=0 to skip Triton)",
+                        device, str(dtype).removeprefix("torch."), hidden_size, reason, TRITON_SWITCH)
+    return _triton_checked[key] is None
+
+
+def recurrence_path(
+    device: torch.device, dtype: torch.dtype, choice: str = "auto", hidden_size: int = 8,
+) -> RecurrencePath:
+    """The path a layer of ``hidden_size`` on ``device`` with ``dtype`` inputs takes (autocast
+    state is read now). ``dtype`` is the precision: under autocast, its dtype."""
     if choice == "torch":
         return "torch"
     if device.type == "cpu":
         if dtype in _CPU_DTYPES and not torch.is_autocast_enabled("cpu") and lnlstm_cpu.load() is not None:
             return "fused-cpu"
     elif device.type == "cuda":
-        if dtype in _CUDA_DTYPES and _triton_kernels() is not None:
+        if torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+        if dtype in _CUDA_DTYPES and triton_ready(device, dtype, hidden_size):
             return "triton"
     return "torch"
 
@@ -97,32 +209,40 @@ class FusedLNLSTM(torch.autograd.Function):
         ctx: Any, xgb: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gh: Tensor, bh: Tensor,
         gc: Tensor, bc: Tensor, eps: float, kernels: Kernels,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        dtype = xgb.dtype
-        # The kernels want one dtype and contiguous tensors. The parameters are cast to the
-        # activations' dtype (as autocast would), and their gradients cast back below.
-        h0_, c0_, w_, gh_, bh_, gc_, bc_ = (t.to(dtype).contiguous() for t in (h0, c0, w, gh, bh, gc, bc))
-        hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = kernels.forward(
-            xgb.contiguous(), h0_, c0_, w_, gh_, bh_, gc_, bc_, eps)
+        dev = xgb.device.type
+        # The matmuls' dtype: autocast's where it is on (cast W_h once here, not every step),
+        # else the activations'. The kernels want contiguous tensors; the parameters are cast as
+        # autocast would, and their gradients cast back in backward.
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else xgb.dtype
+        with torch.autocast(dev, enabled=False):
+            h0_, c0_, w_, gh_, bh_, gc_, bc_ = (t.to(dtype).contiguous() for t in (h0, c0, w, gh, bh, gc, bc))
+            hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = kernels.forward(
+                xgb.contiguous(), h0_, c0_, w_, gh_, bh_, gc_, bc_, eps)
+            out = hs[1:].transpose(0, 1).contiguous()  # [B, T, H]: a copy, so no one writes into hs
         ctx.kernels = kernels
+        ctx.x_dtype = xgb.dtype
         ctx.param_dtypes = [t.dtype for t in (h0, c0, w, gh, bh, gc, bc)]
         ctx.save_for_backward(hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, w_, gh_, gc_)
-        out = hs[1:].transpose(0, 1).contiguous()  # [B, T, H]: a copy, so no one writes into hs
         return out, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     def backward(ctx: Any, dout: Optional[Tensor], dhT: Optional[Tensor], dcT: Optional[Tensor]) -> tuple[Any, ...]:
         hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, w, gh, gc = ctx.saved_tensors
         T, B, H = tc.shape
-        zeros = tc.new_zeros((B, H))
-        d_out = tc.new_zeros((B, T, H)) if dout is None else dout.to(tc.dtype).contiguous()
-        d_hT = zeros if dhT is None else dhT.to(tc.dtype).contiguous()
-        d_cT = zeros if dcT is None else dcT.to(tc.dtype).contiguous()
-        dz, da, dh0, dc0, dgh, dbh, dgc, dbc = ctx.kernels.backward(
-            d_out, d_hT, d_cT, w, gh, gc, cs, gates, ahat, rstd_a, chat, rstd_c, tc)
-        # After the loop: the recurrent weight gradient as one GEMM over all T*B rows,
-        # dW_h = sum_t da_t^T h_{t-1}, accumulated in float32 at least.
-        acc = torch.promote_types(tc.dtype, torch.float32)
-        dw = onednn.matmul_tn(da.flatten(0, 1).to(acc), hs[:-1].flatten(0, 1).to(acc))  # [4H, H]
+        dtype = hs.dtype  # the forward's matmul dtype
+        with torch.autocast(hs.device.type, enabled=False):
+            zeros = hs.new_zeros((B, H))
+            d_out = hs.new_zeros((B, T, H)) if dout is None else dout.to(dtype).contiguous()
+            d_hT = zeros if dhT is None else dhT.to(dtype).contiguous()
+            d_cT = zeros if dcT is None else dcT.to(dtype).contiguous()
+            dz, da, dh0, dc0, dgh, dbh, dgc, dbc = ctx.kernels.backward(
+                d_out, d_hT, d_cT, w, gh, gc, cs, gates, ahat, rstd_a, chat, rstd_c, tc)
+            # After the loop: the recurrent weight gradient as one GEMM over all T*B rows,
+            # dW_h = sum_t da_t^T h_{t-1}, in the matmuls' dtype (cuBLAS accumulates half
+            # precision in float32), float32 at least otherwise.
+            acc = torch.promote_types(da.dtype, dtype)
+            dw = onednn.matmul_tn(da.flatten(0, 1).to(acc), hs[:-1].flatten(0, 1).to(acc))  # [4H, H]
+        dz = dz.to(ctx.x_dtype)
         grads = [dh0, dc0, dw, dgh, dbh, dgc, dbc]
         grads = [g.to(d) for g, d in zip(grads, ctx.param_dtypes, strict=True)]
         return (dz, *grads, None, None)

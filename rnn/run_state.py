@@ -76,6 +76,8 @@ class Run:
         # train.compile: whether the training forward is compiled, and the seconds it took.
         self.compiled = False
         self.compile_s = 0.0
+        #: Whether float32 matmuls run TF32 (rnn.device.use_tf32).
+        self.tf32 = False
         self.clock_start = time.monotonic()  # set again by the loop, minus the time before a resume
         self.window_start = time.monotonic()
 

@@ -41,7 +41,7 @@ import torch
 from rnn.compile import compile_train_step
 from rnn.config import RunConfig, ThroughputConfig
 from rnn.data import LMData, prepare_data
-from rnn.device import detect_device, device_report, resolve_precision
+from rnn.device import detect_device, device_report, resolve_precision, use_tf32
 from rnn.errors import is_out_of_memory
 from rnn.memory import (  # noqa: F401  (re-exported: the throughput sweep's memory guard)
     ACTIVATION_SAFETY,
@@ -96,6 +96,7 @@ class _Session:
         # Each size starts from the same weights, so results do not depend on the order sizes run in.
         self.initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.device_name = str(device_report(device).get("device_name") or device.type)
+        self.tf32 = use_tf32(device)
 
     def precision(self, batch_size: int) -> str:
         """``amp: auto`` depends on the batch size, so each size resolves its own precision."""
@@ -110,7 +111,8 @@ class _Session:
         return ThroughputRow(
             batch_size=batch_size, status=status, device=self.device.type, device_name=self.device_name,
             precision=self.precision(batch_size), torch_version=torch.__version__, error=error,
-            recurrence=self.model.recurrence_path(self.device, self.precision(batch_size)), **fields,
+            recurrence=self.model.recurrence_path(self.device, self.precision(batch_size)), tf32=self.tf32,
+            **fields,
         )
 
     def memory_guard(self, batch_size: int) -> Optional[str]:

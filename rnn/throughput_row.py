@@ -59,6 +59,8 @@ class ThroughputRow:
     #: (before the warm-up steps, untimed); None when the size did not run.
     compiled: Optional[bool] = None
     compile_s: Optional[float] = None
+    #: Whether float32 matmuls ran TF32 (see :func:`rnn.device.use_tf32`).
+    tf32: Optional[bool] = None
 
     def __post_init__(self) -> None:
         try:

@@ -26,7 +26,7 @@ from rnn.checkpoint import load_checkpoint, save_checkpoint
 from rnn.compile import compile_train_step
 from rnn.config import ModelConfig, RunConfig
 from rnn.data import LMData, prepare_data
-from rnn.device import detect_device, device_report, resolve_precision
+from rnn.device import detect_device, device_report, resolve_precision, use_tf32
 from rnn.evaluate import eval_batch_size, evaluate
 from rnn.events import EvalRecord, TrainEvent, TrainResult, TrialStatus
 from rnn.models import LanguageModel, build_model
@@ -128,6 +128,7 @@ class Trainer:
         if self._num_threads:
             torch.set_num_threads(self._num_threads)
         device = detect_device(str(self._device_override) if self._device_override else tc.device)
+        tf32 = use_tf32(device)
         torch.manual_seed(tc.seed)
         data = prepare_data(cfg.data, device, cache_dir=self._cache_dir, data_dir=self._data_dir)
         model = build_model(cfg.model, data.vocab_size).to(device)
@@ -156,6 +157,7 @@ class Trainer:
             total_steps=remaining, max_time_s=tc.max_time_s,
         )
         run.compiled, run.compile_s = compiled.compiled, compiled.compile_s
+        run.tf32 = tf32
         return run
 
     def _start_event(self, run: Run, resumed: bool) -> TrainEvent:
@@ -171,6 +173,7 @@ class Trainer:
                 "recurrence": run.model.recurrence_path(run.device, run.precision),
                 "compiled": run.compiled,
                 "compile_s": run.compile_s,
+                "tf32": run.tf32,
                 "vocab_size": run.data.vocab_size,
                 "corpus": run.data.corpus.name,
                 "corpus_sha256": run.data.corpus.sha256,

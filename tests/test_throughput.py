@@ -24,7 +24,7 @@ SEQ_LEN = 8
 THROUGHPUT_COLUMNS = (
     "batch_size", "status", "samples_per_s", "tokens_per_s", "step_time_ms", "step_time_ms_max",
     "peak_mem_mb", "device", "device_name", "precision", "torch_version", "error", "is_best", "recurrence",
-    "compiled", "compile_s",
+    "compiled", "compile_s", "tf32",
 )
 
 

@@ -71,3 +71,174 @@ def test_half_precision_runs_and_stays_close(dtype) -> None:
     out.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == t.dtype and torch.isfinite(t.grad).all()
                for t in (xg, h0, c0, w, *params))
+
+
+# --- never fatal: the first-use self-check, the switch ---------------------------------------
+
+import ast  # noqa: E402
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from rnn import lnlstm_fused  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    """An empty self-check memo for the test (the module's own is restored afterwards)."""
+    monkeypatch.setattr(lnlstm_fused, "_triton_checked", {})
+    monkeypatch.delenv(lnlstm_fused.TRITON_SWITCH, raising=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_self_check_passes_on_correct_kernels(dtype) -> None:
+    assert lnlstm_fused.self_check(triton_lnlstm.TritonKernels(fill_nan=True), CPU, dtype, 12) is None
+
+
+def test_a_kernel_that_raises_falls_back_to_the_loop_with_one_warning(fresh_checks, monkeypatch, caplog) -> None:
+    """Triton compiles at the first launch; a failure there must leave the process on the torch path."""
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("PassManager::run failed\nmore lines")
+
+    monkeypatch.setattr(triton_lnlstm.TritonKernels, "forward", broken)
+    with caplog.at_level(logging.WARNING, logger="rnn.lnlstm_fused"):
+        assert lnlstm_fused.triton_ready(CPU, torch.float32, 16) is False
+        assert lnlstm_fused.triton_ready(CPU, torch.float32, 16) is False  # asked once per key
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "RuntimeError: PassManager::run failed" in warnings[0] and "more lines" not in warnings[0]
+    assert "RNN_LNLSTM_TRITON=0" in warnings[0]
+
+
+def test_a_kernel_that_computes_garbage_is_not_used(fresh_checks, monkeypatch, caplog) -> None:
+    """A mismatch (here: the cell-state gradient left unwritten, NaN) fails the check like an exception."""
+    real = triton_lnlstm.TritonKernels.backward
+
+    def unwritten_dc(self, *args):
+        grads = real(self, *args)
+        grads[3] = torch.full_like(grads[3], float("nan"))  # dc0
+        return grads
+
+    monkeypatch.setattr(triton_lnlstm.TritonKernels, "backward", unwritten_dc)
+    with caplog.at_level(logging.WARNING, logger="rnn.lnlstm_fused"):
+        assert lnlstm_fused.triton_ready(CPU, torch.float32, 8) is False
+    assert "grad c0 differs from the PyTorch loop by inf" in caplog.text
+    # Another hidden-size block is checked on its own (Triton compiles it separately).
+    monkeypatch.setattr(triton_lnlstm.TritonKernels, "backward", real)
+    assert lnlstm_fused.triton_ready(CPU, torch.float32, 40) is True
+
+
+def test_the_switch_turns_triton_off_without_running_anything(fresh_checks, monkeypatch) -> None:
+    monkeypatch.setenv(lnlstm_fused.TRITON_SWITCH, "0")
+    monkeypatch.setattr(lnlstm_fused, "self_check", lambda *a: pytest.fail("the self-check ran"))
+    assert lnlstm_fused.triton_ready(CPU, torch.float32, 8) is False
+    # On a CUDA device (none here: nothing may touch it) the path is the loop.
+    assert lnlstm_fused.recurrence_path(torch.device("cuda"), torch.float32, hidden_size=512) == "torch"
+
+
+def test_a_model_whose_triton_check_fails_trains_on_the_loop_and_says_so(fresh_checks, monkeypatch) -> None:
+    """The trainer's view: the path it records is the one that runs, and training completes."""
+    from rnn.config import ModelConfig
+    from rnn.models import build_model
+
+    monkeypatch.setattr(lnlstm_fused, "self_check", lambda *a: "RuntimeError: no kernel image")
+    cuda = torch.device("cuda")  # never touched: the failed check routes everything to the loop
+    model = build_model(ModelConfig(cell="lstm", embedding_dim=8, hidden_size=8, layer_norm=True), 11)
+    assert model.recurrence_path(cuda, "fp32") == "torch"
+    assert model.recurrence_path(cuda, "bf16") == "torch"
+
+
+def test_every_kernel_offset_is_int64() -> None:
+    """``b * 4H`` and the step offsets pass 2**31 elements at B*T*4H >= 2**31 (B 10,487 at T 100, H 512):
+    every program id is widened before any offset is formed from it. (bench.triton_check runs such a
+    batch on a GPU; here the source is checked, since the interpreter cannot hold 2**31 elements.)"""
+    tree = ast.parse(Path(triton_lnlstm.__file__).read_text(encoding="utf-8"))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr in ("program_id", "num_programs")]
+    assert len(calls) >= 5
+    widened = {id(n.func.value) for n in ast.walk(tree) if isinstance(n, ast.Call)
+               and isinstance(n.func, ast.Attribute) and n.func.attr == "to"
+               and ast.unparse(n.args[0]) == "tl.int64"}
+    assert all(id(c) in widened for c in calls), "a program id is used as int32"
+
+
+# --- precision policy: what reaches the matmuls ----------------------------------------------
+
+class _Recorder(TorchDispatchMode):
+    """Records the input dtypes of every mm/addmm and every dtype conversion of a [4H, H] tensor."""
+
+    def __init__(self, w_shape):
+        super().__init__()
+        self.mm: list[tuple[torch.dtype, ...]] = []
+        self.w_casts = 0
+        self.w_shape = w_shape
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ("mm", "addmm", "_linear_pointwise"):
+            self.mm.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        if name in ("_to_copy", "to") and isinstance(args[0], torch.Tensor) and tuple(args[0].shape) == self.w_shape:
+            self.w_casts += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_under_autocast_the_matmuls_run_in_its_dtype_and_w_is_cast_once(T) -> None:
+    B, H = 3, 8
+    args = _args(B, T, H, torch.float32, seed=11)
+    xg, h0, c0, w, gh, bh, b, gc, bc = args
+    rec = _Recorder((4 * H, H))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with rec:
+            out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_lnlstm.kernels())
+        forward_casts = rec.w_casts
+        assert out.dtype == torch.bfloat16 and c.dtype == torch.float32
+        loss = out.float().sum() + h.float().sum() + c.sum()
+    with rec:
+        grads = torch.autograd.grad(loss, args)
+    assert forward_casts == 1, "W_h cast once per forward, not per step"
+    # The backward re-uses the saved bf16 W_h; its one cast is dW_h back to the parameter's float32.
+    assert rec.w_casts == 2
+    # T forward steps, T backward steps and dW_h: every matmul in bf16, none re-cast per step.
+    assert len(rec.mm) == 2 * T + 1
+    assert all(set(d) == {torch.bfloat16} for d in rec.mm), rec.mm
+    # Gradients come back in the parameters' and inputs' own dtypes.
+    assert [g.dtype for g in grads] == [a.dtype for a in args]
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_without_autocast_float32_stays_float32() -> None:
+    args = _args(2, 3, 8, torch.float32, seed=5)
+    xg, h0, c0, w, gh, bh, b, gc, bc = args
+    rec = _Recorder((32, 8))
+    with rec:
+        out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_lnlstm.kernels())
+        torch.autograd.grad(out.sum() + h.sum() + c.sum(), args)
+    assert rec.w_casts == 0 and rec.mm and all(set(d) == {torch.float32} for d in rec.mm)
+
+
+def test_half_precision_saves_gates_and_normalised_values_in_half() -> None:
+    B, T, H = 2, 3, 8
+    args = [a.detach() for a in _args(B, T, H, torch.float32, seed=2)]
+    xg, h0, c0, w, gh, bh, b, gc, bc = args
+    hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = triton_lnlstm.kernels().forward(
+        xg, h0.bfloat16(), c0, w.bfloat16(), gh, bh + b, gc, bc, 1e-5)
+    assert {t.dtype for t in (hs, gates, ahat, chat, tc)} == {torch.bfloat16}
+    assert {t.dtype for t in (cs, rstd_a, rstd_c)} == {torch.float32}
+
+
+def test_ln_affine_gradients_in_one_kernel_match_the_sums() -> None:
+    """The reduction over row slices (several slices and a ragged last tile) equals the plain sums."""
+    g = torch.Generator().manual_seed(3)
+    T, B, H = 7, 9, 5  # 63 rows: two 32-row tiles, the second ragged
+    dz = torch.randn(B, T, 4 * H, generator=g)
+    ahat, dcn, chat = torch.randn(T, B, 4 * H, generator=g), torch.randn(T, B, H, generator=g), \
+        torch.randn(T, B, H, generator=g)
+    got = triton_lnlstm.ln_affine_grads(dz, ahat, dcn, chat)
+    dzt = dz.transpose(0, 1)
+    want = ((dzt * ahat).sum((0, 1)), dzt.sum((0, 1)), (dcn * chat).sum((0, 1)), dcn.sum((0, 1)))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

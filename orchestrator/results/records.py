@@ -84,6 +84,9 @@ class TrialRecord:
     #: compile took at set-up (0 when not compiled; from the ``start`` event).
     compiled: Optional[bool] = None
     compile_s: Optional[float] = None
+    #: Whether float32 matmuls ran TF32 (CUDA from Ampere on, see ``rnn.device.use_tf32``; from
+    #: the ``start`` event).
+    tf32: Optional[bool] = None
 
 
 _SCALARS: dict[type, pa.DataType] = {
@@ -133,11 +136,11 @@ EVAL_SCHEMA: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(EvalRecord)])
 THROUGHPUT_FIXED: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(ThroughputRow)])
 
 #: Fixed columns added after a release (``train_objective`` in ``evals.parquet``; ``recurrence``,
-#: ``compiled`` and ``compile_s`` in ``trials.parquet`` and ``throughput.parquet``). A table or
+#: ``compiled``, ``compile_s`` and ``tf32`` in ``trials.parquet`` and ``throughput.parquet``). A table or
 #: part written before one of them existed is read with it null, and the next compaction
 #: writes it, instead of being refused as another version's. Add a column here when you add
 #: a field to ``TrialRecord``, ``EvalRecord`` or ``ThroughputRow``.
-ADDED_COLUMNS: frozenset[str] = frozenset({"train_objective", "recurrence", "compiled", "compile_s"})
+ADDED_COLUMNS: frozenset[str] = frozenset({"train_objective", "recurrence", "compiled", "compile_s", "tf32"})
 
 
 def with_added_columns(table: pa.Table, fixed: pa.Schema) -> pa.Table:

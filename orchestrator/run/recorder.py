@@ -118,7 +118,7 @@ class Recorder:
         elif isinstance(event, Measured):
             row = event.row
             state.rows.append(row)
-            state.info.update(device=row.device, precision=row.precision, recurrence=row.recurrence)
+            state.info.update(device=row.device, precision=row.precision, recurrence=row.recurrence, tf32=row.tf32)
             if row.status == "ok":
                 speed = f"{row.samples_per_s:,.0f} samples/s, {row.step_time_ms:.1f} ms/step"
             else:
