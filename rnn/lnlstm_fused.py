@@ -97,6 +97,14 @@ def _max_error(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
 
 
+def _projected(outs: tuple[Tensor, ...], proj: list[Tensor]) -> Tensor:
+    """A scalar loss with a random gradient for every output: ``sum(out * proj)`` in float64."""
+    total = outs[0].new_zeros((), dtype=torch.float64)
+    for a, p in zip(outs, proj, strict=True):
+        total = total + (a.double() * p).sum()
+    return total
+
+
 #: The self-check's tolerance on that error: float32 matmuls may run TF32 (10-bit mantissa); half
 #: precision rounds h, the gates and the normalised values. A wrong kernel is off by O(1) or NaN.
 SELF_CHECK_TOL = {torch.float32: 2e-2, torch.bfloat16: 1e-1, torch.float16: 5e-2}
@@ -120,18 +128,19 @@ def self_check(kernels: Kernels, device: torch.device, dtype: torch.dtype, hidde
     try:
         with torch.enable_grad():
             want_in = [t.to(device).requires_grad_() for t in base]
-            want = ln_lstm_recurrence_reference(*want_in, 1e-5)
-            want_out = (want[0], *want[1])
+            want, (want_h, want_c) = ln_lstm_recurrence_reference(
+                want_in[0], want_in[1], want_in[2], want_in[3], want_in[4], want_in[5], want_in[6],
+                want_in[7], want_in[8], 1e-5)
+            want_out = (want, want_h, want_c)
             proj = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(device) for t in want_out]
-            want_grads = torch.autograd.grad(sum((a * p).sum() for a, p in zip(want_out, proj, strict=True)), want_in)
+            want_grads = torch.autograd.grad(_projected(want_out, proj), want_in)
 
             got_in = [t.to(device, torch.float32).requires_grad_() for t in base]
             xg, h0, c0, w, gh, bh, b, gc, bc = got_in
             with torch.autocast(device.type, dtype=dtype, enabled=dtype in _HALF):
                 out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, kernels)
             got_out = (out, h, c)
-            loss = sum((a.double() * p).sum() for a, p in zip(got_out, proj, strict=True))
-            got_grads = torch.autograd.grad(loss, got_in)
+            got_grads = torch.autograd.grad(_projected(got_out, proj), got_in)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as e:  # noqa: BLE001 (a compile or launch failure of any kind means: don't use it)
