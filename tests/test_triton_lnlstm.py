@@ -242,3 +242,39 @@ def test_ln_affine_gradients_in_one_kernel_match_the_sums() -> None:
     want = ((dzt * ahat).sum((0, 1)), dzt.sum((0, 1)), (dcn * chat).sum((0, 1)), dcn.sum((0, 1)))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# --- bench.triton_check ---------------------------------------------------------------------
+
+def test_triton_check_catches_an_unwritten_element() -> None:
+    """The check's NaN-filled buffers make a kernel that skips one element fail its case."""
+    from bench.triton_check import parity_case
+
+    class SkipsOne(triton_lnlstm.TritonKernels):
+        def forward(self, *args):
+            res = super().forward(*args)
+            res[0][-1, -1, -1] = float("nan")  # as if h_T's last element had not been stored
+            return res
+
+    assert parity_case(2, 3, 8, "fp32", CPU, triton_lnlstm.TritonKernels(fill_nan=True)).ok
+    bad = parity_case(2, 3, 8, "fp32", CPU, SkipsOne(fill_nan=True))
+    assert not bad.ok and bad.error == float("inf")
+
+
+def test_triton_check_quick_runs_the_parity_grid_in_a_subprocess(tmp_path) -> None:
+    """What CI keeps proving of the kernels' arithmetic: ``python -m bench.triton_check --quick``."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "check.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the check sets it itself
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "bench.triton_check", "--quick", "--out", str(out)],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("parity: PASS (16/16 cases)")
+    result = json.loads(out.read_text())
+    assert result["parity_ok"] is True and result["interpret"] is True
+    assert len(result["parity"]) == 16 and {c["precision"] for c in result["parity"]} == {"fp32", "bf16"}
+    assert all(c["ok"] and c["error"] <= c["tolerance"] for c in result["parity"])
