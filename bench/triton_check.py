@@ -12,11 +12,15 @@
    ``max(floor, 8 x the PyTorch loop's own error at that precision)``: the kernels may not be less
    accurate than the loop they replace. On CUDA one more case, B 10,600 x T 100 x H 512 (bf16),
    passes 2**31 elements in the gate buffers: the int64 offsets, checked on its first and last rows.
+   Also on CUDA, the CUDA-graph path (:mod:`rnn.loop_graphs`) at H 512 over the B x T grid: three
+   calls through one layer's graphs with new inputs each (eager warm-up, capture, replay), each
+   against the float64 loop, so a graph reading a stale buffer shows.
 2. **Timings**, CUDA only: one layer (input E, hidden H), forward + backward, Triton layer-norm LSTM
    against cuDNN ``nn.LSTM`` of the same size, CUDA events, median of the timed iterations, at the seed
    shape (B 2048, T 25, E 192, H 384) and the char-rnn shape (B 64, T 100, E 128, H 512), in fp32 (IEEE
-   matmuls, TF32 off for both), tf32 (on for both) and bf16 (autocast). ``ratio`` is cuDNN's time over
-   Triton's: Triton's speed as a fraction of cuDNN's.
+   matmuls, TF32 off for both), tf32 (on for both) and bf16 (autocast). The layer runs as the trainer
+   runs it, with its loops in CUDA graphs; ``triton_eager_ms`` is the same layer without graphs.
+   ``ratio`` is cuDNN's time over Triton's (with graphs): Triton's speed as a fraction of cuDNN's.
 
 Prints one summary table last and writes JSON (``--out``) with ``device``, ``parity_ok``, ``parity``,
 ``timings`` and ``ratios`` (keyed ``seed/fp32`` ... ``char-rnn/bf16``). Exit status 1 when a parity case
@@ -66,6 +70,7 @@ class ParityCase:
     tolerance: float  # its tolerance
     failure: Optional[str] = None  # an exception, if one was raised
     seconds: float = 0.0
+    graphs: bool = False  # run through a layer's CUDA graphs (three calls)
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Timing:
     H: int
     triton_ms: float
     cudnn_ms: float
+    triton_eager_ms: float  # the same layer without CUDA graphs
     recurrence: str  # the path the layer-norm layer took (triton, or torch after a failed self-check)
 
     @property
@@ -113,7 +119,8 @@ def _inputs(B: int, T: int, H: int, seed: int) -> list[Any]:
     return out
 
 
-def _run(kind: str, base: list[Any], proj: list[Any], device: Any, precision: str, kernels: Any) -> list[Any]:
+def _run(kind: str, base: list[Any], proj: list[Any], device: Any, precision: str, kernels: Any,
+         graphs: Any = None) -> list[Any]:
     """Outputs and input gradients of the Triton Function (``kind`` triton) or the loop (``loop``)."""
     import torch
 
@@ -125,7 +132,7 @@ def _run(kind: str, base: list[Any], proj: list[Any], device: Any, precision: st
     xg, h0, c0, w, gh, bh, b, gc, bc = args
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if kind == "triton":
-            out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, kernels)
+            out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, kernels, graphs)
         else:
             out, (h, c) = ln_lstm_recurrence_reference(xg, h0, c0, w, gh, bh, b, gc, bc, 1e-5)
     outs = [out, h, c]
@@ -134,30 +141,40 @@ def _run(kind: str, base: list[Any], proj: list[Any], device: Any, precision: st
     return [t.detach() for t in (*outs, *grads)]
 
 
-def parity_case(B: int, T: int, H: int, precision: str, device: Any, kernels: Any) -> ParityCase:
+def parity_case(B: int, T: int, H: int, precision: str, device: Any, kernels: Any, graphs: bool = False) -> ParityCase:
+    """One case; with ``graphs``, three calls through one layer's CUDA graphs, each with new inputs."""
     import torch
 
+    from rnn.loop_graphs import LoopGraphs
+
     start = time.perf_counter()
-    base = _inputs(B, T, H, seed=B * 7919 + T * 31 + H)
-    g = torch.Generator().manual_seed(H + T)
-    proj = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in ((B, T, H), (B, H), (B, H))]
-    try:
-        want = _run("loop", base, proj, device, "fp64", kernels)
-        loop = _run("loop", base, proj, device, precision, kernels)
-        got = _run("triton", base, proj, device, precision, kernels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    except Exception as e:  # noqa: BLE001 (a failure is a result here)
-        return ParityCase(B, T, H, precision, False, "", math.inf, 0.0, _why(e), time.perf_counter() - start)
+    layer_graphs = LoopGraphs() if graphs else None
     worst, worst_err, worst_tol, worst_frac = "", 0.0, 0.0, -1.0
-    for name, a, ref, lp in zip(_NAMES, got, want, loop, strict=True):
-        err = _error(a, ref)
-        tol = max(FLOOR[precision], LOOP_FACTOR * _error(lp, ref))
-        frac = err / tol if math.isfinite(err) else math.inf
-        if frac > worst_frac:
-            worst, worst_err, worst_tol, worst_frac = name, err, tol, frac
-    return ParityCase(B, T, H, precision, worst_frac <= 1.0, worst, worst_err, worst_tol,
-                      seconds=time.perf_counter() - start)
+    for call in range(3 if graphs else 1):
+        base = _inputs(B, T, H, seed=B * 7919 + T * 31 + H + 1000 * call)
+        g = torch.Generator().manual_seed(H + T + call)
+        proj = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in ((B, T, H), (B, H), (B, H))]
+        try:
+            want = _run("loop", base, proj, device, "fp64", kernels)
+            loop = _run("loop", base, proj, device, precision, kernels)
+            got = _run("triton", base, proj, device, precision, kernels, layer_graphs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001 (a failure is a result here)
+            return ParityCase(B, T, H, precision, False, "", math.inf, 0.0, _why(e), time.perf_counter() - start,
+                              graphs)
+        for name, a, ref, lp in zip(_NAMES, got, want, loop, strict=True):
+            err = _error(a, ref)
+            tol = max(FLOOR[precision], LOOP_FACTOR * _error(lp, ref))
+            frac = err / tol if math.isfinite(err) else math.inf
+            if frac > worst_frac:
+                label = f"{name} (call {call + 1})" if graphs else name
+                worst, worst_err, worst_tol, worst_frac = label, err, tol, frac
+    failure = None
+    if layer_graphs is not None and layer_graphs.failed:
+        failure, worst_frac = f"graph capture failed: {layer_graphs.failed}", math.inf
+    return ParityCase(B, T, H, precision, worst_frac <= 1.0, worst, worst_err, worst_tol, failure,
+                      time.perf_counter() - start, graphs)
 
 
 def int64_case(device: Any, kernels: Any) -> ParityCase:
@@ -216,6 +233,10 @@ def time_layer(shape: str, precision: str, device: Any, iters: int, warmup: int)
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     ln = LayerNormLSTM(E, H, num_layers=1).to(device)
+    ln_eager = LayerNormLSTM(E, H, num_layers=1).to(device)
+    ln_eager.load_state_dict(ln.state_dict())
+    for layer in ln_eager.layers:
+        layer.loop_graphs = None  # the Triton loops launched step by step
     cudnn = nn.LSTM(E, H, num_layers=1, batch_first=True).to(device)
     x = torch.randn(B, T, E, device=device, requires_grad=True)
     dy = torch.randn(B, T, H, device=device)
@@ -227,13 +248,14 @@ def time_layer(shape: str, precision: str, device: Any, iters: int, warmup: int)
             y, _ = model(x)
         y.backward(dy.to(y.dtype))
 
-    times: dict[str, list[float]] = {"ln": [], "cudnn": []}
-    for model in (ln, cudnn):
-        for _ in range(warmup):
+    models = {"ln": ln, "ln_eager": ln_eager, "cudnn": cudnn}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        for _ in range(max(warmup, 3)):  # graphs: the first call is eager, the second captures
             step(model)
     torch.cuda.synchronize(device)
-    for _ in range(iters):  # interleaved, so drift (clocks, other tenants) hits both alike
-        for name, model in (("ln", ln), ("cudnn", cudnn)):
+    for _ in range(iters):  # interleaved, so drift (clocks, other tenants) hits all alike
+        for name, model in models.items():
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
             step(model)
@@ -241,28 +263,30 @@ def time_layer(shape: str, precision: str, device: Any, iters: int, warmup: int)
             b.synchronize()
             times[name].append(a.elapsed_time(b))
     return Timing(shape, precision, B, T, E, H, statistics.median(times["ln"]), statistics.median(times["cudnn"]),
-                  recurrence)
+                  statistics.median(times["ln_eager"]), recurrence)
 
 
 def format_summary(device_name: str, cases: Sequence[ParityCase], timings: Sequence[Timing]) -> str:
     lines = [f"triton_check on {device_name}"]
     by: dict[str, list[ParityCase]] = {}
     for c in cases:
-        by.setdefault(c.precision if (c.B, c.T, c.H) != INT64_CASE else "int64", []).append(c)
-    lines.append(f"{'parity':<8} {'cases':>5} {'failed':>6}  {'worst (error / tolerance)':<50}")
+        kind = "int64" if (c.B, c.T, c.H) == INT64_CASE else f"{c.precision}{'+graph' if c.graphs else ''}"
+        by.setdefault(kind, []).append(c)
+    lines.append(f"{'parity':<10} {'cases':>5} {'failed':>6}  {'worst (error / tolerance)':<50}")
     for prec, cs in by.items():
         failed = [c for c in cs if not c.ok]
         worst = max(cs, key=lambda c: c.error / c.tolerance if c.tolerance else math.inf)
         what = worst.failure or f"{worst.worst} {worst.error:.2e} / {worst.tolerance:.2e}"
         where = f"B{worst.B} T{worst.T} H{worst.H}"
-        lines.append(f"{prec:<8} {len(cs):>5} {len(failed):>6}  {where:<18} {what}")
+        lines.append(f"{prec:<10} {len(cs):>5} {len(failed):>6}  {where:<18} {what}")
     if timings:
-        lines.append(f"{'shape':<9} {'prec':<5} {'path':<7} {'triton ms':>10} {'cuDNN ms':>10} {'ratio':>7}  target")
+        lines.append(f"{'shape':<9} {'prec':<5} {'path':<7} {'triton ms':>10} {'no graph':>10} {'cuDNN ms':>10} "
+                     f"{'ratio':>7}  target")
         for t in timings:
             target = 1.0 if t.shape == "char-rnn" else 0.8
             mark = "ok" if t.ratio >= target else "BELOW"
-            lines.append(f"{t.shape:<9} {t.precision:<5} {t.recurrence:<7} {t.triton_ms:>10.3f} {t.cudnn_ms:>10.3f} "
-                         f"{t.ratio:>6.2f}x  >={target:.1f} {mark}")
+            lines.append(f"{t.shape:<9} {t.precision:<5} {t.recurrence:<7} {t.triton_ms:>10.3f} "
+                         f"{t.triton_eager_ms:>10.3f} {t.cudnn_ms:>10.3f} {t.ratio:>6.2f}x  >={target:.1f} {mark}")
     ok = all(c.ok for c in cases)
     lines.append(f"parity: {'PASS' if ok else 'FAIL'} ({sum(c.ok for c in cases)}/{len(cases)} cases)")
     return "\n".join(lines)
@@ -315,6 +339,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if device.type == "cuda":
+        for precision in ("fp32", "bf16"):
+            for T in grid["T"]:
+                for B in grid["B"]:
+                    case = parity_case(B, T, 512, precision, device, kernels, graphs=True)
+                    cases.append(case)
+                    log.log(logging.INFO if case.ok else logging.ERROR, "graphs %s B%d T%d H512: %s (%s %.2e) %.1fs",
+                            precision, B, T, "ok" if case.ok else "FAIL", case.failure or case.worst, case.error,
+                            case.seconds)
         case = int64_case(device, kernels)
         cases.append(case)
         log.log(logging.INFO if case.ok else logging.ERROR, "int64 B%d T%d H%d: %s (%s %.2e) %.1fs", *INT64_CASE,

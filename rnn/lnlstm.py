@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from rnn import onednn
 from rnn.lnlstm_fused import RECURRENCE_CHOICES, RecurrencePath, fused_recurrence, recurrence_path
+from rnn.loop_graphs import LoopGraphs
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -47,12 +48,14 @@ def ln_lstm_recurrence(
     ln_c_bias: Tensor,
     eps: float,
     recurrence: str = "auto",
+    graphs: Optional[LoopGraphs] = None,
 ) -> tuple[Tensor, LSTMState]:
     """Run one layer-norm LSTM layer over time, given its already-normalised input projection.
 
     ``recurrence``: ``auto`` (the fused path for these tensors, see
-    :func:`rnn.lnlstm_fused.recurrence_path`) or ``torch`` (always the PyTorch loop). The
-    arguments and result are those of :func:`ln_lstm_recurrence_reference`.
+    :func:`rnn.lnlstm_fused.recurrence_path`) or ``torch`` (always the PyTorch loop). ``graphs``:
+    the layer's CUDA graphs of its Triton loops (:mod:`rnn.loop_graphs`), or None for none. The
+    other arguments and the result are those of :func:`ln_lstm_recurrence_reference`.
     """
     path = recurrence_path(xg.device, xg.dtype, recurrence, hidden_size=h0.shape[-1])
     if path == "torch":
@@ -60,7 +63,8 @@ def ln_lstm_recurrence(
             xg, h0, c0, w_hh, ln_h_weight, ln_h_bias, bias, ln_c_weight, ln_c_bias, eps)
     # b and LN_h's bias are both added to every step's pre-activations after normalisation, so
     # the kernels take their sum (one [4H] add, not a pass over [B, T, 4H]); both get its gradient.
-    return fused_recurrence(path, xg, h0, c0, w_hh, ln_h_weight, ln_h_bias + bias, ln_c_weight, ln_c_bias, eps)
+    return fused_recurrence(
+        path, xg, h0, c0, w_hh, ln_h_weight, ln_h_bias + bias, ln_c_weight, ln_c_bias, eps, graphs)
 
 
 def ln_lstm_recurrence_reference(
@@ -124,6 +128,8 @@ class LayerNormLSTMLayer(nn.Module):
         self.ln_h = nn.LayerNorm(gates, eps=eps)
         self.ln_c = nn.LayerNorm(hidden_size, eps=eps)
         self.bias = nn.Parameter(torch.empty(gates))  # b, added after normalisation
+        # CUDA graphs of the Triton loops (no parameters, no state dict entry; see rnn.loop_graphs).
+        self.loop_graphs = LoopGraphs()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -157,6 +163,7 @@ class LayerNormLSTMLayer(nn.Module):
             self.ln_c.bias,
             self.eps,
             self.recurrence,
+            self.loop_graphs,
         )
 
 

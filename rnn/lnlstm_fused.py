@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from rnn import lnlstm_cpu, onednn
+from rnn.loop_graphs import LoopGraphs
 
 log = logging.getLogger(__name__)
 
@@ -216,22 +217,32 @@ class FusedLNLSTM(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, xgb: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gh: Tensor, bh: Tensor,
-        gc: Tensor, bc: Tensor, eps: float, kernels: Kernels,
+        gc: Tensor, bc: Tensor, eps: float, kernels: Kernels, graphs: Optional[LoopGraphs] = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         dev = xgb.device.type
         # The matmuls' dtype: autocast's where it is on (cast W_h once here, not every step),
         # else the activations'. The kernels want contiguous tensors; the parameters are cast as
         # autocast would, and their gradients cast back in backward.
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else xgb.dtype
+
+        def loop(xgb: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gh: Tensor, bh: Tensor, gc: Tensor,
+                 bc: Tensor) -> list[Tensor]:
+            # w, gh, gc go out with the results: under a graph they are its static copies, which
+            # the backward (graph) must read, not this call's tensors.
+            return [*kernels.forward(xgb, h0, c0, w, gh, bh, gc, bc, eps), w, gh, gc]
+
         with torch.autocast(dev, enabled=False):
-            h0_, c0_, w_, gh_, bh_, gc_, bc_ = (t.to(dtype).contiguous() for t in (h0, c0, w, gh, bh, gc, bc))
-            hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = kernels.forward(
-                xgb.contiguous(), h0_, c0_, w_, gh_, bh_, gc_, bc_, eps)
+            inputs = [xgb.contiguous(), *(t.to(dtype).contiguous() for t in (h0, c0, w, gh, bh, gc, bc))]
+            if graphs is None:
+                saved, ctx.lease = loop(*inputs), None
+            else:
+                saved, ctx.lease = graphs.forward(loop, inputs)
+            hs, cs = saved[0], saved[1]
             out = hs[1:].transpose(0, 1).contiguous()  # [B, T, H]: a copy, so no one writes into hs
-        ctx.kernels = kernels
+        ctx.kernels, ctx.graphs = kernels, graphs
         ctx.x_dtype = xgb.dtype
         ctx.param_dtypes = [t.dtype for t in (h0, c0, w, gh, bh, gc, bc)]
-        ctx.save_for_backward(hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, w_, gh_, gc_)
+        ctx.save_for_backward(*saved)  # hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, W_h, LN_h gain, LN_c gain
         return out, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
@@ -239,30 +250,40 @@ class FusedLNLSTM(torch.autograd.Function):
         hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc, w, gh, gc = ctx.saved_tensors
         T, B, H = tc.shape
         dtype = hs.dtype  # the forward's matmul dtype
-        with torch.autocast(hs.device.type, enabled=False):
-            zeros = hs.new_zeros((B, H))
-            d_out = hs.new_zeros((B, T, H)) if dout is None else dout.to(dtype).contiguous()
-            d_hT = zeros if dhT is None else dhT.to(dtype).contiguous()
-            d_cT = zeros if dcT is None else dcT.to(dtype).contiguous()
-            dz, da, dh0, dc0, dgh, dbh, dgc, dbc = ctx.kernels.backward(
+        kernels = ctx.kernels
+
+        def loop(d_out: Tensor, d_hT: Tensor, d_cT: Tensor) -> list[Tensor]:
+            dz, da, dh0, dc0, dgh, dbh, dgc, dbc = kernels.backward(
                 d_out, d_hT, d_cT, w, gh, gc, cs, gates, ahat, rstd_a, chat, rstd_c, tc)
             # After the loop: the recurrent weight gradient as one GEMM over all T*B rows,
             # dW_h = sum_t da_t^T h_{t-1}, in the matmuls' dtype (cuBLAS accumulates half
             # precision in float32), float32 at least otherwise.
             acc = torch.promote_types(da.dtype, dtype)
             dw = onednn.matmul_tn(da.flatten(0, 1).to(acc), hs[:-1].flatten(0, 1).to(acc))  # [4H, H]
+            return [dz, dh0, dc0, dw, dgh, dbh, dgc, dbc]
+
+        with torch.autocast(hs.device.type, enabled=False):
+            d_out = hs.new_zeros((B, T, H)) if dout is None else dout.to(dtype).contiguous()
+            d_hT = hs.new_zeros((B, H)) if dhT is None else dhT.to(dtype).contiguous()
+            d_cT = cs.new_zeros((B, H)) if dcT is None else dcT.to(cs.dtype).contiguous()
+            if ctx.graphs is None:
+                dz, *grads = loop(d_out, d_hT, d_cT)
+            else:
+                dz, *grads = ctx.graphs.backward(ctx.lease, loop, [d_out, d_hT, d_cT])
         dz = dz.to(ctx.x_dtype)
-        grads = [dh0, dc0, dw, dgh, dbh, dgc, dbc]
         grads = [g.to(d) for g, d in zip(grads, ctx.param_dtypes, strict=True)]
-        return (dz, *grads, None, None)
+        return (dz, *grads, None, None, None)
 
 
 def _apply(
     path: RecurrencePath, xgb: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, ln_h_weight: Tensor,
-    ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float,
+    ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float, graphs: Optional[LoopGraphs],
 ) -> tuple[Tensor, Tensor, Tensor]:
+    # Graphs only where autograd records (training): Function.forward itself runs without grad mode.
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (xgb, w_hh))
     return FusedLNLSTM.apply(
-        xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps, kernels_for(path))
+        xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps, kernels_for(path),
+        graphs if path == "triton" and training else None)
 
 
 #: ``_apply`` as ``torch.compile`` must see it: ``torch.compiler.disable``-d, a graph break, so the
@@ -283,10 +304,11 @@ def eager_under_compile() -> None:
 
 def fused_recurrence(
     path: RecurrencePath, xgb: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, ln_h_weight: Tensor,
-    ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float,
+    ln_h_bias: Tensor, ln_c_weight: Tensor, ln_c_bias: Tensor, eps: float, graphs: Optional[LoopGraphs] = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One layer over time on a fused ``path``. The gate bias ``b`` is passed inside
-    ``ln_h_bias`` (both are added to every step's pre-activations)."""
+    ``ln_h_bias`` (both are added to every step's pre-activations). ``graphs``: the layer's CUDA
+    graphs (:mod:`rnn.loop_graphs`), used on the ``triton`` path."""
     run = _eager_apply if _eager_apply is not None and torch.compiler.is_compiling() else _apply
-    out, h, c = run(path, xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps)
+    out, h, c = run(path, xgb, h0, c0, w_hh, ln_h_weight, ln_h_bias, ln_c_weight, ln_c_bias, eps, graphs)
     return out, (h, c)

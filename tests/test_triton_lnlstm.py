@@ -278,3 +278,112 @@ def test_triton_check_quick_runs_the_parity_grid_in_a_subprocess(tmp_path) -> No
     assert result["parity_ok"] is True and result["interpret"] is True
     assert len(result["parity"]) == 16 and {c["precision"] for c in result["parity"]} == {"fp32", "bf16"}
     assert all(c["ok"] and c["error"] <= c["tolerance"] for c in result["parity"])
+
+
+# --- CUDA graphs of the loops: the bookkeeping, with a CPU stand-in for torch.cuda.CUDAGraph ----
+# There is no GPU here: the stand-in keeps what matters of a graph (static input copies, static
+# outputs written in place at each replay, closures bound at capture), so a graph that would read a
+# stale tensor, or a replay that would overwrite saved tensors still in use, gives wrong gradients
+# here too. bench.triton_check runs the real graphs on a GPU.
+
+from rnn import loop_graphs  # noqa: E402
+
+
+class _CpuGraph:
+    captures = 0
+
+    def __init__(self, fn, inputs):
+        type(self).captures += 1
+        self.fn = fn
+        self.statics = [t.clone() for t in inputs]
+        self.outputs = fn(*self.statics)
+
+    def replay(self, inputs):
+        for s, t in zip(self.statics, inputs, strict=True):
+            if s.data_ptr() != t.data_ptr():
+                s.copy_(t)
+        for out, new in zip(self.outputs, self.fn(*self.statics), strict=True):
+            if out.data_ptr() != new.data_ptr():
+                out.copy_(new)
+        return self.outputs
+
+
+@pytest.fixture
+def cpu_graphs(monkeypatch):
+    monkeypatch.setattr(loop_graphs, "_Graph", _CpuGraph)
+    monkeypatch.setattr(loop_graphs, "graphs_enabled", lambda device: True)
+    _CpuGraph.captures = 0
+
+
+def _step(args, graphs):
+    xg, h0, c0, w, gh, bh, b, gc, bc = args
+    out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_lnlstm.kernels(), graphs)
+    return [out, h, c]
+
+
+def _grads(res, args, seed):
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((r * torch.randn(r.shape, generator=g)).sum() for r in res)
+    return [t.detach() for t in (*res, *torch.autograd.grad(loss, args))]
+
+
+def test_graphed_steps_match_eager_steps_as_the_weights_change(cpu_graphs) -> None:
+    graphs = loop_graphs.LoopGraphs()
+    for step in range(4):  # eager warm-up, capture, replay, replay; new inputs and weights each time
+        args = _args(2, 3, 8, torch.float32, seed=100 + step)
+        got = _grads(_step(args, graphs), args, seed=step)
+        want = _grads(_step(args, None), args, seed=step)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert _CpuGraph.captures == 2  # the forward loop and the backward loop, once each
+    assert graphs.failed is None and not graphs._busy
+
+
+def test_a_second_forward_before_the_backward_runs_eagerly(cpu_graphs) -> None:
+    graphs = loop_graphs.LoopGraphs()
+    for step in range(2):
+        args = _args(2, 3, 8, torch.float32, seed=step)
+        _grads(_step(args, graphs), args, seed=0)
+    a1, a2 = _args(2, 3, 8, torch.float32, seed=7), _args(2, 3, 8, torch.float32, seed=8)
+    r1 = _step(a1, graphs)  # replayed: its saved tensors are the graph's buffers
+    r2 = _step(a2, graphs)  # must not overwrite them
+    g2, g1 = _grads(r2, a2, seed=2), _grads(r1, a1, seed=1)
+    for got, args, seed in ((g1, a1, 1), (g2, a2, 2)):
+        want = _grads(_step(args, None), args, seed=seed)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_a_forward_dropped_without_backward_frees_the_graphs_and_a_new_shape_recaptures(cpu_graphs) -> None:
+    graphs = loop_graphs.LoopGraphs()
+    for step in range(2):
+        args = _args(2, 3, 8, torch.float32, seed=step)
+        _grads(_step(args, graphs), args, seed=0)
+    res = _step(_args(2, 3, 8, torch.float32, seed=5), graphs)
+    assert graphs._busy
+    del res  # the autograd graph goes, its backward never ran
+    assert not graphs._busy
+    for step in range(3):  # another batch size: eager once, then captured anew
+        args = _args(4, 3, 8, torch.float32, seed=20 + step)
+        got = _grads(_step(args, graphs), args, seed=step)
+        want = _grads(_step(args, None), args, seed=step)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert _CpuGraph.captures == 4
+
+
+def test_a_failed_capture_leaves_the_layer_eager_with_one_warning(cpu_graphs, monkeypatch, caplog) -> None:
+    def refuse(fn, inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(loop_graphs, "_Graph", refuse)
+    graphs = loop_graphs.LoopGraphs()
+    with caplog.at_level(logging.WARNING, logger="rnn.loop_graphs"):
+        for step in range(3):
+            args = _args(2, 3, 8, torch.float32, seed=step)
+            got = _grads(_step(args, graphs), args, seed=step)
+            want = _grads(_step(args, None), args, seed=step)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b)
+    assert graphs.failed == "RuntimeError: operation not permitted when stream is capturing"
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
