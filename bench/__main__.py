@@ -69,8 +69,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from bench.alloc import allocator_settings
     from bench.common import QUICK_SHAPES, SHAPES, format_table, machine, write_json
-    from bench.dispatch import format_dispatch
-    from bench.dispatch import measure as measure_dispatch
     from bench.engine import compare_cells, compare_trainer, prepare
     from rnn.device import detect_device
 
@@ -124,6 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     dispatch: Optional[dict[str, Any]] = None
     if "dispatch" in parts:
+        # Each part that needs Ray or the spec layer imports it when it runs: the cells and
+        # trainer parts run on a bare GPU image without either (bench/gpu.sh).
+        from bench.dispatch import format_dispatch
+        from bench.dispatch import measure as measure_dispatch
+
         dispatch = measure_dispatch(trials=dispatch_trials, steps=dispatch_steps)
         print()
         print(format_dispatch(dispatch))

@@ -17,36 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from bench import specs
 from bench.common import machine, write_json
 
 
 def load_trials(spec_path: str) -> list[tuple[str, dict[str, Any], Any, Any]]:
     """``(trial_id, overrides, RunConfig, ThroughputConfig)`` for each trial of a throughput spec.
 
-    Validates and expands the spec with :func:`orchestrator.spec.load_job`. Where pydantic is not
-    installed (a bare GPU image), a spec *without* a ``sweep`` section is read with plain YAML
-    into the engine's dataclasses instead, which apply the same defaults but check nothing.
+    Validated and expanded by the spec layer where pydantic is installed; on a bare GPU image read
+    plainly, sweep included (see :mod:`bench.specs`).
     """
-    from rnn.config import RunConfig, ThroughputConfig
-
-    try:
-        from orchestrator.spec import load_job
-    except ImportError as e:  # no pydantic here
-        import yaml
-
-        doc = yaml.safe_load(Path(spec_path).read_text(encoding="utf-8"))
-        if doc.get("sweep"):
-            raise SystemExit(f"{spec_path} has a sweep section, which needs pydantic ({e}); install it") from e
-        logging.getLogger(__name__).warning("%s; reading %s without validation", e, spec_path)
-        tp = dict(doc.get("throughput") or {})
-        if isinstance(tp.get("batch_sizes"), list):
-            tp["batch_sizes"] = tuple(tp["batch_sizes"])
-        cfg = RunConfig.from_dict({k: doc.get(k) or {} for k in ("data", "model", "train")})
-        return [("unvalidated", {}, cfg, ThroughputConfig(**tp))]
-    job = load_job(spec_path)
-    if job.spec.kind != "throughput":
-        raise SystemExit(f"{spec_path}: kind is {job.spec.kind!r}; bench.jobs runs kind: throughput specs")
-    return [(t.trial_id, t.overrides, t.run_config, t.throughput_config) for t in job.trials]
+    return [(t.trial_id, t.overrides, t.run_config, t.throughput_config)
+            for t in specs.load_trials(spec_path, "throughput")]
 
 
 def run_spec(spec_path: str, device: Optional[str]) -> list[dict[str, Any]]:
@@ -103,7 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         rows = run_spec(args.spec, args.device)
     except Exception as e:
-        if type(e).__name__ != "SpecError":  # orchestrator.errors may be absent without pydantic
+        # orchestrator.errors' SpecError is matched by name: it may be absent without pydantic.
+        if not isinstance(e, specs.SpecReadError) and type(e).__name__ != "SpecError":
             raise
         print(e, file=sys.stderr)
         return 2

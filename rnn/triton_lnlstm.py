@@ -35,7 +35,12 @@ def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
 
-@triton.jit
+#: The per-step offsets vary with t: specialised (Triton keys a compile on each integer's
+#: divisibility by 16 and on == 1), they would compile several variants of a kernel in one loop.
+_STEP_OFFSETS = ["x_off", "c_off", "g_off", "h_off", "r_off", "do_off", "dz_off"]
+
+
+@triton.jit(do_not_specialize=[a for a in _STEP_OFFSETS if a not in ("do_off", "dz_off")])
 def _fwd_step(raw, x, x_sb, x_off, gh, bh, gc, bc, cs, c_off, ahat, g_off, gates, chat, h_off, tc, hs,
               rstd_a, rstd_c, r_off, H, eps, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -96,7 +101,7 @@ def _fwd_step(raw, x, x_sb, x_off, gh, bh, gc, bc, cs, c_off, ahat, g_off, gates
     tl.store(rstd_c + r_off + b, rc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=[a for a in _STEP_OFFSETS if a != "x_off"])
 def _bwd_step(dout, do_sb, do_off, dh, dc, gates, g_off, tc, chat, h_off, cs, c_off, rstd_c, rstd_a, r_off,
               ahat, gh, gc, dz, dz_sb, dz_off, da, dcn, H, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)

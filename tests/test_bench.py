@@ -137,7 +137,7 @@ def test_jobs_reads_a_spec_without_pydantic(tmp_path: Path, monkeypatch) -> None
     spec.write_text(SMALL_THROUGHPUT_SPEC)
     monkeypatch.setitem(sys.modules, "orchestrator.spec", None)  # import raises ImportError
     [(trial_id, overrides, cfg, tp)] = load_trials(str(spec))
-    assert trial_id == "unvalidated" and overrides == {}
+    assert trial_id == "unvalidated" and overrides == {"train.seed": 0}  # as the spec layer records it
     assert (cfg.model.hidden_size, cfg.data.seq_len, cfg.train.device) == (16, 8, "cpu")
     assert tp.batch_sizes == (4, 8) and tp.measure_steps == 1
 
