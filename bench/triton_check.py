@@ -2,6 +2,13 @@
 
     python -m bench.triton_check --device cuda --out triton-check.json   # on a GPU: parity, then timings
     python -m bench.triton_check --quick                                 # CPU, TRITON_INTERPRET=1: parity only
+    python -m bench.triton_check --compile-only                          # CPU: compile to sm_80/sm_90 cubin
+
+0. **Compiled**, with or without a GPU (``--compile-only``, and first in a GPU run): every kernel
+   (forward step, backward step, LayerNorm-gradient reduction) built ahead of time to cubin for
+   sm_80 (A100) and sm_90 (H100/H200) by Triton's own compiler and ptxas, at hidden-size blocks
+   8, 512 and 1024, in fp32, bf16 and fp16 buffers, with int32 and int64 step offsets. A kernel
+   that the interpreter runs but the compiler rejects fails here, on any machine.
 
 1. **Parity** of :class:`rnn.lnlstm_fused.FusedLNLSTM` on the Triton kernels against the PyTorch loop
    (:func:`rnn.lnlstm.ln_lstm_recurrence_reference`) in float64: the outputs ``out``, ``h_T``, ``c_T``
@@ -56,6 +63,79 @@ TIMING_SHAPES = {"seed": (2048, 25, 192, 384), "char-rnn": (64, 100, 128, 512)}
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 log = logging.getLogger("bench.triton_check")
+
+
+#: ``--compile-only``: targets (compute capability), hidden-size blocks, buffer precisions.
+COMPILE_TARGETS = (80, 90)
+COMPILE_BLOCKS = (8, 512, 1024)
+COMPILE_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class CompiledKernel:
+    kernel: str
+    target: int
+    block: Optional[int]
+    precision: str
+    offsets: str  # i32 or i64
+    ok: bool
+    cubin_bytes: int = 0
+    failure: Optional[str] = None
+
+
+def _signatures(precision: str, offsets: str) -> dict[str, dict[str, str]]:
+    """The argument types the kernels get at run time for ``precision`` (the matmul dtype under
+    autocast; the activations ``x`` and the cell states stay float32)."""
+    mm = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
+    save = mm  # gates and normalised values: half under half, else float32
+    f, off, i = "*fp32", offsets, "i32"
+    fwd = dict(raw=f"*{mm}", x=f, x_sb=i, x_off=off, gh=f, bh=f, gc=f, bc=f, cs=f, c_off=off, ahat=f"*{save}",
+               g_off=off, gates=f"*{save}", chat=f"*{save}", h_off=off, tc=f"*{save}", hs=f"*{mm}", rstd_a=f,
+               rstd_c=f, r_off=off, H=i, eps="fp32")
+    bwd = dict(dout=f"*{mm}", do_sb=i, do_off=off, dh=f"*{mm}", dc=f, gates=f"*{save}", g_off=off, tc=f"*{save}",
+               chat=f"*{save}", h_off=off, cs=f, c_off=off, rstd_c=f, rstd_a=f, r_off=off, ahat=f"*{save}", gh=f,
+               gc=f, dz=f"*{mm}", dz_sb=i, dz_off=off, da=f"*{save}", dcn=f, H=i)
+    ln = dict(dz=f"*{mm}", dz_sb=i, ahat=f"*{save}", dcn=f, chat=f"*{save}", part=f, rows=i, B=i, H=i, rows_per=i)
+    return {"_fwd_step": fwd, "_bwd_step": bwd, "_ln_grads": ln}
+
+
+def compile_kernels(targets: Sequence[int] = COMPILE_TARGETS, blocks: Sequence[int] = COMPILE_BLOCKS,
+                    precisions: Sequence[str] = COMPILE_PRECISIONS) -> list[CompiledKernel]:
+    """Build every kernel ahead of time to cubin (no GPU needed; not under TRITON_INTERPRET)."""
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when it is unset; 1 is its default
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rnn import triton_lnlstm
+
+    results = []
+    for target in targets:
+        for precision in precisions:
+            for offsets in ("i32", "i64"):
+                sigs = _signatures(precision, offsets)
+                for name, types in sigs.items():
+                    fn = getattr(triton_lnlstm, name)
+                    if name == "_ln_grads":
+                        if offsets == "i64":
+                            continue  # no step offsets: its row offsets are int64 inside
+                        variants: list[tuple[Optional[int], dict[str, int]]] = [
+                            (None, {"BLOCK_R": triton_lnlstm._LN_BLOCK_R, "BLOCK_N": triton_lnlstm._LN_BLOCK_N})]
+                    else:
+                        variants = [(b, {"BLOCK": b}) for b in blocks]
+                    for block, const in variants:
+                        sig = {a: ("constexpr" if a in const else types[a]) for a in fn.arg_names}
+                        try:
+                            ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                                target=GPUTarget("cuda", target, 32))
+                            results.append(CompiledKernel(name, target, block, precision, offsets, True,
+                                                          len(ck.asm["cubin"])))
+                        except Exception as e:  # noqa: BLE001 (a failure is a result here)
+                            results.append(CompiledKernel(name, target, block, precision, offsets, False,
+                                                          failure=_why(e)))
+                            log.error("compile %s sm_%d block %s %s %s: %s", name, target, block, precision,
+                                      offsets, results[-1].failure)
+    return results
 
 
 @dataclass
@@ -300,9 +380,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--iters", type=int, default=20, help="timed iterations per side (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations per side (default 3)")
     p.add_argument("--no-timing", action="store_true", help="parity only")
+    p.add_argument("--compile-only", action="store_true",
+                   help="only build every kernel to cubin for sm_80 and sm_90 (no GPU needed)")
     p.add_argument("--out", type=Path, default=None, help="JSON output")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.compile_only:
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            p.error("--compile-only builds real kernels: unset TRITON_INTERPRET")
+        built = compile_kernels()
+        bad = [c for c in built if not c.ok]
+        if args.out is not None:
+            from bench.common import write_json
+
+            write_json(args.out, {"compiled": [asdict(c) for c in built], "compile_ok": not bad})
+        targets = ", ".join(f"sm_{t}" for t in COMPILE_TARGETS)
+        print(f"compiled {len(built) - len(bad)}/{len(built)} kernel variants to cubin ({targets}; blocks "
+              f"{COMPILE_BLOCKS}; {', '.join(COMPILE_PRECISIONS)}; i32 and i64 offsets)"
+              + "".join(f"\nFAILED {c.kernel} sm_{c.target} block {c.block} {c.precision} {c.offsets}: {c.failure}"
+                        for c in bad))
+        return 1 if bad else 0
     if args.quick:
         args.device = "cpu"
         # Before Triton is imported anywhere: the kernels are decorated at import.
