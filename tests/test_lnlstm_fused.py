@@ -155,3 +155,40 @@ def test_start_event_trial_row_and_throughput_row_name_the_path(fused, tmp_path:
     rows = measure_throughput(cfg, ThroughputConfig(batch_sizes=[2], warmup_steps=1, measure_steps=1),
                               cache_dir=tmp_path)
     assert [r.recurrence for r in rows] == ["fused-cpu"]
+
+
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_tuned_gemms_give_the_same_product_either_way(monkeypatch, use_onednn) -> None:
+    """rnn.onednn times oneDNN against aten::mm once per shape and keeps the faster: both must be the
+    same product (here each forced in turn through the choice table)."""
+    from rnn import onednn
+
+    if not onednn.available():
+        pytest.skip("no oneDNN op in this torch build")
+
+    class Forced(dict):
+        def get(self, key, default=None):
+            return use_onednn
+
+    monkeypatch.setattr(onednn, "_choice", Forced())
+    g = torch.Generator().manual_seed(0)
+    x, w, a, b = (torch.randn(s, generator=g) for s in ((37, 24), (40, 24), (37, 40), (37, 9)))
+    torch.testing.assert_close(onednn._linear(x, w), x @ w.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(onednn._matmul(a, w), a @ w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(onednn.matmul_tn(a, b), a.t() @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_tuned_choice_is_timed_once_per_shape(monkeypatch) -> None:
+    from rnn import onednn
+
+    if not onednn.available():
+        pytest.skip("no oneDNN op in this torch build")
+    monkeypatch.setattr(onednn, "_choice", {})
+    timed = []
+    real = onednn._faster
+    monkeypatch.setattr(onednn, "_faster", lambda *f: timed.append(1) or real(*f))
+    a, b = torch.randn(30, 16), torch.randn(30, 8)
+    for _ in range(3):
+        onednn.matmul_tn(a, b)
+    onednn.matmul_tn(torch.randn(31, 16), b[:1].expand(31, 8).contiguous())
+    assert len(timed) == 2 and len(onednn._choice) == 2

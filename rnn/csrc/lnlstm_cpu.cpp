@@ -15,7 +15,12 @@
 // affine gradients are summed inside the loop while each row is in cache.
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -137,6 +142,79 @@ const RowLinear& row_linear() {
   return instance;
 }
 
+// The per-step GEMM y = x W^T (x [B, K], W [N, K]) of a time loop, on whichever of three ways this
+// machine runs fastest for the shape: oneDNN with W reordered once per loop, or MKL's sgemm
+// (at::mm) reading W as [N, K] transposed or as a [K, N] copy. Neither library wins everywhere:
+// on an AMD EPYC oneDNN was about 2x MKL here; on an Intel Xeon (Sapphire Rapids, 1 thread) MKL with
+// the [K, N] copy took 183 us for [8, 512] x [512, 2048] against oneDNN's 236 us, while at
+// [64, 384] x [384, 1536] oneDNN won (497 against 570 and 717 us). So the choice is timed once per
+// (B, K, N, threads) in a process (a few dozen small GEMMs) and kept.
+class StepGemm {
+ public:
+  StepGemm(const at::Tensor& w, int64_t rows) : w_(w), rows_(rows) {
+    const auto key = std::make_tuple(rows, w.size(1), w.size(0), int64_t(at::get_num_threads()),
+                                     int(w.scalar_type()));
+    {
+      std::lock_guard<std::mutex> guard(mutex());
+      auto it = choices().find(key);
+      if (it != choices().end()) kind_ = it->second;
+    }
+    if (w.scalar_type() != at::kFloat || !row_linear().op) {
+      kind_ = kMm;  // float64 (the checking dtype), or no oneDNN: aten::mm
+    } else if (kind_ < 0) {
+      kind_ = time_choice(rows);
+      std::lock_guard<std::mutex> guard(mutex());
+      choices()[key] = kind_;
+    }
+    prepare();
+  }
+  at::Tensor operator()(const at::Tensor& x) const {
+    switch (kind_) {
+      case kOnednn: return row_linear()(x, packed_);
+      case kMmCopy: return at::mm(x, wk_);
+      default: return at::mm(x, w_.t());
+    }
+  }
+
+ private:
+  static constexpr int kOnednn = 0, kMm = 1, kMmCopy = 2;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int>;
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::map<Key, int>& choices() {
+    static std::map<Key, int> m;
+    return m;
+  }
+  void prepare() {
+    if (kind_ == kOnednn) packed_ = row_linear().pack(w_, rows_);
+    if (kind_ == kMmCopy) wk_ = w_.t().contiguous();
+  }
+  int time_choice(int64_t rows) {
+    packed_ = row_linear().pack(w_, rows);
+    wk_ = w_.t().contiguous();
+    const at::Tensor x = at::randn({rows, w_.size(1)}, w_.options());
+    double best[3] = {1e30, 1e30, 1e30};
+    for (int rep = 0; rep < 6; ++rep) {
+      for (int kind = 0; kind < 3; ++kind) {
+        kind_ = kind;
+        const auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < 3; ++i) (*this)(x);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (rep > 0) best[kind] = std::min(best[kind], s);  // the first round warms all three up
+      }
+    }
+    packed_ = at::Tensor();
+    wk_ = at::Tensor();
+    return int(std::min_element(best, best + 3) - best);
+  }
+  at::Tensor w_;
+  int64_t rows_;
+  at::Tensor packed_, wk_;
+  int kind_ = -1;
+};
+
 // Normalise n values of x into xhat (xhat may alias x); returns 1/sqrt(var + eps). Two passes
 // (mean, then squared deviations), as PyTorch's LayerNorm, so large means do not cancel.
 template <typename T>
@@ -192,9 +270,9 @@ void forward_loop(const at::Tensor& xgb, const at::Tensor& w, const T* gh, const
   T* chp = chat.data_ptr<T>();
   T* rcp = rstd_c.data_ptr<T>();
   T* tcp = tc.data_ptr<T>();
-  const at::Tensor wp = row_linear().pack(w, B);
+  const StepGemm gemm(w, B);
   for (int64_t t = 0; t < T_; ++t) {
-    const at::Tensor raw = row_linear()(hs.select(0, t), wp).contiguous();  // [B, 4H]: W_h h_{t-1}
+    const at::Tensor raw = gemm(hs.select(0, t)).contiguous();  // [B, 4H]: W_h h_{t-1}
     const T* rawp = raw.data_ptr<T>();
     for (int64_t b = 0; b < B; ++b) {
       const int64_t rg = (t * B + b) * G, rh = (t * B + b) * H;
@@ -267,7 +345,7 @@ void backward_loop(const at::Tensor& dout, const at::Tensor& w_t, const T* gh, c
   // dh [B, H]: dL/dh_t from later steps (replaced by a new tensor each step).
   T* dcp = dc.data_ptr<T>();  // [B, H]: dL/dc_t from later steps, then dL/dc_{t-1}
   std::vector<T> t1(H), t2(H), t3(G), dcn(H);
-  const at::Tensor wp = row_linear().pack(w_t, B);
+  const StepGemm gemm(w_t, B);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     dh = dh.contiguous();
     T* dhp = dh.data_ptr<T>();
@@ -277,7 +355,7 @@ void backward_loop(const at::Tensor& dout, const at::Tensor& w_t, const T* gh, c
                       dcp + b * H, dcn.data(), dzp + (b * T_ + t) * G, cp + rh, gc, gh, ap + rg, rap[t * B + b],
                       dap + rg, t1.data(), t2.data(), t3.data(), dghp, dbhp, dgcp, dbcp);
     }
-    dh = row_linear()(da.select(0, t), wp);  // dL/dh_{t-1} = da_t W_h
+    dh = gemm(da.select(0, t));  // dL/dh_{t-1} = da_t W_h
   }
 }
 
