@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
-from rnn.config import RunConfig, ThroughputConfig
+from rnn.config import RunConfig, ThroughputConfig, set_path
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,6 @@ def read_plain(path: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise SpecReadError(f"{path}: should be a mapping of sections (got {type(doc).__name__})")
     return doc
-
-
-def set_path(config: dict[str, Any], path: str, value: Any) -> None:
-    """``config["a"]["b"] = value`` for ``path="a.b"`` (as :func:`orchestrator.spec.expand.set_path`,
-    which cannot be imported without pydantic)."""
-    *parents, leaf = path.split(".")
-    node = config
-    for key in parents:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[leaf] = value
 
 
 def plain_points(sweep: Mapping[str, Any], source: str) -> list[tuple[dict[str, Any], Optional[int]]]:

@@ -39,6 +39,18 @@ DEFAULT_VOCAB_SIZE: dict[str, int] = {"bpe": 2048, "word": 10000}
 MIN_VOCAB_SIZE: dict[str, int] = {"bpe": 256, "word": 2}
 
 
+def set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for a dotted ``path="a.b"`` (a sweep's ``train.lr``),
+    creating missing or null mappings."""
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[leaf] = value
+
+
 def resolved_vocab_size(level: str, vocab_size: Optional[int]) -> Optional[int]:
     """The vocabulary cap for bpe/word (``vocab_size``, else the level's default), None for char
     (its vocabulary is the training split's characters)."""

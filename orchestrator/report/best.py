@@ -29,8 +29,8 @@ from orchestrator.errors import SpecError, UsageError
 from orchestrator.results import ResultsError, ResultsStore, is_job_folder, read_manifest
 from orchestrator.results.ranking import RankingMetric, rank_trials, ranking_metric
 from orchestrator.spec import build_job
-from orchestrator.spec.expand import set_path
 from orchestrator.spec.yamlio import parse_yaml
+from rnn.config import set_path
 
 __all__ = ["BEST_FILE", "METRICS", "best_spec", "write_best_spec"]
 

@@ -116,17 +116,6 @@ def seed_points(sweep: Optional[SweepSpec]) -> list[Optional[int]]:
     return list(sweep.seeds) if sweep is not None and sweep.seeds else [None]
 
 
-def set_path(config: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``config["a"]["b"] = value`` for ``path="a.b"``, creating missing or null mappings."""
-    *parents, leaf = path.split(".")
-    node = config
-    for key in parents:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[leaf] = value
-
-
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace, floats by ``repr``: the same text for the same data."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

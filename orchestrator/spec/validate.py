@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.expand import Point, Trial, make_trial, seed_points, set_path, sweep_points
+from orchestrator.spec.expand import Point, Trial, make_trial, seed_points, sweep_points
 from orchestrator.spec.problems import problems_from_pydantic
 from orchestrator.spec.rules import check_config, field_values, sweepable_paths
 from orchestrator.spec.schema import (
@@ -45,6 +45,7 @@ from orchestrator.spec.schema import (
     config_sections,
 )
 from orchestrator.spec.yamlio import decode_spec, parse_yaml, read_spec_bytes
+from rnn.config import set_path
 
 log = logging.getLogger(__name__)
 
