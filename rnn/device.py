@@ -114,7 +114,8 @@ def resolve_precision(amp: str, device: torch.device, batch_size: Optional[int] 
         else fp32; the same for plain cuDNN cells and the layer-norm LSTM. fp16 is never
         chosen automatically: it needs a GradScaler and can overflow in long recurrences.
 
-      Measured on an H100 (torch 2.11) with ``bash bench/gpu.sh`` (``jobs/throughput_amp.yaml``:
+      Measured on an H100 (torch 2.11) with ``python -m bench.jobs jobs/throughput_amp.yaml`` (then
+      part of ``bench/gpu.sh``;
       T 25, E 192, H 384, 2 layers; samples/s fp32 → bf16): plain LSTM B 2048 249k → 225k,
       B 8192 365k → 564k; layer-norm LSTM B 2048 47k → 41k, B 8192 79k → 137k. A second
       measurement (E 128, H 512, T 100) agreed at B 4096 (cuDNN 61k → 90k, LN 13k → 25k).

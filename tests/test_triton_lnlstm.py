@@ -261,6 +261,7 @@ def test_triton_check_catches_an_unwritten_element() -> None:
     assert not bad.ok and bad.error == float("inf")
 
 
+@pytest.mark.slow
 def test_triton_check_quick_runs_the_parity_grid_in_a_subprocess(tmp_path) -> None:
     """What CI keeps proving of the kernels' arithmetic: ``python -m bench.triton_check --quick``."""
     import json
@@ -389,6 +390,7 @@ def test_a_failed_capture_leaves_the_layer_eager_with_one_warning(cpu_graphs, mo
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
+@pytest.mark.slow
 def test_the_kernels_compile_to_cubin_for_hopper(tmp_path) -> None:
     """Not only interpreted: Triton's compiler and ptxas build every kernel for sm_90 (no GPU needed),
     in fp32 and bf16 buffers, int32 and int64 step offsets, at the blocks of H 5 and H 384/512.
