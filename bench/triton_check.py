@@ -8,7 +8,7 @@
    (forward step, backward step, LayerNorm-gradient reduction) built ahead of time to cubin for
    sm_80 (A100) and sm_90 (H100/H200) by Triton's own compiler and ptxas, at hidden-size blocks
    8, 512 and 1024, in fp32, bf16 and fp16 buffers, with int32 and int64 step offsets. A kernel
-   that the interpreter runs but the compiler rejects fails here, on any machine.
+   that the interpreter runs but the compiler rejects fails here, on any machine (:mod:`bench.triton_compile`).
 
 1. **Parity** of :class:`rnn.lnlstm_fused.FusedLNLSTM` on the Triton kernels against the PyTorch loop
    (:func:`rnn.lnlstm.ln_lstm_recurrence_reference`) in float64: the outputs ``out``, ``h_T``, ``c_T``
@@ -48,6 +48,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from bench.triton_compile import COMPILE_BLOCKS, COMPILE_PRECISIONS, COMPILE_TARGETS, compile_kernels
+from rnn.errors import one_line
+
 #: Parity grid (the full run); ``--quick`` runs QUICK_GRID under the interpreter.
 FULL_GRID = {"B": (1, 3, 64, 2048), "T": (1, 25, 100), "H": (5, 384, 512, 1024)}
 QUICK_GRID = {"B": (1, 3), "T": (1, 6), "H": (5, 16)}
@@ -63,79 +66,6 @@ TIMING_SHAPES = {"seed": (2048, 25, 192, 384), "char-rnn": (64, 100, 128, 512)}
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 log = logging.getLogger("bench.triton_check")
-
-
-#: ``--compile-only``: targets (compute capability), hidden-size blocks, buffer precisions.
-COMPILE_TARGETS = (80, 90)
-COMPILE_BLOCKS = (8, 512, 1024)
-COMPILE_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class CompiledKernel:
-    kernel: str
-    target: int
-    block: Optional[int]
-    precision: str
-    offsets: str  # i32 or i64
-    ok: bool
-    cubin_bytes: int = 0
-    failure: Optional[str] = None
-
-
-def _signatures(precision: str, offsets: str) -> dict[str, dict[str, str]]:
-    """The argument types the kernels get at run time for ``precision`` (the matmul dtype under
-    autocast; the activations ``x`` and the cell states stay float32)."""
-    mm = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
-    save = mm  # gates and normalised values: half under half, else float32
-    f, off, i = "*fp32", offsets, "i32"
-    fwd = dict(raw=f"*{mm}", x=f, x_sb=i, x_off=off, gh=f, bh=f, gc=f, bc=f, cs=f, c_off=off, ahat=f"*{save}",
-               g_off=off, gates=f"*{save}", chat=f"*{save}", h_off=off, tc=f"*{save}", hs=f"*{mm}", rstd_a=f,
-               rstd_c=f, r_off=off, H=i, eps="fp32")
-    bwd = dict(dout=f"*{mm}", do_sb=i, do_off=off, dh=f"*{mm}", dc=f, gates=f"*{save}", g_off=off, tc=f"*{save}",
-               chat=f"*{save}", h_off=off, cs=f, c_off=off, rstd_c=f, rstd_a=f, r_off=off, ahat=f"*{save}", gh=f,
-               gc=f, dz=f"*{mm}", dz_sb=i, dz_off=off, da=f"*{save}", dcn=f, H=i)
-    ln = dict(dz=f"*{mm}", dz_sb=i, ahat=f"*{save}", dcn=f, chat=f"*{save}", part=f, rows=i, B=i, H=i, rows_per=i)
-    return {"_fwd_step": fwd, "_bwd_step": bwd, "_ln_grads": ln}
-
-
-def compile_kernels(targets: Sequence[int] = COMPILE_TARGETS, blocks: Sequence[int] = COMPILE_BLOCKS,
-                    precisions: Sequence[str] = COMPILE_PRECISIONS) -> list[CompiledKernel]:
-    """Build every kernel ahead of time to cubin (no GPU needed; not under TRITON_INTERPRET)."""
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when it is unset; 1 is its default
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from rnn import triton_lnlstm
-
-    results = []
-    for target in targets:
-        for precision in precisions:
-            for offsets in ("i32", "i64"):
-                sigs = _signatures(precision, offsets)
-                for name, types in sigs.items():
-                    fn = getattr(triton_lnlstm, name)
-                    if name == "_ln_grads":
-                        if offsets == "i64":
-                            continue  # no step offsets: its row offsets are int64 inside
-                        variants: list[tuple[Optional[int], dict[str, int]]] = [
-                            (None, {"BLOCK_R": triton_lnlstm._LN_BLOCK_R, "BLOCK_N": triton_lnlstm._LN_BLOCK_N})]
-                    else:
-                        variants = [(b, {"BLOCK": b}) for b in blocks]
-                    for block, const in variants:
-                        sig = {a: ("constexpr" if a in const else types[a]) for a in fn.arg_names}
-                        try:
-                            ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
-                                                target=GPUTarget("cuda", target, 32))
-                            results.append(CompiledKernel(name, target, block, precision, offsets, True,
-                                                          len(ck.asm["cubin"])))
-                        except Exception as e:  # noqa: BLE001 (a failure is a result here)
-                            results.append(CompiledKernel(name, target, block, precision, offsets, False,
-                                                          failure=_why(e)))
-                            log.error("compile %s sm_%d block %s %s %s: %s", name, target, block, precision,
-                                      offsets, results[-1].failure)
-    return results
 
 
 @dataclass
@@ -171,18 +101,6 @@ class Timing:
         return self.cudnn_ms / self.triton_ms
 
 
-def _error(got: Any, want: Any) -> float:
-    got, want = got.detach().double(), want.detach().double()
-    if not bool(__import__("torch").isfinite(got).all()):
-        return math.inf
-    return float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
-
-
-def _why(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
 _NAMES = ("out", "h_T", "c_T", "d xg", "d h0", "d c0", "d W_h", "d LN_h gain", "d LN_h bias", "d b",
           "d LN_c gain", "d LN_c bias")
 
@@ -205,7 +123,7 @@ def _run(kind: str, base: list[Any], proj: list[Any], device: Any, precision: st
     import torch
 
     from rnn.lnlstm import ln_lstm_recurrence_reference
-    from rnn.lnlstm_fused import FusedLNLSTM
+    from rnn.lnlstm_fused import FusedLNLSTM, projected_loss
 
     dtype = torch.float64 if precision == "fp64" else torch.float32
     args = [t.to(device, dtype).requires_grad_() for t in base]
@@ -216,8 +134,7 @@ def _run(kind: str, base: list[Any], proj: list[Any], device: Any, precision: st
         else:
             out, (h, c) = ln_lstm_recurrence_reference(xg, h0, c0, w, gh, bh, b, gc, bc, 1e-5)
     outs = [out, h, c]
-    loss = sum((o.double() * p).sum() for o, p in zip(outs, proj, strict=True))
-    grads = torch.autograd.grad(loss, args)
+    grads = torch.autograd.grad(projected_loss(outs, proj), args)
     return [t.detach() for t in (*outs, *grads)]
 
 
@@ -225,6 +142,7 @@ def parity_case(B: int, T: int, H: int, precision: str, device: Any, kernels: An
     """One case; with ``graphs``, three calls through one layer's CUDA graphs, each with new inputs."""
     import torch
 
+    from rnn.lnlstm_fused import max_relative_error
     from rnn.loop_graphs import LoopGraphs
 
     start = time.perf_counter()
@@ -241,11 +159,11 @@ def parity_case(B: int, T: int, H: int, precision: str, device: Any, kernels: An
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         except Exception as e:  # noqa: BLE001 (a failure is a result here)
-            return ParityCase(B, T, H, precision, False, "", math.inf, 0.0, _why(e), time.perf_counter() - start,
+            return ParityCase(B, T, H, precision, False, "", math.inf, 0.0, one_line(e), time.perf_counter() - start,
                               graphs)
         for name, a, ref, lp in zip(_NAMES, got, want, loop, strict=True):
-            err = _error(a, ref)
-            tol = max(FLOOR[precision], LOOP_FACTOR * _error(lp, ref))
+            err = max_relative_error(a, ref)
+            tol = max(FLOOR[precision], LOOP_FACTOR * max_relative_error(lp, ref))
             frac = err / tol if math.isfinite(err) else math.inf
             if frac > worst_frac:
                 label = f"{name} (call {call + 1})" if graphs else name
@@ -263,7 +181,7 @@ def int64_case(device: Any, kernels: Any) -> ParityCase:
     import torch
 
     from rnn.lnlstm import ln_lstm_recurrence_reference
-    from rnn.lnlstm_fused import FusedLNLSTM
+    from rnn.lnlstm_fused import FusedLNLSTM, max_relative_error
 
     B, T, H = INT64_CASE
     start = time.perf_counter()
@@ -292,8 +210,9 @@ def int64_case(device: Any, kernels: Any) -> ParityCase:
         (ref_dxg,) = torch.autograd.grad((ref_out * proj.to(device)).sum(), [ref_in[0]])
         torch.cuda.synchronize(device)
     except Exception as e:  # noqa: BLE001
-        return ParityCase(B, T, H, "bf16", False, "", math.inf, 0.0, _why(e), time.perf_counter() - start)
-    errs = {"out (rows 0, 1, B-2, B-1)": _error(got[0], ref_out), "d xg (same rows)": _error(got[1], ref_dxg)}
+        return ParityCase(B, T, H, "bf16", False, "", math.inf, 0.0, one_line(e), time.perf_counter() - start)
+    errs = {"out (rows 0, 1, B-2, B-1)": max_relative_error(got[0], ref_out),
+            "d xg (same rows)": max_relative_error(got[1], ref_dxg)}
     tol = 2 * FLOOR["bf16"]  # 100 steps in bf16; a wrapped offset reads another row: O(1) off, or NaN
     worst = max(errs, key=lambda k: errs[k])
     return ParityCase(B, T, H, "bf16", errs[worst] <= tol, worst, errs[worst], tol,

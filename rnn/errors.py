@@ -21,3 +21,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "out of memory" in text or "failed to allocate" in text or "can't allocate memory" in text
     )
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (``Type`` alone for an empty message), for a warning or a
+    result that must stay one line (compiler and driver errors run to pages)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -145,7 +145,8 @@ class LayerNormLSTMLayer(nn.Module):
     def forward(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """``x``: ``[B, T, C]``; ``state``: ``(h0, c0)`` each ``[B, H]``."""
         # [B, T, 4H]: one matmul and one LayerNorm for all steps. On the fused CPU path the matmul
-        # runs on oneDNN (rnn.onednn: about 3x MKL's sgemm here); the torch path stays plain.
+        # runs on oneDNN or MKL, whichever this machine runs faster (rnn.onednn); the torch path
+        # stays plain.
         if recurrence_path(x.device, x.dtype, self.recurrence, self.hidden_size) == "fused-cpu":
             xg = self.ln_x(onednn.linear(x, self.w_x.weight))
         else:

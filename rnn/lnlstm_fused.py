@@ -38,12 +38,14 @@ import functools
 import logging
 import math
 import os
+from collections.abc import Sequence
 from typing import Any, Literal, Optional, Protocol, cast
 
 import torch
 from torch import Tensor
 
 from rnn import lnlstm_cpu, onednn
+from rnn.errors import one_line
 from rnn.loop_graphs import LoopGraphs
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ def _block(hidden_size: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, hidden_size))))  # triton.next_power_of_2
 
 
-def _max_error(got: Tensor, want: Tensor) -> float:
+def max_relative_error(got: Tensor, want: Tensor) -> float:
     """``max |got - want| / max(1, max |want|)``; inf where ``got`` is not finite."""
     got, want = got.detach().double(), want.detach().double()
     if not bool(torch.isfinite(got).all()):
@@ -98,7 +100,7 @@ def _max_error(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
 
 
-def _projected(outs: tuple[Tensor, ...], proj: list[Tensor]) -> Tensor:
+def projected_loss(outs: Sequence[Tensor], proj: Sequence[Tensor]) -> Tensor:
     """A scalar loss with a random gradient for every output: ``sum(out * proj)`` in float64."""
     total = outs[0].new_zeros((), dtype=torch.float64)
     for a, p in zip(outs, proj, strict=True):
@@ -134,24 +136,23 @@ def self_check(kernels: Kernels, device: torch.device, dtype: torch.dtype, hidde
                 want_in[7], want_in[8], 1e-5)
             want_out = (want, want_h, want_c)
             proj = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(device) for t in want_out]
-            want_grads = torch.autograd.grad(_projected(want_out, proj), want_in)
+            want_grads = torch.autograd.grad(projected_loss(want_out, proj), want_in)
 
             got_in = [t.to(device, torch.float32).requires_grad_() for t in base]
             xg, h0, c0, w, gh, bh, b, gc, bc = got_in
             with torch.autocast(device.type, dtype=dtype, enabled=dtype in _HALF):
                 out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, kernels)
             got_out = (out, h, c)
-            got_grads = torch.autograd.grad(_projected(got_out, proj), got_in)
+            got_grads = torch.autograd.grad(projected_loss(got_out, proj), got_in)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as e:  # noqa: BLE001 (a compile or launch failure of any kind means: don't use it)
-        text = str(e).strip()
-        return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+        return one_line(e)
     names = ["out", "h_T", "c_T", *(f"grad {n}" for n in ("xg", "h0", "c0", "W_h", "LN_h gain", "LN_h bias",
                                                           "b", "LN_c gain", "LN_c bias"))]
     tol = SELF_CHECK_TOL[dtype]
     for name, a, ref in zip(names, (*got_out, *got_grads), (*want_out, *want_grads), strict=True):
-        err = _max_error(a, ref)
+        err = max_relative_error(a, ref)
         if not err <= tol:
             return f"{name} differs from the PyTorch loop by {err:.3g} (tolerance {tol:g})"
     return None

@@ -36,6 +36,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from rnn.errors import one_line
+
 log = logging.getLogger(__name__)
 
 #: Set to 0 to run the Triton loops without CUDA graphs.
@@ -111,8 +113,7 @@ class LoopGraphs:
         self._bwd_warm = False
 
     def _fail(self, e: Exception) -> None:
-        text = str(e).strip().splitlines()
-        self.failed = f"{type(e).__name__}: {text[0] if text else ''}"
+        self.failed = one_line(e)
         self._drop()
         log.warning("capturing the layer-norm LSTM's loops in a CUDA graph failed (%s); this layer runs "
                     "them without graphs (set %s=0 to skip graphs)", self.failed, GRAPHS_SWITCH)

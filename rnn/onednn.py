@@ -71,7 +71,8 @@ def _tuned(what: str, m: int, n: int, k: int, onednn: Callable[[], Tensor], mm: 
 
 
 def _linear(x: Tensor, w: Tensor) -> Tensor:
-    """``x [M, K] @ w[N, K]^T`` on oneDNN or ``aten::mm`` (tuned, float32 CPU) or ``aten::mm``."""
+    """``x [M, K] @ w[N, K]^T``: on float32 CPU tensors oneDNN or ``aten::mm``, whichever is faster
+    here (:func:`_tuned`); elsewhere ``aten::mm``."""
     if not _onednn_ok(x):
         return x @ w.t()
     return _tuned("nt", x.shape[0], w.shape[0], x.shape[1], lambda: _onednn_linear(x, w), lambda: x @ w.t())

@@ -399,7 +399,7 @@ def test_the_kernels_compile_to_cubin_for_hopper(tmp_path) -> None:
     import subprocess
     import sys
 
-    code = ("import json, sys; from dataclasses import asdict; from bench.triton_check import compile_kernels; "
+    code = ("import json, sys; from dataclasses import asdict; from bench.triton_compile import compile_kernels; "
             "json.dump([asdict(c) for c in compile_kernels((90,), (8, 512), ('fp32', 'bf16'))], sys.stdout)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     repo = Path(__file__).resolve().parent.parent
