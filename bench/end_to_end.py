@@ -102,7 +102,7 @@ def _time_child(argv: list[str], env: dict[str, str]) -> float:
 
 def measure(trials: int = 8, steps: int = 800, passes: int = 2, sides: Sequence[str] = SIDES) -> dict[str, Any]:
     """Time ``sides`` ``passes`` times, alternating their order; see the module doc."""
-    from orchestrator.spec import load_job
+    from orchestrator.spec import load_job, trial_config
 
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "PYTHONPATH": str(REPO)}
@@ -112,7 +112,7 @@ def measure(trials: int = 8, steps: int = 800, passes: int = 2, sides: Sequence[
         spec_path = root / "e2e.yaml"
         spec_path.write_text(yaml.safe_dump(dispatch_spec(trials, steps), sort_keys=False), encoding="utf-8")
         configs = root / "configs.json"
-        configs.write_text(json.dumps([t.config for t in load_job(spec_path).trials]), encoding="utf-8")
+        configs.write_text(json.dumps([trial_config(t) for t in load_job(spec_path).trials]), encoding="utf-8")
         for p in range(passes):
             order = tuple(sides) if p % 2 == 0 else tuple(reversed(sides))
             for side in order:

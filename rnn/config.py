@@ -1,15 +1,30 @@
-"""Engine configuration: one small frozen dataclass per concern.
+"""Engine configuration: one small frozen dataclass per concern, carrying its own limits.
 
-These are the engine's constructor arguments. The orchestrator validates a YAML spec
-(ranges, closed sets, every problem at once) and then builds these with
-``DataConfig(**spec.data.model_dump())`` and friends, so field names here are the
-spec's key names. The engine itself only guards against values it cannot run with.
+These are the engine's constructor arguments *and* the spec's sections: a spec's ``model:``
+mapping is validated straight into :class:`ModelConfig` (the orchestrator runs pydantic over
+these dataclasses, strict, unknown keys refused; see :mod:`orchestrator.spec.sections`), so
+field names here are the spec's key names and each field's range is written once, here, as
+``annotated_types`` metadata (``Annotated[int, Ge(1), Le(64)]``). This module does not import
+pydantic: the engine runs where pydantic is not installed (a GPU box with only PyTorch), and
+there the metadata is inert. The engine itself only guards against values it cannot run with.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+
+try:
+    from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
+except ImportError:  # pragma: no cover - the engine without pydantic (and so without annotated_types)
+
+    @dataclass(frozen=True)
+    class _Bound:
+        """Inert stand-in for an ``annotated_types`` bound: nothing validates here without pydantic."""
+
+        value: Any
+
+    Ge = Gt = Le = Lt = MaxLen = MinLen = _Bound  # type: ignore[assignment,misc]
 
 Cell = Literal["lstm", "gru", "rnn"]
 Level = Literal["char", "bpe", "word"]
@@ -39,6 +54,23 @@ DEFAULT_VOCAB_SIZE: dict[str, int] = {"bpe": 2048, "word": 10000}
 MIN_VOCAB_SIZE: dict[str, int] = {"bpe": 256, "word": 2}
 
 
+#: Largest accepted batch size (a typo should not allocate a terabyte).
+MAX_BATCH_SIZE = 1_048_576
+SEED_MAX = 2**32 - 1
+
+#: How pydantic validates these dataclasses (read by ``orchestrator.spec``; a plain dict, so this
+#: module needs no pydantic): unknown keys are errors, no ``"5"`` for an int or ``true`` for a
+#: number (an int is fine where a float is expected), no NaN or infinity.
+VALIDATION: dict[str, Any] = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
+
+Dim = Annotated[int, Ge(1), Le(65_536)]
+BatchSize = Annotated[int, Ge(1), Le(MAX_BATCH_SIZE)]
+Steps = Annotated[int, Ge(1), Le(10**9)]
+Fraction = Annotated[float, Ge(0), Lt(1)]
+NonNegative = Annotated[float, Ge(0)]
+Seed = Annotated[int, Ge(0), Le(SEED_MAX)]
+
+
 def set_path(config: dict[str, Any], path: str, value: Any) -> None:
     """Set ``config["a"]["b"] = value`` for a dotted ``path="a.b"`` (a sweep's ``train.lr``),
     creating missing or null mappings."""
@@ -63,11 +95,14 @@ def resolved_vocab_size(level: str, vocab_size: Optional[int]) -> Optional[int]:
 class DataConfig:
     """Which text, how it is tokenized, and how it is cut into windows."""
 
-    corpus: str = "builtin"  # builtin | shakespeare | path to a UTF-8 text file
+    __pydantic_config__: ClassVar[dict[str, Any]] = VALIDATION
+
+    # builtin | shakespeare | path to a UTF-8 text file (relative to the current directory)
+    corpus: Annotated[str, MinLen(1), MaxLen(4096)] = "builtin"
     level: Level = "char"
-    vocab_size: Optional[int] = None  # bpe/word; None -> DEFAULT_VOCAB_SIZE[level]
-    seq_len: int = 100
-    val_fraction: float = 0.1
+    vocab_size: Optional[Annotated[int, Ge(2), Le(1_048_576)]] = None  # bpe/word; None -> DEFAULT_VOCAB_SIZE[level]
+    seq_len: Annotated[int, Ge(1), Le(100_000)] = 100
+    val_fraction: Fraction = 0.1
 
     def resolved_vocab_size(self) -> Optional[int]:
         """The vocabulary cap for bpe/word, or None for char (see :func:`resolved_vocab_size`)."""
@@ -78,11 +113,13 @@ class DataConfig:
 class ModelConfig:
     """A recurrent language model. ``vocab_size`` comes from the tokenizer, not from here."""
 
+    __pydantic_config__: ClassVar[dict[str, Any]] = VALIDATION
+
     cell: Cell = "lstm"
-    embedding_dim: int = 128
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.1
+    embedding_dim: Dim = 128
+    hidden_size: Dim = 512
+    num_layers: Annotated[int, Ge(1), Le(64)] = 2
+    dropout: Fraction = 0.1
     layer_norm: bool = False  # lstm only: the Ba et al. 2016 layer-norm LSTM
     bidirectional: bool = False  # ELMo-style: separate forward and backward stacks
     tie_weights: bool = False  # needs embedding_dim == hidden_size
@@ -92,30 +129,36 @@ class ModelConfig:
 class EarlyStopping:
     """Stop after ``patience`` evaluations without a val-loss improvement of ``min_delta``."""
 
-    patience: int = 5
-    min_delta: float = 0.0
+    __pydantic_config__: ClassVar[dict[str, Any]] = VALIDATION
+
+    patience: Annotated[int, Ge(1), Le(1_000_000)] = 5
+    min_delta: NonNegative = 0.0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, budget, evaluation and precision."""
 
-    batch_size: int = 64
-    max_steps: Optional[int] = 1000
-    max_epochs: Optional[float] = None  # an epoch = train tokens / (batch_size * seq_len) steps
-    max_time_s: Optional[float] = None  # wall-clock budget
-    eval_every: int = 250
+    __pydantic_config__: ClassVar[dict[str, Any]] = VALIDATION
+
+    batch_size: BatchSize = 64
+    max_steps: Optional[Steps] = 1000
+    # an epoch = train tokens / (batch_size * seq_len) steps
+    max_epochs: Optional[Annotated[float, Gt(0), Le(1_000_000)]] = None
+    max_time_s: Optional[Annotated[float, Gt(0), Le(31_536_000)]] = None  # wall-clock budget
+    eval_every: Steps = 250
     optimizer: Optimizer = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.01
+    lr: Annotated[float, Gt(0), Le(10)] = 2e-3
+    weight_decay: NonNegative = 0.01
     scheduler: Scheduler = "onecycle"
-    warmup_fraction: float = 0.05  # cosine warmup; onecycle's pct_start
-    clip_grad_norm: Optional[float] = 1.0  # None or 0 disables clipping
-    label_smoothing: float = 0.0
+    warmup_fraction: Fraction = 0.05  # cosine warmup; onecycle's pct_start
+    # None disables clipping (the engine also reads 0 that way; a spec asks for null, which says so)
+    clip_grad_norm: Optional[Annotated[float, Gt(0)]] = 1.0
+    label_smoothing: Fraction = 0.0
     amp: Amp = "auto"
     compile: Compile = "auto"  # off | auto | on; YAML's bare off/on (booleans) mean the same
     early_stopping: Optional[EarlyStopping] = None
-    seed: int = 0
+    seed: Seed = 0
     device: DeviceName = "auto"
 
     def __post_init__(self) -> None:
@@ -153,10 +196,12 @@ class ThroughputConfig:
     ``auto_time_budget_s``.
     """
 
-    batch_sizes: Any = (512, 1024, 2048)  # tuple of ints, or "auto"
-    warmup_steps: int = 3
-    measure_steps: int = 10
-    auto_start: int = 32
-    auto_max_batch_size: int = 65536
-    auto_min_gain: float = 0.03
-    auto_time_budget_s: float = 120.0
+    __pydantic_config__: ClassVar[dict[str, Any]] = VALIDATION
+
+    batch_sizes: Union[Literal["auto"], tuple[BatchSize, ...]] = (512, 1024, 2048)
+    warmup_steps: Annotated[int, Ge(0), Le(1_000_000)] = 3
+    measure_steps: Annotated[int, Ge(1), Le(1_000_000)] = 10
+    auto_start: BatchSize = 32
+    auto_max_batch_size: BatchSize = 65536
+    auto_min_gain: Annotated[float, Ge(0), Le(10)] = 0.03
+    auto_time_budget_s: Annotated[float, Gt(0), Le(604_800)] = 120.0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from orchestrator.spec import Trial
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +167,14 @@ class Driver:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait()
             self._out.close()
+
+
+def trial_of(trial_id: str, config: dict[str, Any], index: int = 0) -> "Trial":
+    """A :class:`~orchestrator.spec.Trial` with ``trial_id`` whose configs are ``config`` (sections as
+    mappings) over the engine's defaults: for tests that build rows without a spec."""
+    from orchestrator.spec import Trial
+    from rnn.config import ThroughputConfig
+
+    throughput = ThroughputConfig(**config["throughput"]) if "throughput" in config else None
+    return Trial(trial_id=trial_id, index=index, overrides={}, run_config=RunConfig.from_dict(config),
+                 throughput_config=throughput)

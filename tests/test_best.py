@@ -20,7 +20,7 @@ from orchestrator.cli import BEST_METRICS
 from orchestrator.errors import UsageError
 from orchestrator.report.best import METRICS, best_spec
 from orchestrator.results import ResultsStore, trial_row, write_manifest
-from orchestrator.spec import build_job
+from orchestrator.spec import build_job, trial_config
 from rnn.events import TrialStatus
 from rnn.throughput_row import ThroughputRow, ThroughputStatus, mark_best
 
@@ -113,7 +113,7 @@ def test_best_of_a_throughput_job_is_the_fastest_setting_as_a_train_spec(tmp_pat
     spec = yaml.safe_load(text)
     assert spec["kind"] == "train" and "throughput" not in spec
     assert spec["train"]["batch_size"] == 16 and spec["train"]["amp"] == "bf16" and spec["train"]["device"] == "cuda"
-    assert spec["model"]["cell"] == job.trials[1].config["model"]["cell"]
+    assert spec["model"]["cell"] == trial_config(job.trials[1])["model"]["cell"]
     assert len(build_job(spec).trials) == 1
     with pytest.raises(UsageError, match="--metric applies to train jobs"):
         best_spec(folder, metric="val_loss")

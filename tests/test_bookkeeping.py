@@ -12,7 +12,6 @@ import json
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -41,6 +40,7 @@ from orchestrator.results.storage import Storage
 from orchestrator.run.faults import Fault, faults_from_env
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 from rnn.throughput_row import ThroughputRow, ThroughputStatus, mark_best
+from conftest import trial_of
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
@@ -295,7 +295,7 @@ def test_driver_side_disk_full_drill_leaves_the_trial_unfinished(tmp_path: Path)
     result = TrainResult(status=TrialStatus.COMPLETED, steps=30, params=100, device="cpu", precision="fp32",
                          train_time_s=1.0, best_val_loss=1.4, best_val_bpc=2.0, best_step=30, evals=tuple(_evals(3)))
     for tid in ("t1", "t2"):
-        state = TrialState(trial=SimpleNamespace(trial_id=tid, config=_config()), tag=tid, started_at=T0)  # type: ignore[arg-type]
+        state = TrialState(trial=trial_of(tid, _config()), tag=tid, started_at=T0)  # type: ignore[arg-type]
         if tid == "t1":
             with pytest.raises(ResultsError, match="No space left on device.*run the same command again"):
                 recorder.finish(state, TrialStatus.COMPLETED, result=result)
@@ -429,7 +429,7 @@ def test_an_old_single_record_manifest_is_still_read_and_extended(tmp_path: Path
 
 
 def test_trial_row_commits_as_the_dispatcher_builds_it(tmp_path: Path) -> None:
-    trial = SimpleNamespace(trial_id="t9", config=_config("lstm", 3))
+    trial = trial_of("t9", _config("lstm", 3))
     store = ResultsStore(tmp_path)
     store.commit_trial(trial_row(trial, status=TrialStatus.OOM, error="CUDA out of memory",
                                  info={"params": 7, "device": "cuda", "host": "n1"}, started_at=T0, finished_at=T0))

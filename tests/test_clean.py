@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
@@ -14,13 +13,14 @@ from orchestrator.results import ResultsStore, trial_row
 from orchestrator.results.clean import clean_job
 from orchestrator.results.ranking import rank_trials, ranking_metric
 from rnn.config import DataConfig, RunConfig
+from conftest import trial_of
 
 
 def add_trial(store: ResultsStore, trial_id: str, status: str, level: str, loss: Optional[float],
               bpc: Optional[float]) -> None:
     config = RunConfig(data=DataConfig(level=level)).to_dict()
     rel = store.write_checkpoint_bytes(trial_id, b"weights of " + trial_id.encode())
-    row: dict[str, Any] = trial_row(SimpleNamespace(trial_id=trial_id, config=config), status=status, checkpoint=rel)
+    row: dict[str, Any] = trial_row(trial_of(trial_id, config), status=status, checkpoint=rel)
     store.commit_trial({**row, "best_val_loss": loss, "best_val_bpc": bpc})
 
 

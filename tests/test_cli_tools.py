@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +13,7 @@ from orchestrator.cli import main
 from orchestrator.results import ResultsStore, trial_row
 from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.train import Trainer
+from conftest import trial_of
 
 TINY = RunConfig(
     data=DataConfig(seq_len=16),
@@ -53,7 +53,7 @@ def _job(tmp_path: Path) -> tuple[ResultsStore, Path]:
     now = datetime.now(timezone.utc)
     result = Trainer(TINY, tmp_path / "run").fit()
     for tid, status in (("aaaaaaaaaaaa", "completed"), ("bbbbbbbbbbbb", "completed"), ("cccccccccccc", "diverged")):
-        trial = SimpleNamespace(trial_id=tid, config=TINY.to_dict())
+        trial = trial_of(tid, TINY.to_dict())
         res = result if status == "completed" else replace(result, best_val_loss=None)
         rel = store.write_checkpoint_bytes(tid, Path(result.best_checkpoint).read_bytes())
         store.commit_trial(trial_row(trial, status=status, result=res, started_at=now, finished_at=now,

@@ -6,13 +6,12 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from orchestrator.results.tables import trial_row
-from orchestrator.spec import build_job
+from orchestrator.spec import build_job, trial_config
 from orchestrator.spec.expand import trial_id_for
 from orchestrator.spec.yamlio import parse_yaml
 from rnn.checkpoint import load_checkpoint
@@ -20,7 +19,7 @@ from rnn.compile import AUTO_MIN_SECONDS, AUTO_MIN_STEPS, decide
 from rnn.config import ThroughputConfig, TrainConfig
 from rnn.throughput import measure_throughput
 from rnn.train import LAST_CHECKPOINT, Trainer
-from tests.conftest import tiny_run
+from tests.conftest import tiny_run, trial_of
 
 CPU = torch.device("cpu")
 #: 8 steps of the tiny LSTM, paused at 4: enough to compile, train, save and resume.
@@ -58,8 +57,8 @@ def test_yaml_off_and_on_are_the_settings_and_each_value_is_its_own_trial() -> N
     # values are other trials, so a sweep over train.compile runs each.
     auto = build_job({"name": "x"}, "s.yaml").trials[0]
     assert auto.run_config.train.compile == "auto"
-    assert auto.trial_id == trial_id_for("train", {**auto.config, "train": {
-        k: v for k, v in auto.config["train"].items() if k != "compile"}})
+    assert auto.trial_id == trial_id_for("train", {**trial_config(auto), "train": {
+        k: v for k, v in trial_config(auto)["train"].items() if k != "compile"}})
     assert len({auto.trial_id, on.trial_id, off.trial_id}) == 3
     swept = build_job({"name": "x", "sweep": {"grid": {"train.compile": [False, True, "auto"]}}}, "s.yaml")
     assert [t.run_config.train.compile for t in swept.trials] == ["off", "on", "auto"]
@@ -77,7 +76,7 @@ def test_compile_on_trains_compiled_and_checkpoints_resume_across_settings(tmp_p
     start, paused = _fit(tmp_path / "a", "on", pause=PAUSE)
     assert start.info["compiled"] is True and start.info["compile_s"] > 0
     assert paused.status.value == "paused" and math.isfinite(paused.evals[-1].train_loss)
-    row = trial_row(SimpleNamespace(trial_id="t", config={}), status="completed", info=start.info)
+    row = trial_row(trial_of("t", {}), status="completed", info=start.info)
     assert row["compiled"] is True and row["compile_s"] == start.info["compile_s"]
     ckpt = load_checkpoint(tmp_path / "a" / LAST_CHECKPOINT)
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])

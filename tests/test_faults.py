@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 
 from orchestrator.results import ResultsStore
 from conftest import REPO, TINY_SPEC, ray_env, run_cli, sigkill_driver_when, write_spec
-from orchestrator.spec import load_job
+from orchestrator.spec import load_job, trial_config
 
 
 def _ids_by_cell_seed(spec_path: Path) -> dict[tuple[str, int], str]:
-    return {(t.config["model"]["cell"], t.config["train"]["seed"]): t.trial_id for t in load_job(spec_path).trials}
+    return {(trial_config(t)["model"]["cell"], trial_config(t)["train"]["seed"]): t.trial_id for t in load_job(spec_path).trials}
 
 
 def test_lost_worker_is_retried_and_unfixable_errors_are_recorded(tmp_path: Path) -> None:

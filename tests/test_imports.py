@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: orchestrator/spec's modules in import order: each may import only those before it.
-SPEC_ORDER = ("yamlio", "schema", "problems", "expand", "rules", "location", "validate")
+SPEC_ORDER = ("yamlio", "schema", "problems", "sections", "expand", "rules", "location", "validate")
 
 
 def loaded_after(code: str) -> list[str]:

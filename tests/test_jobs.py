@@ -57,9 +57,9 @@ def test_tokens_bpe() -> None:
 
 def test_architectures_cover_lstm_bilstm_gru_rnn_with_three_seeds() -> None:
     trials = load_job(JOBS / "architectures.yaml").trials
-    arms = {(t.config["model"]["cell"], t.config["model"]["bidirectional"]) for t in trials}
+    arms = {(t.run_config.model.cell, t.run_config.model.bidirectional) for t in trials}
     assert {("lstm", False), ("lstm", True), ("gru", False), ("rnn", False)} <= arms
-    assert {t.config["train"]["seed"] for t in trials} == {0, 1, 2}
+    assert {t.run_config.train.seed for t in trials} == {0, 1, 2}
     assert len(trials) == len(arms) * 3
 
 
@@ -70,5 +70,5 @@ def test_throughput_jobs() -> None:
     m = spec.model
     assert (m.embedding_dim, m.hidden_size, m.num_layers, m.layer_norm) == (192, 384, 2, True)
     cells = load_job(JOBS / "throughput_cells.yaml").trials
-    assert [t.config["model"]["cell"] for t in cells] == ["lstm", "gru", "rnn"]
-    assert all(not t.config["model"]["layer_norm"] for t in cells)
+    assert [t.run_config.model.cell for t in cells] == ["lstm", "gru", "rnn"]
+    assert all(not t.run_config.model.layer_norm for t in cells)

@@ -19,6 +19,7 @@ from rnn import lnlstm_cpu
 from rnn.config import ModelConfig
 from rnn.lnlstm import LayerNormLSTM, ln_lstm_recurrence, ln_lstm_recurrence_reference
 from rnn.models import build_model
+from conftest import trial_of
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -150,7 +151,7 @@ def test_start_event_trial_row_and_throughput_row_name_the_path(fused, tmp_path:
     )
     start = next(iter(Trainer(cfg, tmp_path / "run").iter_fit()))
     assert start.kind == "start" and start.info["recurrence"] == "fused-cpu"
-    row = trial_row(SimpleNamespace(trial_id="t1", config={}), status="completed", info=start.info)
+    row = trial_row(trial_of("t1", {}), status="completed", info=start.info)
     assert row["recurrence"] == "fused-cpu"
     rows = measure_throughput(cfg, ThroughputConfig(batch_sizes=[2], warmup_steps=1, measure_steps=1),
                               cache_dir=tmp_path)

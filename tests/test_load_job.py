@@ -13,10 +13,10 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.errors import SpecError, UsageError
-from orchestrator.spec import Job, build_job, job_location, load_job
+from orchestrator.spec import Job, build_job, job_location, load_job, trial_config
+from orchestrator.spec import rules as rules_module
 from orchestrator.spec import validate as validate_module
-from orchestrator.spec.schema import DataSpec, ModelSpec, TrainSpec
-from rnn.config import MIN_VOCAB_SIZE, RunConfig
+from rnn.config import MIN_VOCAB_SIZE, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BASE: dict[str, Any] = {"name": "j", "model": {"hidden_size": 32, "embedding_dim": 16}, "train": {"max_steps": 10}}
@@ -45,23 +45,25 @@ def test_load_job_reads_validates_and_expands_once(tmp_path: Path) -> None:
     assert [t.index for t in job.trials] == list(range(6))
     for trial in job.trials:
         assert isinstance(trial.run_config, RunConfig)
-        assert trial.run_config.model.cell == trial.overrides["model.cell"] == trial.config["model"]["cell"]
-        assert trial.run_config.train.seed == trial.overrides["train.seed"] == trial.config["train"]["seed"]
-        assert RunConfig.from_dict(trial.config) == trial.run_config
+        config = trial_config(trial)
+        assert trial.run_config.model.cell == trial.overrides["model.cell"] == config["model"]["cell"]
+        assert trial.run_config.train.seed == trial.overrides["train.seed"] == config["train"]["seed"]
+        assert RunConfig.from_dict(config) == trial.run_config
 
 
 def test_each_point_is_validated_once_and_untouched_sections_not_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """3 grid values x 4 seeds: the model section (where the swept value lands) is validated once per
-    grid value; data and train (untouched; seeds do not make a config invalid) not per trial at all."""
+    grid value; data and train (untouched; seeds do not make a config invalid) not per trial at all.
+    Each of the spec's own sections is validated once, as the job's."""
     calls: dict[str, int] = {"data": 0, "model": 0, "train": 0, "points": 0}
-    for name, cls in (("data", DataSpec), ("model", ModelSpec), ("train", TrainSpec)):
-        real = cls.model_validate.__func__  # type: ignore[attr-defined]
+    names = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train"}
+    real_section = rules_module.validate_section
 
-        def counting(klass: Any, obj: Any, *a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
-            calls[_name] += 1
-            return _real(klass, obj, *a, **k)
+    def counting_section(cls: Any, raw: Any, prefix: str) -> Any:
+        calls[names[cls]] += 1
+        return real_section(cls, raw, prefix)
 
-        monkeypatch.setattr(cls, "model_validate", classmethod(counting))
+    monkeypatch.setattr(rules_module, "validate_section", counting_section)
     real_points = validate_module.sweep_points
 
     def counting_points(sweep: Any) -> Any:
@@ -71,7 +73,7 @@ def test_each_point_is_validated_once_and_untouched_sections_not_again(monkeypat
     monkeypatch.setattr(validate_module, "sweep_points", counting_points)
     job = build_job({**BASE, "sweep": {"grid": {"model.num_layers": [1, 2, 3]}, "seeds": [0, 1, 2, 3]}})
     assert len(job.trials) == 12
-    assert calls == {"data": 0, "model": 3, "train": 0, "points": 1}
+    assert calls == {"data": 1, "model": 1 + 3, "train": 1, "points": 1}
 
 
 def test_a_swept_problem_is_pinned_on_the_swept_value() -> None:

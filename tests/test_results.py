@@ -16,13 +16,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import trial_of
 from orchestrator.results import store as R
 from orchestrator.results import (
     EVAL_SCHEMA,
@@ -446,12 +446,12 @@ def test_trial_row_from_a_train_result(tmp_path: Path) -> None:
     result = TrainResult(status=TrialStatus.EARLY_STOPPED, steps=80, params=999, device="cpu", precision="fp32",
                          train_time_s=4.0, best_val_loss=1.1, best_val_bpc=1.6, best_val_accuracy=0.7,
                          best_step=60, best_checkpoint="/node/local/best.pt", corpus_sha256="cd" * 32, vocab_size=65)
-    trial = SimpleNamespace(trial_id="t1", config={"model": {"cell": "lstm"}, "train": {"seed": 3}})
+    trial = trial_of("t1", {"model": {"cell": "lstm"}, "train": {"seed": 3}})
     store = ResultsStore(tmp_path)
     store.commit_trial(trial_row(trial, status=result.status, result=result, attempts=2, started_at=T0,
                                  finished_at=T0, checkpoint=store.checkpoint_relpath("t1")))
     # A crash before any result: what the start event said still fills the row.
-    crashed = SimpleNamespace(trial_id="t2", config={"model": {"cell": "gru"}, "train": {"seed": 3}})
+    crashed = trial_of("t2", {"model": {"cell": "gru"}, "train": {"seed": 3}})
     store.commit_trial(trial_row(crashed, status="oom", error="CUDA out of memory", info={"params": 5, "host": "n1"}))
     rows = {r["trial_id"]: r for r in store.read_trials().to_pylist()}
     assert rows["t1"]["status"] == "early_stopped" and rows["t1"]["checkpoint"] == "checkpoints/t1/best.pt"

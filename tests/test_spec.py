@@ -1,4 +1,4 @@
-"""The job spec schema: defaults, strictness, cross-field rules, and agreement with rnn.config."""
+"""The job spec schema: defaults, strictness, cross-field rules; the sections are rnn.config's dataclasses."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec import JobSpec, build_job, load_job
+from orchestrator.spec import JobSpec, build_job, load_job, trial_config
 from orchestrator.spec.rules import estimate_parameters, sweepable_paths
-from orchestrator.spec.schema import DataSpec, EarlyStoppingSpec, ModelSpec, ThroughputSpec, TrainSpec
+from orchestrator.spec.sections import validate_section
 from rnn import config as engine
 
 
@@ -27,54 +27,82 @@ def problems(raw: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "spec_cls,engine_cls",
-    [(DataSpec, engine.DataConfig), (ModelSpec, engine.ModelConfig), (TrainSpec, engine.TrainConfig),
-     (EarlyStoppingSpec, engine.EarlyStopping), (ThroughputSpec, engine.ThroughputConfig)],
+    "engine_cls,key,bad,message",
+    [(engine.DataConfig, "seq_len", 0, "should be greater than or equal to 1"),
+     (engine.ModelConfig, "num_layers", 65, "should be less than or equal to 64"),
+     (engine.TrainConfig, "warmup_fraction", 1.0, "should be less than 1"),
+     (engine.EarlyStopping, "patience", 0, "should be greater than or equal to 1"),
+     (engine.ThroughputConfig, "auto_time_budget_s", 0, "should be greater than 0")],
 )
-def test_sections_mirror_engine_dataclasses(spec_cls: type, engine_cls: type) -> None:
-    engine_fields = {f.name: f for f in dataclasses.fields(engine_cls)}
-    assert list(spec_cls.model_fields) == list(engine_fields)
-    for name, field in engine_fields.items():
-        assert field.default_factory is dataclasses.MISSING  # nothing to compare against otherwise
-        assert spec_cls.model_fields[name].default == field.default, name
+def test_sections_are_the_engine_dataclasses_with_their_limits(engine_cls: type, key: str, bad: Any,
+                                                               message: str) -> None:
+    """No mirror schema: a section is validated straight into the engine's dataclass, whose fields
+    carry their own limits."""
+    section, _, found = validate_section(engine_cls, {}, "s")
+    assert section == engine_cls() and found == []
+    section, values, found = validate_section(engine_cls, {key: bad}, "s")
+    assert section is None and [(p.path, p.message, p.got) for p in found] == [(f"s.{key}", message, bad)]
+
+
+def test_a_section_refuses_unknown_keys_strings_for_numbers_and_nan() -> None:
+    _, values, found = validate_section(engine.TrainConfig, {"lr": "0.1", "batch": 3, "clip_grad_norm": float("nan")},
+                                        "train")
+    assert [(p.path, p.message) for p in found] == [
+        ("train.lr", "should be a valid number"),
+        ("train.clip_grad_norm", "should be a finite number"),
+        ("train.batch", "unknown key; did you mean 'batch_size'? (valid keys: " + ", ".join(
+            f.name for f in dataclasses.fields(engine.TrainConfig)) + ")"),
+    ]
+    assert values["batch_size"] == 64  # the defaults of the fields it did not refuse, for the cross-field rules
+
+
+def test_a_yaml_date_is_named_where_it_was_written() -> None:
+    import datetime
+
+    _, _, found = validate_section(engine.DataConfig, {"corpus": datetime.date(2020, 1, 2)}, "data")
+    assert [p.path for p in found] == ["data.corpus"]
+    assert "YAML read this as a date" in found[0].message
 
 
 def test_minimal_spec_gets_engine_defaults() -> None:
     spec = spec_of({"name": "tiny"})
     assert spec.kind == "train"
-    assert spec.data == DataSpec() and spec.model == ModelSpec() and spec.train == TrainSpec()
+    assert spec.data == engine.DataConfig() and spec.model == engine.ModelConfig()
+    assert spec.train == engine.TrainConfig()
     assert spec.throughput is None and spec.sweep is None and spec.output == "results"
-    assert engine.DataConfig(**spec.data.model_dump()) == engine.DataConfig()
-    assert engine.ModelConfig(**spec.model.model_dump()) == engine.ModelConfig()
-    assert engine.TrainConfig(**spec.train.model_dump()) == engine.TrainConfig()
 
 
 def test_sections_build_engine_configs() -> None:
     spec = spec_of({"name": "x", "train": {"early_stopping": {"patience": 2, "min_delta": 0.01}, "lr": 1}})
-    train = engine.TrainConfig(**spec.train.model_dump())
+    train = spec.train
+    assert isinstance(train, engine.TrainConfig)
     assert train.early_stopping == engine.EarlyStopping(patience=2, min_delta=0.01)
     assert train.lr == 1.0 and isinstance(train.lr, float)  # an int is fine where a float is expected
 
 
 def test_null_section_means_defaults() -> None:
-    assert spec_of({"name": "x", "model": None, "sweep": None}).model == ModelSpec()
+    assert spec_of({"name": "x", "model": None, "sweep": None}).model == engine.ModelConfig()
 
 
 def test_throughput_job_gets_default_throughput_section() -> None:
     spec = spec_of({"name": "t", "kind": "throughput"})
-    assert spec.throughput == ThroughputSpec()
+    assert spec.throughput == engine.ThroughputConfig()
     (trial,) = build_job({"name": "t", "kind": "throughput"}).trials
-    assert trial.config["throughput"]["batch_sizes"] == [512, 1024, 2048]
+    assert trial_config(trial)["throughput"]["batch_sizes"] == [512, 1024, 2048]
     assert trial.throughput_config == engine.ThroughputConfig()
-    assert "throughput" not in build_job({"name": "x"}).trials[0].config
+    assert "throughput" not in trial_config(build_job({"name": "x"}).trials[0])
 
 
 def test_throughput_batch_sizes_auto_or_list() -> None:
-    assert ThroughputSpec(batch_sizes="auto").batch_sizes == "auto"
-    assert ThroughputSpec.model_validate({"batch_sizes": [8, 16]}).batch_sizes == (8, 16)
+    def sizes(value: Any) -> Any:
+        section, _, found = validate_section(engine.ThroughputConfig, {"batch_sizes": value}, "throughput")
+        return section.batch_sizes if section is not None else [p.message for p in found]
+
+    assert sizes("auto") == "auto"
+    assert sizes([8, 16]) == (8, 16)
     for bad in ([], [8, 8], [True], "big", [0]):
-        with pytest.raises(ValidationError):
-            ThroughputSpec.model_validate({"batch_sizes": bad})
+        (message,) = sizes(bad)
+        assert message.startswith("should be 'auto' or a non-empty list of distinct integers"), bad
 
 
 def test_spec_is_immutable() -> None:

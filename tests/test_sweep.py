@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.spec import Job, Trial, build_job
+from orchestrator.spec import Job, Trial, build_job, trial_config
 from orchestrator.spec.expand import canonical_json, sample_space, trial_id_for
 from rnn.config import EarlyStopping, RunConfig, ThroughputConfig
 
@@ -26,8 +26,8 @@ def test_no_sweep_is_one_trial_with_the_train_seed() -> None:
     (trial,) = expand(spec_with(train={"max_steps": 100, "seed": 7}))
     assert trial.index == 0
     assert trial.overrides == {"train.seed": 7}
-    assert trial.config["train"]["seed"] == 7
-    assert set(trial.config) == {"data", "model", "train"}
+    assert trial_config(trial)["train"]["seed"] == 7
+    assert set(trial_config(trial)) == {"data", "model", "train"}
 
 
 def test_grid_is_cartesian_in_written_order_then_seeds() -> None:
@@ -40,9 +40,9 @@ def test_grid_is_cartesian_in_written_order_then_seeds() -> None:
         ("lstm", False, 0), ("lstm", False, 1), ("lstm", True, 0), ("lstm", True, 1), ("gru", False, 0)]
     assert list(trials[0].overrides) == ["model.cell", "model.bidirectional", "train.seed"]
     for t in trials:
-        assert t.config["model"]["cell"] == t.overrides["model.cell"]
-        assert t.config["train"]["seed"] == t.overrides["train.seed"]
-        assert t.config["model"]["hidden_size"] == 64
+        assert trial_config(t)["model"]["cell"] == t.overrides["model.cell"]
+        assert trial_config(t)["train"]["seed"] == t.overrides["train.seed"]
+        assert trial_config(t)["model"]["hidden_size"] == 64
     assert len({t.trial_id for t in trials}) == 12
 
 
@@ -98,7 +98,7 @@ def test_trial_id_is_pinned() -> None:
 
 
 def test_trial_id_ignores_dict_order_name_resources_output() -> None:
-    config = expand(spec_with())[0].config
+    config = trial_config(expand(spec_with())[0])
     reordered = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(config.items()))}
     assert trial_id_for("train", reordered) == trial_id_for("train", config)
     base_id = expand(spec_with())[0].trial_id
@@ -144,7 +144,7 @@ def test_run_config_builds_the_engine_config() -> None:
     assert run.model.cell == "gru" and run.data.seq_len == 32 and run.model.hidden_size == 64
     assert run.train.early_stopping == EarlyStopping(patience=2, min_delta=0.0)
     assert RunConfig.from_dict(run.to_dict()) == run
-    assert RunConfig.from_dict(trial.config) == run  # the plain config crossing Ray rebuilds the same object
+    assert RunConfig.from_dict(trial_config(trial)) == run  # the plain config crossing Ray rebuilds the same object
     assert trial.throughput_config is None
 
 
@@ -152,7 +152,7 @@ def test_throughput_trials_carry_their_section() -> None:
     spec = build_job({**BASE, "kind": "throughput", "throughput": {"batch_sizes": [8, 16]},
                           "sweep": {"grid": {"throughput.measure_steps": [2, 4]}}})
     trials = expand(spec)
-    assert [t.config["throughput"]["measure_steps"] for t in trials] == [2, 4]
+    assert [trial_config(t)["throughput"]["measure_steps"] for t in trials] == [2, 4]
     tp = trials[0].throughput_config
     assert tp == ThroughputConfig(batch_sizes=(8, 16), measure_steps=2)
 

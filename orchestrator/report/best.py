@@ -28,7 +28,7 @@ import yaml
 from orchestrator.errors import SpecError, UsageError
 from orchestrator.results import ResultsError, ResultsStore, is_job_folder, read_manifest
 from orchestrator.results.ranking import RankingMetric, rank_trials, ranking_metric
-from orchestrator.spec import build_job
+from orchestrator.spec import build_job, trial_config
 from orchestrator.spec.yamlio import parse_yaml
 from rnn.config import set_path
 
@@ -110,7 +110,7 @@ def _spec_of(manifest: Optional[Mapping[str, Any]]) -> dict[str, Any]:
 def _trial_configs(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Trial id -> exact config, from expanding the job's spec again (empty if it no longer validates)."""
     try:
-        return {t.trial_id: t.config for t in build_job(raw, source="manifest.json").trials}
+        return {t.trial_id: trial_config(t) for t in build_job(raw, source="manifest.json").trials}
     except SpecError:
         return {}
 

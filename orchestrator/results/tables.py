@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
+from orchestrator.spec.expand import trial_config
 from rnn.events import TrialStatus
 from rnn.throughput_row import ThroughputStatus
 
@@ -300,7 +301,7 @@ def trial_row(
 ) -> dict[str, Any]:
     """A trials-table row for :meth:`ResultsStore.commit_trial`.
 
-    ``trial`` has ``trial_id`` and ``config`` (an ``orchestrator.spec.sweep.Trial``). ``result`` is
+    ``trial`` is an :class:`orchestrator.spec.Trial` (its config fills the dotted columns). ``result`` is
     the ``rnn.events.TrainResult`` when the run ended in the engine, else None (a crash, an
     OOM kill); ``info`` is the ``start`` event's info (params, device, precision, vocab_size,
     corpus_sha256), which fills what a missing result cannot. ``checkpoint`` is the best
@@ -320,6 +321,6 @@ def trial_row(
         started_at=started_at,
         finished_at=finished_at,
         checkpoint=checkpoint,
-        config=trial.config,
+        config=trial_config(trial),
     )
     return row

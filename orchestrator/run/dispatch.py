@@ -46,7 +46,7 @@ from orchestrator.run.events import Paused
 from orchestrator.run.faults import Fault
 from orchestrator.run.progress import Progress
 from orchestrator.run.recorder import Recorder, TrialState
-from orchestrator.spec import ResourcesSpec, Trial
+from orchestrator.spec import ResourcesSpec, Trial, trial_config
 from rnn.events import TrialStatus
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class Dispatcher:
             self.backend.launch(worker, Assignment(
                 trial_id=state.trial.trial_id,
                 throughput=state.throughput,
-                config=state.trial.config,
+                config=trial_config(state.trial),
                 attempt=state.attempt,
                 resume=state.resume,
                 fault=fault,

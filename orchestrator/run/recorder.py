@@ -56,7 +56,7 @@ class TrialState:
 
     @property
     def throughput(self) -> bool:
-        return "throughput" in self.trial.config
+        return self.trial.throughput_config is not None
 
     def heard(self, now: float) -> None:
         """An event arrived: the gap since the last one sets the pace a stall is judged by."""

@@ -14,7 +14,10 @@ default, see :data:`HASHED_UNLESS_DEFAULT`): widening a grid later keeps the
 ids of the cells that were already there, so finished trials are recognised on resume.
 
 This module builds nothing it has not been handed validated: :mod:`orchestrator.spec.validate`
-walks the points once, validates each, and calls :func:`make_trial` with the section objects.
+walks the points once, validates each, and calls :func:`make_trial` with the section objects
+(the engine's dataclasses, :mod:`rnn.config`). A trial carries those typed configs only; the
+one plain-mapping form of them, for a trial id, a results row or a spec file, is
+:func:`config_dict`.
 """
 
 from __future__ import annotations
@@ -29,22 +32,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from pydantic import BaseModel
-
 from orchestrator.spec.schema import (
     ChoiceDist,
-    DataSpec,
     IntDist,
     LogUniformDist,
-    ModelSpec,
     RandomSpec,
     SweepSpec,
-    ThroughputSpec,
-    TrainSpec,
     UniformDist,
-    config_sections,
 )
-from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
+from orchestrator.spec.sections import section_dict
+from rnn.config import DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -143,14 +140,11 @@ class Trial:
     """One run of a job, built once from validated sections; treat every field as read-only.
 
     Attributes:
-        trial_id: stable id, :func:`trial_id_for` of ``config``.
+        trial_id: stable id, :func:`trial_id_for` of its :func:`config_dict`.
         index: position in the job's trial list.
         overrides: the swept values, dotted path -> value, always including ``"train.seed"``.
         run_config: the engine's typed config (data, model, train).
         throughput_config: the engine's throughput config, or None for a train job.
-        config: the same config as plain JSON types, ``{"data", "model", "train"}`` plus
-            ``"throughput"`` for throughput jobs: what crosses a Ray call and fills the results'
-            config columns. Derived from the same validated sections as ``run_config``.
     """
 
     trial_id: str
@@ -158,7 +152,25 @@ class Trial:
     overrides: dict[str, Any] = field(hash=False, compare=False)
     run_config: RunConfig = field(hash=False, compare=False)
     throughput_config: Optional[ThroughputConfig] = field(hash=False, compare=False)
-    config: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def kind(self) -> str:
+        return "throughput" if self.throughput_config is not None else "train"
+
+
+def config_dict(run: RunConfig, throughput: Optional[ThroughputConfig] = None) -> dict[str, Any]:
+    """A trial's config as plain JSON types: ``{"data", "model", "train"}``, plus ``"throughput"``
+    for a throughput trial. The one plain form of a config: what a trial id hashes, what fills the
+    results' config columns and what a ``best.yaml`` is written from."""
+    out = {"data": section_dict(run.data), "model": section_dict(run.model), "train": section_dict(run.train)}
+    if throughput is not None:
+        out["throughput"] = section_dict(throughput)
+    return out
+
+
+def trial_config(trial: Trial) -> dict[str, Any]:
+    """:func:`config_dict` of a trial's configs."""
+    return config_dict(trial.run_config, trial.throughput_config)
 
 
 def _validated(config: Mapping[str, Any], path: str, raw: Any) -> Any:
@@ -172,26 +184,16 @@ def _validated(config: Mapping[str, Any], path: str, raw: Any) -> Any:
     return node
 
 
-def make_trial(kind: str, sections: Mapping[str, BaseModel], overrides: Mapping[str, Any], index: int) -> Trial:
-    """The trial of validated ``sections`` (name -> section model; ``throughput`` for throughput jobs)."""
+def make_trial(kind: str, sections: Mapping[str, Any], overrides: Mapping[str, Any], index: int) -> Trial:
+    """The trial of validated ``sections`` (name -> engine config; ``throughput`` for throughput jobs)."""
     data, model, train = sections["data"], sections["model"], sections["train"]
-    assert isinstance(data, DataSpec) and isinstance(model, ModelSpec) and isinstance(train, TrainSpec)
-    config = {name: sections[name].model_dump(mode="json") for name in config_sections(kind)}
-    stopping = train.early_stopping
-    run = RunConfig(
-        data=DataConfig(**data.model_dump()),
-        model=ModelConfig(**model.model_dump()),
-        train=TrainConfig(**{
-            **train.model_dump(),
-            "early_stopping": EarlyStopping(**stopping.model_dump()) if stopping is not None else None,
-        }),
-    )
+    assert isinstance(data, DataConfig) and isinstance(model, ModelConfig) and isinstance(train, TrainConfig)
+    run = RunConfig(data=data, model=model, train=train)
     throughput: Optional[ThroughputConfig] = None
     if kind == "throughput":
-        section = sections["throughput"]
-        assert isinstance(section, ThroughputSpec)
-        # batch_sizes from the attribute: the section serialises its tuple as a list
-        throughput = ThroughputConfig(**{**section.model_dump(), "batch_sizes": section.batch_sizes})
+        throughput = sections["throughput"]
+        assert isinstance(throughput, ThroughputConfig)
+    config = config_dict(run, throughput)
     return Trial(
         trial_id=trial_id_for(kind, config),
         index=index,
@@ -199,5 +201,4 @@ def make_trial(kind: str, sections: Mapping[str, BaseModel], overrides: Mapping[
                    "train.seed": train.seed},
         run_config=run,
         throughput_config=throughput,
-        config=config,
     )

@@ -7,6 +7,7 @@ for an unknown key, the valid keys and the close matches.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import typing
@@ -23,6 +24,7 @@ UNION_TAGS: frozenset[str] = frozenset({"loguniform", "uniform", "int", "choice"
 _REWRITES: tuple[tuple[str, str], ...] = (
     (r"^Input should be a valid dictionary or instance of \w+$", "should be a mapping"),
     (r"^Input should be a valid dictionary$", "should be a mapping"),
+    (r"^Input should be an object$", "should be a mapping"),  # a section dataclass, validated from JSON
     (r"^(List|Dictionary) should have at least 1 item after validation, not 0$", "should not be empty"),
     (r"^Value error, ", ""),
     (r"^Input should be ", "should be "),
@@ -43,15 +45,26 @@ def dotted(loc: Iterable[Any]) -> str:
     return out
 
 
+def _fields(node: Any) -> Optional[dict[str, Any]]:
+    """Field name -> annotation of a pydantic model or a dataclass (None for anything else)."""
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return {name: f.annotation for name, f in node.model_fields.items()}
+    if isinstance(node, type) and dataclasses.is_dataclass(node):
+        hints = typing.get_type_hints(node, include_extras=True)
+        return {f.name: hints[f.name] for f in dataclasses.fields(node)}
+    return None
+
+
 def _model_fields_at(root: type, loc: tuple[Any, ...]) -> Optional[list[str]]:
-    """Field names of the pydantic model reached by following ``loc`` from ``root`` (None if lost)."""
+    """Field names of the model or dataclass reached by following ``loc`` from ``root`` (None if lost)."""
     node: Any = root
     for part in loc:
         node = _unwrap(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            if part not in node.model_fields:
+        fields = _fields(node)
+        if fields is not None:
+            if part not in fields:
                 return None
-            node = node.model_fields[part].annotation
+            node = fields[part]
         elif getattr(node, "__origin__", None) is dict:
             node = node.__args__[1]
         elif getattr(node, "__origin__", None) in (list, tuple):
@@ -63,10 +76,8 @@ def _model_fields_at(root: type, loc: tuple[Any, ...]) -> Optional[list[str]]:
             node = members[0]
         else:
             return None
-    node = _unwrap(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return None
+    fields = _fields(_unwrap(node))
+    return list(fields) if fields is not None else None
 
 
 def _unwrap(tp: Any) -> Any:
@@ -106,7 +117,7 @@ def problems_from_pydantic(error: ValidationError, root: type, prefix: tuple[Any
         path = dotted(prefix + loc)
         kind = err["type"]
         got: Any = err.get("input", MISSING)
-        if kind == "extra_forbidden":
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's, a dataclass's
             valid = _model_fields_at(root, raw_loc[:-1]) or []
             message = "unknown key"
             close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.6)

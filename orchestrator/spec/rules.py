@@ -18,15 +18,14 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Problem
 from orchestrator.spec.problems import problems_from_pydantic
-from orchestrator.spec.schema import MAX_PARAMETERS, SECTIONS, EarlyStoppingSpec, config_sections
-from rnn.config import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, resolved_vocab_size
+from orchestrator.spec.schema import MAX_PARAMETERS, SECTIONS, config_sections
+from orchestrator.spec.sections import BAD, field_names, is_section, section_values, validate_section
+from rnn.config import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, EarlyStopping, resolved_vocab_size
 
 #: Vocabulary assumed for char-level size estimates (the real one is the training split's characters).
 CHAR_VOCAB_ESTIMATE = 256
 BUILTIN_CORPORA = ("builtin", "shakespeare")
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-#: A field value pydantic refused: cross-field rules skip it.
-BAD: Any = object()
 
 
 def vocab_estimate(level: str, vocab_size: Optional[int]) -> int:
@@ -52,11 +51,16 @@ def estimate_parameters(model: Mapping[str, Any], vocab_size: int) -> int:
     return vocab_size * emb + directions * (stack + head)
 
 
-def field_values(
-    cls: type[BaseModel], raw: Any, prefix: str
-) -> tuple[Optional[BaseModel], dict[str, Any], list[Problem]]:
+def field_values(cls: type, raw: Any, prefix: str) -> tuple[Optional[Any], dict[str, Any], list[Problem]]:
     """Validate one section: (the section, or None if refused; its field values with defaults
-    filled and refused ones as :data:`BAD`; its field problems under ``prefix``)."""
+    filled and refused ones as :data:`BAD`; its field problems under ``prefix``).
+
+    ``cls`` is an engine config dataclass (a trial's section, see
+    :mod:`orchestrator.spec.sections`) or a pydantic model (``resources``).
+    """
+    if is_section(cls):
+        return validate_section(cls, raw, prefix)
+    assert issubclass(cls, BaseModel)
     try:
         section = cls.model_validate(raw)
         return section, section.model_dump(), []
@@ -132,20 +136,20 @@ def check_config(
     config: Mapping[str, Any],
     kind: str,
     resources: Mapping[str, Any],
-    known: Optional[Mapping[str, BaseModel]] = None,
-) -> tuple[Optional[dict[str, BaseModel]], list[Problem]]:
+    known: Optional[Mapping[str, Any]] = None,
+) -> tuple[Optional[dict[str, Any]], list[Problem]]:
     """Validate one trial config: (its sections by name, or None if any problem; the problems).
 
     ``config`` holds the sections as raw mappings; a section in ``known`` was validated already
     (the spec's own, where no swept value lands) and is used as it is, not validated again.
     """
-    sections: dict[str, BaseModel] = {}
+    sections: dict[str, Any] = {}
     values: dict[str, Mapping[str, Any]] = {}
     problems: list[Problem] = []
     for name in config_sections(kind):
         section = (known or {}).get(name)
         if section is not None:
-            values[name] = section.model_dump()
+            values[name] = section_values(section)
         else:
             section, values[name], section_problems = field_values(SECTIONS[name], config.get(name, {}), name)
             problems += section_problems
@@ -157,7 +161,7 @@ def check_config(
 
 def sweepable_paths(kind: str) -> list[str]:
     """Every dotted path a sweep may set for a job of this kind."""
-    paths = [f"{name}.{f}" for name in config_sections(kind) for f in SECTIONS[name].model_fields]
-    return paths + [f"train.early_stopping.{f}" for f in EarlyStoppingSpec.model_fields]
+    paths = [f"{name}.{f}" for name in config_sections(kind) for f in field_names(SECTIONS[name])]
+    return paths + [f"train.early_stopping.{f}" for f in field_names(EarlyStopping)]
 
 

@@ -1,4 +1,4 @@
-"""The job spec: a strict pydantic schema for the YAML a user writes.
+"""The job spec: a strict pydantic schema for the YAML a user writes, around the engine's sections.
 
 Every level forbids unknown keys, choice fields are closed sets, numbers are strictly typed
 (no ``"5"`` for an int, no ``true`` for a number; an int is fine where a float is expected)
@@ -6,9 +6,10 @@ and range-checked, so absurd sizes are refused before anything allocates. The ru
 several fields at once, and the sweep's trial-by-trial checks, are in
 :mod:`orchestrator.spec.rules` and :mod:`orchestrator.spec.validate`; this module knows neither.
 
-The section models mirror the engine's dataclasses in :mod:`rnn.config` field for field,
-with the same defaults (a test keeps them in step); a validated section becomes an engine
-config with ``DataConfig(**data.model_dump())`` (see :mod:`orchestrator.spec.expand`).
+A trial's sections (``data``, ``model``, ``train``, ``throughput``) are not modelled here: they
+are the engine's dataclasses in :mod:`rnn.config`, limits included, validated straight into by
+:mod:`orchestrator.spec.sections`. This module holds what is the orchestrator's own: the
+resources, the sweep (its distributions and ASHA's rung arithmetic) and the job around them.
 
 The ``sweep`` section names settings by dotted path (``model.cell``): ``grid`` (a cartesian
 product, the first path varying slowest), ``random`` (``samples`` draws from per-path
@@ -25,125 +26,28 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from rnn.config import Amp, Cell, Compile, DeviceName, Level, Optimizer, Scheduler, compile_setting
+from rnn.config import SEED_MAX, DataConfig, ModelConfig, ThroughputConfig, TrainConfig
 
 Kind = Literal["train", "throughput"]
 KINDS: tuple[str, ...] = ("train", "throughput")
 
 #: Largest accepted model (estimated by :func:`orchestrator.spec.rules.estimate_parameters`).
 MAX_PARAMETERS = 2_000_000_000
-MAX_BATCH_SIZE = 1_048_576
 #: A sweep that expands past this many trials is refused (a typo'd grid should not queue a million runs).
 MAX_TRIALS = 10_000
-SEED_MAX = 2**32 - 1
-
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
-_Dim = Annotated[int, Strict(), Field(ge=1, le=65_536)]
-_BatchSize = Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)]
 _Steps = Annotated[int, Strict(), Field(ge=1, le=10**9)]
-_Fraction = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
-_NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 _Text = Annotated[str, Strict(), Field(min_length=1, max_length=4096)]
 Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataSpec(_Section):
-    """``data``: which text, how it is tokenized, how it is cut into windows (rnn.config.DataConfig)."""
-
-    corpus: _Text = "builtin"  # builtin | shakespeare | a UTF-8 text file (relative to the cwd)
-    level: Level = "char"
-    vocab_size: Optional[Annotated[int, Strict(), Field(ge=2, le=1_048_576)]] = None  # bpe/word only
-    seq_len: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 100
-    val_fraction: _Fraction = 0.1
-
-
-class ModelSpec(_Section):
-    """``model``: the recurrent language model (rnn.config.ModelConfig)."""
-
-    cell: Cell = "lstm"
-    embedding_dim: _Dim = 128
-    hidden_size: _Dim = 512
-    num_layers: Annotated[int, Strict(), Field(ge=1, le=64)] = 2
-    dropout: _Fraction = 0.1
-    layer_norm: Annotated[bool, Strict()] = False
-    bidirectional: Annotated[bool, Strict()] = False
-    tie_weights: Annotated[bool, Strict()] = False
-
-
-class EarlyStoppingSpec(_Section):
-    """``train.early_stopping`` (rnn.config.EarlyStopping)."""
-
-    patience: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 5
-    min_delta: _NonNegative = 0.0
-
-
-class TrainSpec(_Section):
-    """``train``: optimisation, budget, evaluation, precision (rnn.config.TrainConfig)."""
-
-    batch_size: _BatchSize = 64
-    max_steps: Optional[_Steps] = 1000
-    max_epochs: Optional[Annotated[float, Strict(), Field(gt=0, le=1_000_000, allow_inf_nan=False)]] = None
-    max_time_s: Optional[Annotated[float, Strict(), Field(gt=0, le=31_536_000, allow_inf_nan=False)]] = None
-    eval_every: _Steps = 250
-    optimizer: Optimizer = "adamw"
-    lr: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 2e-3
-    weight_decay: _NonNegative = 0.01
-    scheduler: Scheduler = "onecycle"
-    warmup_fraction: _Fraction = 0.05
-    # null disables clipping (the engine also reads 0 that way; the spec asks for null, which says so).
-    clip_grad_norm: Optional[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]] = 1.0
-    label_smoothing: _Fraction = 0.0
-    amp: Amp = "auto"
-    compile: Compile = "auto"
-    early_stopping: Optional[EarlyStoppingSpec] = None
-    seed: Seed = 0
-    device: DeviceName = "auto"
-
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _compile_bool(cls, value: Any) -> Any:
-        return compile_setting(value)
-
-
-class ThroughputSpec(_Section):
-    """``throughput``: samples/s by batch size, ``kind: throughput`` only (rnn.config.ThroughputConfig)."""
-
-    batch_sizes: Union[Literal["auto"], tuple[int, ...]] = (512, 1024, 2048)
-    warmup_steps: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 3
-    measure_steps: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 10
-    auto_start: _BatchSize = 32
-    auto_max_batch_size: _BatchSize = 65536
-    auto_min_gain: Annotated[float, Strict(), Field(ge=0, le=10, allow_inf_nan=False)] = 0.03
-    auto_time_budget_s: Annotated[float, Strict(), Field(gt=0, le=604_800, allow_inf_nan=False)] = 120.0
-
-    @field_validator("batch_sizes", mode="plain")
-    @classmethod
-    def _batch_sizes(cls, value: Any) -> Union[str, tuple[int, ...]]:
-        if value == "auto":
-            return "auto"
-        expected = f"'auto' or a non-empty list of distinct integers between 1 and {MAX_BATCH_SIZE}"
-        if not isinstance(value, (list, tuple)) or not value:
-            raise PydanticCustomError("batch_sizes", f"should be {expected}")
-        for i, size in enumerate(value):
-            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
-                raise PydanticCustomError("batch_sizes", f"should be {expected}; item [{i}] is {size!r}")
-        if len(set(value)) != len(value):
-            raise PydanticCustomError("batch_sizes", f"should be {expected}; a size is repeated")
-        return tuple(value)
-
-    @field_serializer("batch_sizes")
-    def _dump_batch_sizes(self, value: Union[str, tuple[int, ...]]) -> Union[str, list[int]]:
-        # Explicit because pydantic's union serializer warns on a tuple in JSON mode.
-        return value if isinstance(value, str) else list(value)
 
 
 class ResourcesSpec(_Section):
@@ -371,11 +275,11 @@ def output_problem(value: str) -> Optional[str]:
 
 
 #: Config sections by name; the trial config holds the first three, plus throughput for throughput jobs.
-SECTIONS: dict[str, type[_Section]] = {
-    "data": DataSpec,
-    "model": ModelSpec,
-    "train": TrainSpec,
-    "throughput": ThroughputSpec,
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "throughput": ThroughputConfig,
 }
 
 
@@ -387,16 +291,17 @@ def config_sections(kind: Optional[str]) -> tuple[str, ...]:
 class JobSpec(_Section):
     """A validated job: what to run (sections), how to sweep it, with what, and where results go.
 
-    Build it with :func:`orchestrator.spec.load_job`: ``JobSpec.model_validate`` alone checks
-    fields but not the cross-field and sweep rules.
+    Build it with :func:`orchestrator.spec.load_job`: the sections are the engine's dataclasses,
+    validated on their own (:mod:`orchestrator.spec.sections`) and set here as instances, and
+    ``JobSpec.model_validate`` alone checks neither them nor the cross-field and sweep rules.
     """
 
     name: Annotated[str, Strict()]
     kind: Kind = "train"
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    throughput: Optional[ThroughputSpec] = None  # kind: throughput only; filled with defaults there
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    throughput: Optional[ThroughputConfig] = None  # kind: throughput only; filled with defaults there
     sweep: Optional[SweepSpec] = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: _Text = "results"  # a local directory or a pyarrow filesystem URI (scheme://...)

@@ -16,6 +16,7 @@ reported where that value was written, e.g.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import json
 import logging
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.expand import Point, Trial, make_trial, seed_points, sweep_points
@@ -40,12 +41,11 @@ from orchestrator.spec.schema import (
     JobSpec,
     ResourcesSpec,
     SweepSpec,
-    ThroughputSpec,
-    TrainSpec,
     config_sections,
 )
+from orchestrator.spec.sections import field_names
 from orchestrator.spec.yamlio import decode_spec, parse_yaml, read_spec_bytes
-from rnn.config import set_path
+from rnn.config import TrainConfig, set_path
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _path_problem(path: str, kind: str, where: str) -> Optional[Problem]:
     if root == "throughput" and path in sweepable_paths("throughput"):
         return Problem(where, "throughput settings can only be swept in a kind: throughput job")
     if path in SECTIONS:
-        example = f"{path}.{next(iter(SECTIONS[path].model_fields))}"
+        example = f"{path}.{field_names(SECTIONS[path])[0]}"
         return Problem(where, f"names a whole section; sweep one setting in it, e.g. {example}")
     close = difflib.get_close_matches(path, sweepable_paths("throughput"), n=2, cutoff=0.75)
     if close:
@@ -222,7 +222,7 @@ def _check_scheduler(sweep: Optional[SweepSpec], raw: Mapping[str, Any], kind: s
         return sweep, [Problem(where, "train.max_steps cannot be swept under successive halving: every trial "
                                "shares its budget (sweep.scheduler.max_steps)")]
     train = raw.get("train")
-    budget = (train if isinstance(train, dict) else {}).get("max_steps", TrainSpec.model_fields["max_steps"].default)
+    budget = (train if isinstance(train, dict) else {}).get("max_steps", TrainConfig.max_steps)
     if not isinstance(budget, int) or isinstance(budget, bool):
         return sweep, [Problem("train.max_steps", "successive halving needs a step budget (an integer)",
                                got=budget)]
@@ -301,14 +301,23 @@ def _points(sweep: Optional[SweepSpec]) -> list[Point]:
                      for i, v in enumerate(sweep.variants or [])]
 
 
-def _own_sections(spec: Optional[JobSpec], kind: str) -> dict[str, BaseModel]:
-    """The spec's validated sections (none when the spec itself was refused)."""
-    if spec is None:
-        return {}
-    own = {name: getattr(spec, name) for name in config_sections(kind)}
-    if kind == "throughput" and own["throughput"] is None:
-        own["throughput"] = ThroughputSpec()
-    return own
+def _own_sections(raw: Mapping[str, Any], kind: str) -> tuple[dict[str, Any], list[Problem]]:
+    """The spec's own sections, each validated once into its engine config; those refused are
+    left out (their problems are returned). A point validates only the sections its swept values
+    land in, and takes the rest from here."""
+    own: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for name in config_sections(kind):
+        section, _, found = field_values(SECTIONS[name], raw.get(name, {}), name)
+        problems += found
+        if section is not None:
+            own[name] = section
+    return own, problems
+
+
+def _position(path: str, order: list[str]) -> int:
+    root = path.split(".")[0].split("[")[0]
+    return order.index(root) if root in order else len(order)
 
 
 def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str] = None) -> Job:
@@ -321,14 +330,17 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     raw = {k: v for k, v in raw.items() if not (v is None and k in (*SECTIONS, "sweep", "resources"))}
     problems: list[Problem] = []
     spec: Optional[JobSpec] = None
-    try:
-        spec = JobSpec.model_validate(raw)
+    try:  # the whole-job fields; the sections are validated on their own, into the engine's configs
+        spec = JobSpec.model_validate({k: v for k, v in raw.items() if k not in SECTIONS})
     except ValidationError as e:
         problems += problems_from_pydantic(e, JobSpec)
     kind = raw.get("kind", "train")
     if kind not in KINDS:  # already reported; check the rest as the sections suggest
         kind = "throughput" if "throughput" in raw else "train"
-    elif kind == "train" and "throughput" in raw:
+    own, own_problems = _own_sections(raw, kind)
+    order = list(JobSpec.model_fields)  # in the spec's order, as one pydantic pass would list them
+    problems = sorted(problems + own_problems, key=lambda p: _position(p.path, order))
+    if kind == "train" and "throughput" in raw:
         problems.append(Problem("throughput", "only allowed with kind: throughput; remove it or set kind: throughput"))
     _, res, _ = field_values(ResourcesSpec, raw.get("resources", {}), "resources")
     sweep, sweep_problems = _usable_sweep(raw.get("sweep"), kind)
@@ -339,9 +351,8 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     if sweep is not None:
         sweep, random_problems = _check_random_values(sweep, base, kind, res)
         problems += random_problems
-    own = _own_sections(spec, kind)
     declared = _declared_paths(raw.get("sweep"))
-    checked: list[tuple[Point, dict[str, BaseModel]]] = []
+    checked: list[tuple[Point, dict[str, Any]]] = []
     for point in _points(sweep):
         touched = {path.split(".")[0] for path in point.overrides}
         config = {**base, **{name: copy.deepcopy(base[name]) for name in touched if name in base}}
@@ -359,8 +370,7 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     if problems:
         raise SpecError(problems, file=source)
     assert spec is not None  # pydantic raised nothing, or there would be problems
-    if spec.kind == "throughput" and spec.throughput is None:
-        spec = spec.model_copy(update={"throughput": ThroughputSpec()})
+    spec = spec.model_copy(update=own)  # the sections, validated (a throughput job's filled with defaults)
     if spec.sweep is not None and sweep is not None and sweep.scheduler is not None:
         # the scheduler with its max_steps filled in from train.max_steps
         spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"scheduler": sweep.scheduler})})
@@ -369,7 +379,7 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     return Job(spec, _trials(spec, checked), source, text)
 
 
-def _trials(spec: JobSpec, checked: list[tuple[Point, dict[str, BaseModel]]]) -> tuple[Trial, ...]:
+def _trials(spec: JobSpec, checked: list[tuple[Point, dict[str, Any]]]) -> tuple[Trial, ...]:
     """One trial per checked point and seed; a point that resolves to a config already in the
     list (possible with ``choice`` or ``int`` draws) is dropped with a warning."""
     trials: list[Trial] = []
@@ -381,7 +391,7 @@ def _trials(spec: JobSpec, checked: list[tuple[Point, dict[str, BaseModel]]]) ->
                 overrides, these = point.overrides, sections
             else:
                 overrides = {**point.overrides, "train.seed": seed}
-                these = {**sections, "train": sections["train"].model_copy(update={"seed": seed})}
+                these = {**sections, "train": dataclasses.replace(sections["train"], seed=seed)}
             trial = make_trial(spec.kind, these, overrides, index=len(trials))
             if trial.trial_id in seen:
                 log.warning("%s: dropping a repeated sweep point %s (trial %s)", spec.name, overrides, trial.trial_id)
