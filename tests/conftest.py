@@ -84,7 +84,13 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
 
 
 def ray_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """Environment for a real-Ray subprocess: loopback only, no token auth, private caches."""
+    """Environment for a real-Ray subprocess: loopback only, no token auth, private caches.
+
+    Only a test marked ``ray`` or ``cluster`` may call it (see :func:`_tiers_hold`): the fast tier
+    (``-m "not ray and not cluster and not browser"``) must not start Ray.
+    """
+    if not _TIER.ray_allowed:
+        pytest.fail(f"{_TIER.test} starts Ray: mark it @pytest.mark.ray (or cluster)", pytrace=False)
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.update(
@@ -178,3 +184,31 @@ def trial_of(trial_id: str, config: dict[str, Any], index: int = 0) -> "Trial":
     throughput = ThroughputConfig(**config["throughput"]) if "throughput" in config else None
     return Trial(trial_id=trial_id, index=index, overrides={}, run_config=RunConfig.from_dict(config),
                  throughput_config=throughput)
+
+
+# --- test tiers ---------------------------------------------------------------------------------
+
+
+class _Tier:
+    """The running test and whether it may start Ray (set by :func:`_tiers_hold`, read by :func:`ray_env`)."""
+
+    test: str = ""
+    ray_allowed: bool = True
+
+
+_TIER = _Tier()
+_RAY_MARKERS = ("ray", "cluster")
+
+
+@pytest.fixture(autouse=True)
+def _tiers_hold(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that starts Ray must say so with a marker, so the fast tier never does: checked where
+    a Ray subprocess is set up (:func:`ray_env`) and, in process, by Ray still being up afterwards."""
+    _TIER.test = request.node.nodeid
+    _TIER.ray_allowed = any(request.node.get_closest_marker(m) for m in _RAY_MARKERS)
+    yield
+    if not _TIER.ray_allowed and "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            pytest.fail(f"{request.node.nodeid} left Ray running and is not marked ray", pytrace=False)

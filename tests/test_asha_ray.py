@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import TINY_SPEC, ray_env, run_cli, sigkill_driver_when, write_spec
 from orchestrator.results import ResultsStore
@@ -43,6 +44,7 @@ def test_the_actor_pauses_at_its_rung_and_resumes_to_the_uninterrupted_curve(tmp
     assert [r.val_loss for r in end.result.evals] == [r.val_loss for r in full_end.result.evals]
 
 
+@pytest.mark.ray
 def test_driver_killed_between_rungs_then_rerun_keeps_the_rungs(tmp_path: Path) -> None:
     spec = _asha_spec(tmp_path, "halving")
     spec_path = write_spec(tmp_path / "halving.yaml", spec)

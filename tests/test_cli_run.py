@@ -84,6 +84,7 @@ def test_run_with_a_bad_spec_writes_nothing(tmp_path: Path, capsys: pytest.Captu
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.ray
 def test_a_trial_bigger_than_this_machine_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,6 +99,7 @@ def test_a_trial_bigger_than_this_machine_is_refused(
     assert "cannot fit one trial" in err and "cpus_per_trial" in err and "Traceback" not in err
 
 
+@pytest.mark.ray
 def test_unreachable_address_is_refused_fast_before_anything_is_written(tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path / "nowhere.yaml", dict(TINY_SPEC, name="nowhere", output=str(tmp_path / "results")))
     start = time.monotonic()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import pyarrow.parquet as pq
 
 from orchestrator.results import ResultsStore
@@ -20,6 +21,9 @@ from orchestrator.spec import load_job, trial_config
 
 def _ids_by_cell_seed(spec_path: Path) -> dict[tuple[str, int], str]:
     return {(trial_config(t)["model"]["cell"], trial_config(t)["train"]["seed"]): t.trial_id for t in load_job(spec_path).trials}
+
+
+pytestmark = pytest.mark.ray  # a real Ray driver in a subprocess
 
 
 def test_lost_worker_is_retried_and_unfixable_errors_are_recorded(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import REPO, TINY_SPEC, ray_env, write_spec
 
+pytestmark = pytest.mark.ray
+
 BIN = Path(sys.executable).parent
 
 

@@ -17,11 +17,14 @@ from orchestrator.results import ResultsStore
 from rnn.events import EvalRecord
 
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed: `make test` installs it as root (apt-get install -y chromium); "
-           "or install it yourself to run the browser test",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed: `make test` installs it as root (apt-get install -y chromium); "
+               "or install it yourself to run the browser test",
+    ),
+]
 
 
 def _job(job: Path) -> Path:

@@ -6,9 +6,13 @@ import copy
 import json
 from pathlib import Path
 
+import pytest
 import pyarrow.parquet as pq
 
 from conftest import TINY_SPEC, ray_env, run_cli, write_spec
+
+
+pytestmark = pytest.mark.ray  # a real Ray driver in a subprocess
 
 
 def test_local_sweep_writes_results_then_resumes_and_widens(tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+import pytest
+
 from conftest import ray_env, run_cli, write_spec
+
+pytestmark = pytest.mark.ray
 
 SPEC = {
     "name": "tp",

@@ -10,9 +10,13 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
 import pyarrow.parquet as pq
 
 from conftest import TINY_SPEC, Driver, ray_env, write_spec
+
+
+pytestmark = pytest.mark.ray  # a real Ray driver in a subprocess
 
 
 def test_a_stopped_worker_is_detected_killed_and_its_trial_retried(tmp_path: Path) -> None:
