@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 
 from bench import specs
 from rnn.config import DeviceName, RunConfig
+from rnn.events import EventKind
 
 if TYPE_CHECKING:
     import torch
@@ -129,13 +130,13 @@ class _Recorder:
 
     def __call__(self, event: Any) -> None:
         p = self.payload
-        if event.kind == "start":
+        if event.kind is EventKind.START:
             info = event.info or {}
             for key in ("params", "device", "device_name", "precision", "tf32", "compiled", "corpus", "corpus_sha256",
                         "vocab_size"):
                 p[key] = info.get(key)
             p["recurrence"] = info.get("recurrence") or ("cudnn" if info.get("device") == "cuda" else "native")
-        elif event.kind == "eval" and event.record is not None:
+        elif event.kind is EventKind.EVAL and event.record is not None:
             rec = event.record
             p["evals"].append({k: getattr(rec, k) for k in ("step", "epoch", "train_loss", "val_loss", "val_bpc",
                                                              "val_accuracy", "lr", "samples_per_s", "elapsed_s")})

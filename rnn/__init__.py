@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
-from rnn.events import EvalRecord, TrainEvent, TrainResult, TrialStatus
+from rnn.events import EvalRecord, EventKind, TrainEvent, TrainResult, TrialStatus
 
 _LAZY = {
     "Trainer": "rnn.train",
@@ -41,6 +41,7 @@ __all__ = [
     "ThroughputConfig",
     "TrainConfig",
     "EvalRecord",
+    "EventKind",
     "TrainEvent",
     "TrainResult",
     "TrialStatus",

@@ -63,25 +63,45 @@ class EvalRecord:
     train_objective: Optional[float] = None  # None in records written before it existed
 
 
-@dataclass(frozen=True)
-class TrainEvent:
-    """One progress event.
+class EventKind(str, enum.Enum):
+    """What a :class:`TrainEvent` reports (str-valued: ``EventKind.START == "start"``).
 
-    kind:
-      - ``start``: ``info`` holds params, device, precision, vocab_size, corpus_sha256, ...
-      - ``eval``: ``record`` is set.
-      - ``checkpoint``: validation improved; ``checkpoint`` is the path of the new best file.
-      - ``paused``: the run reached ``pause_at_step``; ``checkpoint`` is the resume file
-        (``last.pt``) and ``record`` the evaluation at that step. An ``end`` event follows.
-      - ``end``: ``result`` is set. Always the last event.
+    - ``start``: ``info`` holds params, device, precision, vocab_size, corpus_sha256, ...
+    - ``eval``: ``record`` is set.
+    - ``checkpoint``: validation improved; ``checkpoint`` is the path of the new best file.
+    - ``paused``: the run reached ``pause_at_step``; ``checkpoint`` is the resume file
+      (``last.pt``) and ``record`` the evaluation at that step. An ``end`` event follows.
+    - ``end``: ``result`` is set. Always the last event.
     """
 
-    kind: str
+    START = "start"
+    EVAL = "eval"
+    CHECKPOINT = "checkpoint"
+    PAUSED = "paused"
+    END = "end"
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress event; ``kind`` (an :class:`EventKind`) says which fields are set.
+
+    A plain string kind is accepted and converted; any other value is refused with the valid ones.
+    """
+
+    kind: EventKind
     step: int
     record: Optional[EvalRecord] = None
     checkpoint: Optional[str] = None
     result: Optional[TrainResult] = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            kind = EventKind(self.kind)
+        except ValueError:
+            valid = ", ".join(k.value for k in EventKind)
+            raise ValueError(f"TrainEvent.kind: got {self.kind!r}; expected one of {valid}") from None
+        object.__setattr__(self, "kind", kind)  # frozen: the one sanctioned normalisation
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from rnn.config import ModelConfig, RunConfig
 from rnn.data import LMData, prepare_data
 from rnn.device import detect_device, device_report, resolve_precision, use_tf32
 from rnn.evaluate import eval_batch_size, evaluate
-from rnn.events import EvalRecord, TrainEvent, TrainResult, TrialStatus
+from rnn.events import EvalRecord, EventKind, TrainEvent, TrainResult, TrialStatus
 from rnn.models import LanguageModel, build_model
 from rnn.optim import build_scheduler
 from rnn.run_state import Run, checkpoint_state, restore_run
@@ -87,7 +87,7 @@ class Trainer:
         for event in self.iter_fit(resume_from):
             if on_event is not None:
                 on_event(event)
-            if event.kind == "end":
+            if event.kind is EventKind.END:
                 result = event.result
         assert result is not None
         return result
@@ -118,7 +118,7 @@ class Trainer:
             )
         yield self._start_event(run, resumed=resume_from is not None)
         yield from self._loop(run, pause_at_step)
-        yield TrainEvent("end", run.st.step, result=self._result(run))
+        yield TrainEvent(EventKind.END, run.st.step, result=self._result(run))
 
     # ------------------------------------------------------------------ set-up
     def _set_up(self, resume_from: Union[str, Path, bytes, None]) -> Run:
@@ -163,7 +163,7 @@ class Trainer:
     def _start_event(self, run: Run, resumed: bool) -> TrainEvent:
         report = device_report(run.device)
         return TrainEvent(
-            "start",
+            EventKind.START,
             run.st.step,
             info={
                 "params": run.model.num_parameters(),
@@ -227,7 +227,7 @@ class Trainer:
         patience. Returns True when the run must stop (divergence, early stopping)."""
         st, es = run.st, self.config.train.early_stopping
         rec = self._record(run)
-        yield TrainEvent("eval", st.step, record=rec)
+        yield TrainEvent(EventKind.EVAL, st.step, record=rec)
         metric = rec.val_loss if run.data.num_val_targets > 0 else rec.train_loss
         if not math.isfinite(metric):
             run.status, run.error = TrialStatus.DIVERGED, f"validation loss became non-finite at step {st.step}"
@@ -238,7 +238,7 @@ class Trainer:
             st.best_metric, st.best_record = metric, rec
             st.train_time_s = run.elapsed()
             st.best_path = self._save(run, self.run_dir / BEST_CHECKPOINT)
-            yield TrainEvent("checkpoint", st.step, checkpoint=str(st.best_path), record=rec)
+            yield TrainEvent(EventKind.CHECKPOINT, st.step, checkpoint=str(st.best_path), record=rec)
         # min_delta governs patience only: an improvement smaller than it is still the best,
         # but it does not reset the count of evaluations without progress.
         if st.patience_ref is None or metric < st.patience_ref - (es.min_delta if es else 0.0):
@@ -259,7 +259,7 @@ class Trainer:
         st = run.st
         if not evaluated:
             rec = self._record(run, reset_window=False)  # the window goes on after the resume
-            yield TrainEvent("eval", st.step, record=rec)
+            yield TrainEvent(EventKind.EVAL, st.step, record=rec)
             if not math.isfinite(rec.val_loss if run.data.num_val_targets > 0 else rec.train_loss):
                 run.status, run.error = TrialStatus.DIVERGED, f"validation loss became non-finite at step {st.step}"
                 return
@@ -267,7 +267,7 @@ class Trainer:
         path = self._save(run, self.run_dir / LAST_CHECKPOINT)
         run.status = TrialStatus.PAUSED
         log.info("paused at step %d; resume from %s", st.step, path)
-        yield TrainEvent("paused", st.step, checkpoint=str(path), record=st.evals[-1] if st.evals else None)
+        yield TrainEvent(EventKind.PAUSED, st.step, checkpoint=str(path), record=st.evals[-1] if st.evals else None)
 
     def _record(self, run: Run, reset_window: bool = True) -> EvalRecord:
         """Evaluate now and append the record; the train-loss window restarts unless told not to."""

@@ -36,6 +36,7 @@ from orchestrator.results import (
 )
 from orchestrator.results.clean import clean_job
 from orchestrator.results.records import arrow_fields
+from orchestrator.results.tables import record_row, trial_record
 from orchestrator.results.storage import Storage
 from orchestrator.run.faults import Fault, faults_from_env
 from rnn.events import EvalRecord, TrainResult, TrialStatus
@@ -355,20 +356,48 @@ def test_schemas_are_derived_from_the_records() -> None:
 
 
 def test_records_round_trip_through_parts_and_parquet(tmp_path: Path) -> None:
+    # Every field set (none left at its default), so a field the row or the schema drops shows.
     trial = TrialRecord(trial_id="r1", status=TrialStatus.EARLY_STOPPED, best_val_loss=1.25, best_val_bpc=1.8,
                         best_val_accuracy=0.6, best_step=40, params=1234, steps=50, device="cuda", precision="bf16",
-                        train_time_s=2.5, started_at=T0, finished_at=T0 + dt.timedelta(seconds=3), error=None,
-                        checkpoint="checkpoints/r1/best.pt", attempts=2, corpus_sha256="ab" * 32, vocab_size=65)
-    evals = _evals(4)
-    rows = mark_best([_tp(8, 100.0), _tp(16, 150.0), _tp(32, None, ThroughputStatus.OOM)])
+                        train_time_s=2.5, started_at=T0, finished_at=T0 + dt.timedelta(seconds=3), error="late",
+                        checkpoint="checkpoints/r1/best.pt", attempts=2, corpus_sha256="ab" * 32, vocab_size=65,
+                        recurrence="triton", compiled=True, compile_s=12.5, tf32=False)
+    assert all(getattr(trial, f.name) != f.default for f in dataclasses.fields(TrialRecord))
+    evals = [dataclasses.replace(e, train_objective=e.train_loss + 0.05) for e in _evals(4)]
+    rows = mark_best([dataclasses.replace(_tp(8, 100.0), recurrence="triton", compiled=True, compile_s=1.5, tf32=True),
+                      _tp(16, 150.0), _tp(32, None, ThroughputStatus.OOM)])
     store = ResultsStore(tmp_path)
-    store.commit_trial({**dataclasses.asdict(trial), "config": _config()}, evals, rows)
+    store.commit_trial(record_row(trial, _config()), evals, rows)  # the row as trial_row builds it
     for _ in range(2):  # from the part, then from the Parquet tables
         assert trial_records(store.read_trials()) == [trial]
+        assert trial_records(store.read_trials())[0].status is TrialStatus.EARLY_STOPPED  # the enum, not its value
         assert eval_records(store.read_evals(), "r1") == evals
         assert throughput_records(store.read_throughput()) == rows
         store.compact()
     assert rows[1].is_best and throughput_records(store.read_throughput())[2].status is ThroughputStatus.OOM
+    assert pq.read_table(tmp_path / "trials.parquet").column("status").to_pylist() == ["early_stopped"]  # stored as text
+    assert pq.read_table(tmp_path / "throughput.parquet").column("status").to_pylist() == ["ok", "ok", "oom"]
+
+
+def test_trial_row_is_its_trial_record_as_a_row(tmp_path: Path) -> None:
+    result = TrainResult(status=TrialStatus.COMPLETED, steps=80, params=999, device="cpu", precision="fp32",
+                         train_time_s=4.0, best_val_loss=1.1, best_val_bpc=1.6, best_val_accuracy=0.7, best_step=60,
+                         corpus_sha256="cd" * 32, vocab_size=65)
+    trial = trial_of("t1", _config("lstm", 2))
+    args: dict[str, Any] = dict(status="completed", result=result, attempts=3, started_at=T0, finished_at=T0,
+                                info={"params": 5, "recurrence": "torch", "tf32": False, "host": "n1"},
+                                checkpoint="checkpoints/t1/best.pt")
+    record = trial_record(trial, **args)
+    assert record.status is TrialStatus.COMPLETED and record.params == 999  # the result's value over the start event's
+    assert (record.recurrence, record.tf32, record.attempts) == ("torch", False, 3)  # what only the start event said
+    row = trial_row(trial, **args)
+    assert row["config"]["model"]["cell"] == "lstm" and {k: v for k, v in row.items() if k != "config"} == {
+        f.name: getattr(record, f.name) for f in dataclasses.fields(TrialRecord)}
+    store = ResultsStore(tmp_path)
+    store.commit_trial(row)
+    assert trial_records(store.read_trials()) == [record]
+    with pytest.raises(ValueError, match="status 'done' is not one of"):
+        trial_record(trial, status="done")
 
 
 def test_throughput_row_status_is_a_closed_set() -> None:

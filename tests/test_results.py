@@ -26,8 +26,11 @@ from conftest import trial_of
 from orchestrator.results import store as R
 from orchestrator.results import (
     EVAL_SCHEMA,
+    FAILURE_STATUSES,
     SUCCESS_STATUSES,
+    TERMINAL_STATUSES,
     THROUGHPUT_FIXED,
+    THROUGHPUT_STATUSES,
     TRIAL_FIXED,
     JobLock,
     RecordError,
@@ -114,6 +117,24 @@ def test_a_rerun_replaces_the_row_and_keeps_its_place(tmp_path: Path, compact_be
     assert store.finished_trial_ids() == {"a", "b", "c"}
     assert store.finished_trial_ids(SUCCESS_STATUSES) == {"b"}
     assert store.finished_trial_ids([TrialStatus.FAILED]) == {"a", "c"}
+
+
+def test_statuses_are_enum_sets_that_match_the_strings_a_table_holds(tmp_path: Path) -> None:
+    sets = (TERMINAL_STATUSES, SUCCESS_STATUSES, FAILURE_STATUSES)
+    assert all(isinstance(s, TrialStatus) for group in sets for s in group)
+    assert SUCCESS_STATUSES == {TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED}
+    assert FAILURE_STATUSES == {TrialStatus.FAILED, TrialStatus.OOM, TrialStatus.DIVERGED, TrialStatus.TIMEOUT}
+    assert TERMINAL_STATUSES == set(TrialStatus) - {TrialStatus.PAUSED}
+    assert THROUGHPUT_STATUSES == tuple(ThroughputStatus)
+    store = ResultsStore(tmp_path)
+    for tid, status in (("a", "completed"), ("b", "oom"), ("c", "paused")):
+        store.commit_trial(_row(tid, status=status))
+    rows = store.read_trials().to_pylist()
+    assert all(type(r["status"]) is str for r in rows)  # a table gives the stored text back
+    assert [r["trial_id"] for r in rows if r["status"] in SUCCESS_STATUSES] == ["a"]
+    assert [r["trial_id"] for r in rows if r["status"] in FAILURE_STATUSES] == ["b"]
+    assert [r["trial_id"] for r in rows if r["status"] not in TERMINAL_STATUSES] == ["c"]
+    assert TERMINAL_STATUSES - {"failed"} == TERMINAL_STATUSES - {TrialStatus.FAILED}  # the runner's skip set
 
 
 def test_config_column_types_promote_and_stay_stable(tmp_path: Path) -> None:

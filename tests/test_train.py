@@ -15,7 +15,7 @@ from rnn.checkpoint import load_checkpoint, save_checkpoint
 from rnn.data import prepare_data
 from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainConfig
 from rnn.errors import CheckpointError, is_out_of_memory
-from rnn.events import TrialStatus
+from rnn.events import EventKind, TrainEvent, TrialStatus
 from rnn.sample import generate
 from rnn.train import Trainer
 
@@ -23,10 +23,17 @@ TINY = TINY_RUN
 tiny = tiny_run
 
 
+def test_event_kind_is_a_closed_set() -> None:
+    assert TrainEvent("eval", 3).kind is EventKind.EVAL and EventKind.END == "end"  # str-valued
+    with pytest.raises(ValueError, match="expected one of start, eval, checkpoint, paused, end"):
+        TrainEvent("stopped", 3)
+
+
 def test_fit_reports_evals_and_saves_best(tmp_path: Path) -> None:
     events = list(Trainer(TINY, tmp_path).iter_fit())
     kinds = [e.kind for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert all(isinstance(k, EventKind) for k in kinds)
+    assert kinds[0] is EventKind.START and kinds[-1] is EventKind.END
     assert kinds.count("eval") == 4
     result = events[-1].result
     assert result.status is TrialStatus.COMPLETED and result.steps == 40

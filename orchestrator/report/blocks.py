@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from rnn.events import TrialStatus
+
 __all__ = [
     "SCHEDULER_STATUSES",
     "SEED",
@@ -30,7 +32,7 @@ SEED = "train.seed"
 #: Statuses a sweep scheduler gives (successive halving): ``pruned`` stopped at a rung because
 #: others did better, ``paused`` waiting at a rung. Neither is a failure; a pruned trial's metric
 #: is from a shorter budget, so it is shown with its curves but kept out of the statistics.
-SCHEDULER_STATUSES: frozenset[str] = frozenset({"pruned", "paused"})
+SCHEDULER_STATUSES: frozenset[TrialStatus] = frozenset({TrialStatus.PRUNED, TrialStatus.PAUSED})
 _REASON_CHARS = 200
 
 

@@ -165,6 +165,7 @@ def _records(cls: type, rows: Iterable[dict[str, Any]]) -> list[Any]:
 
 def trial_records(table: pa.Table) -> list[TrialRecord]:
     """The fixed columns of each trials row as a :class:`TrialRecord` (config columns are dropped)."""
+    table = with_added_columns(table, TRIAL_FIXED)  # a table written before a column was added
     out = _records(TrialRecord, table.select(TRIAL_FIXED.names).to_pylist())
     return [dataclasses.replace(r, status=TrialStatus(r.status)) for r in out]
 
@@ -177,5 +178,5 @@ def eval_records(table: pa.Table, trial_id: Optional[str] = None) -> list[EvalRe
 
 def throughput_records(table: pa.Table, trial_id: Optional[str] = None) -> list[ThroughputRow]:
     """The throughput rows (of ``trial_id``, or all) as ``ThroughputRow``s, in table order."""
-    rows = table.select(THROUGHPUT_FIXED.names).to_pylist()
+    rows = with_added_columns(table, THROUGHPUT_FIXED).select(THROUGHPUT_FIXED.names).to_pylist()
     return _records(ThroughputRow, (r for r in rows if trial_id is None or r["trial_id"] == trial_id))

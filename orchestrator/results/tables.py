@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
+from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED, TrialRecord
 from orchestrator.spec.expand import trial_config
 from rnn.events import TrialStatus
 from rnn.throughput_row import ThroughputStatus
@@ -39,24 +39,33 @@ __all__ = [
     "eval_rows",
     "flatten_config",
     "normalize_trial_row",
+    "record_row",
     "throughput_rows",
+    "trial_record",
     "trial_row",
+    "trial_status",
 ]
 
 # Derived from TrialStatus, never listed by hand: a status the orchestrator adds (``timeout``)
-# is terminal, and a failure unless TrialStatus.is_success says otherwise.
+# is terminal, and a failure unless TrialStatus.is_success says otherwise. The sets hold the
+# enum members; a status read back from a table is its string value, and since TrialStatus is a
+# ``str`` Enum (equal to, and hashed as, its value) ``row["status"] in SUCCESS_STATUSES`` holds
+# for both.
 #: Statuses after which a trial is not run again: all but ``paused`` (successive halving
 #: resumes or prunes a paused trial later).
-TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus if s.is_terminal())
+TERMINAL_STATUSES: frozenset[TrialStatus] = frozenset(s for s in TrialStatus if s.is_terminal())
 #: Statuses of a trial that produced a usable model.
-SUCCESS_STATUSES: frozenset[str] = frozenset(s.value for s in TrialStatus if s.is_success())
+SUCCESS_STATUSES: frozenset[TrialStatus] = frozenset(s for s in TrialStatus if s.is_success())
 #: Statuses listed under "Failures" in the report; a dispatcher that retries failures on
 #: resume passes ``TERMINAL_STATUSES - FAILURE_STATUSES`` to :meth:`ResultsStore.finished_trial_ids`.
 #: ``pruned`` is neither a success nor a failure: successive halving stopped a trial that was
 #: doing fine but worse than others; its curve and best checkpoint are kept.
-FAILURE_STATUSES: frozenset[str] = TERMINAL_STATUSES - SUCCESS_STATUSES - {TrialStatus.PRUNED.value}
-#: Outcomes of one batch size in a throughput measurement (``rnn.throughput.ThroughputStatus`` values).
-THROUGHPUT_STATUSES: tuple[str, ...] = tuple(s.value for s in ThroughputStatus)
+FAILURE_STATUSES: frozenset[TrialStatus] = TERMINAL_STATUSES - SUCCESS_STATUSES - {TrialStatus.PRUNED}
+#: Outcomes of one batch size in a throughput measurement.
+THROUGHPUT_STATUSES: tuple[ThroughputStatus, ...] = tuple(ThroughputStatus)
+
+#: The fields of :class:`TrialRecord`, in column order: the fixed columns of a trials row.
+_RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialRecord))
 
 
 # --- rows: flattening, type inference, validation ---------------------------------------------
@@ -199,6 +208,17 @@ def _merge_config(out: dict[str, Any], config: Mapping[str, Any]) -> None:
     out.update(flat)
 
 
+def trial_status(value: Any, trial_id: Optional[str] = None) -> TrialStatus:
+    """``value`` (a :class:`~rnn.events.TrialStatus` or its string) as the enum; ValueError listing
+    the valid statuses otherwise."""
+    try:
+        return TrialStatus(value)
+    except ValueError:
+        raise ValueError(
+            f"trial {trial_id}: status {value!r} is not one of {sorted(s.value for s in TrialStatus)}"
+        ) from None
+
+
 def normalize_trial_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a trials row and flatten it for :func:`build_table` with :data:`TRIAL_FIXED`.
 
@@ -225,12 +245,7 @@ def normalize_trial_row(row: Mapping[str, Any]) -> dict[str, Any]:
     tid = out.get("trial_id")
     if not isinstance(tid, str) or not tid:
         raise ValueError(f"a trial row needs a non-empty string trial_id (got {tid!r})")
-    try:
-        out["status"] = TrialStatus(out.get("status")).value
-    except ValueError:
-        raise ValueError(
-            f"trial {tid}: status {out.get('status')!r} is not one of {sorted(s.value for s in TrialStatus)}"
-        ) from None
+    out["status"] = trial_status(out.get("status"), tid).value
     for name in ("started_at", "finished_at"):
         out[name] = _timestamp(out.get(name), name)
     return out
@@ -280,11 +295,61 @@ def throughput_rows(trial_id: str, rows: Iterable[Any]) -> list[dict[str, Any]]:
             d["status"] = ThroughputStatus(d.get("status")).value
         except ValueError:
             raise ValueError(
-                f"trial {trial_id}: throughput status {d.get('status')!r} is not one of {THROUGHPUT_STATUSES}"
+                f"trial {trial_id}: throughput status {d.get('status')!r} is not one of "
+                f"{[s.value for s in THROUGHPUT_STATUSES]}"
             ) from None
         d["is_best"] = bool(d.get("is_best") or False)
         out.append({n: d.get(n) for n in names})
     return out
+
+
+def trial_record(
+    trial: Any,
+    *,
+    status: str | TrialStatus,
+    result: Any = None,
+    error: Optional[str] = None,
+    attempts: int = 1,
+    started_at: Optional[dt.datetime] = None,
+    finished_at: Optional[dt.datetime] = None,
+    info: Optional[Mapping[str, Any]] = None,
+    checkpoint: Optional[str] = None,
+) -> TrialRecord:
+    """The :class:`TrialRecord` of a trial that ended (see :func:`trial_row` for the arguments).
+
+    The fixed columns come from ``info`` first, then from ``result``'s fields of the same names
+    where they are set, then from the arguments; ValueError on a status that is not a
+    :class:`~rnn.events.TrialStatus` value.
+    """
+    values: dict[str, Any] = {k: v for k, v in (info or {}).items() if k in _RECORD_FIELDS}
+    if result is not None:
+        for f in dataclasses.fields(result):
+            value = getattr(result, f.name)
+            if f.name in _RECORD_FIELDS and value is not None:
+                values[f.name] = value
+    values.update(
+        trial_id=trial.trial_id,
+        status=trial_status(status, trial.trial_id),
+        error=error if error is not None else values.get("error"),
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        checkpoint=checkpoint,
+    )
+    return TrialRecord(**values)
+
+
+def record_row(record: TrialRecord, config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """A :class:`TrialRecord` (and the trial's nested config, for the dotted columns) as the row
+    :meth:`ResultsStore.commit_trial` takes: the one place a record becomes a trials row.
+
+    Values stay as they are (a status stays a ``TrialStatus``): :func:`normalize_trial_row`,
+    at the Arrow boundary, turns enums into their values and checks every column.
+    """
+    row: dict[str, Any] = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    if config is not None:
+        row["config"] = config
+    return row
 
 
 def trial_row(
@@ -299,28 +364,16 @@ def trial_row(
     info: Optional[Mapping[str, Any]] = None,
     checkpoint: Optional[str] = None,
 ) -> dict[str, Any]:
-    """A trials-table row for :meth:`ResultsStore.commit_trial`.
+    """A trials-table row for :meth:`ResultsStore.commit_trial`: :func:`trial_record` of the
+    arguments, through :func:`record_row` with the trial's config.
 
     ``trial`` is an :class:`orchestrator.spec.Trial` (its config fills the dotted columns). ``result`` is
     the ``rnn.events.TrainResult`` when the run ended in the engine, else None (a crash, an
     OOM kill); ``info`` is the ``start`` event's info (params, device, precision, vocab_size,
     corpus_sha256), which fills what a missing result cannot. ``checkpoint`` is the best
     checkpoint's path relative to the job folder (see :meth:`ResultsStore.checkpoint_relpath`).
+    A plain dict, so a caller may add or override columns before committing it.
     """
-    row: dict[str, Any] = {k: v for k, v in (info or {}).items() if k in TRIAL_FIXED.names}
-    if result is not None:
-        for f in dataclasses.fields(result):
-            value = getattr(result, f.name)
-            if f.name in TRIAL_FIXED.names and value is not None:
-                row[f.name] = value
-    row.update(
-        trial_id=trial.trial_id,
-        status=enum_value(status),
-        error=error if error is not None else row.get("error"),
-        attempts=attempts,
-        started_at=started_at,
-        finished_at=finished_at,
-        checkpoint=checkpoint,
-        config=trial_config(trial),
-    )
-    return row
+    record = trial_record(trial, status=status, result=result, error=error, attempts=attempts,
+                          started_at=started_at, finished_at=finished_at, info=info, checkpoint=checkpoint)
+    return record_row(record, trial_config(trial))

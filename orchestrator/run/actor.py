@@ -67,7 +67,7 @@ class TrainerActor:
         """
         from rnn.config import RunConfig
         from rnn.errors import is_out_of_memory
-        from rnn.events import TrialStatus
+        from rnn.events import EventKind, TrialStatus
         from rnn.memory import release_device_memory
         from rnn.train import Trainer
 
@@ -84,15 +84,15 @@ class TrainerActor:
         resume_point: Optional[bytes] = None
         try:
             for event in trainer.iter_fit(resume_from=resume, **pause):
-                if event.kind == "start":
+                if event.kind is EventKind.START:
                     yield Started({**event.info, "host": socket.gethostname(), "pid": os.getpid()})
-                elif event.kind == "eval" and event.record is not None:
+                elif event.kind is EventKind.EVAL and event.record is not None:
                     yield Evaluated(event.record)
-                elif event.kind == "checkpoint" and event.checkpoint is not None:
+                elif event.kind is EventKind.CHECKPOINT and event.checkpoint is not None:
                     yield Checkpointed(event.step, Path(event.checkpoint).read_bytes())
-                elif event.kind == "paused" and event.checkpoint is not None:
+                elif event.kind is EventKind.PAUSED and event.checkpoint is not None:
                     resume_point = Path(event.checkpoint).read_bytes()
-                elif event.kind == "end":
+                elif event.kind is EventKind.END:
                     result = event.result
                     if result is not None and result.status is TrialStatus.PAUSED and resume_point is not None:
                         yield Paused(result.steps, resume_point, result)
