@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from conftest import TINY_SPEC, run_cli
 
 from orchestrator.cli import BEST_METRICS
 from orchestrator.errors import UsageError
+from orchestrator.report import best as best_module
 from orchestrator.report.best import METRICS, best_spec
 from orchestrator.results import ResultsStore, trial_row, write_manifest
 from orchestrator.spec import build_job, trial_config
@@ -27,15 +29,18 @@ from rnn.throughput_row import ThroughputRow, ThroughputStatus, mark_best
 T0 = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
 
 
-def _job_folder(tmp_path: Path, raw: dict[str, Any], outcomes: list[tuple[str, float, float]]) -> tuple[Path, list]:
-    """Commit each trial of ``raw`` with (status, best_val_loss, best_val_accuracy)."""
+def _job_folder(tmp_path: Path, raw: dict[str, Any], outcomes: list[tuple[str, float, float]],
+                config_json: bool = True) -> tuple[Path, list]:
+    """Commit each trial of ``raw`` with (status, best_val_loss, best_val_accuracy); without
+    ``config_json``, as a job folder written before that column existed (it is null)."""
     job = build_job(raw, source="spec.yaml")
     folder = tmp_path / raw["name"]
     store = ResultsStore(folder)
     for trial, (status, loss, acc) in zip(job.trials, outcomes, strict=True):
         info = {"best_val_loss": loss, "best_val_bpc": loss / 0.69, "best_val_accuracy": acc, "best_step": 20,
                 "steps": 20}
-        store.commit_trial(trial_row(trial, status=TrialStatus(status), info=info, started_at=T0, finished_at=T0))
+        row = trial_row(trial, status=TrialStatus(status), info=info, started_at=T0, finished_at=T0)
+        store.commit_trial(row if config_json else {**row, "config_json": None})
     write_manifest(folder, spec_text=yaml.safe_dump(raw, sort_keys=False), spec_path="spec.yaml")
     return folder, list(job.trials)
 
@@ -75,13 +80,39 @@ def test_the_final_report_writes_best_yaml_and_links_it_a_live_one_does_not(tmp_
     assert [t.trial_id for t in build_job(spec).trials] == [trials[1].trial_id]
 
 
-def test_best_falls_back_to_the_tables_config_columns(tmp_path: Path) -> None:
-    folder, trials = _job_folder(tmp_path, _raw(), [("completed", 2.0, 0.3), ("completed", 1.0, 0.2),
-                                                    ("completed", 3.0, 0.1), ("completed", 4.0, 0.1)])
-    # the manifest's spec no longer expands to that trial (the grid was narrowed)
+OUTCOMES = [("completed", 2.0, 0.3), ("completed", 1.0, 0.2), ("completed", 3.0, 0.1), ("completed", 4.0, 0.1)]
+
+
+def _narrow(folder: Path) -> None:
+    """The manifest's spec no longer expands to the best trial (the grid was narrowed)."""
     narrowed = _raw()
     narrowed["sweep"]["grid"]["model.cell"] = ["gru"]
     write_manifest(folder, spec_text=yaml.safe_dump(narrowed, sort_keys=False), spec_path="spec.yaml")
+
+
+def test_best_reads_the_trials_stored_config_without_expanding_the_spec(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, trials = _job_folder(tmp_path, _raw(), OUTCOMES)
+    row = next(r for r in ResultsStore(folder).read_trials().to_pylist() if r["trial_id"] == trials[1].trial_id)
+    assert json.loads(row["config_json"]) == trial_config(trials[1])  # the resolved config, whole
+    assert row["model.cell"] == trial_config(trials[1])["model"]["cell"]  # beside the dotted columns
+    from_json = best_spec(folder)
+    _narrow(folder)  # even a spec that no longer expands to the trial does not matter
+    monkeypatch.setattr(best_module, "_trial_configs", lambda raw: pytest.fail("expanded the spec again"))
+    assert best_spec(folder) == from_json
+    assert [t.trial_id for t in build_job(yaml.safe_load(from_json)).trials] == [trials[1].trial_id]
+
+
+def test_a_folder_without_stored_configs_expands_the_spec_again_to_the_same_bytes(tmp_path: Path) -> None:
+    new, _ = _job_folder(tmp_path / "new", _raw(), OUTCOMES)
+    old, _ = _job_folder(tmp_path / "old", _raw(), OUTCOMES, config_json=False)
+    assert ResultsStore(old).read_trials()["config_json"].null_count == 4
+    assert best_spec(old) == best_spec(new)  # the fallback writes what the stored config writes
+
+
+def test_best_falls_back_to_the_tables_config_columns(tmp_path: Path) -> None:
+    folder, trials = _job_folder(tmp_path, _raw(), OUTCOMES, config_json=False)
+    _narrow(folder)  # no stored config, and the spec no longer expands to that trial
     spec = yaml.safe_load(best_spec(folder))
     assert [t.trial_id for t in build_job(spec).trials] == [trials[1].trial_id]
 
@@ -117,6 +148,15 @@ def test_best_of_a_throughput_job_is_the_fastest_setting_as_a_train_spec(tmp_pat
     assert len(build_job(spec).trials) == 1
     with pytest.raises(UsageError, match="--metric applies to train jobs"):
         best_spec(folder, metric="val_loss")
+    # a folder written before config_json: the fastest trial's config from the spec, the same spec
+    stripped = tmp_path / "tp-old"
+    old = ResultsStore(stripped)
+    for trial, sizes in zip(job.trials, speeds, strict=True):
+        rows = [tp(b, s) if s else tp(b, s, ThroughputStatus.OOM) for b, s in sizes]
+        old.commit_trial({**trial_row(trial, status=TrialStatus.COMPLETED, started_at=T0, finished_at=T0),
+                          "config_json": None}, throughput=mark_best(rows))
+    write_manifest(stripped, spec_text=yaml.safe_dump(raw, sort_keys=False), spec_path="tp.yaml")
+    assert best_spec(stripped) == text
 
 
 def test_best_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -35,10 +35,11 @@ from orchestrator.results import (
     write_manifest,
 )
 from orchestrator.results.clean import clean_job
-from orchestrator.results.records import arrow_fields
+from orchestrator.results.records import arrow_fields, config_from_json, config_to_json
 from orchestrator.results.tables import record_row, trial_record
 from orchestrator.results.storage import Storage
 from orchestrator.run.faults import Fault, faults_from_env
+from orchestrator.spec import trial_config
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 from rnn.throughput_row import ThroughputRow, ThroughputStatus, mark_best
 from conftest import trial_of
@@ -361,19 +362,23 @@ def test_records_round_trip_through_parts_and_parquet(tmp_path: Path) -> None:
                         best_val_accuracy=0.6, best_step=40, params=1234, steps=50, device="cuda", precision="bf16",
                         train_time_s=2.5, started_at=T0, finished_at=T0 + dt.timedelta(seconds=3), error="late",
                         checkpoint="checkpoints/r1/best.pt", attempts=2, corpus_sha256="ab" * 32, vocab_size=65,
-                        recurrence="triton", compiled=True, compile_s=12.5, tf32=False)
+                        recurrence="triton", compiled=True, compile_s=12.5, tf32=False,
+                        config_json=config_to_json(_config()))
     assert all(getattr(trial, f.name) != f.default for f in dataclasses.fields(TrialRecord))
     evals = [dataclasses.replace(e, train_objective=e.train_loss + 0.05) for e in _evals(4)]
     rows = mark_best([dataclasses.replace(_tp(8, 100.0), recurrence="triton", compiled=True, compile_s=1.5, tf32=True),
                       _tp(16, 150.0), _tp(32, None, ThroughputStatus.OOM)])
     store = ResultsStore(tmp_path)
-    store.commit_trial(record_row(trial, _config()), evals, rows)  # the row as trial_row builds it
+    store.commit_trial(record_row(trial), evals, rows)  # the row as trial_row builds it
     for _ in range(2):  # from the part, then from the Parquet tables
         assert trial_records(store.read_trials()) == [trial]
         assert trial_records(store.read_trials())[0].status is TrialStatus.EARLY_STOPPED  # the enum, not its value
         assert eval_records(store.read_evals(), "r1") == evals
         assert throughput_records(store.read_throughput()) == rows
+        assert store.read_trials()["model.cell"].to_pylist() == ["gru"]  # the dotted columns, from config_json
+        assert "config_json" not in store.read_throughput().column_names  # a trials column only
         store.compact()
+    assert config_from_json(trial_records(store.read_trials())[0].config_json) == _config()
     assert rows[1].is_best and throughput_records(store.read_throughput())[2].status is ThroughputStatus.OOM
     assert pq.read_table(tmp_path / "trials.parquet").column("status").to_pylist() == ["early_stopped"]  # stored as text
     assert pq.read_table(tmp_path / "throughput.parquet").column("status").to_pylist() == ["ok", "ok", "oom"]
@@ -396,6 +401,7 @@ def test_trial_row_is_its_trial_record_as_a_row(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     store.commit_trial(row)
     assert trial_records(store.read_trials()) == [record]
+    assert config_from_json(record.config_json) == trial_config(trial)  # the resolved config, whole
     with pytest.raises(ValueError, match="status 'done' is not one of"):
         trial_record(trial, status="done")
 

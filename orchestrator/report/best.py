@@ -7,10 +7,12 @@
   spec of that trial's config with its batch size, its precision (``train.amp``) and its
   device (``train.device``).
 
-The spec the trials came from is read from ``manifest.json``; a trial's exact config comes
-from expanding it again (the trial id is the hash of the config), else from the trials
-table's flattened config columns. The output is validated with :func:`build_job` before it
-is returned, so what ``best`` prints, ``validate`` accepts and ``run`` runs.
+The spec the trials came from is read from ``manifest.json`` (its name, resources and output).
+A trial's exact config is its trials row's ``config_json`` (the resolved config, stored at
+commit). A job folder written before that column existed has it null; there the config comes
+from expanding the manifest's spec again (the trial id is the hash of the config), else from the
+trials table's flattened config columns. The output is validated with :func:`build_job` before
+it is returned, so what ``best`` prints, ``validate`` accepts and ``run`` runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import yaml
 from orchestrator.errors import SpecError, UsageError
 from orchestrator.results import ResultsError, ResultsStore, is_job_folder, read_manifest
 from orchestrator.results.ranking import RankingMetric, rank_trials, ranking_metric
+from orchestrator.results.records import config_from_json
 from orchestrator.spec import build_job, trial_config
 from orchestrator.spec.yamlio import parse_yaml
 from rnn.config import set_path
@@ -66,16 +69,17 @@ def best_spec(job_dir: str | os.PathLike[str], metric: Optional[str] = None) -> 
         store = ResultsStore(job_dir)
         rows = store.read_trials().to_pylist()
         raw = _spec_of(manifest)
+        configs = _Configs(rows, raw)
         if raw.get("kind", "train") == "throughput":
             if metric is not None:
                 raise UsageError("--metric applies to train jobs; a throughput job's best is its fastest setting")
-            header, config = _fastest(store.read_throughput().to_pylist(), raw)
+            header, config = _fastest(store.read_throughput().to_pylist(), configs)
             resources = dict(raw.get("resources") or {})
             if config["train"]["device"] == "cuda" and not resources.get("gpus_per_trial"):
                 raw = {**raw, "resources": {**resources, "gpus_per_trial": 1}}  # cuda needs a GPU reserved
                 header.append("resources.gpus_per_trial set to 1: a trial on cuda must reserve a GPU")
         else:
-            header, config = _best_trial(rows, raw, metric)
+            header, config = _best_trial(rows, configs, metric)
     except ResultsError as e:
         raise UsageError(str(e)) from e
     return _render(raw, config, header)
@@ -105,6 +109,29 @@ def _spec_of(manifest: Optional[Mapping[str, Any]]) -> dict[str, Any]:
         return parse_yaml(text, "manifest.json spec_text")
     except SpecError as e:
         raise UsageError(f"the spec in manifest.json does not parse: {e}") from e
+
+
+class _Configs:
+    """Trial id -> exact config: the trials rows' ``config_json``, else (a job folder written
+    before that column) the manifest's spec expanded again, expanded only when first needed."""
+
+    def __init__(self, trials: list[dict[str, Any]], raw: Mapping[str, Any]) -> None:
+        self._stored = {r["trial_id"]: r.get("config_json") for r in trials}
+        self._raw = raw
+        self._expanded: Optional[dict[str, dict[str, Any]]] = None
+
+    def get(self, trial_id: str) -> Optional[dict[str, Any]]:
+        text = self._stored.get(trial_id)
+        if text is not None:
+            try:
+                config = config_from_json(text)
+            except ValueError as e:
+                log.warning("trial %s: config_json does not parse (%s); expanding the spec again", trial_id, e)
+            else:
+                return config
+        if self._expanded is None:
+            self._expanded = _trial_configs(self._raw)
+        return self._expanded.get(trial_id)
 
 
 def _trial_configs(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -138,13 +165,13 @@ def _unflatten(row: Mapping[str, Any], sections: tuple[str, ...]) -> dict[str, A
     return config
 
 
-def _config_of(row: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
-    exact = _trial_configs(raw).get(row["trial_id"])
+def _config_of(row: Mapping[str, Any], configs: _Configs) -> dict[str, Any]:
+    exact = configs.get(row["trial_id"])
     config = copy.deepcopy(exact) if exact is not None else _unflatten(row, _SECTIONS)
     return {name: config.get(name) or {} for name in _SECTIONS}
 
 
-def _best_trial(rows: list[dict[str, Any]], raw: Mapping[str, Any],
+def _best_trial(rows: list[dict[str, Any]], configs: _Configs,
                 metric: Optional[str]) -> tuple[list[str], dict[str, Any]]:
     if metric is None:
         ranking = ranking_metric(rows)
@@ -168,15 +195,15 @@ def _best_trial(rows: list[dict[str, Any]], raw: Mapping[str, Any],
         f"of {best.get('steps')}, the best of {len(ranked)} ranked trials",
         ranking.why,
     ]
-    return header, _config_of(best, raw)
+    return header, _config_of(best, configs)
 
 
-def _fastest(rows: list[dict[str, Any]], raw: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+def _fastest(rows: list[dict[str, Any]], configs: _Configs) -> tuple[list[str], dict[str, Any]]:
     ok = [r for r in rows if r.get("status") == "ok" and r.get("samples_per_s") is not None]
     if not ok:
         raise UsageError("no throughput measurement ran ok (every batch size failed or ran out of memory)")
     best = max(ok, key=lambda r: r["samples_per_s"])
-    config = _config_of(best, raw)
+    config = _config_of(best, configs)
     config["train"] = {**config["train"], "batch_size": int(best["batch_size"]),
                        "amp": _AMP.get(str(best.get("precision")), "auto"), "device": _device(best.get("device"))}
     header = [

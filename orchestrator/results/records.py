@@ -9,7 +9,8 @@ schema that stores it:
   columns of ``throughput.parquet``.
 
 ``trials.parquet`` and ``throughput.parquet`` go on with the trial config flattened into dotted
-columns (``model.cell``, see :func:`orchestrator.results.tables.flatten_config`). Python types map
+columns (``model.cell``, see :func:`orchestrator.results.tables.flatten_config`); a trials row
+also holds the whole config as JSON text in its fixed ``config_json`` column. Python types map
 to Arrow as ``str`` -> string, ``int`` -> int64, ``float`` -> float64, ``bool`` -> bool,
 ``datetime`` -> timestamp[us, UTC], a ``str`` Enum -> string (its value); ``Optional[X]`` as X
 (every column is nullable). A field's ``metadata={"arrow": type}`` overrides the mapping
@@ -22,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import json
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -39,6 +41,8 @@ __all__ = [
     "TRIAL_FIXED",
     "TrialRecord",
     "arrow_fields",
+    "config_from_json",
+    "config_to_json",
     "eval_records",
     "throughput_records",
     "trial_records",
@@ -87,6 +91,30 @@ class TrialRecord:
     #: Whether float32 matmuls ran TF32 (CUDA from Ampere on, see ``rnn.device.use_tf32``; from
     #: the ``start`` event).
     tf32: Optional[bool] = None
+    #: The trial's resolved config (``orchestrator.spec.trial_config``) as one JSON text, in its
+    #: own key order (see :func:`config_to_json`): what ``best`` writes out, exactly, without
+    #: expanding the spec again. The flattened dotted columns beside it stay for the report's
+    #: tables. None in rows written before it existed, and in rows not built by ``trial_row``.
+    config_json: Optional[str] = None
+
+
+def config_to_json(config: Mapping[str, Any]) -> str:
+    """The ``config_json`` text of a resolved config (plain JSON types, as ``config_dict`` makes it).
+
+    Keys keep their order (a ``best.yaml`` written from it lists them as the spec does), and
+    non-ASCII text stays as it is; ``config_from_json`` gives back an equal dict.
+    """
+    return json.dumps(config, ensure_ascii=False, separators=(",", ":"))
+
+
+def config_from_json(text: Optional[str]) -> Optional[dict[str, Any]]:
+    """A ``config_json`` value parsed (None for None: a row written before the column existed)."""
+    if text is None:
+        return None
+    config = json.loads(text)
+    if not isinstance(config, dict):
+        raise ValueError(f"config_json holds {type(config).__name__}, not a config mapping")
+    return config
 
 
 _SCALARS: dict[type, pa.DataType] = {
@@ -136,11 +164,13 @@ EVAL_SCHEMA: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(EvalRecord)])
 THROUGHPUT_FIXED: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(ThroughputRow)])
 
 #: Fixed columns added after a release (``train_objective`` in ``evals.parquet``; ``recurrence``,
-#: ``compiled``, ``compile_s`` and ``tf32`` in ``trials.parquet`` and ``throughput.parquet``). A table or
-#: part written before one of them existed is read with it null, and the next compaction
-#: writes it, instead of being refused as another version's. Add a column here when you add
-#: a field to ``TrialRecord``, ``EvalRecord`` or ``ThroughputRow``.
-ADDED_COLUMNS: frozenset[str] = frozenset({"train_objective", "recurrence", "compiled", "compile_s", "tf32"})
+#: ``compiled``, ``compile_s`` and ``tf32`` in ``trials.parquet`` and ``throughput.parquet``;
+#: ``config_json`` in ``trials.parquet``). A table or part written before one of them existed is
+#: read with it null, and the next compaction writes it, instead of being refused as another
+#: version's. Add a column here when you add a field to ``TrialRecord``, ``EvalRecord`` or ``ThroughputRow``.
+ADDED_COLUMNS: frozenset[str] = frozenset(
+    {"train_objective", "recurrence", "compiled", "compile_s", "tf32", "config_json"}
+)
 
 
 def with_added_columns(table: pa.Table, fixed: pa.Schema) -> pa.Table:

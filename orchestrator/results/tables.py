@@ -21,7 +21,14 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED, TrialRecord
+from orchestrator.results.records import (
+    EVAL_SCHEMA,
+    THROUGHPUT_FIXED,
+    TRIAL_FIXED,
+    TrialRecord,
+    config_from_json,
+    config_to_json,
+)
 from orchestrator.spec.expand import trial_config
 from rnn.events import TrialStatus
 from rnn.throughput_row import ThroughputStatus
@@ -318,7 +325,8 @@ def trial_record(
     """The :class:`TrialRecord` of a trial that ended (see :func:`trial_row` for the arguments).
 
     The fixed columns come from ``info`` first, then from ``result``'s fields of the same names
-    where they are set, then from the arguments; ValueError on a status that is not a
+    where they are set, then from the arguments; ``config_json`` is the trial's resolved config
+    (:func:`orchestrator.spec.trial_config`). ValueError on a status that is not a
     :class:`~rnn.events.TrialStatus` value.
     """
     values: dict[str, Any] = {k: v for k, v in (info or {}).items() if k in _RECORD_FIELDS}
@@ -335,18 +343,23 @@ def trial_record(
         started_at=started_at,
         finished_at=finished_at,
         checkpoint=checkpoint,
+        config_json=config_to_json(trial_config(trial)),
     )
     return TrialRecord(**values)
 
 
 def record_row(record: TrialRecord, config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """A :class:`TrialRecord` (and the trial's nested config, for the dotted columns) as the row
-    :meth:`ResultsStore.commit_trial` takes: the one place a record becomes a trials row.
+    """A :class:`TrialRecord` as the row :meth:`ResultsStore.commit_trial` takes: the one place a
+    record becomes a trials row.
 
-    Values stay as they are (a status stays a ``TrialStatus``): :func:`normalize_trial_row`,
-    at the Arrow boundary, turns enums into their values and checks every column.
+    ``config`` (the trial's nested config) fills the dotted columns; without it, the record's
+    ``config_json`` does, so the two always agree. Values stay as they are (a status stays a
+    ``TrialStatus``): :func:`normalize_trial_row`, at the Arrow boundary, turns enums into
+    their values and checks every column.
     """
     row: dict[str, Any] = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    if config is None:
+        config = config_from_json(record.config_json)
     if config is not None:
         row["config"] = config
     return row
@@ -365,9 +378,10 @@ def trial_row(
     checkpoint: Optional[str] = None,
 ) -> dict[str, Any]:
     """A trials-table row for :meth:`ResultsStore.commit_trial`: :func:`trial_record` of the
-    arguments, through :func:`record_row` with the trial's config.
+    arguments, through :func:`record_row`.
 
-    ``trial`` is an :class:`orchestrator.spec.Trial` (its config fills the dotted columns). ``result`` is
+    ``trial`` is an :class:`orchestrator.spec.Trial`: its resolved config is stored whole as
+    ``config_json`` and flattened into the dotted columns. ``result`` is
     the ``rnn.events.TrainResult`` when the run ended in the engine, else None (a crash, an
     OOM kill); ``info`` is the ``start`` event's info (params, device, precision, vocab_size,
     corpus_sha256), which fills what a missing result cannot. ``checkpoint`` is the best
@@ -376,4 +390,4 @@ def trial_row(
     """
     record = trial_record(trial, status=status, result=result, error=error, attempts=attempts,
                           started_at=started_at, finished_at=finished_at, info=info, checkpoint=checkpoint)
-    return record_row(record, trial_config(trial))
+    return record_row(record)
