@@ -78,6 +78,12 @@ def test_the_final_report_writes_best_yaml_and_links_it_a_live_one_does_not(tmp_
     assert 'href="best.yaml"' in html.read_text() and "(<best.yaml>)" in md.read_text()
     spec = yaml.safe_load((folder / "best.yaml").read_text())
     assert [t.trial_id for t in build_job(spec).trials] == [trials[1].trial_id]
+    # a run hands its own store over (the report and best.yaml read through it): the same best.yaml
+    before = (folder / "best.yaml").read_bytes()
+    (folder / "best.yaml").unlink()
+    store = ResultsStore(folder)
+    assert best_spec(store) == best_spec(folder) and build_report(store) == (md, html)
+    assert (folder / "best.yaml").read_bytes() == before and "(<best.yaml>)" in md.read_text()
 
 
 OUTCOMES = [("completed", 2.0, 0.3), ("completed", 1.0, 0.2), ("completed", 3.0, 0.1), ("completed", 4.0, 0.1)]

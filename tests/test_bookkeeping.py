@@ -169,7 +169,7 @@ def _batched_job(job: Path) -> ResultsStore:
 @pytest.mark.parametrize("batch", [1, 2, 1000])
 def test_a_batched_compaction_gives_the_same_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      batch: int) -> None:
-    monkeypatch.setattr("orchestrator.results.store.COMPACT_BATCH", batch)
+    monkeypatch.setattr("orchestrator.results.compaction.COMPACT_BATCH", batch)
     store = _batched_job(tmp_path)
     union = _snapshot(store)
     assert [r["trial_id"] for r in union[0]] == ["a", "b", "c", "d", "e"]
@@ -182,7 +182,7 @@ def test_a_crash_at_any_step_of_a_batched_compaction_loses_nothing(tmp_path: Pat
                                                                    batch: int) -> None:
     # Every table write and every part deletion of a compaction in passes of `batch` parts, one
     # crash per run: after each, a reader sees what was committed, and compacting again finishes.
-    monkeypatch.setattr("orchestrator.results.store.COMPACT_BATCH", batch)
+    monkeypatch.setattr("orchestrator.results.compaction.COMPACT_BATCH", batch)
     write, delete = Storage.write_atomic, Storage.delete
     steps = {"n": 0, "crash_at": -1}
 
@@ -229,6 +229,26 @@ def test_a_rerun_replaces_its_part_and_a_superseded_part_never_wins(tmp_path: Pa
     assert store.finished_trial_ids({"failed"}) == set()
     store.compact()
     assert _parts(tmp_path) == [] and store.read_trials()["best_val_loss"].to_pylist() == [0.9]
+
+
+def test_stores_share_a_job_folder_only_when_handed_it(tmp_path: Path) -> None:
+    from orchestrator.results import store as store_module
+
+    assert not any(isinstance(v, dict) for k, v in vars(store_module).items() if k.startswith("_FOLDER"))
+    first = ResultsStore(tmp_path)
+    shared, own = ResultsStore(first.folder), ResultsStore(tmp_path)
+    assert shared.folder is first.folder and own.folder is not first.folder
+    first.commit_trial(_row("a", status="failed", loss=None))
+    shared.commit_trial(_row("a"))  # knows first's part from the shared map: deletes it, lists nothing
+    assert len(_parts(tmp_path)) == 1 and ".completed.a." in _parts(tmp_path)[0]
+    assert first.folder.newest_parts()["a"].status == "completed"
+    own.commit_trial(_row("a", loss=0.8))  # its first commit lists parts/: it supersedes that one too
+    assert len(_parts(tmp_path)) == 1 and first.read_trials()["best_val_loss"].to_pylist() == [0.8]
+    assert own.compact() == 1 and _parts(tmp_path) == []
+    first.commit_trial(_row("a", loss=0.7))  # a stale map after another folder's compaction costs nothing
+    assert [r["best_val_loss"] for r in ResultsStore(tmp_path).read_trials().to_pylist()] == [0.7]
+    with pytest.raises(ValueError, match="filesystem applies to a job folder path"):
+        ResultsStore(first.folder, filesystem=object())
 
 
 def test_leftover_temp_parts_are_ignored_and_cleaned_and_a_damaged_part_names_itself(tmp_path: Path) -> None:

@@ -53,8 +53,10 @@ _SECTIONS = ("data", "model", "train")
 _AMP = {"fp32": "off", "fp16": "fp16", "bf16": "bf16"}
 
 
-def best_spec(job_dir: str | os.PathLike[str], metric: Optional[str] = None) -> str:
+def best_spec(job_dir: str | os.PathLike[str] | ResultsStore, metric: Optional[str] = None) -> str:
     """The YAML text of a runnable spec of ``job_dir``'s best configuration (see the module doc).
+
+    ``job_dir`` is the job folder, or a store open on it (read through, not opened again).
 
     Raises:
         UsageError: not a job folder, no manifest, an unknown metric, nothing ranked, a
@@ -62,11 +64,12 @@ def best_spec(job_dir: str | os.PathLike[str], metric: Optional[str] = None) -> 
     """
     if metric is not None and metric not in METRICS:
         raise UsageError(f"--metric should be one of {', '.join(METRICS)} (got {metric!r})")
-    if not os.path.isdir(job_dir) or not is_job_folder(job_dir):
+    folder = job_dir.job_dir if isinstance(job_dir, ResultsStore) else job_dir
+    if not os.path.isdir(folder) or not is_job_folder(folder):
         raise UsageError("not a job folder (no trials.parquet or parts/)")
     try:
-        manifest = read_manifest(job_dir)
-        store = ResultsStore(job_dir)
+        manifest = read_manifest(folder)
+        store = job_dir if isinstance(job_dir, ResultsStore) else ResultsStore(folder)
         rows = store.read_trials().to_pylist()
         raw = _spec_of(manifest)
         configs = _Configs(rows, raw)
@@ -89,7 +92,7 @@ def write_best_spec(store: ResultsStore) -> Optional[str]:
     """Write :func:`best_spec` of the store's job to ``best.yaml`` beside the report; returns that
     name, or None (said at INFO) when there is nothing to write: no manifest, nothing ranked."""
     try:
-        text = best_spec(store.job_dir)
+        text = best_spec(store)
     except UsageError as e:
         log.info("no %s in the report: %s", BEST_FILE, e)
         return None

@@ -49,19 +49,22 @@ __all__ = ["LIVE_RELOAD_S", "build_report", "md_escape", "to_html", "to_markdown
 LIVE_RELOAD_S = 30
 
 
-def build_report(job_dir: str | os.PathLike[str], *, live: bool = False) -> tuple[Path, Path]:
+def build_report(job_dir: str | os.PathLike[str] | ResultsStore, *, live: bool = False) -> tuple[Path, Path]:
     """Rebuild ``report.md`` and ``report.html`` in ``job_dir``; returns their paths.
+
+    ``job_dir`` is the job folder, or a store open on it (the run's own, say), which the report
+    and ``best.yaml`` then read through instead of opening the folder again.
 
     ``live``: a refresh while the sweep runs: a banner says so, the page reloads itself, and the
     text sample (a model load and generation on the driver) waits for the final report.
     Raises :class:`ResultsError` when the folder holds no results at all.
     """
-    store = ResultsStore(job_dir)
+    store = job_dir if isinstance(job_dir, ResultsStore) else ResultsStore(job_dir)
     if not live:
         compact_if_idle(store)
     trials = store.read_trials()
     throughput = store.read_throughput()
-    manifest = read_manifest(job_dir)
+    manifest = read_manifest(store.job_dir)
     if trials.num_rows == 0 and throughput.num_rows == 0 and manifest is None:
         raise ResultsError(f"no results in {store.job_dir}: run the job first, or check the output/name")
     name = (manifest or {}).get("name") or Path(store.job_dir.rstrip("/")).name

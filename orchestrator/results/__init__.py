@@ -7,12 +7,17 @@ through it and ``report`` reads through it.
 - :mod:`~orchestrator.results.tables`: statuses, row validation, ``flatten_config``, ``trial_row``;
 - :mod:`~orchestrator.results.parts`: one immutable file per finished trial (the commit point);
 - :mod:`~orchestrator.results.storage`: atomic local / pyarrow-filesystem writes, ``ResultsError``;
+- :mod:`~orchestrator.results.folder`: :class:`JobFolder`, a job folder's files and what the stores
+  on it in one process share (the writers' mutex, the newest part of each trial);
 - :mod:`~orchestrator.results.store`: :class:`ResultsStore` (``commit_trial``, ``compact``, reads);
+- :mod:`~orchestrator.results.compaction`: parts folded into the tables, ``compact_if_idle``;
 - :mod:`~orchestrator.results.lock`: :class:`JobLock`, one writing run at a time;
 - :mod:`~orchestrator.results.manifest`: ``manifest.json``, one record per invocation;
 - :mod:`~orchestrator.results.clean`: temporary files and unneeded checkpoints.
 """
 
+from orchestrator.results.compaction import compact_if_idle
+from orchestrator.results.folder import JobFolder
 from orchestrator.results.lock import JobLock, ResultsLockedError
 from orchestrator.results.manifest import manifest_runs, new_run_id, package_versions, read_manifest, write_manifest
 from orchestrator.results.records import (
@@ -25,7 +30,7 @@ from orchestrator.results.records import (
     trial_records,
 )
 from orchestrator.results.storage import ResultsError
-from orchestrator.results.store import RecordError, ResultsStore, compact_if_idle, fresh_start, is_job_folder
+from orchestrator.results.store import RecordError, ResultsStore, fresh_start, is_job_folder
 from orchestrator.results.tables import (
     FAILURE_STATUSES,
     SUCCESS_STATUSES,
@@ -43,6 +48,7 @@ __all__ = [
     "THROUGHPUT_FIXED",
     "THROUGHPUT_STATUSES",
     "TRIAL_FIXED",
+    "JobFolder",
     "JobLock",
     "RecordError",
     "ResultsError",

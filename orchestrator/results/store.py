@@ -18,54 +18,51 @@ is the commit point: before it the trial is not finished (a rerun trains it agai
 all of its results are. A commit costs the same whatever number of trials came before it.
 
 **Compaction.** :meth:`ResultsStore.compact` folds the parts into the three tables, then
-deletes them. Readers see the union of tables and parts, where a trial's part wins over its
-table rows: its trials row takes the table row's place, its evaluations and throughput rows
-replace the table's; trials new to the table are appended in the order of their latest commit.
-It folds :data:`COMPACT_BATCH` parts per pass, in commit order, so its memory does not grow with
-the sweep. Every file is written atomically and a pass's parts are deleted only after all three
-tables holding them are written (each trial's superseded parts first), so a crash at any moment
-loses nothing and compacting again gives the same tables.
+deletes them (see :mod:`orchestrator.results.compaction`). Readers see the union of tables and
+parts, where a trial's part wins over its table rows.
+
+**Sharing.** A store works on a :class:`~orchestrator.results.folder.JobFolder`: its storage, the
+mutex its writes take and the newest-part map its commits keep. ``ResultsStore(path)`` makes a
+folder of its own; stores that should share one are made from it (``ResultsStore(store.folder)``).
+There is no process-wide registry.
 
 Every file is written atomically (a temporary file in the same folder, then a rename).
 ``job_dir`` may be a local path or a pyarrow filesystem URI (``file:///...``; other
 filesystems work where pyarrow supports them, but only local folders can be locked).
 
-This module holds :class:`ResultsStore`, :func:`compact_if_idle`, :func:`is_job_folder` and
-:func:`fresh_start`; the package's public names are in :mod:`orchestrator.results`.
+This module holds :class:`ResultsStore`, :func:`is_job_folder` and :func:`fresh_start`; the
+package's public names are in :mod:`orchestrator.results`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
-from orchestrator.results.lock import JobLock, ResultsLockedError
+from orchestrator.results.compaction import compact
+from orchestrator.results.folder import EVALS_FILE, THROUGHPUT_FILE, TRIALS_FILE, JobFolder
+from orchestrator.results.lock import JobLock
 from orchestrator.results.parts import (
     PARTS_DIR,
     Part,
-    PartListing,
     PartRef,
     check_trial_id,
-    decode_part,
     encode_part,
     list_parts,
     merge_evals,
     merge_throughput,
     merge_trials,
 )
-from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED, with_added_columns
-from orchestrator.results.storage import ResultsError, Storage, open_storage
+from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
+from orchestrator.results.storage import ResultsError, open_storage
 from orchestrator.results.tables import (
     TERMINAL_STATUSES,
     build_table,
@@ -76,42 +73,16 @@ from orchestrator.results.tables import (
 )
 from rnn.events import TrialStatus
 
-__all__ = ["RecordError", "ResultsStore", "compact_if_idle", "fresh_start", "is_job_folder"]
+__all__ = ["RecordError", "ResultsStore", "fresh_start", "is_job_folder"]
 
 log = logging.getLogger(__name__)
 
-TRIALS_FILE = "trials.parquet"
-EVALS_FILE = "evals.parquet"
-THROUGHPUT_FILE = "throughput.parquet"
 #: Reads of the union retried when a part vanished under them (a concurrent compaction).
 _READ_ATTEMPTS = 5
-#: Parts folded per pass of :meth:`ResultsStore.compact`, which holds that many decoded parts at
-#: a time. Each pass rewrites the three tables, so smaller passes cost time. Compacting 10,000
-#: synthetic trials here: all at once 6.2 s and +201 MB peak RSS; 5,000: 6.4 s, +149 MB;
-#: 2,500: 7.1 s, +138 MB; 1,000: 9.2 s, +141 MB (the tables' rewrites dominate below 2,500).
-COMPACT_BATCH = 2500
 
 
 class RecordError(ResultsError, ValueError):
     """A trial's row, evaluations or throughput rows do not fit the tables; nothing was written."""
-
-
-@dataclasses.dataclass
-class _Folder:
-    """What every store on one job folder in this process shares.
-
-    ``newest`` maps each trial to its newest part, built from one directory listing at the
-    first commit and kept up to date after, so a commit never lists the folder again (its
-    cost must not grow with the number of parts).
-    """
-
-    mutex: threading.RLock = dataclasses.field(default_factory=threading.RLock)
-    newest: Optional[dict[str, PartRef]] = None
-    last_seq: int = 0
-
-
-_FOLDERS: dict[str, _Folder] = {}
-_FOLDERS_GUARD = threading.Lock()
 
 
 #: A trial's best checkpoint (the trials table's ``checkpoint``) and, under successive halving,
@@ -123,21 +94,29 @@ RESUME_CHECKPOINT = "last.pt"
 class ResultsStore:
     """Read and write one job's results. Writes are atomic; concurrent runs need :class:`JobLock`.
 
-    ``filesystem`` (optional) is a ``pyarrow.fs.FileSystem`` on which ``job_dir`` is a path;
-    without it ``job_dir`` is a local path or a URI. Nothing is created until the first write.
+    ``job_dir`` is a :class:`JobFolder` to share with the other stores made from it, or a path,
+    for a folder of this store's own: a local path or a URI, or a path on ``filesystem`` (a
+    ``pyarrow.fs.FileSystem``, only with a path). Nothing is created until the first write.
     """
 
-    def __init__(self, job_dir: str | os.PathLike[str], filesystem: Any = None) -> None:
-        self._storage: Storage = open_storage(job_dir, filesystem)
-        with _FOLDERS_GUARD:
-            self._folder = _FOLDERS.setdefault(self._storage.root, _Folder())
-        # Parts are immutable, so a decoded one can be kept for as long as its file exists.
-        self._decoded: dict[PartRef, Part] = {}
+    def __init__(self, job_dir: str | os.PathLike[str] | JobFolder, filesystem: Any = None) -> None:
+        if isinstance(job_dir, JobFolder):
+            if filesystem is not None:
+                raise ValueError("filesystem applies to a job folder path, not to a JobFolder (it has its own)")
+            self._folder = job_dir
+        else:
+            self._folder = JobFolder(job_dir, filesystem)
+        self._storage = self._folder.storage
+
+    @property
+    def folder(self) -> JobFolder:
+        """The :class:`JobFolder` this store works on: ``ResultsStore(store.folder)`` shares it."""
+        return self._folder
 
     @property
     def job_dir(self) -> str:
         """The job folder (a local path, or a path on the store's filesystem)."""
-        return self._storage.root
+        return self._folder.root
 
     @property
     def is_local(self) -> bool:
@@ -146,7 +125,7 @@ class ResultsStore:
 
     def location(self, relpath: str) -> str:
         """Where ``relpath`` (relative to the job folder) lives."""
-        return self._storage.location(relpath)
+        return self._folder.location(relpath)
 
     # --- committing a finished trial -------------------------------------------------------
 
@@ -177,7 +156,7 @@ class ResultsStore:
         except ValueError as e:
             raise RecordError(f"{e}; nothing of trial {tid} was written (it is not finished)") from e
         with self._folder.mutex:
-            newest = self._newest()
+            newest = self._folder.newest_parts()
             seq = max(time.time_ns(), self._folder.last_seq + 1)
             ref = PartRef(seq, tid, flat["status"])
             self._storage.write_atomic(ref.relpath, lambda f: _write_ipc(table, f))  # the commit point
@@ -197,83 +176,33 @@ class ResultsStore:
             raise RecordError(f"{e}; nothing of trial {tid} was written (it is not finished)") from e
         return flat
 
-    def _newest(self) -> dict[str, PartRef]:
-        if self._folder.newest is None:
-            listing = self._listing()
-            self._folder.newest = {r.trial_id: r for r in listing.latest}
-            self._folder.last_seq = max(self._folder.last_seq, listing.max_seq)
-        return self._folder.newest
-
     def _drop_superseded(self, ref: PartRef) -> None:
         # Readers already ignore it (an older seq); deleting it only keeps parts/ small.
         try:
-            self._storage.delete(ref.relpath)
+            self._folder.delete_part(ref)
         except ResultsError as e:
             log.warning("could not delete the superseded part %s (%s); the next compaction will", ref.name, e)
-        self._decoded.pop(ref, None)
 
-    # --- compaction ------------------------------------------------------------------------
+    # --- compaction (orchestrator.results.compaction) -------------------------------------------
 
     def compact(self) -> int:
-        """Fold the parts into ``trials.parquet``, ``evals.parquet`` and ``throughput.parquet``.
+        """Fold the parts into ``trials.parquet``, ``evals.parquet`` and ``throughput.parquet``
+        (:func:`orchestrator.results.compaction.compact`); returns the number of trials folded in.
 
         Call it while holding the job's :class:`JobLock` (the runner does at the end of a run;
-        ``report`` and ``clean`` do when no run holds it, see :func:`compact_if_idle`). It folds
-        :data:`COMPACT_BATCH` parts per pass, in commit order: the three tables are written (each
-        atomically) with them, and only then are those parts deleted, each trial's superseded
-        ones first. A crash at any point loses nothing, and compacting again is a no-op on the
-        tables' content. Returns the number of trials folded in.
+        ``report`` and ``clean`` do when no run holds it, see :func:`compact_if_idle`). A crash at
+        any point loses nothing, and compacting again is a no-op on the tables' content.
         """
-        with self._folder.mutex:
-            listing = self._listing()
-            if not listing.latest and not listing.superseded:
-                return 0
-            older: dict[str, list[PartRef]] = {}
-            for ref in listing.superseded:
-                older.setdefault(ref.trial_id, []).append(ref)
-            # In commit order, a batch at a time: after each pass the tables hold every part
-            # folded so far, and the union of tables and remaining parts is what it was.
-            for start in range(0, len(listing.latest), COMPACT_BATCH):
-                batch = listing.latest[start:start + COMPACT_BATCH]
-                self._fold(batch)
-                done = [r for ref in batch for r in older.pop(ref.trial_id, ())]
-                self._delete_parts([*done, *batch])  # older first: never let one resurface
-            self._delete_parts([r for refs in older.values() for r in refs])
-            if self._folder.newest is not None:
-                for ref in listing.latest:
-                    if self._folder.newest.get(ref.trial_id) == ref:
-                        del self._folder.newest[ref.trial_id]
-        log.info("compacted %d trial part(s) into %s", len(listing.latest), self.job_dir)
-        return len(listing.latest)
-
-    def _fold(self, refs: Sequence[PartRef]) -> None:
-        """Write the three tables with the parts ``refs`` folded in (trials last: its rows are
-        what resume reads)."""
-        parts = self._load(refs)
-        if not parts:
-            return
-        trials = merge_trials(self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False), parts)
-        evals = merge_evals(self._read_table(EVALS_FILE, EVAL_SCHEMA, exact=True), parts)
-        if evals.num_rows or self._storage.exists(EVALS_FILE):
-            self._write_table(EVALS_FILE, evals.combine_chunks())
-        throughput = merge_throughput(self._read_table(THROUGHPUT_FILE, THROUGHPUT_FIXED, exact=False), parts)
-        if throughput.num_rows or self._storage.exists(THROUGHPUT_FILE):
-            self._write_table(THROUGHPUT_FILE, throughput)
-        self._write_table(TRIALS_FILE, trials)
-
-    def _delete_parts(self, refs: Iterable[PartRef]) -> None:
-        for ref in refs:
-            self._storage.delete(ref.relpath)
-            self._decoded.pop(ref, None)
+        return compact(self._folder)
 
     def pending_parts(self) -> int:
         """How many trials are committed as parts and not yet compacted."""
-        return len(self._listing().latest)
+        return len(self._folder.listing().latest)
 
     def commit_marker(self) -> int:
         """The newest commit's sequence number among the parts (0 for none): it changes with every
         trial committed, so a live reader can tell from one listing whether anything finished."""
-        return self._listing().max_seq
+        return self._folder.listing().max_seq
 
     # --- reading: the union of tables and parts --------------------------------------------
 
@@ -291,7 +220,7 @@ class ResultsStore:
         status: dict[str, str] = {}
         # Parts listed before the table is read: a compaction in between moves a trial from a
         # part into the table, never out of both.
-        latest = self._listing().latest
+        latest = self._folder.listing().latest
         table = self._storage.read_table(TRIALS_FILE, columns=["trial_id", "status"])
         if table is not None:
             status.update(zip(table["trial_id"].to_pylist(), table["status"].to_pylist(), strict=True))
@@ -310,7 +239,7 @@ class ResultsStore:
         """Whether the job has throughput rows or ``throughput.parquet`` (a ``kind: throughput`` job)."""
         if self._storage.exists(THROUGHPUT_FILE):
             return True
-        return any(p.throughput for p in self._load(self._listing().latest))
+        return any(p.throughput for p in self._folder.load(self._folder.listing().latest))
 
     def clear_checkpoints(self, trial_ids: Iterable[str]) -> int:
         """Compact, then set the ``checkpoint`` column of ``trial_ids`` to None (after ``clean``
@@ -319,14 +248,14 @@ class ResultsStore:
         ids = set(trial_ids)
         with self._folder.mutex:
             self.compact()
-            table = self._read_table(TRIALS_FILE, TRIAL_FIXED, exact=False)
+            table = self._folder.read_table(TRIALS_FILE, TRIAL_FIXED, exact=False)
             rows = table.to_pylist()
             changed = 0
             for r in rows:
                 if r["trial_id"] in ids and r["checkpoint"] is not None:
                     r["checkpoint"], changed = None, changed + 1
             if changed:
-                self._write_table(TRIALS_FILE, build_table(TRIAL_FIXED, rows, table.schema))
+                self._folder.write_table(TRIALS_FILE, build_table(TRIAL_FIXED, rows, table.schema))
         return changed
 
     # --- checkpoints and other files -------------------------------------------------------
@@ -375,23 +304,6 @@ class ResultsStore:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _write_table(self, relpath: str, table: pa.Table) -> None:
-        self._storage.write_atomic(relpath, lambda f: pq.write_table(table, f))
-
-    def _read_table(self, relpath: str, fixed: pa.Schema, exact: bool) -> pa.Table:
-        table = self._storage.read_table(relpath)
-        if table is None:
-            return fixed.empty_table()
-        table = with_added_columns(table, fixed)  # written before a column was added
-        missing = [f.name for f in fixed if f.name not in table.column_names]
-        if missing or (exact and table.column_names != fixed.names):
-            raise ResultsError(
-                f"{self.location(relpath)} does not have the expected columns (missing "
-                f"{missing or 'none'}); it was written by another version. Move the job folder "
-                "aside (fresh start) or use a different output/name"
-            )
-        return table.cast(fixed) if exact else table
-
     def _union(
         self, relpath: str, fixed: pa.Schema, exact: bool, merge: Callable[[pa.Table, list[Part]], pa.Table]
     ) -> pa.Table:
@@ -399,34 +311,12 @@ class ResultsStore:
         read, and a listed part gone when it is opened means a compaction or a newer commit ran
         in between: then all is read again, so a reader never misses a committed trial."""
         for _ in range(_READ_ATTEMPTS):
-            refs = self._listing().latest
-            table = self._read_table(relpath, fixed, exact)
-            parts = self._load(refs)
+            refs = self._folder.listing().latest
+            table = self._folder.read_table(relpath, fixed, exact)
+            parts = self._folder.load(refs)
             if len(parts) == len(refs):
                 break
         return merge(table, parts) if parts else table
-
-    def _listing(self) -> PartListing:
-        return list_parts(self._storage.list_names(PARTS_DIR))
-
-    def _load(self, refs: Iterable[PartRef]) -> list[Part]:
-        """The decoded parts of ``refs`` (in that order), reading only those not seen before."""
-        out = []
-        for ref in refs:
-            part = self._decoded.get(ref)
-            if part is None:
-                table = self._storage.read_ipc(ref.relpath)
-                if table is None:  # compacted by another store since the listing: its rows are in the tables
-                    continue
-                try:
-                    part = decode_part(ref, table, self.location(ref.relpath))
-                except ValueError as e:
-                    raise ResultsError(
-                        f"{e}; delete it (that trial then runs again) or move the job folder aside"
-                    ) from e
-                self._decoded[ref] = part
-            out.append(part)
-        return out
 
 
 def _write_ipc(table: pa.Table, sink: Any) -> None:
@@ -438,26 +328,6 @@ def is_job_folder(path: str | os.PathLike[str]) -> bool:
     """Whether the local folder ``path`` holds trial results: ``trials.parquet`` or trial parts."""
     storage = open_storage(path, None)
     return storage.exists(TRIALS_FILE) or bool(list_parts(storage.list_names(PARTS_DIR)).latest)
-
-
-def compact_if_idle(store: ResultsStore) -> bool:
-    """Compact ``store`` when no run holds its job folder; True when it did.
-
-    For readers (``report``): while a run is live they read the union without writing, and a
-    folder that is not local (it cannot be locked) is never compacted here.
-    """
-    if not store.is_local or not os.path.isdir(store.job_dir) or store.pending_parts() == 0:
-        return False
-    try:
-        lock = JobLock(store.job_dir).acquire()
-    except ResultsLockedError as e:
-        log.debug("not compacting %s: %s", store.job_dir, e)
-        return False
-    try:
-        store.compact()
-    finally:
-        lock.release()
-    return True
 
 
 def fresh_start(job_dir: str | os.PathLike[str]) -> Optional[str]:
