@@ -34,7 +34,7 @@ from bench.engine import rotate
 from rnn.compile import compile_train_step
 from rnn.config import DataConfig, ModelConfig, TrainConfig
 from rnn.data import LMData, prepare_data
-from rnn.lnlstm import LayerNormLSTM
+from rnn.lnlstm import LNLSTMPath
 from rnn.models import LanguageModel, build_model
 from rnn.step import TrainStep
 
@@ -86,10 +86,8 @@ def _model(case: str, shape: Shape, vocab: int, device: torch.device) -> Languag
     cfg = ModelConfig(cell=cast(Any, cell), embedding_dim=shape.embedding_dim, hidden_size=shape.hidden_size,
                       num_layers=shape.num_layers, dropout=0.0, layer_norm=layer_norm)
     torch.manual_seed(0)
-    model = build_model(cfg, vocab).to(device)
-    if isinstance(model.forward_rnn, LayerNormLSTM):
-        for layer in model.forward_rnn.layers:
-            layer.recurrence = recurrence  # changes no parameter (see LayerNormLSTM)
+    # The layer-norm layers' recurrence changes no parameter (see LayerNormLSTM).
+    model = build_model(cfg, vocab, LNLSTMPath.from_env(recurrence) if layer_norm else None).to(device)
     model.train()
     return model
 

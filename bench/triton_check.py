@@ -10,7 +10,7 @@
    8, 512 and 1024, in fp32, bf16 and fp16 buffers, with int32 and int64 step offsets. A kernel
    that the interpreter runs but the compiler rejects fails here, on any machine (:mod:`bench.triton_compile`).
 
-1. **Parity** of :class:`rnn.lnlstm_fused.FusedLNLSTM` on the Triton kernels against the PyTorch loop
+1. **Parity** of :class:`rnn.lnlstm.FusedLNLSTM` on the Triton kernels against the PyTorch loop
    (:func:`rnn.lnlstm.ln_lstm_recurrence_reference`) in float64: the outputs ``out``, ``h_T``, ``c_T``
    and the gradient of every input, over B {1, 3, 64, 2048} x T {1, 25, 100} x H {5, 384, 512, 1024},
    in fp32 (IEEE matmuls) and bf16 (autocast, as the trainer runs it). Every buffer the kernels write
@@ -19,7 +19,7 @@
    ``max(floor, 8 x the PyTorch loop's own error at that precision)``: the kernels may not be less
    accurate than the loop they replace. On CUDA one more case, B 10,600 x T 100 x H 512 (bf16),
    passes 2**31 elements in the gate buffers: the int64 offsets, checked on its first and last rows.
-   Also on CUDA, the CUDA-graph path (:mod:`rnn.loop_graphs`) at H 512 over the B x T grid: three
+   Also on CUDA, the CUDA-graph path (:mod:`rnn.lnlstm.loop_graphs`) at H 512 over the B x T grid: three
    calls through one layer's graphs with new inputs each (eager warm-up, capture, replay), each
    against the float64 loop, so a graph reading a stale buffer shows.
 2. **Timings**, CUDA only: one layer (input E, hidden H), forward + backward, Triton layer-norm LSTM
@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -122,8 +122,8 @@ def _run(kind: str, base: list[Any], proj: list[Any], device: Any, precision: st
     """Outputs and input gradients of the Triton Function (``kind`` triton) or the loop (``loop``)."""
     import torch
 
-    from rnn.lnlstm import ln_lstm_recurrence_reference
-    from rnn.lnlstm_fused import FusedLNLSTM, projected_loss
+    from rnn.lnlstm import FusedLNLSTM, ln_lstm_recurrence_reference
+    from rnn.lnlstm.self_check import projected_loss
 
     dtype = torch.float64 if precision == "fp64" else torch.float32
     args = [t.to(device, dtype).requires_grad_() for t in base]
@@ -142,8 +142,8 @@ def parity_case(B: int, T: int, H: int, precision: str, device: Any, kernels: An
     """One case; with ``graphs``, three calls through one layer's CUDA graphs, each with new inputs."""
     import torch
 
-    from rnn.lnlstm_fused import max_relative_error
-    from rnn.loop_graphs import LoopGraphs
+    from rnn.lnlstm.loop_graphs import LoopGraphs
+    from rnn.lnlstm.self_check import max_relative_error
 
     start = time.perf_counter()
     layer_graphs = LoopGraphs() if graphs else None
@@ -180,8 +180,8 @@ def int64_case(device: Any, kernels: Any) -> ParityCase:
     those rows alone (rows are independent), outputs and their input gradients."""
     import torch
 
-    from rnn.lnlstm import ln_lstm_recurrence_reference
-    from rnn.lnlstm_fused import FusedLNLSTM, max_relative_error
+    from rnn.lnlstm import FusedLNLSTM, ln_lstm_recurrence_reference
+    from rnn.lnlstm.self_check import max_relative_error
 
     B, T, H = INT64_CASE
     start = time.perf_counter()
@@ -224,7 +224,7 @@ def time_layer(shape: str, precision: str, device: Any, iters: int, warmup: int)
     import torch
     from torch import nn
 
-    from rnn.lnlstm import LayerNormLSTM
+    from rnn.lnlstm import LayerNormLSTM, LNLSTMPath
 
     B, T, E, H = TIMING_SHAPES[shape]
     tf32 = precision != "fp32"
@@ -232,10 +232,9 @@ def time_layer(shape: str, precision: str, device: Any, iters: int, warmup: int)
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     ln = LayerNormLSTM(E, H, num_layers=1).to(device)
-    ln_eager = LayerNormLSTM(E, H, num_layers=1).to(device)
+    # The Triton loops launched step by step: a path without CUDA graphs.
+    ln_eager = LayerNormLSTM(E, H, num_layers=1, path=replace(LNLSTMPath.from_env(), graphs=False)).to(device)
     ln_eager.load_state_dict(ln.state_dict())
-    for layer in ln_eager.layers:
-        layer.loop_graphs = None  # the Triton loops launched step by step
     cudnn = nn.LSTM(E, H, num_layers=1, batch_first=True).to(device)
     x = torch.randn(B, T, E, device=device, requires_grad=True)
     dy = torch.randn(B, T, H, device=device)
@@ -326,15 +325,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from bench.common import write_json
-    from rnn import triton_lnlstm
     from rnn.device import device_report
+    from rnn.lnlstm import triton_kernels
 
     device = torch.device(args.device)
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         p.error("on the CPU the kernels run only under TRITON_INTERPRET=1: use --quick")
     if device.type == "cpu":
         torch.set_num_threads(1)
-    kernels = triton_lnlstm.TritonKernels(fill_nan=True)
+    kernels = triton_kernels.TritonKernels(fill_nan=True)
     name = str(device_report(device).get("device_name"))
     grid = QUICK_GRID if args.quick else FULL_GRID
     # Parity in IEEE fp32: the kernels' arithmetic, not TF32's rounding, is what is checked.

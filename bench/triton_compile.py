@@ -2,7 +2,7 @@
 
     python -m bench.triton_check --compile-only
 
-Every kernel of :mod:`rnn.triton_lnlstm` (forward step, backward step, LayerNorm-gradient reduction)
+Every kernel of :mod:`rnn.lnlstm.triton_kernels` (forward step, backward step, LayerNorm-gradient reduction)
 is built by Triton's own compiler and ptxas for sm_80 (A100) and sm_90 (H100/H200), at hidden-size
 blocks 8, 512 and 1024, in fp32, bf16 and fp16 buffers, with int32 and int64 step offsets: a kernel
 the interpreter runs but the compiler rejects fails here, on any machine. Not under
@@ -63,7 +63,7 @@ def compile_kernels(targets: Sequence[int] = COMPILE_TARGETS, blocks: Sequence[i
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from rnn import triton_lnlstm
+    from rnn.lnlstm import triton_kernels
 
     results = []
     for target in targets:
@@ -71,12 +71,12 @@ def compile_kernels(targets: Sequence[int] = COMPILE_TARGETS, blocks: Sequence[i
             for offsets in ("i32", "i64"):
                 sigs = _signatures(precision, offsets)
                 for name, types in sigs.items():
-                    fn = getattr(triton_lnlstm, name)
+                    fn = getattr(triton_kernels, name)
                     if name == "_ln_grads":
                         if offsets == "i64":
                             continue  # no step offsets: its row offsets are int64 inside
                         variants: list[tuple[Optional[int], dict[str, int]]] = [
-                            (None, {"BLOCK_R": triton_lnlstm._LN_BLOCK_R, "BLOCK_N": triton_lnlstm._LN_BLOCK_N})]
+                            (None, {"BLOCK_R": triton_kernels._LN_BLOCK_R, "BLOCK_N": triton_kernels._LN_BLOCK_N})]
                     else:
                         variants = [(b, {"BLOCK": b}) for b in blocks]
                     for block, const in variants:

@@ -25,9 +25,9 @@ char-rnn shape B 8, T 100, E 128, H 512, 2 layers, torch 2.13, cold Inductor cac
   only the embedding, head and loss compile. The step was 1.01-1.03x (LSTM) and 0.99-1.06x (GRU)
   eager, about the run-to-run noise of this machine, for a 9-11 s compile. ``auto``: off.
 - Layer-norm LSTM on the ``fused-cpu`` (or ``triton``) recurrence: the fused kernels run eagerly
-  between compiled pieces (:func:`rnn.lnlstm_fused.eager_under_compile`: the C++ and Triton
-  launches are opaque to dynamo), and the oneDNN input projection becomes a plain matmul for
-  Inductor (:func:`rnn.onednn.linear`: Inductor failed to lower the oneDNN op), so again only the
+  between compiled pieces (:func:`rnn.lnlstm.eager_under_compile`: the C++ and Triton
+  launches are opaque to dynamo), and so does the oneDNN input projection
+  (:func:`rnn.lnlstm.onednn.linear`: Inductor failed to lower the oneDNN op), so again only the
   edges compile: 0.94-0.99x eager on the CPU, a 6-7 s compile. ``auto``: off.
 - Layer-norm LSTM on the ``torch`` loop (MPS, CPU autocast, no C++ kernels or no Triton): dynamo
   unrolls the T-step loop into one graph and Inductor fuses each step's pointwise work: 1.14-1.27x
@@ -52,8 +52,8 @@ from typing import Optional, cast
 import torch
 from torch import nn
 
-from rnn import lnlstm_fused
 from rnn.config import COMPILE_SETTINGS
+from rnn.lnlstm import eager_under_compile
 from rnn.run_state import capture_rng, restore_rng
 from rnn.step import TrainStep, lm_losses
 
@@ -143,7 +143,7 @@ def compile_model(
     against dynamo's limit.
     """
     torch._dynamo.reset()
-    lnlstm_fused.eager_under_compile()
+    eager_under_compile(model)
     start = time.perf_counter()
     try:
         compiled = cast(nn.Module, torch.compile(model, mode=mode, dynamic=False))  # an OptimizedModule

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from rnn.config import CELLS, ModelConfig
 from rnn.device import autocast_dtype
-from rnn.lnlstm import LayerNormLSTM
+from rnn.lnlstm import LayerNormLSTM, LNLSTMPath
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ def _init_fused(rnn: nn.RNNBase, cell: str) -> None:
                     param[hidden : 2 * hidden] = 1.0
 
 
-def _make_stack(cfg: ModelConfig) -> nn.Module:
+def _make_stack(cfg: ModelConfig, path: Optional[LNLSTMPath]) -> nn.Module:
     """One unidirectional recurrent stack, ``batch_first``, returning ``(output, state)``."""
     if cfg.layer_norm:
-        return LayerNormLSTM(cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, _between(cfg))
+        return LayerNormLSTM(cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, _between(cfg), path=path)
     kwargs = {"nonlinearity": "tanh"} if cfg.cell == "rnn" else {}
     rnn = _FUSED[cfg.cell](
         cfg.embedding_dim,
@@ -115,18 +115,19 @@ class LanguageModel(nn.Module):
     :func:`build_model` is the usual entry point; the constructor validates ``cfg`` either way.
     ``cfg`` and ``vocab_size`` are kept as attributes so a checkpoint can store what rebuilds
     the model. Embedding and (untied) head weights start at N(0, 0.02), the head bias at 0, so
-    the initial loss is close to ln(vocab_size).
+    the initial loss is close to ln(vocab_size). ``path``: what a layer-norm LSTM's layers may run
+    (:class:`rnn.lnlstm.LNLSTMPath`; default from the environment); it changes no parameter.
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, path: Optional[LNLSTMPath] = None) -> None:
         super().__init__()
         _validate(cfg, vocab_size)
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.forward_rnn = _make_stack(cfg)
-        self.backward_rnn = _make_stack(cfg) if cfg.bidirectional else None
+        self.forward_rnn = _make_stack(cfg, path)
+        self.backward_rnn = _make_stack(cfg, path) if cfg.bidirectional else None
         self.head = nn.Linear(cfg.hidden_size, vocab_size)
 
         nn.init.normal_(self.embedding.weight, mean=0.0, std=0.02)
@@ -178,7 +179,7 @@ class LanguageModel(nn.Module):
 
     def recurrence_path(self, device: torch.device, precision: str = "fp32") -> Optional[str]:
         """Which recurrence a layer-norm model runs on ``device`` at ``precision``:
-        ``fused-cpu``, ``triton`` or ``torch`` (see :mod:`rnn.lnlstm_fused`); None for the
+        ``fused-cpu``, ``triton`` or ``torch`` (see :mod:`rnn.lnlstm.path`); None for the
         ``nn.LSTM``/``nn.GRU``/``nn.RNN`` cells, which run cuDNN or oneDNN."""
         if not isinstance(self.forward_rnn, LayerNormLSTM):
             return None
@@ -192,15 +193,16 @@ class LanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> LanguageModel:
-    """Build a :class:`LanguageModel` from ``cfg`` for a vocabulary of ``vocab_size`` tokens.
+def build_model(cfg: ModelConfig, vocab_size: int, path: Optional[LNLSTMPath] = None) -> LanguageModel:
+    """Build a :class:`LanguageModel` from ``cfg`` for a vocabulary of ``vocab_size`` tokens
+    (``path``: see :class:`LanguageModel`).
 
     Raises:
         ValueError: unknown ``cell`` (the message lists the valid ones); ``layer_norm`` with a
             cell other than ``lstm``; ``tie_weights`` with ``embedding_dim != hidden_size``;
             non-positive sizes or dropout outside [0, 1).
     """
-    model = LanguageModel(cfg, vocab_size)
+    model = LanguageModel(cfg, vocab_size, path)
     logger.debug(
         "built %s%s%s model: %d parameters",
         "bidirectional " if cfg.bidirectional else "",

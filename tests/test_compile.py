@@ -98,12 +98,12 @@ def test_compile_on_trains_compiled_and_checkpoints_resume_across_settings(tmp_p
 def test_the_fused_layer_norm_lstm_compiles_around_its_kernels(
     tmp_path: Path, recwarn: pytest.WarningsRecorder
 ) -> None:
-    # The C++ kernels and the oneDNN projection stay eager (graph breaks, rnn.lnlstm_fused.
+    # The C++ kernels and the oneDNN projection stay eager (graph breaks, rnn.lnlstm.
     # eager_under_compile); compiled as they stood, Inductor failed on the oneDNN op.
-    from rnn import lnlstm_cpu
     from rnn.config import ModelConfig
+    from rnn.lnlstm import cpu
 
-    if lnlstm_cpu.load() is None:
+    if cpu.load() is None:
         pytest.skip("the layer-norm LSTM's C++ kernels cannot be built here")
     cfg = tiny_run(device="cpu", max_steps=2, eval_every=2, compile="on")
     cfg = replace(cfg, model=ModelConfig(cell="lstm", embedding_dim=8, hidden_size=8, num_layers=1, dropout=0.0,

@@ -59,9 +59,9 @@ def reference_ln_lstm(
 def recurrence(request) -> str:
     """Both recurrence paths: ``auto`` is the fused C++ path on the CPU (skipped if it cannot build)."""
     if request.param == "auto":
-        from rnn import lnlstm_cpu
+        from rnn.lnlstm import cpu
 
-        if lnlstm_cpu.load() is None:
+        if cpu.load() is None:
             pytest.skip("the C++ kernels could not be built here")
     return request.param
 

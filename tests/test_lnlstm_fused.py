@@ -1,9 +1,9 @@
-"""The fused layer-norm LSTM recurrence (rnn.lnlstm_fused, C++ kernels on the CPU) against the PyTorch loop.
+"""The fused layer-norm LSTM recurrence (rnn.lnlstm.fused, C++ kernels on the CPU) against the PyTorch loop.
 
 float64 equality and gradcheck of the whole module on both paths are in test_lnlstm.py; here:
 the float32 path (oneDNN matmuls, the vectorised exp), shapes with tails that do not fill a
-vector, which path a model reports, a checkpoint moving between paths, and the fallback when
-the kernels cannot be built.
+vector, which path a model reports, a checkpoint moving between paths, the fallback when
+the kernels cannot be built, and the path object a layer holds.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnn import lnlstm_cpu
 from rnn.config import ModelConfig
-from rnn.lnlstm import LayerNormLSTM, ln_lstm_recurrence, ln_lstm_recurrence_reference
+from rnn.lnlstm import (
+    KernelGrads,
+    LayerNormLSTM,
+    LNLSTMPath,
+    SavedTensors,
+    cpu,
+    ln_lstm_recurrence,
+    ln_lstm_recurrence_reference,
+)
+from rnn.lnlstm.once import Once
 from rnn.models import build_model
 from conftest import trial_of
 
@@ -27,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def fused() -> None:
-    if lnlstm_cpu.load() is None:
+    if cpu.load() is None:
         pytest.skip("the C++ kernels could not be built here")
 
 
@@ -116,21 +124,35 @@ def _path_in_subprocess(env_extra: dict[str, str]) -> str:
 
 
 def test_switched_off_runs_the_loop() -> None:
-    assert _path_in_subprocess({lnlstm_cpu.ENV_SWITCH: "0"}) == "torch"
+    assert _path_in_subprocess({cpu.CPP_SWITCH: "0"}) == "torch"
+
+
+def test_the_switches_are_read_once_when_the_layer_is_built(monkeypatch) -> None:
+    monkeypatch.setenv(cpu.CPP_SWITCH, "0")
+    off = LayerNormLSTM(4, 4)
+    assert off.layers[0].path.cpu is None and off.recurrence_path(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("RNN_LNLSTM_GRAPHS", "0")
+    monkeypatch.setenv("RNN_LNLSTM_TRITON", "0")
+    assert LNLSTMPath.from_env() == LNLSTMPath(cpu=None, triton=None, graphs=False)
+    assert LayerNormLSTM(4, 4).layers[0].loop_graphs is None
+    monkeypatch.delenv(cpu.CPP_SWITCH)
+    assert off.layers[0].path.cpu is None  # built before: unchanged
+    assert LNLSTMPath.from_env("torch") == LNLSTMPath(cpu=None, triton=None, graphs=False)
+    with pytest.raises(ValueError, match="give recurrence or path, not both"):
+        LayerNormLSTM(4, 4, recurrence="torch", path=LNLSTMPath())
 
 
 def test_a_failed_build_falls_back_with_one_warning(tmp_path: Path, monkeypatch, caplog) -> None:
     broken = tmp_path / "lnlstm_cpu.cpp"
     broken.write_text("this is not C++\n", encoding="utf-8")
-    monkeypatch.setattr(lnlstm_cpu, "SOURCE", broken)
-    monkeypatch.setattr(lnlstm_cpu, "_state", {})
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
-    with caplog.at_level("WARNING", logger="rnn.lnlstm_cpu"):
-        assert lnlstm_cpu.load() is None
-        assert lnlstm_cpu.load() is None  # remembered: one attempt per process
+    load = Once(lambda: cpu.build(broken))  # as cpu.load, over the broken source
+    with caplog.at_level("WARNING", logger="rnn.lnlstm.cpu"):
+        assert load() is None
+        assert load() is None  # remembered: one attempt per process
     assert [r.message for r in caplog.records if "unavailable" in r.message][:1], caplog.text
     assert sum("unavailable" in r.message for r in caplog.records) == 1
-    m = LayerNormLSTM(4, 4)
+    m = LayerNormLSTM(4, 4, path=LNLSTMPath(cpu=load))
     assert m.recurrence_path(torch.device("cpu")) == "torch"
     out, _ = m(torch.randn(2, 3, 4))
     assert out.shape == (2, 3, 4)
@@ -158,38 +180,87 @@ def test_start_event_trial_row_and_throughput_row_name_the_path(fused, tmp_path:
     assert [r.recurrence for r in rows] == ["fused-cpu"]
 
 
+def test_the_cpp_kernels_name_what_they_return(fused) -> None:
+    """The extension returns a plain list; cpu.CppKernels names it as SavedTensors / KernelGrads, and
+    each name holds what it says (values that tell the same-shaped fields apart)."""
+    B, T, H = 2, 3, 5
+    xg, h0, c0, w, gh, bh, b, gc, bc = (a.detach() for a in _args(B, T, H, torch.float64, seed=9))
+    kernels = cpu.load()
+    assert kernels is not None
+    s = kernels.forward(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5)
+    assert isinstance(s, SavedTensors)
+    assert s.hs.shape == s.cs.shape == (T + 1, B, H) and torch.equal(s.hs[0], h0) and torch.equal(s.cs[0], c0)
+    assert s.gates.shape == s.ahat.shape == (T, B, 4 * H)
+    assert s.chat.shape == s.tc.shape == (T, B, H) and s.rstd_a.shape == s.rstd_c.shape == (T, B)
+    torch.testing.assert_close(s.ahat.mean(-1), torch.zeros(T, B, dtype=torch.float64))
+    torch.testing.assert_close(s.chat.mean(-1), torch.zeros(T, B, dtype=torch.float64))
+    torch.testing.assert_close(s.tc, torch.tanh(s.chat * gc + bc))
+    torch.testing.assert_close(s.rstd_a[0], 1 / torch.sqrt((h0 @ w.t()).var(-1, unbiased=False) + 1e-5))
+    torch.testing.assert_close(s.rstd_c[0], 1 / torch.sqrt(s.cs[1].var(-1, unbiased=False) + 1e-5))
+    g = kernels.backward(torch.randn(B, T, H, dtype=torch.float64), torch.zeros(B, H, dtype=torch.float64),
+                         torch.zeros(B, H, dtype=torch.float64), w, gh, gc, s)
+    assert isinstance(g, KernelGrads)
+    assert g.dz.shape == (B, T, 4 * H) and g.da.shape == (T, B, 4 * H) and g.dh0.shape == g.dc0.shape == (B, H)
+    torch.testing.assert_close(g.dbh, g.dz.sum((0, 1)))
+    torch.testing.assert_close(g.dgh, (g.dz.transpose(0, 1) * s.ahat).sum((0, 1)))
+    assert g.dgc.shape == g.dbc.shape == (H,)
+
+
+def test_a_model_copies_and_pickles_with_its_path(fused) -> None:
+    """The path holds the process's loaders (and, prepared for a compile, its graph breaks): a copy
+    shares them, it does not copy them."""
+    import copy
+    import pickle
+
+    from rnn.lnlstm import eager_under_compile
+
+    m = LayerNormLSTM(4, 4, num_layers=2)
+    eager_under_compile(m)
+    x = torch.randn(2, 3, 4)
+    for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert twin.layers[0].path == m.layers[0].path and twin.layers[0].path.cpu is cpu.load
+        assert twin.recurrence_path(torch.device("cpu")) == "fused-cpu"
+        torch.testing.assert_close(twin(x)[0], m(x)[0])
+
+
 @pytest.mark.parametrize("use_onednn", [True, False])
-def test_tuned_gemms_give_the_same_product_either_way(monkeypatch, use_onednn) -> None:
-    """rnn.onednn times oneDNN against aten::mm once per shape and keeps the faster: both must be the
-    same product (here each forced in turn through the choice table)."""
-    from rnn import onednn
+def test_tuned_gemms_give_the_same_product_either_way(use_onednn) -> None:
+    """rnn.lnlstm.onednn times oneDNN against aten::mm once per shape and keeps the faster: both must
+    be the same product (here each forced in turn, by a tuner whose timing always says so)."""
+    from rnn.lnlstm import onednn
 
     if not onednn.available():
         pytest.skip("no oneDNN op in this torch build")
 
-    class Forced(dict):
-        def get(self, key, default=None):
+    class Forced(onednn.Tuner):
+        def faster(self, onednn, mm):
             return use_onednn
 
-    monkeypatch.setattr(onednn, "_choice", Forced())
+    tuner = Forced()
     g = torch.Generator().manual_seed(0)
     x, w, a, b = (torch.randn(s, generator=g) for s in ((37, 24), (40, 24), (37, 40), (37, 9)))
-    torch.testing.assert_close(onednn._linear(x, w), x @ w.t(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(onednn._matmul(a, w), a @ w, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(onednn.matmul_tn(a, b), a.t() @ b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tuner.linear(x, w), x @ w.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tuner.matmul(a, w), a @ w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tuner.matmul_tn(a, b), a.t() @ b, rtol=1e-5, atol=1e-5)
+    assert set(tuner.choice.values()) == {use_onednn}
 
 
-def test_the_tuned_choice_is_timed_once_per_shape(monkeypatch) -> None:
-    from rnn import onednn
+def test_the_tuned_choice_is_timed_once_per_shape() -> None:
+    from rnn.lnlstm import onednn
 
     if not onednn.available():
         pytest.skip("no oneDNN op in this torch build")
-    monkeypatch.setattr(onednn, "_choice", {})
     timed = []
-    real = onednn._faster
-    monkeypatch.setattr(onednn, "_faster", lambda *f: timed.append(1) or real(*f))
+
+    class Counting(onednn.Tuner):
+        def faster(self, onednn, mm):
+            timed.append(1)
+            return super().faster(onednn, mm)
+
+    tuner = Counting()
     a, b = torch.randn(30, 16), torch.randn(30, 8)
     for _ in range(3):
-        onednn.matmul_tn(a, b)
-    onednn.matmul_tn(torch.randn(31, 16), b[:1].expand(31, 8).contiguous())
-    assert len(timed) == 2 and len(onednn._choice) == 2
+        tuner.matmul_tn(a, b)
+    tuner.matmul_tn(torch.randn(31, 16), b[:1].expand(31, 8).contiguous())
+    assert len(timed) == 2 and len(tuner.choice) == 2
+    assert onednn.tuner() is onednn.tuner()  # the process's, shared by every layer

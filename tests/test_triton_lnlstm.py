@@ -1,4 +1,4 @@
-"""The Triton kernels of the layer-norm LSTM (rnn/triton_lnlstm.py), run on the CPU by Triton's interpreter.
+"""The Triton kernels of the layer-norm LSTM (rnn/lnlstm/triton_kernels.py), run on the CPU by Triton's interpreter.
 
 TRITON_INTERPRET=1 must be set before the kernels are decorated, so it is set here, before the
 import; the kernels then run with numpy on CPU tensors. Shapes are tiny (a few seconds in all).
@@ -17,9 +17,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 pytest.importorskip("numpy")
 
-from rnn import triton_lnlstm  # noqa: E402
-from rnn.lnlstm import ln_lstm_recurrence_reference  # noqa: E402
-from rnn.lnlstm_fused import FusedLNLSTM  # noqa: E402
+from rnn.lnlstm import FusedLNLSTM, ln_lstm_recurrence_reference, triton_kernels  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,7 +34,7 @@ def _args(B: int, T: int, H: int, dtype: torch.dtype, seed: int) -> list[torch.T
 
 def _triton(args: list[torch.Tensor]):
     xg, h0, c0, w, gh, bh, b, gc, bc = args
-    out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_lnlstm.kernels())
+    out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_kernels.kernels())
     return out, (h, c)
 
 
@@ -81,81 +79,84 @@ from pathlib import Path  # noqa: E402
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from rnn import lnlstm_fused  # noqa: E402
+from rnn.lnlstm import LNLSTMPath  # noqa: E402
+from rnn.lnlstm.path import TRITON_SWITCH, CheckedKernels, load_triton  # noqa: E402
+from rnn.lnlstm.self_check import self_check  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def fresh_checks(monkeypatch):
-    """An empty self-check memo for the test (the module's own is restored afterwards)."""
-    monkeypatch.setattr(lnlstm_fused, "_triton_checked", {})
-    monkeypatch.delenv(lnlstm_fused.TRITON_SWITCH, raising=False)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_self_check_passes_on_correct_kernels(dtype) -> None:
-    assert lnlstm_fused.self_check(triton_lnlstm.TritonKernels(fill_nan=True), CPU, dtype, 12) is None
+    assert self_check(triton_kernels.TritonKernels(fill_nan=True), CPU, dtype, 12) is None
 
 
-def test_a_kernel_that_raises_falls_back_to_the_loop_with_one_warning(fresh_checks, monkeypatch, caplog) -> None:
+def test_a_kernel_that_raises_falls_back_to_the_loop_with_one_warning(caplog) -> None:
     """Triton compiles at the first launch; a failure there must leave the process on the torch path."""
-    def broken(self, *args, **kwargs):
-        raise RuntimeError("PassManager::run failed\nmore lines")
+    class Broken(triton_kernels.TritonKernels):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("PassManager::run failed\nmore lines")
 
-    monkeypatch.setattr(triton_lnlstm.TritonKernels, "forward", broken)
-    with caplog.at_level(logging.WARNING, logger="rnn.lnlstm_fused"):
-        assert lnlstm_fused.triton_ready(CPU, torch.float32, 16) is False
-        assert lnlstm_fused.triton_ready(CPU, torch.float32, 16) is False  # asked once per key
+    checked = CheckedKernels(Broken())
+    with caplog.at_level(logging.WARNING, logger="rnn.lnlstm.path"):
+        assert checked.ready(CPU, torch.float32, 16) is False
+        assert checked.ready(CPU, torch.float32, 16) is False  # asked once per key
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "RuntimeError: PassManager::run failed" in warnings[0] and "more lines" not in warnings[0]
     assert "RNN_LNLSTM_TRITON=0" in warnings[0]
 
 
-def test_a_kernel_that_computes_garbage_is_not_used(fresh_checks, monkeypatch, caplog) -> None:
+def test_a_kernel_that_computes_garbage_is_not_used(caplog) -> None:
     """A mismatch (here: the cell-state gradient left unwritten, NaN) fails the check like an exception."""
-    real = triton_lnlstm.TritonKernels.backward
+    class UnwrittenDc(triton_kernels.TritonKernels):
+        def backward(self, *args):
+            grads = super().backward(*args)
+            return grads._replace(dc0=torch.full_like(grads.dc0, float("nan")))
 
-    def unwritten_dc(self, *args):
-        grads = real(self, *args)
-        grads[3] = torch.full_like(grads[3], float("nan"))  # dc0
-        return grads
-
-    monkeypatch.setattr(triton_lnlstm.TritonKernels, "backward", unwritten_dc)
-    with caplog.at_level(logging.WARNING, logger="rnn.lnlstm_fused"):
-        assert lnlstm_fused.triton_ready(CPU, torch.float32, 8) is False
+    with caplog.at_level(logging.WARNING, logger="rnn.lnlstm.path"):
+        assert CheckedKernels(UnwrittenDc()).ready(CPU, torch.float32, 8) is False
     assert "grad c0 differs from the PyTorch loop by inf" in caplog.text
     # Another hidden-size block is checked on its own (Triton compiles it separately).
-    monkeypatch.setattr(triton_lnlstm.TritonKernels, "backward", real)
-    assert lnlstm_fused.triton_ready(CPU, torch.float32, 40) is True
+    checked = CheckedKernels(triton_kernels.TritonKernels())
+    assert checked.ready(CPU, torch.float32, 40) is True and list(checked.outcomes) == [("cpu", torch.float32, 64)]
 
 
-def test_the_switch_turns_triton_off_without_running_anything(fresh_checks, monkeypatch) -> None:
-    monkeypatch.setenv(lnlstm_fused.TRITON_SWITCH, "0")
-    monkeypatch.setattr(lnlstm_fused, "self_check", lambda *a: pytest.fail("the self-check ran"))
-    assert lnlstm_fused.triton_ready(CPU, torch.float32, 8) is False
+def test_the_switch_turns_triton_off_without_running_anything(monkeypatch) -> None:
+    monkeypatch.setenv(TRITON_SWITCH, "0")
+    path = LNLSTMPath.from_env()
+    assert path.triton is None  # so no self-check can run
     # On a CUDA device (none here: nothing may touch it) the path is the loop.
-    assert lnlstm_fused.recurrence_path(torch.device("cuda"), torch.float32, hidden_size=512) == "torch"
+    assert path.resolve(torch.device("cuda"), torch.float32, hidden_size=512) == "torch"
+    monkeypatch.delenv(TRITON_SWITCH)
+    assert LNLSTMPath.from_env().triton is load_triton
 
 
-def test_a_model_whose_triton_check_fails_trains_on_the_loop_and_says_so(fresh_checks, monkeypatch) -> None:
-    """The trainer's view: the path it records is the one that runs, and training completes."""
+def test_a_model_whose_triton_check_fails_trains_on_the_loop_and_says_so() -> None:
+    """The trainer's view: the path it records is the one that runs."""
     from rnn.config import ModelConfig
     from rnn.models import build_model
 
-    monkeypatch.setattr(lnlstm_fused, "self_check", lambda *a: "RuntimeError: no kernel image")
-    cuda = torch.device("cuda")  # never touched: the failed check routes everything to the loop
-    model = build_model(ModelConfig(cell="lstm", embedding_dim=8, hidden_size=8, layer_norm=True), 11)
+    class NoKernelImage(triton_kernels.TritonKernels):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("no kernel image")
+
+    checked = CheckedKernels(NoKernelImage())
+    # Without CUDA here the check fails on its first tensor, with CUDA on the kernels: either way,
+    # every call goes to the loop.
+    cuda = torch.device("cuda")
+    path = LNLSTMPath(triton=lambda: checked)
+    model = build_model(ModelConfig(cell="lstm", embedding_dim=8, hidden_size=8, layer_norm=True), 11, path)
     assert model.recurrence_path(cuda, "fp32") == "torch"
     assert model.recurrence_path(cuda, "bf16") == "torch"
+    assert len(checked.outcomes) == 2 and None not in checked.outcomes.values()  # fp32 and bf16, both failed
 
 
 def test_every_kernel_offset_is_int64() -> None:
     """``b * 4H`` and the step offsets pass 2**31 elements at B*T*4H >= 2**31 (B 10,487 at T 100, H 512):
     every program id is widened before any offset is formed from it. (bench.triton_check runs such a
     batch on a GPU; here the source is checked, since the interpreter cannot hold 2**31 elements.)"""
-    tree = ast.parse(Path(triton_lnlstm.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(triton_kernels.__file__).read_text(encoding="utf-8"))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
              and n.func.attr in ("program_id", "num_programs")]
     assert len(calls) >= 5
@@ -193,7 +194,7 @@ def test_under_autocast_the_matmuls_run_in_its_dtype_and_w_is_cast_once(T) -> No
     rec = _Recorder((4 * H, H))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with rec:
-            out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_lnlstm.kernels())
+            out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_kernels.kernels())
         forward_casts = rec.w_casts
         assert out.dtype == torch.bfloat16 and c.dtype == torch.float32
         loss = out.float().sum() + h.float().sum() + c.sum()
@@ -215,7 +216,7 @@ def test_without_autocast_float32_stays_float32() -> None:
     xg, h0, c0, w, gh, bh, b, gc, bc = args
     rec = _Recorder((32, 8))
     with rec:
-        out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_lnlstm.kernels())
+        out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_kernels.kernels())
         torch.autograd.grad(out.sum() + h.sum() + c.sum(), args)
     assert rec.w_casts == 0 and rec.mm and all(set(d) == {torch.float32} for d in rec.mm)
 
@@ -224,10 +225,9 @@ def test_half_precision_saves_gates_and_normalised_values_in_half() -> None:
     B, T, H = 2, 3, 8
     args = [a.detach() for a in _args(B, T, H, torch.float32, seed=2)]
     xg, h0, c0, w, gh, bh, b, gc, bc = args
-    hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc = triton_lnlstm.kernels().forward(
-        xg, h0.bfloat16(), c0, w.bfloat16(), gh, bh + b, gc, bc, 1e-5)
-    assert {t.dtype for t in (hs, gates, ahat, chat, tc)} == {torch.bfloat16}
-    assert {t.dtype for t in (cs, rstd_a, rstd_c)} == {torch.float32}
+    s = triton_kernels.kernels().forward(xg, h0.bfloat16(), c0, w.bfloat16(), gh, bh + b, gc, bc, 1e-5)
+    assert {t.dtype for t in (s.hs, s.gates, s.ahat, s.chat, s.tc)} == {torch.bfloat16}
+    assert {t.dtype for t in (s.cs, s.rstd_a, s.rstd_c)} == {torch.float32}
 
 
 def test_ln_affine_gradients_in_one_kernel_match_the_sums() -> None:
@@ -237,7 +237,7 @@ def test_ln_affine_gradients_in_one_kernel_match_the_sums() -> None:
     dz = torch.randn(B, T, 4 * H, generator=g)
     ahat, dcn, chat = torch.randn(T, B, 4 * H, generator=g), torch.randn(T, B, H, generator=g), \
         torch.randn(T, B, H, generator=g)
-    got = triton_lnlstm.ln_affine_grads(dz, ahat, dcn, chat)
+    got = triton_kernels.ln_affine_grads(dz, ahat, dcn, chat)
     dzt = dz.transpose(0, 1)
     want = ((dzt * ahat).sum((0, 1)), dzt.sum((0, 1)), (dcn * chat).sum((0, 1)), dcn.sum((0, 1)))
     for a, b in zip(got, want, strict=True):
@@ -250,13 +250,13 @@ def test_triton_check_catches_an_unwritten_element() -> None:
     """The check's NaN-filled buffers make a kernel that skips one element fail its case."""
     from bench.triton_check import parity_case
 
-    class SkipsOne(triton_lnlstm.TritonKernels):
+    class SkipsOne(triton_kernels.TritonKernels):
         def forward(self, *args):
             res = super().forward(*args)
-            res[0][-1, -1, -1] = float("nan")  # as if h_T's last element had not been stored
+            res.hs[-1, -1, -1] = float("nan")  # as if h_T's last element had not been stored
             return res
 
-    assert parity_case(2, 3, 8, "fp32", CPU, triton_lnlstm.TritonKernels(fill_nan=True)).ok
+    assert parity_case(2, 3, 8, "fp32", CPU, triton_kernels.TritonKernels(fill_nan=True)).ok
     bad = parity_case(2, 3, 8, "fp32", CPU, SkipsOne(fill_nan=True))
     assert not bad.ok and bad.error == float("inf")
 
@@ -287,7 +287,7 @@ def test_triton_check_quick_runs_the_parity_grid_in_a_subprocess(tmp_path) -> No
 # stale tensor, or a replay that would overwrite saved tensors still in use, gives wrong gradients
 # here too. bench.triton_check runs the real graphs on a GPU.
 
-from rnn import loop_graphs  # noqa: E402
+from rnn.lnlstm.loop_graphs import LoopGraphs  # noqa: E402
 
 
 class _CpuGraph:
@@ -310,15 +310,15 @@ class _CpuGraph:
 
 
 @pytest.fixture
-def cpu_graphs(monkeypatch):
-    monkeypatch.setattr(loop_graphs, "_Graph", _CpuGraph)
-    monkeypatch.setattr(loop_graphs, "graphs_enabled", lambda device: True)
+def cpu_graphs():
+    """A layer's graphs as on CUDA, captured by the CPU stand-in."""
     _CpuGraph.captures = 0
+    return LoopGraphs(capture=_CpuGraph, devices=("cpu",))
 
 
 def _step(args, graphs):
     xg, h0, c0, w, gh, bh, b, gc, bc = args
-    out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_lnlstm.kernels(), graphs)
+    out, h, c = FusedLNLSTM.apply(xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, triton_kernels.kernels(), graphs)
     return [out, h, c]
 
 
@@ -329,7 +329,7 @@ def _grads(res, args, seed):
 
 
 def test_graphed_steps_match_eager_steps_as_the_weights_change(cpu_graphs) -> None:
-    graphs = loop_graphs.LoopGraphs()
+    graphs = cpu_graphs
     for step in range(4):  # eager warm-up, capture, replay, replay; new inputs and weights each time
         args = _args(2, 3, 8, torch.float32, seed=100 + step)
         got = _grads(_step(args, graphs), args, seed=step)
@@ -341,7 +341,7 @@ def test_graphed_steps_match_eager_steps_as_the_weights_change(cpu_graphs) -> No
 
 
 def test_a_second_forward_before_the_backward_runs_eagerly(cpu_graphs) -> None:
-    graphs = loop_graphs.LoopGraphs()
+    graphs = cpu_graphs
     for step in range(2):
         args = _args(2, 3, 8, torch.float32, seed=step)
         _grads(_step(args, graphs), args, seed=0)
@@ -356,7 +356,7 @@ def test_a_second_forward_before_the_backward_runs_eagerly(cpu_graphs) -> None:
 
 
 def test_a_forward_dropped_without_backward_frees_the_graphs_and_a_new_shape_recaptures(cpu_graphs) -> None:
-    graphs = loop_graphs.LoopGraphs()
+    graphs = cpu_graphs
     for step in range(2):
         args = _args(2, 3, 8, torch.float32, seed=step)
         _grads(_step(args, graphs), args, seed=0)
@@ -373,13 +373,38 @@ def test_a_forward_dropped_without_backward_frees_the_graphs_and_a_new_shape_rec
     assert _CpuGraph.captures == 4
 
 
-def test_a_failed_capture_leaves_the_layer_eager_with_one_warning(cpu_graphs, monkeypatch, caplog) -> None:
+def test_a_path_runs_its_triton_kernels_through_the_layers_graphs_in_training_only(cpu_graphs) -> None:
+    """LNLSTMPath.run_fused on the triton path: the path's kernels, and the layer's graphs where
+    autograd records (an evaluation under no_grad leaves them alone)."""
+    checked = CheckedKernels(triton_kernels.TritonKernels())
+    path = LNLSTMPath(cpu=None, triton=lambda: checked)
+    assert path.kernels("triton") is checked.kernels
+    with pytest.raises(ValueError, match="no fused kernels for path 'fused-cpu'"):
+        path.kernels("fused-cpu")
+
+    def run(args):
+        xg, h0, c0, w, gh, bh, b, gc, bc = args
+        out, (h, c) = path.run_fused("triton", xg, h0, c0, w, gh, bh + b, gc, bc, 1e-5, cpu_graphs)
+        return [out, h, c]
+
+    for step in range(3):  # eager warm-up, capture, replay
+        args = _args(2, 3, 8, torch.float32, seed=200 + step)
+        got = _grads(run(args), args, seed=step)
+        want = _grads(_step(args, None), args, seed=step)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert _CpuGraph.captures == 2
+    with torch.no_grad():
+        run(_args(3, 3, 8, torch.float32, seed=9))  # another shape, but no graphs: nothing dropped
+    assert cpu_graphs._fwd is not None and _CpuGraph.captures == 2
+
+
+def test_a_failed_capture_leaves_the_layer_eager_with_one_warning(caplog) -> None:
     def refuse(fn, inputs):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(loop_graphs, "_Graph", refuse)
-    graphs = loop_graphs.LoopGraphs()
-    with caplog.at_level(logging.WARNING, logger="rnn.loop_graphs"):
+    graphs = LoopGraphs(capture=refuse, devices=("cpu",))
+    with caplog.at_level(logging.WARNING, logger="rnn.lnlstm.loop_graphs"):
         for step in range(3):
             args = _args(2, 3, 8, torch.float32, seed=step)
             got = _grads(_step(args, graphs), args, seed=step)

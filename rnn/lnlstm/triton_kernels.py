@@ -5,7 +5,7 @@ batch row) that does LN_h, the bias, the gates, the cell update, LN_c and the ou
 per step: one kernel doing the same in reverse (output gate, LN_c backward, cell, gates, LN_h
 backward), then ``da_t W_h`` on cuBLAS. After the loop one kernel reduces the LayerNorm gains'
 and biases' gradients over time and batch (haste's design: no atomics in the step kernel), and
-:class:`rnn.lnlstm_fused.FusedLNLSTM` does the recurrent weight gradient as one GEMM.
+:class:`rnn.lnlstm.fused.FusedLNLSTM` does the recurrent weight gradient as one GEMM.
 
 Dtypes. The matmuls run in ``W_h``'s dtype (the caller casts ``W_h`` once per forward: the
 autocast dtype under autocast, else the activations'), and so do ``h`` and ``da``, so no step
@@ -16,8 +16,9 @@ float16 when the matmuls are, else float32 (half the bytes the backward reads).
 Offsets are int64 (``tl.program_id(0).to(tl.int64)``): ``b * 4H`` and the per-step offsets
 pass 2**31 elements at B*T*4H >= 2**31 (B 10,487 at T 100, H 512).
 
-Only imported where Triton is installed; :func:`rnn.lnlstm_fused.recurrence_path` uses it on
-CUDA. On the CPU the kernels run under ``TRITON_INTERPRET=1`` (the tests do this).
+Only imported where Triton is installed; :meth:`rnn.lnlstm.LNLSTMPath.resolve` uses it on CUDA
+(named ``triton_kernels``, not ``triton``, so that ``import triton`` here is Triton). On the CPU the
+kernels run under ``TRITON_INTERPRET=1`` (the tests do this).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from rnn.lnlstm.kernels import KernelGrads, SavedTensors
 
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -233,7 +236,7 @@ def ln_affine_grads(dz: Tensor, ahat: Tensor, dcn: Tensor, chat: Tensor) -> tupl
 
 
 class TritonKernels:
-    """The :class:`rnn.lnlstm_fused.Kernels` contract on Triton + cuBLAS (see rnn/csrc/lnlstm_cpu.cpp).
+    """The :class:`rnn.lnlstm.kernels.Kernels` contract on Triton + cuBLAS (see csrc/lnlstm_cpu.cpp).
 
     ``fill_nan``: fill every buffer the kernels write with NaN before they run, so an element a
     kernel leaves unwritten shows in a comparison (``bench.triton_check`` and the tests use it;
@@ -248,7 +251,7 @@ class TritonKernels:
         return t.fill_(float("nan")) if self.fill_nan else t
 
     def forward(self, xgb: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gh: Tensor, bh: Tensor,
-                gc: Tensor, bc: Tensor, eps: float) -> list[Tensor]:
+                gc: Tensor, bc: Tensor, eps: float) -> SavedTensors:
         B, T, G = xgb.shape
         H = G // 4
         save = w.dtype if w.dtype in _HALF else torch.float32  # gates and normalised values
@@ -265,27 +268,27 @@ class TritonKernels:
             raw = torch.mm(hs[t], w_t)  # [B, 4H] on cuBLAS, in w's dtype
             _fwd_step[(B,)](raw, xgb, xgb.stride(0), t * G, gh, bh, gc, bc, cs, t * B * H, ahat, t * B * G,
                             gates, chat, t * B * H, tc, hs, rstd_a, rstd_c, t * B, H, eps, BLOCK=block)
-        return [hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc]
+        return SavedTensors(hs=hs, cs=cs, gates=gates, ahat=ahat, rstd_a=rstd_a, chat=chat, rstd_c=rstd_c, tc=tc)
 
     def backward(self, dout: Tensor, dhT: Tensor, dcT: Tensor, w: Tensor, gh: Tensor, gc: Tensor,
-                 cs: Tensor, gates: Tensor, ahat: Tensor, rstd_a: Tensor, chat: Tensor,
-                 rstd_c: Tensor, tc: Tensor) -> list[Tensor]:
-        T, B, G = gates.shape
+                 saved: SavedTensors) -> KernelGrads:
+        s = saved
+        T, B, G = s.gates.shape
         H = G // 4
         dz = self._empty((B, T, G), dout, dout.dtype)
         # da in the matmuls' dtype (float32 for float64 checks, whose kernels compute in float32).
-        da = self._empty((T, B, G), gates, w.dtype if w.dtype in _HALF else torch.float32)
-        dcn = self._empty((T, B, H), tc, torch.float32)
+        da = self._empty((T, B, G), s.gates, w.dtype if w.dtype in _HALF else torch.float32)
+        dcn = self._empty((T, B, H), s.tc, torch.float32)
         dh, dc = dhT.contiguous(), dcT.float().clone().contiguous()
         ghf, gcf = gh.float(), gc.float()
         block = triton.next_power_of_2(H)
         for t in range(T - 1, -1, -1):
-            _bwd_step[(B,)](dout, dout.stride(0), t * H, dh, dc, gates, t * B * G, tc, chat, t * B * H, cs,
-                            t * B * H, rstd_c, rstd_a, t * B, ahat, ghf, gcf, dz, dz.stride(0), t * G, da, dcn,
+            _bwd_step[(B,)](dout, dout.stride(0), t * H, dh, dc, s.gates, t * B * G, s.tc, s.chat, t * B * H, s.cs,
+                            t * B * H, s.rstd_c, s.rstd_a, t * B, s.ahat, ghf, gcf, dz, dz.stride(0), t * G, da, dcn,
                             H, BLOCK=block)
             dh = torch.mm(da[t].to(w.dtype), w)  # dL/dh_{t-1} = da_t W_h, on cuBLAS (no cast unless float64)
-        dgh, dbh, dgc, dbc = ln_affine_grads(dz, ahat, dcn, chat)
-        return [dz, da, dh, dc, dgh, dbh, dgc, dbc]
+        dgh, dbh, dgc, dbc = ln_affine_grads(dz, s.ahat, dcn, s.chat)
+        return KernelGrads(dz=dz, da=da, dh0=dh, dc0=dc, dgh=dgh, dbh=dbh, dgc=dgc, dbc=dbc)
 
 
 _KERNELS = TritonKernels()

@@ -1,6 +1,6 @@
 """CUDA graphs of one layer-norm LSTM layer's time loops: one replay instead of ~2T launches each way.
 
-On CUDA each timestep of :class:`rnn.lnlstm_fused.FusedLNLSTM` is a cuBLAS matmul and a Triton
+On CUDA each timestep of :class:`rnn.lnlstm.fused.FusedLNLSTM` is a cuBLAS matmul and a Triton
 kernel, each way, so a layer's forward and backward are about 4T launches, each paying Triton's
 Python launcher (tens of microseconds). At small batches (the char-rnn shape: B 64, T 100) that is
 most of the step. A :class:`LoopGraphs` (one per layer) captures the layer's forward loop and its
@@ -14,24 +14,25 @@ Rules, and why:
   captures. The eager call is the warm-up: Triton compiles and cuBLAS picks its kernels outside any
   capture. A throughput sweep over batch sizes thus holds one size's buffers at a time.
 - **Training only.** The caller passes a layer's graphs only where autograd records
-  (:func:`rnn.lnlstm_fused.fused_recurrence`); an evaluation under ``no_grad`` runs eagerly and
+  (:meth:`rnn.lnlstm.LNLSTMPath.run_fused`); an evaluation under ``no_grad`` runs eagerly and
   leaves the graphs alone.
 - **The saved tensors are the forward graph's static outputs,** overwritten by its next replay. So a
   forward replay marks the graphs busy until its backward has run (or its autograd graph is freed
   without a backward); a second forward while busy runs eagerly. Gradients leave the backward graph
   as copies.
 - **Never fatal.** A capture that fails (a driver without graph support, a stream already capturing)
-  logs one warning and the layer runs eagerly from then on. ``RNN_LNLSTM_GRAPHS=0`` turns graphs off.
+  logs one warning and the layer runs eagerly from then on. ``RNN_LNLSTM_GRAPHS=0`` turns graphs off
+  (read by :meth:`rnn.lnlstm.LNLSTMPath.from_env`: a layer built with it has no ``LoopGraphs``).
 
-Nothing here runs on the CPU: there every call takes the eager path, which the CPU tests cover.
+Nothing here runs on the CPU: there every call takes the eager path, which the CPU tests cover (they
+capture with a CPU stand-in for the graph, passed as ``LoopGraphs(capture=..., devices=("cpu",))``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -44,13 +45,19 @@ log = logging.getLogger(__name__)
 GRAPHS_SWITCH = "RNN_LNLSTM_GRAPHS"
 
 
-def graphs_enabled(device: torch.device) -> bool:
-    """Whether layers on ``device`` capture their loops (CUDA, and the switch not 0)."""
-    return device.type == "cuda" and os.environ.get(GRAPHS_SWITCH, "1") != "0"
+class Captured(Protocol):
+    """One captured call: ``replay(inputs)`` copies ``inputs`` into its static inputs, reruns the
+    call and returns its static outputs."""
+
+    def replay(self, inputs: Sequence[Tensor]) -> list[Tensor]: ...
 
 
-class _Graph:
-    """One captured call: static inputs, the graph, its static outputs."""
+#: Captures ``fn(*inputs)``: ``capture(fn, inputs)``.
+Capture = Callable[[Callable[..., list[Tensor]], Sequence[Tensor]], Captured]
+
+
+class CudaGraph:
+    """One call captured in a CUDA graph: static inputs, the graph, its static outputs."""
 
     def __init__(self, fn: Callable[..., list[Tensor]], inputs: Sequence[Tensor]) -> None:
         self.statics = [t.clone() for t in inputs]
@@ -87,12 +94,17 @@ def _key(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
 
 
 class LoopGraphs:
-    """The CUDA graphs of one layer's forward and backward loops (see the module doc)."""
+    """The CUDA graphs of one layer's forward and backward loops (see the module doc).
 
-    def __init__(self) -> None:
+    ``capture`` captures a call (:class:`CudaGraph`); ``devices``: the device types whose calls
+    are captured (CUDA only; the tests capture CPU calls with a stand-in).
+    """
+
+    def __init__(self, capture: Capture = CudaGraph, devices: tuple[str, ...] = ("cuda",)) -> None:
+        self.capture, self.devices = capture, devices
         self._key: Optional[tuple[Any, ...]] = None
-        self._fwd: Optional[_Graph] = None
-        self._bwd: Optional[_Graph] = None
+        self._fwd: Optional[Captured] = None
+        self._bwd: Optional[Captured] = None
         self._bwd_warm = False
         self._busy = False
         self._generation = 0
@@ -100,13 +112,13 @@ class LoopGraphs:
 
     # A model copy (deepcopy, pickling) starts without graphs: they hold device memory and streams.
     def __deepcopy__(self, memo: dict[int, Any]) -> LoopGraphs:
-        return LoopGraphs()
+        return LoopGraphs(self.capture, self.devices)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}
+        return {"capture": self.capture, "devices": self.devices}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(state["capture"], state["devices"])  # type: ignore[misc]
 
     def _drop(self) -> None:
         self._fwd = self._bwd = None
@@ -124,7 +136,7 @@ class LoopGraphs:
         """``fn(*inputs)`` (the forward loop), replayed from a graph where the rules allow; the lease
         (None for an eager call) goes to the backward."""
         device = inputs[0].device
-        usable = (self.failed is None and not self._busy and graphs_enabled(device)
+        usable = (self.failed is None and not self._busy and device.type in self.devices
                   and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()))
         if not usable:
             return fn(*inputs), None
@@ -135,7 +147,7 @@ class LoopGraphs:
             return fn(*inputs), None
         if self._fwd is None:
             try:
-                self._fwd = _Graph(fn, inputs)
+                self._fwd = self.capture(fn, inputs)
             except Exception as e:  # noqa: BLE001 (any capture failure: run eagerly)
                 self._fail(e)
                 return fn(*inputs), None
@@ -159,7 +171,7 @@ class LoopGraphs:
                 return fn(*inputs)
             if self._bwd is None:
                 try:
-                    self._bwd = _Graph(fn, inputs)
+                    self._bwd = self.capture(fn, inputs)
                 except Exception as e:  # noqa: BLE001
                     self._fail(e)
                     return fn(*inputs)

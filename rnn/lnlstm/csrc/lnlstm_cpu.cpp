@@ -11,8 +11,12 @@
 // needed; the saved states and per-step gradients are time-major, so each step's rows are one
 // [B, .] matrix for the matmul. Gate order (i, f, g, o).
 // The backward returns the per-step gradient da (dL/d(W_h h)); the recurrent weight gradient is
-// one GEMM over all T after the loop, done by the caller (rnn/lnlstm_fused.py). The LayerNorm
+// one GEMM over all T after the loop, done by the caller (rnn/lnlstm/fused.py). The LayerNorm
 // affine gradients are summed inside the loop while each row is in cache.
+//
+// The order of the tensors forward returns (and backward takes back) and of those backward
+// returns is owned by the NamedTuples SavedTensors and KernelGrads in rnn/lnlstm/kernels.py;
+// rnn/lnlstm/cpu.py (CppKernels) names them there. Change the order there and here together.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -367,8 +371,9 @@ void check(const at::Tensor& x, const char* name, const at::Tensor& like) {
 
 }  // namespace
 
-// xgb [B, T, 4H]. Returns hs [T+1, B, H] (hs[0] = h0), cs [T+1, B, H], gates [T, B, 4H] (activated), ahat
-// [T, B, 4H], rstd_a [T, B], chat [T, B, H], rstd_c [T, B], tc [T, B, H] (tanh(LN_c(c))).
+// xgb [B, T, 4H]. Returns, in SavedTensors' order: hs [T+1, B, H] (hs[0] = h0), cs [T+1, B, H],
+// gates [T, B, 4H] (activated), ahat [T, B, 4H], rstd_a [T, B], chat [T, B, H], rstd_c [T, B],
+// tc [T, B, H] (tanh(LN_c(c))).
 std::vector<at::Tensor> lnlstm_forward(const at::Tensor& xgb, const at::Tensor& h0, const at::Tensor& c0,
                                        const at::Tensor& w, const at::Tensor& gh, const at::Tensor& bh,
                                        const at::Tensor& gc, const at::Tensor& bc, double eps) {
@@ -392,8 +397,9 @@ std::vector<at::Tensor> lnlstm_forward(const at::Tensor& xgb, const at::Tensor& 
   return {hs, cs, gates, ahat, rstd_a, chat, rstd_c, tc};
 }
 
-// dout [B, T, H], dhT/dcT [B, H]; returns dz [B, T, 4H] (= dL/dxgb), da [T, B, 4H] (dL/d(W_h h)),
-// dh0, dc0, and the gradients of LN_h's gain and bias and LN_c's gain and bias.
+// dout [B, T, H], dhT/dcT [B, H], w, gh, gc, then SavedTensors' fields after hs, in their order.
+// Returns, in KernelGrads' order: dz [B, T, 4H] (= dL/dxgb), da [T, B, 4H] (dL/d(W_h h)), dh0, dc0,
+// and the gradients of LN_h's gain and bias and LN_c's gain and bias.
 std::vector<at::Tensor> lnlstm_backward(const at::Tensor& dout, const at::Tensor& dhT, const at::Tensor& dcT,
                                         const at::Tensor& w, const at::Tensor& gh, const at::Tensor& gc,
                                         const at::Tensor& cs, const at::Tensor& gates, const at::Tensor& ahat,

@@ -15,10 +15,11 @@ Choices, and why:
   inside ``W_x``/``W_h`` would be cancelled by LayerNorm's mean subtraction, which is how the
   seed project lost its forget-gate bias. So ``W_x`` and ``W_h`` have no bias.
 - ``W_x x`` and ``LN_x`` run for all timesteps in one batched op; only the recurrence loops,
-  and it lives in :func:`ln_lstm_recurrence`, which picks a fused path where one is available
-  (:mod:`rnn.lnlstm_fused`: C++ on the CPU, Triton on CUDA) and otherwise runs the PyTorch loop
-  :func:`ln_lstm_recurrence_reference`. Every path computes the same function of the same
-  parameters.
+  and it lives in :func:`ln_lstm_recurrence`, which takes the path the layer's
+  :class:`rnn.lnlstm.LNLSTMPath` picks: a fused one where one is available
+  (:mod:`rnn.lnlstm.fused`: C++ on the CPU, Triton on CUDA), otherwise the PyTorch loop
+  :func:`rnn.lnlstm.reference.ln_lstm_recurrence_reference`. Every path computes the same
+  function of the same parameters.
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnn import onednn
-from rnn.lnlstm_fused import RECURRENCE_CHOICES, RecurrencePath, fused_recurrence, recurrence_path
-from rnn.loop_graphs import LoopGraphs
-
-LSTMState = tuple[Tensor, Tensor]
+from rnn.lnlstm.loop_graphs import LoopGraphs
+from rnn.lnlstm.path import LNLSTMPath, RecurrencePath
+from rnn.lnlstm.reference import LSTMState, ln_lstm_recurrence_reference
 
 
 def ln_lstm_recurrence(
@@ -47,77 +46,37 @@ def ln_lstm_recurrence(
     ln_c_weight: Tensor,
     ln_c_bias: Tensor,
     eps: float,
-    recurrence: str = "auto",
+    path: Optional[LNLSTMPath] = None,
     graphs: Optional[LoopGraphs] = None,
 ) -> tuple[Tensor, LSTMState]:
     """Run one layer-norm LSTM layer over time, given its already-normalised input projection.
 
-    ``recurrence``: ``auto`` (the fused path for these tensors, see
-    :func:`rnn.lnlstm_fused.recurrence_path`) or ``torch`` (always the PyTorch loop). ``graphs``:
-    the layer's CUDA graphs of its Triton loops (:mod:`rnn.loop_graphs`), or None for none. The
-    other arguments and the result are those of :func:`ln_lstm_recurrence_reference`.
+    ``path``: the implementations it may run (:class:`rnn.lnlstm.LNLSTMPath`; None: made from the
+    environment now, :meth:`~rnn.lnlstm.LNLSTMPath.from_env`), of which it takes the one for these
+    tensors. ``graphs``: the layer's CUDA graphs of its Triton loops (:mod:`rnn.lnlstm.loop_graphs`),
+    or None for none. The other arguments and the result are those of
+    :func:`rnn.lnlstm.reference.ln_lstm_recurrence_reference`.
     """
-    path = recurrence_path(xg.device, xg.dtype, recurrence, hidden_size=h0.shape[-1])
-    if path == "torch":
+    path = LNLSTMPath.from_env() if path is None else path
+    kind = path.resolve(xg.device, xg.dtype, hidden_size=h0.shape[-1])
+    if kind == "torch":
         return ln_lstm_recurrence_reference(
             xg, h0, c0, w_hh, ln_h_weight, ln_h_bias, bias, ln_c_weight, ln_c_bias, eps)
     # b and LN_h's bias are both added to every step's pre-activations after normalisation, so
     # the kernels take their sum (one [4H] add, not a pass over [B, T, 4H]); both get its gradient.
-    return fused_recurrence(
-        path, xg, h0, c0, w_hh, ln_h_weight, ln_h_bias + bias, ln_c_weight, ln_c_bias, eps, graphs)
-
-
-def ln_lstm_recurrence_reference(
-    xg: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_hh: Tensor,
-    ln_h_weight: Tensor,
-    ln_h_bias: Tensor,
-    bias: Tensor,
-    ln_c_weight: Tensor,
-    ln_c_bias: Tensor,
-    eps: float,
-) -> tuple[Tensor, LSTMState]:
-    """The PyTorch loop: one layer-norm LSTM layer over time, given its normalised input projection.
-
-    Args:
-        xg: ``[B, T, 4H]``, ``LN_x(W_x x)`` for every timestep (no ``b`` yet).
-        h0, c0: ``[B, H]`` initial state.
-        w_hh: ``[4H, H]`` recurrent weight ``W_h``.
-        ln_h_weight, ln_h_bias: ``[4H]`` affine of ``LN_h``.
-        bias: ``[4H]`` post-normalisation gate bias ``b``.
-        ln_c_weight, ln_c_bias: ``[H]`` affine of ``LN_c``.
-        eps: LayerNorm epsilon.
-
-    Returns:
-        ``(outputs [B, T, H], (h_T [B, H], c_T [B, H]))``.
-    """
-    hidden = h0.shape[-1]
-    # b is added after LN_x, and LN_h comes later, so folding b into xg here (one batched add
-    # instead of T small ones) keeps it post-normalisation.
-    xgb = xg + bias  # [B, T, 4H]
-    h, c = h0, c0
-    outputs: list[Tensor] = []
-    # unbind(1) gives T views at once. Indexing xg[:, t] in the loop would make autograd
-    # accumulate a full-size [B, T, 4H] gradient per step: backward quadratic in T.
-    for xg_t in xgb.unbind(1):  # xg_t: [B, 4H]
-        hg = F.layer_norm(F.linear(h, w_hh), (4 * hidden,), ln_h_weight, ln_h_bias, eps)
-        i, f, g, o = (xg_t + hg).chunk(4, dim=1)  # each [B, H]
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (hidden,), ln_c_weight, ln_c_bias, eps))
-        outputs.append(h)
-    return torch.stack(outputs, dim=1), (h, c)  # [B, T, H]
+    return path.run_fused(
+        kind, xg, h0, c0, w_hh, ln_h_weight, ln_h_bias + bias, ln_c_weight, ln_c_bias, eps, graphs)
 
 
 class LayerNormLSTMLayer(nn.Module):
-    """One layer of :class:`LayerNormLSTM`: parameters plus the batched input projection."""
+    """One layer of :class:`LayerNormLSTM`: parameters plus the batched input projection.
 
-    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5, recurrence: str = "auto") -> None:
+    ``path``: the implementations it may run (default :meth:`LNLSTMPath.from_env`, ``auto``).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5, path: Optional[LNLSTMPath] = None) -> None:
         super().__init__()
-        if recurrence not in RECURRENCE_CHOICES:
-            raise ValueError(f"recurrence must be one of {', '.join(RECURRENCE_CHOICES)} (got {recurrence!r})")
-        self.recurrence = recurrence
+        self.path = LNLSTMPath.from_env() if path is None else path
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.eps = eps
@@ -128,8 +87,8 @@ class LayerNormLSTMLayer(nn.Module):
         self.ln_h = nn.LayerNorm(gates, eps=eps)
         self.ln_c = nn.LayerNorm(hidden_size, eps=eps)
         self.bias = nn.Parameter(torch.empty(gates))  # b, added after normalisation
-        # CUDA graphs of the Triton loops (no parameters, no state dict entry; see rnn.loop_graphs).
-        self.loop_graphs = LoopGraphs()
+        # CUDA graphs of the Triton loops (no parameters, no state dict entry; see rnn.lnlstm.loop_graphs).
+        self.loop_graphs: Optional[LoopGraphs] = LoopGraphs() if self.path.graphs else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -145,10 +104,10 @@ class LayerNormLSTMLayer(nn.Module):
     def forward(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """``x``: ``[B, T, C]``; ``state``: ``(h0, c0)`` each ``[B, H]``."""
         # [B, T, 4H]: one matmul and one LayerNorm for all steps. On the fused CPU path the matmul
-        # runs on oneDNN or MKL, whichever this machine runs faster (rnn.onednn); the torch path
-        # stays plain.
-        if recurrence_path(x.device, x.dtype, self.recurrence, self.hidden_size) == "fused-cpu":
-            xg = self.ln_x(onednn.linear(x, self.w_x.weight))
+        # runs on oneDNN or MKL, whichever this machine runs faster (rnn.lnlstm.onednn); the torch
+        # path stays plain.
+        if self.path.resolve(x.device, x.dtype, self.hidden_size) == "fused-cpu":
+            xg = self.ln_x(self.path.input_projection(x, self.w_x.weight))
         else:
             xg = self.ln_x(self.w_x(x))
         h0, c0 = state
@@ -163,7 +122,7 @@ class LayerNormLSTMLayer(nn.Module):
             self.ln_c.weight,
             self.ln_c.bias,
             self.eps,
-            self.recurrence,
+            self.path,
             self.loop_graphs,
         )
 
@@ -177,8 +136,10 @@ class LayerNormLSTM(nn.Module):
         num_layers: stacked layers.
         dropout: dropout on each layer's output except the last, in training (as ``nn.LSTM``).
         eps: LayerNorm epsilon.
-        recurrence: ``auto`` (a fused path where one runs, see :func:`recurrence_path`) or
+        recurrence: ``auto`` (a fused path where one runs, see :class:`rnn.lnlstm.LNLSTMPath`) or
             ``torch`` (always the PyTorch loop). It changes no parameter.
+        path: the implementations the layers may run, in place of ``recurrence`` (default
+            ``LNLSTMPath.from_env(recurrence)``); it too changes no parameter.
 
     ``forward(x [B, T, C], state=None)`` returns ``(output [B, T, H], (h, c))`` with ``h`` and
     ``c`` each ``[num_layers, B, H]``; ``state`` is an optional ``(h0, c0)`` of the same shape
@@ -195,8 +156,11 @@ class LayerNormLSTM(nn.Module):
         dropout: float = 0.0,
         eps: float = 1e-5,
         recurrence: str = "auto",
+        path: Optional[LNLSTMPath] = None,
     ) -> None:
         super().__init__()
+        if path is not None and recurrence != "auto":
+            raise ValueError(f"give recurrence or path, not both (got recurrence={recurrence!r} and a path)")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1 (got {num_layers})")
         if not 0.0 <= dropout < 1.0:
@@ -205,14 +169,15 @@ class LayerNormLSTM(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.dropout = dropout
+        path = LNLSTMPath.from_env(recurrence) if path is None else path
         self.layers = nn.ModuleList(
-            LayerNormLSTMLayer(input_size if k == 0 else hidden_size, hidden_size, eps, recurrence)
+            LayerNormLSTMLayer(input_size if k == 0 else hidden_size, hidden_size, eps, path)
             for k in range(num_layers)
         )
 
     def recurrence_path(self, device: torch.device, dtype: torch.dtype = torch.float32) -> RecurrencePath:
         """The path the recurrence takes for inputs of ``dtype`` on ``device`` (autocast as now)."""
-        return recurrence_path(device, dtype, cast(LayerNormLSTMLayer, self.layers[0]).recurrence, self.hidden_size)
+        return cast(LayerNormLSTMLayer, self.layers[0]).path.resolve(device, dtype, self.hidden_size)
 
     def forward(
         self, x: Tensor, state: Optional[LSTMState] = None
@@ -252,3 +217,13 @@ class LayerNormLSTM(nn.Module):
             f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
             f"dropout={self.dropout}, batch_first=True"
         )
+
+
+def eager_under_compile(model: nn.Module) -> None:
+    """Give every layer-norm LSTM layer in ``model`` the ``torch.compile`` graph breaks
+    (:class:`rnn.lnlstm.path.CompileBreaks`): under ``torch.compile`` its fused recurrence and its
+    oneDNN input projection then run eagerly between compiled pieces. :mod:`rnn.compile` calls it
+    before compiling a model; it changes nothing outside a compile (idempotent)."""
+    for module in model.modules():
+        if isinstance(module, LayerNormLSTMLayer):
+            module.path = module.path.with_compile_breaks()
