@@ -117,14 +117,15 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job spec: every unfinished trial on Ray, then the report."""
     from orchestrator.results import ResultsError
-    from orchestrator.run import run_job
+    from orchestrator.run import LocalBackend, run_job
     from orchestrator.run.backend import ClusterLostError
 
     job = load_or_report(args.spec)
     if job is None:
         return ExitCode.BAD_INPUT
     try:
-        outcome = run_job(job, address=args.address, output=args.output, fresh=args.fresh)
+        backend = LocalBackend() if args.local else None
+        outcome = run_job(job, backend=backend, address=args.address, output=args.output, fresh=args.fresh)
     except UsageError as e:
         return _fail(args.spec, e)
     except ResultsError as e:
@@ -150,12 +151,17 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run a job: every unfinished trial, then the report",
         description="Run a job spec's trials on Ray and write Parquet results and a report under OUTPUT/NAME. "
-        "Connects to --address, else to RAY_ADDRESS (set inside `ray job submit`), else starts a local Ray. "
+        "Connects to --address, else to RAY_ADDRESS (set inside `ray job submit`), else starts a local Ray; "
+        "--local runs without Ray. "
         "Finished trials are skipped, so running the same command again resumes. Exit status: 0 done, "
         "1 some trial failed, 2 bad input, 130 interrupted.",
     )
     p.add_argument("spec", metavar="SPEC", help="job spec YAML file")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    where.add_argument("--local", action="store_true",
+                       help="run the trials one after another in this process, without Ray (debugging, a quick "
+                            "look); a hung trainer is not detected there")
     p.add_argument("--output", default=None, help="results root, overriding the spec's `output` "
                    "(must be absolute under `ray job submit`)")
     p.add_argument("--fresh", action="store_true", help="start over: move the job's old results aside first")

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from orchestrator.durations import format_duration
 from orchestrator.spec import Job, ResourcesSpec, Trial, allowed_concurrency, job_location
 from orchestrator.spec.rules import estimate_parameters, vocab_estimate
-from orchestrator.spec.schema import asha_rungs, budget_steps, promotion_caps, worst_budget_steps
+from orchestrator.spec.rungs import asha_rungs, budget_steps, promotion_caps, worst_budget_steps
 from rnn.config import RunConfig, ThroughputConfig
 
 # nn.LSTM/GRU training measured 24-30 GFLOP/s on one core of the 2-core dev VM (B 32-64, H 128-512);

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import yaml
@@ -83,6 +84,16 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
+def local_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """Environment for a driver subprocess that runs without Ray (``run --local``): private caches,
+    no ``RAY_ADDRESS`` inherited."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(RNN_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env.update(extra or {})
+    return env
+
+
 def ray_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     """Environment for a real-Ray subprocess: loopback only, no token auth, private caches.
 
@@ -91,16 +102,8 @@ def ray_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str,
     """
     if not _TIER.ray_allowed:
         pytest.fail(f"{_TIER.test} starts Ray: mark it @pytest.mark.ray (or cluster)", pytrace=False)
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env.update(
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        RAY_AUTH_MODE="disabled",
-        RNN_CACHE_DIR=str(tmp_path / "cache"),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra or {})
-    return env
+    return local_env(tmp_path, {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                                **(extra or {})})
 
 
 def eventually(condition: Callable[[], bool], within_s: float, every_s: float = 0.05) -> bool:
@@ -123,15 +126,15 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Pat
 
 
 def sigkill_driver_when(spec_path: Path, env: dict[str, str], ready: Callable[[], bool], what: str,
-                        timeout: float = 180) -> None:
-    """Run ``python -m orchestrator run SPEC`` and SIGKILL it, with every Ray process it started,
+                        timeout: float = 180, args: Sequence[str] = ()) -> None:
+    """Run ``python -m orchestrator run SPEC ARGS`` and SIGKILL it, with every Ray process it started,
     as soon as ``ready()`` holds; the test fails with "no WHAT in time" if it never does.
 
     The driver gets a session of its own: it and the Ray processes it starts form one process
     group this test owns, so killing the group touches nothing else on the machine.
     """
     driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(spec_path)],
+        [sys.executable, "-m", "orchestrator", "run", str(spec_path), *args],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -203,12 +206,20 @@ _RAY_MARKERS = ("ray", "cluster")
 @pytest.fixture(autouse=True)
 def _tiers_hold(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test that starts Ray must say so with a marker, so the fast tier never does: checked where
-    a Ray subprocess is set up (:func:`ray_env`) and, in process, by Ray still being up afterwards."""
+    a Ray subprocess is set up (:func:`ray_env`) and, in process, by :func:`pytest_runtest_call`."""
     _TIER.test = request.node.nodeid
     _TIER.ray_allowed = any(request.node.get_closest_marker(m) for m in _RAY_MARKERS)
     yield
-    if not _TIER.ray_allowed and "ray" in sys.modules:
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fails an unmarked test that leaves Ray running in this process when its body returns (before
+    its fixtures' teardown, which may shut Ray down)."""
+    result = yield
+    if "ray" in sys.modules and not any(item.get_closest_marker(m) for m in _RAY_MARKERS):
         import ray
 
         if ray.is_initialized():
-            pytest.fail(f"{request.node.nodeid} left Ray running and is not marked ray", pytrace=False)
+            pytest.fail(f"{item.nodeid} runs in-process Ray and is not marked ray", pytrace=False)
+    return result

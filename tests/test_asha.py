@@ -21,12 +21,13 @@ import pytest
 from conftest import TINY_SPEC
 from orchestrator.errors import SpecError
 from orchestrator.results import ResultsStore
-from orchestrator.run.asha import Asha, budget_steps, load_asha, promotion_caps, worst_budget_steps
+from orchestrator.run.asha import Asha, budget_steps, promotion_caps, worst_budget_steps
 from orchestrator.run.backend import Assignment
 from orchestrator.run.dispatch import Dispatcher
+from orchestrator.run.scheduler import load_scheduler
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Paused
 from orchestrator.spec import build_job
-from orchestrator.spec.schema import asha_rungs
+from orchestrator.spec.rungs import asha_rungs
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 from test_dispatch import START, ScriptedBackend, _ckpt
 
@@ -215,7 +216,7 @@ def _dispatch(job: Any, store: ResultsStore, backend: HalvingBackend,
     scheduler = job.spec.sweep.scheduler
     todo = trials if trials is not None else list(job.trials)
     d = Dispatcher(todo, job.spec.resources, store, backend, total=len(job.trials), stop=stop,
-                   asha=load_asha(scheduler, list(job.trials), store))
+                   scheduler=load_scheduler(scheduler, list(job.trials), store))
     d.run()
     return d
 

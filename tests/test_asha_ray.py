@@ -14,8 +14,8 @@ from conftest import TINY_SPEC, ray_env, run_cli, sigkill_driver_when, write_spe
 from orchestrator.results import ResultsStore
 from orchestrator.run.actor import TrainerActor
 from orchestrator.run.events import Ended, Evaluated, Paused
-from orchestrator.spec import build_job, trial_config
-from orchestrator.spec.schema import asha_rungs, worst_promotions
+from orchestrator.spec import build_job
+from orchestrator.spec.rungs import asha_rungs, worst_promotions
 from rnn.events import TrialStatus
 
 
@@ -28,15 +28,16 @@ def _asha_spec(tmp_path: Path, name: str) -> dict[str, Any]:
     return spec
 
 
+@pytest.mark.slow
 def test_the_actor_pauses_at_its_rung_and_resumes_to_the_uninterrupted_curve(tmp_path: Path) -> None:
     trial = build_job(_asha_spec(tmp_path, "actor")).trials[0]
     actor = TrainerActor(num_threads=1)
-    whole = list(actor.run(trial.trial_id, trial_config(trial)))
-    first = list(actor.run(trial.trial_id, trial_config(trial), pause_at=20))
+    whole = list(actor.run(trial.trial_id, trial.run_config))
+    first = list(actor.run(trial.trial_id, trial.run_config, pause_at=20))
     paused = first[-1]
     assert isinstance(paused, Paused) and paused.step == 20 and paused.result.status is TrialStatus.PAUSED
     assert [e.record.step for e in first if isinstance(e, Evaluated)] == [10, 20]
-    rest = list(actor.run(trial.trial_id, trial_config(trial), resume=paused.data))
+    rest = list(actor.run(trial.trial_id, trial.run_config, resume=paused.data))
     end, full_end = rest[-1], whole[-1]
     assert isinstance(end, Ended) and isinstance(full_end, Ended) and end.result is not None
     assert end.result.status is TrialStatus.COMPLETED and end.result.steps == 40

@@ -46,6 +46,7 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep_threads) -> None:
     out = tmp_path / "bench.json"
     assert bench_main(["--quick", "--device", "cpu", "--skip", "dispatch", "--skip", "end-to-end",
@@ -179,6 +180,7 @@ def test_compile_figures_give_the_ratio_and_break_even() -> None:
     assert table.splitlines()[-1].endswith("| never |")
 
 
+@pytest.mark.slow
 def test_end_of_run_times_compaction_and_report_in_fresh_processes(tmp_path: Path, capsys) -> None:
     from bench.end_of_run import main as end_of_run
 

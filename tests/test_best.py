@@ -165,6 +165,7 @@ def test_best_of_a_throughput_job_is_the_fastest_setting_as_a_train_spec(tmp_pat
     assert best_spec(stripped) == text
 
 
+@pytest.mark.slow
 def test_best_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert tuple(METRICS) == BEST_METRICS
     folder, _ = _job_folder(tmp_path, _raw(), [("failed", 1.0, 0.1), ("diverged", 1.0, 0.1),

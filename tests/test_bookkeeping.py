@@ -309,15 +309,16 @@ def test_a_full_disk_while_writing_the_part_commits_nothing(tmp_path: Path, monk
 def test_driver_side_disk_full_drill_leaves_the_trial_unfinished(tmp_path: Path) -> None:
     """The ``commit`` fault: the recorder's commit of a trial fails as on a full disk."""
     from orchestrator.run.progress import Progress
-    from orchestrator.run.recorder import Recorder, TrialState
+    from orchestrator.run.attempt import Attempt
+    from orchestrator.run.recorder import Recorder
 
     faults = tuple(faults_from_env({"RNN_ORCH_FAULTS": json.dumps([{"trial": "t1", "kind": "commit"}])}))
     store = ResultsStore(tmp_path)
-    recorder = Recorder(store, Progress(2, 1), total=2, faults=faults)
+    recorder = Recorder(store, Progress(2, 1), faults=faults)
     result = TrainResult(status=TrialStatus.COMPLETED, steps=30, params=100, device="cpu", precision="fp32",
                          train_time_s=1.0, best_val_loss=1.4, best_val_bpc=2.0, best_step=30, evals=tuple(_evals(3)))
     for tid in ("t1", "t2"):
-        state = TrialState(trial=trial_of(tid, _config()), tag=tid, started_at=T0)  # type: ignore[arg-type]
+        state = Attempt(trial=trial_of(tid, _config()), tag=tid, started_at=T0)
         if tid == "t1":
             with pytest.raises(ResultsError, match="No space left on device.*run the same command again"):
                 recorder.finish(state, TrialStatus.COMPLETED, result=result)

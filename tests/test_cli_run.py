@@ -39,18 +39,38 @@ def test_bad_corpus_file_is_refused_before_dispatch(
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(content)
     spec_path = _spec(tmp_path, corpus=str(corpus))
-    assert main(["run", str(spec_path)]) == 2
+    assert main(["run", str(spec_path), "--local"]) == 2
     err = capsys.readouterr().err
     assert f"{spec_path}: data" in err and expected in err and "corpus.txt" in err
     assert "Traceback" not in err
     assert not (tmp_path / "results").exists()  # nothing written
 
 
+@pytest.mark.ray
+def test_bad_corpus_is_refused_while_ray_starts_and_ray_is_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the default backend the preflight overlaps Ray's start: its refusal still wins, and the
+    embedded Ray started beside it is shut down."""
+    import ray
+
+    for key, value in ray_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"")
+    spec_path = _spec(tmp_path, corpus=str(corpus))
+    assert main(["run", str(spec_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec_path}: data" in err and "empty" in err and "Traceback" not in err
+    assert not ray.is_initialized() and not (tmp_path / "results").exists()
+
+
 def test_unusable_output_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     spec_path = _spec(tmp_path)
-    assert main(["run", str(spec_path), "--output", str(blocker / "results")]) == 2
+    assert main(["run", str(spec_path), "--local", "--output", str(blocker / "results")]) == 2
     err = capsys.readouterr().err
     assert str(blocker) in err and "Traceback" not in err
 
@@ -58,7 +78,7 @@ def test_unusable_output_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec_path = _spec(tmp_path)
     with JobLock(tmp_path / "results" / "bad"):
-        assert main(["run", str(spec_path)]) == 2
+        assert main(["run", str(spec_path), "--local"]) == 2
     err = capsys.readouterr().err
     assert "another run" in err and "Traceback" not in err
 

@@ -26,6 +26,7 @@ class Head:
             raise ConnectionError("failed to connect to all addresses")
 
 
+@pytest.mark.slow
 def test_a_silent_head_is_lost_after_lost_after_s_not_before() -> None:
     head = Head()
     # Seconds, not tenths: a loaded machine can starve the watch's thread for a moment, and the

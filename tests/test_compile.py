@@ -71,6 +71,7 @@ def _fit(tmp: Path, compile: str, resume: Path | None = None, pause: int | None 
     return events[0], events[-1].result
 
 
+@pytest.mark.slow
 def test_compile_on_trains_compiled_and_checkpoints_resume_across_settings(tmp_path: Path) -> None:
     # on -> off: a checkpoint written while compiled holds the plain module's keys and resumes eagerly.
     start, paused = _fit(tmp_path / "a", "on", pause=PAUSE)
@@ -95,6 +96,7 @@ def test_compile_on_trains_compiled_and_checkpoints_resume_across_settings(tmp_p
     assert off_on.best_val_loss == pytest.approx(on_off.best_val_loss, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_the_fused_layer_norm_lstm_compiles_around_its_kernels(
     tmp_path: Path, recwarn: pytest.WarningsRecorder
 ) -> None:

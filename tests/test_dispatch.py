@@ -20,6 +20,7 @@ import torch
 
 from conftest import TINY_SPEC
 from orchestrator.results import ResultsStore
+from orchestrator.run.attempt import Attempt
 from orchestrator.run.backend import Assignment, Notice, NoticeKind
 from orchestrator.run.dispatch import Dispatcher
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Started
@@ -67,6 +68,12 @@ class ScriptedBackend:
         self.killed: list[int] = []
         self.most_workers = 0
         self.closed = False
+
+    def open(self, resources: ResourcesSpec) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        self.close()
 
     def capacity(self) -> Optional[int]:
         return self.cap
@@ -200,7 +207,7 @@ def test_a_silent_trial_is_killed_and_retried_as_stalled(tmp_path: Path) -> None
 def test_default_stall_timeout_follows_the_trials_pace(tmp_path: Path) -> None:
     trials, res = _trials(1)
     dispatcher = Dispatcher(trials, res, ResultsStore(tmp_path / "job"), ScriptedBackend({}))
-    state = dispatcher.recorder.state(trials[0])
+    state = Attempt.of(trials[0], 1)
     assert dispatcher.stall_timeout_s(state) == 600.0
     state.heard(100.0)
     state.heard(400.0)  # a 300 s gap between evaluations
@@ -210,7 +217,7 @@ def test_default_stall_timeout_follows_the_trials_pace(tmp_path: Path) -> None:
 def test_explicit_stall_timeout_spares_the_set_up_before_the_first_event(tmp_path: Path) -> None:
     trials, res = _trials(1, stall_timeout_s=30)
     dispatcher = Dispatcher(trials, res, ResultsStore(tmp_path / "job"), ScriptedBackend({}))
-    state = dispatcher.recorder.state(trials[0])
+    state = Attempt.of(trials[0], 1)
     assert dispatcher.stall_timeout_s(state) == 600.0  # loading data, building the model
     state.heard(1.0)
     assert dispatcher.stall_timeout_s(state) == 30.0

@@ -63,6 +63,7 @@ def test_dry_run_runs_every_step_and_ends_with_the_summary_table(tmp_path: Path)
     assert table[0] in (tmp_path / "gpu-log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_dry_run_stops_at_the_first_failure_and_still_prints_the_summary(tmp_path: Path) -> None:
     result = dry_run(tmp_path, GPU_STEPS="3 4", BENCH_SPEC=str(tmp_path / "missing.yaml"))
     assert result.returncode == 2  # bench.jobs' status for a spec it cannot read

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: orchestrator/spec's modules in import order: each may import only those before it.
-SPEC_ORDER = ("yamlio", "schema", "problems", "sections", "expand", "rules", "location", "validate")
+SPEC_ORDER = ("yamlio", "base", "rungs", "sweep", "schema", "problems", "sections", "expand", "rules", "location", "validate")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -38,6 +38,7 @@ def _modules(folder: Path, prefix: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_the_engine_never_imports_ray() -> None:
     modules = sorted(_modules(REPO / "rnn", "rnn."))
     if importlib.util.find_spec("triton") is None:  # the Triton kernels import only where Triton is

@@ -36,14 +36,15 @@ def embedded_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.mark.ray
 def test_a_runtime_env_that_cannot_be_set_up_fails_each_trial_with_its_cause(
     tmp_path: Path, embedded_ray: None
 ) -> None:
     raw = copy.deepcopy(TINY_SPEC)
     raw["sweep"] = {"grid": {"model.cell": ["lstm"]}, "seeds": [0, 1]}
     job = build_job(raw, source="<test>")
-    backend = RayBackend(job.spec.resources, num_threads=1,
-                         actor_options={"runtime_env": {"working_dir": MISSING_PACKAGE}})
+    backend = RayBackend(elastic=False, actor_options={"runtime_env": {"working_dir": MISSING_PACKAGE}})
+    backend.open(job.spec.resources)  # the embedded Ray of the fixture: used, not shut down
     store = ResultsStore(tmp_path / "job")
     summary = Dispatcher(list(job.trials), job.spec.resources, store, backend).run()
 
@@ -57,7 +58,7 @@ def test_a_runtime_env_that_cannot_be_set_up_fails_each_trial_with_its_cause(
 
 
 def test_a_hand_started_cluster_has_no_autoscaler_that_can_launch() -> None:
-    from orchestrator.run.ray_backend import _v1_can_launch
+    from orchestrator.run.placement import _v1_can_launch
 
     # The read-only monitor of a hand-started cluster (as measured on ray.cluster_utils.Cluster).
     readonly = {"autoscaler_report": {"active_nodes": {"node_c71a": 1, "node_c303": 1},

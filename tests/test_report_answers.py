@@ -186,6 +186,7 @@ def test_a_text_sample_comes_from_the_best_checkpoint(tmp_path: Path) -> None:
     assert "No sample: trial x has no checkpoint" in build_report(bare)[0].read_text()
 
 
+@pytest.mark.slow
 def test_live_report_refreshes_as_trials_finish_and_stops(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     _commit(store, "a", 1.0, _cfg("gru", 0))
@@ -211,6 +212,7 @@ def test_live_report_refreshes_as_trials_finish_and_stops(tmp_path: Path) -> Non
     assert "Live:" not in final and "http-equiv" not in final
 
 
+@pytest.mark.slow
 def test_live_report_throttles_rebuilds(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     calls: list[float] = []
@@ -223,6 +225,7 @@ def test_live_report_throttles_rebuilds(tmp_path: Path) -> None:
     assert all(b - a >= 0.6 for a, b in zip(calls, calls[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_live_report_waits_longer_after_a_slow_build(tmp_path: Path) -> None:
     # A build over thousands of trials takes seconds: the next one waits BUILD_SHARE times as
     # long, so rebuilding never takes more than a bounded share of the driver's time.

@@ -100,6 +100,7 @@ def test_a_driver_killed_from_outside_is_named_as_such() -> None:
     assert f"error: the driver process (pid {driver}) was killed by SIGKILL" in out and "run the same command" in out
 
 
+@pytest.mark.slow
 def test_a_signal_sent_to_the_supervisor_alone_reaches_the_driver() -> None:
     proc, _ = _start("stop")
     proc.send_signal(signal.SIGTERM)
@@ -108,6 +109,7 @@ def test_a_signal_sent_to_the_supervisor_alone_reaches_the_driver() -> None:
     assert "SIGTERM received" in out and "stopped once" in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_a_signal_to_the_whole_group_counts_once_in_the_driver() -> None:
     # A terminal's Ctrl-C: both processes get it, and the supervisor forwards its copy too.
     proc, _ = _start("stop")

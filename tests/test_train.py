@@ -208,6 +208,7 @@ def test_out_of_memory_classification() -> None:
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
+@pytest.mark.slow
 def test_learns_shakespeare_well_below_unigram_entropy(tmp_path: Path, shakespeare_path: Path) -> None:
     """A real learning check: 300 AdamW steps of a 1-layer LN-LSTM on Tiny Shakespeare."""
     cfg = RunConfig(

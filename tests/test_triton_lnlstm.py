@@ -19,7 +19,8 @@ pytest.importorskip("numpy")
 
 from rnn.lnlstm import FusedLNLSTM, ln_lstm_recurrence_reference, triton_kernels  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# Slow as a whole: every test runs the kernels under the Triton interpreter (about 12 s in all).
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 def _args(B: int, T: int, H: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:

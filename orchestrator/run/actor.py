@@ -15,12 +15,13 @@ import shutil
 import socket
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
 from orchestrator.run.faults import Fault, batch_hook, step_hook
+from rnn.config import RunConfig, ThroughputConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +33,28 @@ def format_exception(exc: BaseException) -> str:
 
 
 class TrainerActor:
-    """Runs trials with the engine. Wrapped with ``ray.remote`` by the dispatcher.
+    """Runs trials with the engine: wrapped with ``ray.remote`` by the Ray backend, or used as it
+    is by the local one.
 
     Args:
         num_threads: torch intra-op threads, the actor's CPU reservation.
         data_dir: where to look for downloadable corpora on this node.
+        own_process: the worker has a process of its own, which an ``exit`` fault ends; False
+            in the driver's process, where that fault raises ``WorkerExit`` instead.
     """
 
-    def __init__(self, num_threads: int, data_dir: Optional[str] = None) -> None:
+    def __init__(self, num_threads: int, data_dir: Optional[str] = None, own_process: bool = True) -> None:
         import torch
 
         torch.set_num_threads(max(1, num_threads))
         self._num_threads = num_threads
         self._data_dir = data_dir
+        self._own_process = own_process
         self._scratch = Path(tempfile.mkdtemp(prefix="rnn-trial-"))
+
+    def close(self) -> None:
+        """Remove this worker's scratch folder (a worker that is killed leaves it behind)."""
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def ready(self) -> str:
         """Answers once the worker is up (torch imported): the driver's signal to hand it a trial."""
@@ -54,18 +63,17 @@ class TrainerActor:
     def run(
         self,
         trial_id: str,
-        config: dict[str, Any],
+        config: RunConfig,
         attempt: int = 1,
         resume: Optional[bytes] = None,
         fault: Optional[Fault] = None,
         pause_at: Optional[int] = None,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Train one trial, yielding its events (see :mod:`orchestrator.run.events`).
 
         With ``pause_at`` (successive halving) the trainer stops at that step and the last
         event is ``Paused``, carrying the resume checkpoint, instead of ``Ended``.
         """
-        from rnn.config import RunConfig
         from rnn.errors import is_out_of_memory
         from rnn.events import EventKind, TrialStatus
         from rnn.memory import release_device_memory
@@ -74,11 +82,11 @@ class TrainerActor:
         run_dir = self._scratch / trial_id
         shutil.rmtree(run_dir, ignore_errors=True)
         trainer = Trainer(
-            RunConfig.from_dict(config),
+            config,
             run_dir,
             num_threads=self._num_threads,
             data_dir=self._data_dir,
-            step_hook=step_hook(fault) if fault and fault.applies(trial_id, attempt) else None,
+            step_hook=step_hook(fault, self._own_process) if fault and fault.applies(trial_id, attempt) else None,
         )
         pause: dict[str, Any] = {"pause_at_step": pause_at} if pause_at is not None else {}
         resume_point: Optional[bytes] = None
@@ -110,21 +118,20 @@ class TrainerActor:
     def throughput(
         self,
         trial_id: str,
-        config: dict[str, Any],
+        config: RunConfig,
+        throughput: ThroughputConfig,
         attempt: int = 1,
         fault: Optional[Fault] = None,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Measure one throughput trial, yielding a ``Measured`` event per batch size."""
-        from rnn.config import RunConfig, ThroughputConfig
         from rnn.errors import is_out_of_memory
         from rnn.throughput import iter_throughput
 
-        tp = ThroughputConfig(**config["throughput"])
-        hook = batch_hook(fault) if fault and fault.applies(trial_id, attempt) else None
+        hook = batch_hook(fault, self._own_process) if fault and fault.applies(trial_id, attempt) else None
         try:
             yield Started({"host": socket.gethostname(), "pid": os.getpid()})
             for row in iter_throughput(
-                RunConfig.from_dict(config), tp, num_threads=self._num_threads, data_dir=self._data_dir,
+                config, throughput, num_threads=self._num_threads, data_dir=self._data_dir,
                 batch_hook=hook,
             ):
                 yield Measured(row)

@@ -11,8 +11,8 @@ dispatcher looks (:meth:`Asha.decide`), from the lowest rung up:
   last rung is ``max_steps``: there it completes). Promotions go ahead of trials not started.
   A trial promoted early stays promoted when better ones arrive later, so asynchronous
   halving spends somewhat more than synchronous halving's ``n / rf`` per rung
-  (``spec.schema.budget_steps``); the worst arrival order (each newcomer better than all
-  before) promotes ``n - rf + 1`` (``spec.schema.worst_budget_steps``). A cap at synchronous
+  (``spec.rungs.budget_steps``); the worst arrival order (each newcomer better than all
+  before) promotes ``n - rf + 1`` (``spec.rungs.worst_budget_steps``). A cap at synchronous
   counts was tried and dropped: a trial arriving after a rung's cap is spent could not be
   promoted however good, so the arrival order could pick the winner.
 - **Close and prune.** Rung ``k`` is *closed* when no trial can still arrive there: every
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from orchestrator.spec.schema import budget_steps, promotion_caps, worst_budget_steps
+from orchestrator.spec.rungs import asha_rungs, budget_steps, promotion_caps, worst_budget_steps
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 
 __all__ = ["Asha", "Decision", "budget_steps", "load_asha", "promotion_caps", "restore", "worst_budget_steps"]
@@ -60,7 +60,7 @@ class Asha:
     """The rungs of one sweep and what has been recorded at them.
 
     Args:
-        rungs: the rung steps, the last being ``max_steps`` (``orchestrator.spec.schema.asha_rungs``).
+        rungs: the rung steps, the last being ``max_steps`` (``orchestrator.spec.rungs.asha_rungs``).
         reduction_factor: ``rf``; the top ``1/rf`` of a rung is promoted.
         metric: the evaluation field ranked, lower is better (``val_loss`` or ``val_bpc``).
         n_trials: the sweep's size (the trials that may arrive at the first rung).
@@ -202,7 +202,6 @@ def load_asha(scheduler: Any, trials: Sequence[Any], store: Any) -> Asha:
     """The ASHA state of a job: its rungs from ``sweep.scheduler`` (an ``AshaSpec`` with
     ``max_steps`` filled in by ``load_job``), what ``store`` holds restored (:func:`restore`)."""
     from orchestrator.results.records import eval_records
-    from orchestrator.spec.schema import asha_rungs
 
     asha = Asha(asha_rungs(scheduler.grace_steps, scheduler.reduction_factor, scheduler.max_steps),
                 scheduler.reduction_factor, scheduler.metric, len(trials))

@@ -3,8 +3,11 @@
 The dispatcher (:mod:`orchestrator.run.dispatch`) owns the policy: which trial runs next, how
 many workers to keep, what is retried, when a silent trial counts as stalled. A backend owns
 the mechanism: starting workers, streaming a trial's events back, and saying when a worker was
-lost. :class:`~orchestrator.run.ray_backend.RayBackend` is the real one; tests drive the same
-loop through a scripted backend, without Ray (in the spirit of submitit's debug executor).
+lost. :class:`~orchestrator.run.ray_backend.RayBackend` runs trials on Ray;
+:class:`~orchestrator.run.local_backend.LocalBackend` in the driver's own process, without Ray
+(in the spirit of submitit's local and debug executors); tests also drive the loop through a
+scripted backend. ``run_job(job, backend=...)`` takes any of them: it calls :meth:`Backend.open`
+before anything is locked or written, and :meth:`Backend.shutdown` once, however the run ends.
 
 Everything a backend reports comes back from :meth:`Backend.poll` as :class:`Notice` objects,
 so the loop never blocks on one worker and never sees a Ray exception.
@@ -14,10 +17,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from orchestrator.run.events import Event
 from orchestrator.run.faults import Fault
+from rnn.config import RunConfig, ThroughputConfig
+
+if TYPE_CHECKING:
+    from orchestrator.spec import ResourcesSpec
 
 
 class ClusterLostError(Exception):
@@ -40,16 +47,21 @@ def first_line(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Assignment:
-    """One attempt of one trial, as plain data for the worker."""
+    """One attempt of one trial, as plain data for the worker: the trial's own config types
+    (``rnn.config``'s dataclasses, which pickle as they are), no dict in between."""
 
     trial_id: str
-    throughput: bool
-    config: dict[str, Any]
+    run_config: RunConfig
+    throughput_config: Optional[ThroughputConfig]
     attempt: int
     resume: Optional[bytes] = None
     fault: Optional[Fault] = None
     #: Successive halving: stop at this step with a resume checkpoint (the trial's next rung).
     pause_at: Optional[int] = None
+
+    @property
+    def throughput(self) -> bool:
+        return self.throughput_config is not None
 
 
 class NoticeKind(str, enum.Enum):
@@ -72,6 +84,13 @@ class Notice:
 
 class Backend(Protocol):
     """What the dispatch loop needs from whatever runs the trials. Workers are ints."""
+
+    def open(self, resources: ResourcesSpec) -> None:
+        """Get ready to start workers of this reservation (Ray: connect). Writes nothing; may raise
+        ``UsageError`` (an address that does not answer). A second call is a no-op."""
+
+    def shutdown(self) -> None:
+        """Let go of what :meth:`open` took (Ray: stop an embedded instance); safe to call twice."""
 
     def capacity(self) -> Optional[int]:
         """Workers that fit at once, or None where the cluster may grow (an autoscaler, nodes

@@ -10,10 +10,11 @@ scripted one in tests). Each turn of the loop:
 2. **Hand out trials** to ready idle workers, each from the driver's last checkpoint of it
    (read from the job folder when the trial is first dispatched, never up front).
 3. **Take the events** that arrived and record them (:mod:`orchestrator.run.recorder`).
-   With ``sweep.scheduler`` (successive halving, :mod:`orchestrator.run.asha`) each trial is
-   handed out with its next rung as its pause point; a trial that paused there waits, and
-   after the events ASHA's decisions are applied: promoted trials go to the front of the
-   queue (resumed from their rung's checkpoint), pruned ones are committed as ``pruned``.
+   Each trial is handed out with the pause point its scheduler policy gives it
+   (:mod:`orchestrator.run.scheduler`; successive halving's next rung); a trial that paused
+   there waits, and after the events the policy's decisions are applied: promoted trials go
+   to the front of the queue (resumed from their pause's checkpoint), pruned ones are
+   committed as ``pruned``.
 4. **Watch liveness.** A trial silent for its stall timeout is killed and retried as lost
    ("stalled"); a trial past ``trial_timeout_s`` ends as ``timeout``, not retried; a trial
    silent for a minute is named in the log.
@@ -34,19 +35,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Optional
 
 from orchestrator.durations import format_duration
 from orchestrator.errors import UsageError
 from orchestrator.results import ResultsStore
-from orchestrator.run.asha import Asha
+from orchestrator.run.attempt import Attempt
 from orchestrator.run.backend import Assignment, Backend, Notice, NoticeKind
 from orchestrator.run.events import Paused
 from orchestrator.run.faults import Fault
 from orchestrator.run.progress import Progress
-from orchestrator.run.recorder import Recorder, TrialState
-from orchestrator.spec import ResourcesSpec, Trial, trial_config
+from orchestrator.run.recorder import Recorder
+from orchestrator.run.scheduler import RunToEnd, Scheduler
+from orchestrator.spec import ResourcesSpec, Trial
 from rnn.events import TrialStatus
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Dispatcher:
         total: the sweep's size including skipped trials, for the progress count.
         faults: injected faults (chaos drills), see :mod:`orchestrator.run.faults`.
         stop: set by a signal handler to stop the sweep early.
+        scheduler: where trials pause and what becomes of them (default: every trial runs to its end).
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class Dispatcher:
         total: Optional[int] = None,
         faults: tuple[Fault, ...] = (),
         stop: Optional[threading.Event] = None,
-        asha: Optional[Asha] = None,
+        scheduler: Optional[Scheduler] = None,
     ) -> None:
         self.trials = trials
         self.res = resources
@@ -104,14 +106,14 @@ class Dispatcher:
         self.faults = faults
         self.stop = stop or threading.Event()
         self.progress = Progress(len(trials), max(1, min(resources.max_concurrent, len(trials))))
-        self.recorder = Recorder(store, self.progress, self.total, faults)
-        self._pending: collections.deque[TrialState] = collections.deque()
+        self.recorder = Recorder(store, self.progress, faults)
+        self.scheduler: Scheduler = scheduler if scheduler is not None else RunToEnd()
+        self._pending: collections.deque[Attempt] = collections.deque()
         self._starting: set[int] = set()
         self._idle: list[int] = []
-        self._busy: dict[int, TrialState] = {}
+        self._busy: dict[int, Attempt] = {}
         self._start_failures = 0
-        self.asha = asha
-        self._paused: dict[str, TrialState] = {}  # successive halving: waiting at a rung for a decision
+        self._paused: dict[str, Attempt] = {}  # waiting at a pause point for the scheduler's decision
 
     @property
     def corpora(self) -> dict[str, str]:
@@ -137,13 +139,13 @@ class Dispatcher:
             "" if capacity is not None else " (the pool follows the cluster)",
         )
         for trial in self.trials:
-            state = self.recorder.state(trial)
-            restored = self.asha.restored.pop(trial.trial_id, None) if self.asha is not None else None
+            attempt = Attempt.of(trial, self.total)
+            restored = self.scheduler.paused_on_disk(trial.trial_id)
             if restored is not None:  # paused at a rung when an earlier run stopped
-                state.paused_result, state.has_resume_point = restored, True
-                self._paused[trial.trial_id] = state
+                self.recorder.restore_paused(trial.trial_id, restored)
+                self._paused[trial.trial_id] = attempt
             else:
-                self._pending.append(state)
+                self._pending.append(attempt)
         try:
             self._decide()
             while (self._pending or self._busy or self._paused) and not self.stop.is_set():
@@ -186,34 +188,26 @@ class Dispatcher:
 
     def _hand_out(self) -> None:
         while self._pending and self._idle:
-            worker, state = self._idle.pop(), self._pending.popleft()
-            self.recorder.load_resume(state)
-            pause_at = None
-            if self.asha is not None:  # the next rung above where it resumes
-                state.target = self.asha.target_for(state.resume_step if state.resume else None)
-                pause_at = self.asha.pause_step(state.target)
+            worker, attempt = self._idle.pop(), self._pending.popleft()
+            trial, tid = attempt.trial, attempt.trial_id
+            ledger = self.recorder.launching(attempt)
+            resume_step = ledger.resume_step if ledger.resume is not None else None
             # A ``commit`` fault acts on the driver (the recorder), not in the worker.
-            fault = next((f for f in self.faults
-                          if f.kind != "commit" and f.applies(state.trial.trial_id, state.attempt)), None)
+            fault = next((f for f in self.faults if f.kind != "commit" and f.applies(tid, attempt.number)), None)
             self.backend.launch(worker, Assignment(
-                trial_id=state.trial.trial_id,
-                throughput=state.throughput,
-                config=trial_config(state.trial),
-                attempt=state.attempt,
-                resume=state.resume,
+                trial_id=tid,
+                run_config=trial.run_config,
+                throughput_config=trial.throughput_config,
+                attempt=attempt.number,
+                resume=ledger.resume,
                 fault=fault,
-                pause_at=pause_at,
+                pause_at=self.scheduler.pause_at(tid, resume_step),
             ))
-            now = time.monotonic()
-            state.attempt_started_mono = state.last_event_mono = now
-            state.heard_this_attempt = False
-            state.first_started_mono = state.first_started_mono or now
-            state.started_at = state.started_at or datetime.now(timezone.utc)
-            state.rows = []
-            self._busy[worker] = state
+            attempt.launched(time.monotonic())
+            self._busy[worker] = attempt
             self.progress.slots = max(1, len(self._busy))
-            how = f" from checkpoint at step {state.resume_step}" if state.resume else ""
-            self.progress.trial_started(state.tag, f"started (attempt {state.attempt}){how}")
+            how = f" from checkpoint at step {resume_step}" if resume_step is not None else ""
+            self.progress.trial_started(attempt.tag, f"started (attempt {attempt.number}){how}")
 
     # ------------------------------------------------------------------ notices
     def _on_notice(self, n: Notice) -> None:
@@ -227,50 +221,41 @@ class Dispatcher:
         elif n.kind is NoticeKind.START_FAILED:
             self._start_failed(n)
         elif n.kind is NoticeKind.EVENT:
-            state = self._busy.get(n.worker)
-            if state is None or n.event is None:
+            attempt = self._busy.get(n.worker)
+            if attempt is None or n.event is None:
                 return
-            state.heard(time.monotonic())
-            if self.recorder.on_event(state, n.event):
+            attempt.heard(time.monotonic())
+            if self.recorder.on_event(attempt, n.event):
                 del self._busy[n.worker]
                 self._idle.append(n.worker)
-                if isinstance(n.event, Paused) and self.asha is not None:
-                    rung = self.asha.pause_steps.index(n.event.step) if n.event.step in self.asha.pause_steps \
-                        else state.target
-                    self.asha.record(state.trial.trial_id, rung, self.asha.value_of(n.event.result.evals, n.event.step))
-                    self._paused[state.trial.trial_id] = state
-                    state.paused_mono = time.monotonic()
+                if isinstance(n.event, Paused):
+                    self.scheduler.on_paused(attempt.trial_id, n.event.step, n.event.result.evals)
+                    self._paused[attempt.trial_id] = attempt
+                    attempt.paused(time.monotonic())
         elif n.kind is NoticeKind.END:
-            state = self._busy.pop(n.worker, None)
-            if state is not None:  # the stream ended without a last event
-                self.recorder.finish(state, TrialStatus.FAILED, error="the trainer stopped without a result")
+            attempt = self._busy.pop(n.worker, None)
+            if attempt is not None:  # the stream ended without a last event
+                self.recorder.finish(attempt, TrialStatus.FAILED, error="the trainer stopped without a result")
                 self._idle.append(n.worker)
         elif n.kind is NoticeKind.LOST:
             self._lost(n)
 
-    # ------------------------------------------------------------------ successive halving
+    # ------------------------------------------------------------------ the scheduler
     def _decide(self) -> None:
-        """Promote the paused trials ASHA now allows (ahead of trials not started) and prune
-        those whose rung is closed (see :mod:`orchestrator.run.asha`)."""
-        if self.asha is None or not self._paused:
+        """Apply the scheduler's decisions on the paused trials: promoted ones resume ahead of
+        trials not started, pruned ones are committed as ``pruned``."""
+        if not self._paused:
             return
-        asha = self.asha
-        active = [s.target for s in self._pending] + [s.target for s in self._busy.values()]
-        promote, prune = asha.decide(active)
-        for d in promote:  # lowest rung first, so the highest rung's promotion ends up first in line
-            state = self._paused.pop(d.trial_id)
-            state.target = d.rung + 1
-            if state.first_started_mono is not None and state.paused_mono is not None:
-                # trial_timeout_s and the trial's duration count running time, not the wait at a rung
-                state.first_started_mono += time.monotonic() - state.paused_mono
-            state.paused_mono = None
-            self._pending.appendleft(state)
-            self.progress.line(state.tag, f"promoted from rung {asha.pause_steps[d.rung]} "
-                               f"({asha.metric} {d.value:.4f}, rank {d.rank} of {d.recorded})")
-        for d in prune:
-            state = self._paused.pop(d.trial_id)
-            self.recorder.prune(state, f"at rung {asha.pause_steps[d.rung]}, {asha.metric} {d.value:.4f} ranked "
-                                f"{d.rank} of {d.recorded}")
+        active = [a.trial_id for a in self._pending] + [a.trial_id for a in self._busy.values()]
+        promote, prune = self.scheduler.decide(active)
+        now = time.monotonic()
+        for move in promote:  # lowest rung first, so the highest rung's promotion ends up first in line
+            attempt = self._paused.pop(move.trial_id)
+            attempt.resumed(now)
+            self._pending.appendleft(attempt)
+            self.progress.line(attempt.tag, move.why)
+        for move in prune:
+            self.recorder.prune(self._paused.pop(move.trial_id), move.why)
 
     def _start_failed(self, n: Notice) -> None:
         self._starting.discard(n.worker)
@@ -278,9 +263,9 @@ class Dispatcher:
         self._start_failures += 1
         log.warning("a worker could not be started: %s", n.reason)
         if self._pending and (n.setup_failed or self._start_failures >= MAX_START_FAILURES):
-            state = self._pending.popleft()
-            self.progress.trial_started(state.tag, "could not start a worker for it")
-            self.recorder.finish(state, TrialStatus.FAILED, error=f"the worker could not be started: {n.reason}")
+            attempt = self._pending.popleft()
+            self.progress.trial_started(attempt.tag, "could not start a worker for it")
+            self.recorder.finish(attempt, TrialStatus.FAILED, error=f"the worker could not be started: {n.reason}")
             self._start_failures = 0
 
     def _lost(self, n: Notice) -> None:
@@ -288,28 +273,30 @@ class Dispatcher:
         self._starting.discard(n.worker)
         if n.worker in self._idle:
             self._idle.remove(n.worker)
-        state = self._busy.pop(n.worker, None)
-        if state is None:
+        attempt = self._busy.pop(n.worker, None)
+        if attempt is None:
             return
         if n.oom:
-            self.recorder.finish(state, TrialStatus.OOM, error=n.reason)
+            self.recorder.finish(attempt, TrialStatus.OOM, error=n.reason)
         elif n.setup_failed:
-            self.recorder.finish(state, TrialStatus.FAILED, error=n.reason)
+            self.recorder.finish(attempt, TrialStatus.FAILED, error=n.reason)
         else:
-            self.progress.line(state.tag, f"lost its worker ({n.reason})")
-            self._retry_or_fail(state, f"worker lost: {n.reason}")
+            self.progress.line(attempt.tag, f"lost its worker ({n.reason})")
+            self._retry_or_fail(attempt, f"worker lost: {n.reason}")
 
-    def _retry_or_fail(self, state: TrialState, reason: str) -> None:
-        if state.attempt <= self.res.max_retries:
-            state.attempt += 1
-            self._pending.appendleft(state)
-            how = f"from checkpoint at step {state.resume_step}" if state.resume else "from scratch"
-            self.progress.trial_requeued(state.tag, f"retrying (attempt {state.attempt}) {how}")
+    def _retry_or_fail(self, attempt: Attempt, reason: str) -> None:
+        if attempt.number <= self.res.max_retries:
+            attempt.number += 1
+            self._pending.appendleft(attempt)
+            ledger = self.recorder.ledger(attempt.trial_id)
+            how = f"from checkpoint at step {ledger.resume_step}" if ledger.resume is not None else "from scratch"
+            self.progress.trial_requeued(attempt.tag, f"retrying (attempt {attempt.number}) {how}")
         else:
-            self.recorder.finish(state, TrialStatus.FAILED, error=f"{reason} (gave up after {state.attempt} attempts)")
+            self.recorder.finish(attempt, TrialStatus.FAILED,
+                                 error=f"{reason} (gave up after {attempt.number} attempts)")
 
     # ------------------------------------------------------------------ liveness
-    def stall_timeout_s(self, state: TrialState) -> float:
+    def stall_timeout_s(self, attempt: Attempt) -> float:
         """The spec's ``stall_timeout_s``, else max(600 s, 5x the longest gap between the trial's events).
 
         Until an attempt's first event (the worker loading data, training a tokenizer, building
@@ -317,28 +304,28 @@ class Dispatcher:
         """
         if self.res.stall_timeout_s is not None:
             limit = float(self.res.stall_timeout_s)
-            return limit if state.heard_this_attempt else max(limit, STALL_FLOOR_S)
-        return max(STALL_FLOOR_S, STALL_PACE_FACTOR * state.longest_gap_s)
+            return limit if attempt.heard_this_attempt else max(limit, STALL_FLOOR_S)
+        return max(STALL_FLOOR_S, STALL_PACE_FACTOR * attempt.longest_gap_s)
 
     def _watch(self, now: float) -> None:
-        for worker, state in list(self._busy.items()):
+        for worker, attempt in list(self._busy.items()):
             cap = self.res.trial_timeout_s
-            if cap is not None and state.first_started_mono is not None and now - state.first_started_mono >= cap:
+            if cap is not None and attempt.first_started_mono is not None and now - attempt.first_started_mono >= cap:
                 self.backend.kill(worker)
                 del self._busy[worker]
                 cause = f"timeout: stopped at its {format_duration(cap)} cap (resources.trial_timeout_s)"
-                self.recorder.finish(state, TrialStatus.TIMEOUT, error=cause)
+                self.recorder.finish(attempt, TrialStatus.TIMEOUT, error=cause)
                 continue
-            silent, limit = now - state.last_event_mono, self.stall_timeout_s(state)
+            silent, limit = now - attempt.last_event_mono, self.stall_timeout_s(attempt)
             if silent >= limit:
                 self.backend.kill(worker)
                 del self._busy[worker]
-                self.progress.line(state.tag, f"stalled: no event for {format_duration(silent)} "
+                self.progress.line(attempt.tag, f"stalled: no event for {format_duration(silent)} "
                                    f"(stall timeout {format_duration(limit)}); killed its worker")
-                self._retry_or_fail(state, f"stalled: no event for {format_duration(silent)}")
-            elif silent >= min(SILENT_NOTE_S, limit / 2) and now - state.warned_mono >= SILENT_NOTE_S:
-                state.warned_mono = now
-                self.progress.line(state.tag, f"silent for {format_duration(silent)} "
+                self._retry_or_fail(attempt, f"stalled: no event for {format_duration(silent)}")
+            elif silent >= min(SILENT_NOTE_S, limit / 2) and now - attempt.warned_mono >= SILENT_NOTE_S:
+                attempt.warned_mono = now
+                self.progress.line(attempt.tag, f"silent for {format_duration(silent)} "
                                    f"(stall timeout {format_duration(limit)})")
 
     def _check_hostable(self) -> None:
@@ -347,7 +334,7 @@ class Dispatcher:
             return
         log.error("%s; the %d trials left are failed", reason, len(self._pending))
         while self._pending:
-            state = self._pending.popleft()
-            self.progress.trial_started(state.tag, "no node can host it")
-            self.recorder.finish(state, TrialStatus.FAILED, error=reason)
+            attempt = self._pending.popleft()
+            self.progress.trial_started(attempt.tag, "no node can host it")
+            self.recorder.finish(attempt, TrialStatus.FAILED, error=reason)
         self._shrink()

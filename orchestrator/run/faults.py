@@ -10,7 +10,9 @@ environment for them. Each fault::
 - ``oom`` raises ``torch.OutOfMemoryError`` at that step, as a CUDA allocation failure would;
 - ``nan`` fills the first parameter with NaN, so the trainer's own divergence check fires;
 - ``error`` raises a ``RuntimeError``;
-- ``exit`` kills the worker process with ``os._exit`` (a lost actor, like a SIGKILL);
+- ``exit`` kills the worker process with ``os._exit`` (a lost actor, like a SIGKILL); a worker
+  that runs in the driver's process (:class:`~orchestrator.run.local_backend.LocalBackend`)
+  raises :class:`WorkerExit` instead, which its backend reports as the worker lost;
 - ``commit`` acts in the *driver*: committing the trial's results fails as on a full disk
   (``ResultsError`` from ``OSError(ENOSPC)``, what ``ResultsStore.commit_trial`` raises then),
   so the trial is not recorded as finished and a rerun trains it again.
@@ -33,6 +35,13 @@ from typing import Any, Optional
 
 ENV_VAR = "RNN_ORCH_FAULTS"
 KINDS = ("oom", "nan", "error", "exit", "commit")
+
+
+class WorkerExit(BaseException):
+    """An ``exit`` fault in a worker that shares the driver's process: it must not end the process.
+
+    A ``BaseException``, so the trainer's ``except Exception`` does not report it as the trial's error.
+    """
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ def raise_commit_fault(faults: tuple[Fault, ...], trial_id: str, attempt: int, j
         ) from cause
 
 
-def _raise(fault: Fault, where: str) -> None:
+def _raise(fault: Fault, where: str, hard_exit: bool) -> None:
     import torch
 
     if fault.kind == "oom":
@@ -92,21 +101,24 @@ def _raise(fault: Fault, where: str) -> None:
     if fault.kind == "error":
         raise RuntimeError(f"injected fault at {where}")
     if fault.kind == "exit":
+        if not hard_exit:
+            raise WorkerExit(f"injected exit at {where}")
         os._exit(137)
 
 
-def batch_hook(fault: Fault) -> Callable[[int], None]:
-    """A throughput ``batch_hook`` that triggers ``fault`` at its batch size."""
+def batch_hook(fault: Fault, hard_exit: bool = True) -> Callable[[int], None]:
+    """A throughput ``batch_hook`` that triggers ``fault`` at its batch size (``hard_exit``: see :func:`_raise`)."""
 
     def hook(batch_size: int) -> None:
         if fault.at_batch_size is None or batch_size == fault.at_batch_size:
-            _raise(fault, f"batch size {batch_size}")
+            _raise(fault, f"batch size {batch_size}", hard_exit)
 
     return hook
 
 
-def step_hook(fault: Fault) -> Callable[[int, Any], None]:
-    """A trainer ``step_hook`` that triggers ``fault`` once the run reaches its step."""
+def step_hook(fault: Fault, hard_exit: bool = True) -> Callable[[int, Any], None]:
+    """A trainer ``step_hook`` that triggers ``fault`` once the run reaches its step (``hard_exit``:
+    an ``exit`` fault ends the process; False: it raises :class:`WorkerExit`)."""
 
     def hook(step: int, model: Any) -> None:
         if step < fault.at_step:
@@ -117,6 +129,6 @@ def step_hook(fault: Fault) -> Callable[[int, Any], None]:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
         else:
-            _raise(fault, f"step {step}")
+            _raise(fault, f"step {step}", hard_exit)
 
     return hook

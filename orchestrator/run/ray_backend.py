@@ -20,42 +20,22 @@ the dispatcher records those instead of retrying them.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import time
 from typing import Any, Optional
 
 from orchestrator.run.actor import TrainerActor
 from orchestrator.run.backend import Assignment, ClusterLostError, Notice, NoticeKind, first_line
 from orchestrator.run.cluster_watch import ClusterWatch
-from orchestrator.run.connect import gcs_client
+from orchestrator.run.connect import cluster_address, connect, probe_address
+from orchestrator.run.placement import Placement
 from orchestrator.spec import ResourcesSpec, allowed_concurrency
 
 log = logging.getLogger(__name__)
 
 #: Longest wait for the value of an event Ray says is ready (a checkpoint crossing the network).
 GET_TIMEOUT_S = 120.0
-#: The longest one question to the GCS (nodes, autoscaler state) may take.
-GCS_TIMEOUT_S = 5.0
-#: How often the nodes are asked whether any can host a trial.
-PLACEMENT_CHECK_EVERY_S = 10.0
-_EPS = 1e-9
-_AUTOSCALER_V1_KEY = b"__autoscaling_status"
-
-
-def _v1_can_launch(status: dict[str, Any]) -> bool:
-    """Whether a v1 autoscaler status comes from one that can add nodes.
-
-    The head always runs the v1 monitor. On a cluster started by hand (``ray start`` on each
-    node, or ``ray.cluster_utils.Cluster``) it has no autoscaling config and uses Ray's read-only
-    provider, which gives every node an anonymous type ``node_<node id>`` and never launches
-    one. A real autoscaler's node types are the names in its config.
-    """
-    report = status.get("autoscaler_report") or {}
-    mapping = report.get("node_type_mapping") or {}
-    if not mapping:
-        return any(not str(t).startswith("node_") for t in (report.get("active_nodes") or {}))
-    return any(node_type != f"node_{node_id}" for node_id, node_type in mapping.items())
 
 
 def _setup_cause(exc: BaseException) -> str:
@@ -69,55 +49,87 @@ def _setup_cause(exc: BaseException) -> str:
 
 
 class RayBackend:
-    """Trainer actors on the connected Ray cluster.
+    """Trainer actors on a Ray cluster: the one at ``address``, ``RAY_ADDRESS``'s, or an embedded one.
+
+    Nothing happens until :meth:`open`, which connects (an address is probed first, so one that
+    does not answer is a ``UsageError`` within seconds) and watches the cluster; :meth:`shutdown`
+    stops watching and stops the Ray it started or joined, unless the cluster was lost (then
+    ``ray.shutdown()`` would wait on the dead head: the process exit cleans up). A process
+    already connected to Ray (``ray.init`` by the caller) is used as it is and left running.
 
     Args:
-        resources: the spec's ``resources`` (each worker's reservation, ``max_concurrent``).
-        num_threads: torch threads in each worker.
-        data_dir: corpus directory on the workers' nodes.
-        elastic: the cluster may grow (an existing cluster): ask for workers beyond what fits
-            now and let them wait. False on an embedded local Ray, whose size is fixed.
-        placement_timeout_s: with no autoscaler, how long the cluster may go without any node
-            that could host a trial before :meth:`unhostable` says so.
-        watch: the probe of the cluster itself that :meth:`check` consults (None: never lost).
+        address: the cluster to join (None: ``RAY_ADDRESS``, else an embedded local Ray).
+        data_dir: corpus directory on the workers' nodes (default: ``RNN_DATA_DIR``).
+        elastic: the cluster may grow: ask for workers beyond what fits now and let them wait.
+            Default: True when joining a running cluster, False for an embedded Ray started
+            here (its size is fixed).
         actor_options: extra ``.options()`` for the actors (e.g. a ``runtime_env``).
     """
 
     def __init__(
         self,
-        resources: ResourcesSpec,
+        address: Optional[str] = None,
         *,
-        num_threads: int,
         data_dir: Optional[str] = None,
-        elastic: bool = False,
-        placement_timeout_s: float = 600.0,
-        watch: Optional[ClusterWatch] = None,
+        elastic: Optional[bool] = None,
         actor_options: Optional[dict[str, Any]] = None,
     ) -> None:
-        import ray
-
-        self._ray = ray
-        self._resources = resources
-        self._cpus, self._gpus = resources.cpus_per_trial, resources.gpus_per_trial
-        self._num_threads, self._data_dir = num_threads, data_dir
+        self._address = address
+        self._data_dir = data_dir if data_dir is not None else os.environ.get("RNN_DATA_DIR")
         self._elastic = elastic
-        self._placement_timeout_s = placement_timeout_s
-        self._watch = watch
-        self._cls = ray.remote(TrainerActor).options(
-            num_cpus=self._cpus,
-            num_gpus=self._gpus,
-            max_restarts=0,
-            max_task_retries=0,
-            **(actor_options or {}),
-        )
+        self._actor_options = actor_options or {}
+        self._ray: Any = None
+        self._resources: Optional[ResourcesSpec] = None
+        self._num_threads = 1
+        self._cls: Any = None
+        self._watch: Optional[ClusterWatch] = None
+        self._placement: Optional[Placement] = None
+        self._connected_here = False  # this backend called ray.init: shutdown() undoes it
+        self._lost = False
         self._next_id = 0
         self._actors: dict[int, Any] = {}
         self._starting: dict[Any, int] = {}  # ready() ref -> worker
         self._streams: dict[Any, int] = {}  # ObjectRefGenerator -> worker
         self._capacity: Optional[int] = None
-        self._next_placement_check = 0.0
-        self._unfit_since: Optional[float] = None
-        self._unhostable: Optional[str] = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def open(self, resources: ResourcesSpec) -> None:
+        """Connect and get ready to start workers of ``resources``' reservation (once; again is a no-op)."""
+        if self._cls is not None:
+            return
+        import ray
+
+        started_here = False
+        if not ray.is_initialized():
+            target = cluster_address(self._address)
+            if target is not None:
+                probe_address(target)
+            started_here = connect(self._address)
+            self._connected_here = True
+        self._ray = ray
+        if self._elastic is None:
+            self._elastic = not started_here
+        self._resources = resources
+        self._num_threads = max(1, int(resources.cpus_per_trial))
+        self._placement = Placement(resources.cpus_per_trial, resources.gpus_per_trial, resources.placement_timeout_s)
+        self._watch = ClusterWatch.for_connected_ray()
+        self._cls = ray.remote(TrainerActor).options(
+            num_cpus=resources.cpus_per_trial,
+            num_gpus=resources.gpus_per_trial,
+            max_restarts=0,
+            max_task_retries=0,
+            **self._actor_options,
+        )
+
+    def shutdown(self) -> None:
+        """Stop watching the cluster, then stop the Ray this backend connected to (see the class docstring)."""
+        if self._watch is not None:
+            self._watch.stop()  # before the shutdown ends an embedded Ray's GCS
+        if self._connected_here and not self._lost:
+            self._ray.shutdown()
+        self._connected_here = False
+        self._cls = None
 
     # --- the protocol ---------------------------------------------------------------------
 
@@ -125,13 +137,14 @@ class RayBackend:
         if self._elastic:
             return None
         if self._capacity is None:  # an embedded Ray does not grow: ask once
+            assert self._resources is not None, "open() first"
             total = self._ray.cluster_resources()
             self._capacity = allowed_concurrency(self._resources, total.get("CPU", 0), total.get("GPU", 0))
         return self._capacity
 
     def start_worker(self) -> int:
         worker, self._next_id = self._next_id, self._next_id + 1
-        actor = self._cls.remote(max(1, int(self._num_threads)), self._data_dir)
+        actor = self._cls.remote(self._num_threads, self._data_dir)
         self._actors[worker] = actor
         self._starting[actor.ready.remote()] = worker
         return worker
@@ -141,13 +154,13 @@ class RayBackend:
         # The previous trial's stream on this worker has ended (its last event was taken).
         for gen in [g for g, w in self._streams.items() if w == worker]:
             del self._streams[gen]
-        if a.throughput:
-            gen = actor.throughput.remote(a.trial_id, a.config, a.attempt, a.fault)
+        if a.throughput_config is not None:
+            gen = actor.throughput.remote(a.trial_id, a.run_config, a.throughput_config, a.attempt, a.fault)
         else:
             # Backpressure 1: the worker goes on only once the driver has taken its last event,
             # so a checkpoint it yielded has reached the driver before the worker can die after it.
             run = actor.run.options(_generator_backpressure_num_objects=1)
-            gen = run.remote(a.trial_id, a.config, a.attempt, a.resume, a.fault, a.pause_at)
+            gen = run.remote(a.trial_id, a.run_config, a.attempt, a.resume, a.fault, a.pause_at)
         self._streams[gen] = worker
 
     def poll(self, timeout_s: float) -> list[Notice]:
@@ -164,6 +177,7 @@ class RayBackend:
             log.warning("ray.wait failed (%s)", first_line(e))
             return []
         except OSError as e:  # the pipe to this node's raylet broke: the node is gone with the head
+            self._lost = True
             raise ClusterLostError(f"the connection to this machine's Ray node broke ({first_line(e)})") from e
         notices = []
         for ref in ready:
@@ -185,72 +199,21 @@ class RayBackend:
                 log.debug("ray.kill of worker %d: %s", worker, e)
 
     def unhostable(self) -> Optional[str]:
-        now = time.monotonic()
-        if now < self._next_placement_check:
-            return self._unhostable
-        self._next_placement_check = now + PLACEMENT_CHECK_EVERY_S
-        try:
-            sizes = self._alive_node_sizes()
-        except Exception as e:  # noqa: BLE001  (the cluster may be going: check() decides)
-            log.debug("listing the nodes failed: %s", e)
-            return None
-        if any(cpu + _EPS >= self._cpus and gpu + _EPS >= self._gpus for cpu, gpu in sizes):
-            self._unfit_since = self._unhostable = None
-            return None
-        largest = max(sizes, default=(0.0, 0.0))
-        need = (f"a trial needs {self._cpus:g} CPU and {self._gpus:g} GPU, the largest node has "
-                f"{largest[0]:g} CPU and {largest[1]:g} GPU")
-        autoscaler = self._autoscaler_state()
-        if autoscaler == "infeasible":
-            self._unhostable = f"no node type of the cluster's autoscaler can host a trial: {need}"
-        elif autoscaler == "none":
-            self._unfit_since = self._unfit_since or now
-            if now - self._unfit_since >= self._placement_timeout_s:
-                self._unhostable = (
-                    f"no node of the cluster can host a trial and no autoscaler can add one: {need} "
-                    f"(waited {self._placement_timeout_s:g} s for a node to join)"
-                )
-        return self._unhostable
+        return self._placement.unhostable() if self._placement is not None else None
 
     def check(self) -> None:
         if self._watch is not None:
-            self._watch.check()
+            try:
+                self._watch.check()
+            except ClusterLostError:
+                self._lost = True
+                raise
 
     def close(self) -> None:
         for worker in list(self._actors):
             self.kill(worker)
 
     # --- pieces ---------------------------------------------------------------------------
-
-    def _alive_node_sizes(self) -> list[tuple[float, float]]:
-        """(CPU, GPU) of each live node, asked of the GCS with a timeout (``ray.nodes()`` has none)."""
-        from ray.core.generated.gcs_pb2 import GcsNodeInfo
-
-        infos = gcs_client().get_all_node_info(timeout=GCS_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
-        return [(float(i.resources_total.get("CPU", 0)), float(i.resources_total.get("GPU", 0)))
-                for i in infos.values()]
-
-    def _autoscaler_state(self) -> str:
-        """``infeasible`` (the autoscaler says no node type fits a trial), ``present`` or ``none``."""
-        from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
-
-        try:
-            gcs = gcs_client()
-            reply = GetClusterStatusReply()
-            reply.ParseFromString(gcs.get_cluster_status(timeout_s=GCS_TIMEOUT_S))
-            state = reply.autoscaling_state
-            if state.autoscaler_state_version > 0:  # the v2 autoscaler reports here
-                for request in state.infeasible_resource_requests:
-                    bundle = dict(request.resources_bundle)
-                    if abs(bundle.get("CPU", 0) - self._cpus) < _EPS and abs(bundle.get("GPU", 0) - self._gpus) < _EPS:
-                        return "infeasible"
-                return "present"
-            status = gcs.internal_kv_get(_AUTOSCALER_V1_KEY, None, timeout=GCS_TIMEOUT_S)
-            if status and _v1_can_launch(json.loads(status)):
-                return "present"  # the v1 autoscaler writes its status here
-        except Exception as e:  # noqa: BLE001  (treated as no autoscaler: the wait is bounded)
-            log.debug("autoscaler state unavailable: %s", e)
-        return "none"
 
     def _started(self, ref: Any) -> Notice:
         ray = self._ray

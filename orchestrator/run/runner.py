@@ -1,7 +1,7 @@
 """``run``: one job spec from validation to report.
 
-Validate → expand → resolve the output folder → preflight the data → check the Ray address →
-lock the folder → skip finished trials → connect → dispatch → report. Bad input (a bad spec,
+Validate → expand → resolve the output folder → preflight the data while the backend opens (Ray:
+check the address, connect) → lock the folder → skip finished trials → dispatch → report. Bad input (a bad spec,
 an output folder that cannot be used, an address that does not answer) raises
 :class:`UsageError` *before* anything is dispatched or written. A cluster lost mid-run raises
 :class:`~orchestrator.run.backend.ClusterLostError` after what finished is on disk.
@@ -9,13 +9,14 @@ an output folder that cannot be used, an address that does not answer) raises
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from orchestrator.errors import ExitCode, UsageError
 from orchestrator.results import (
@@ -27,17 +28,20 @@ from orchestrator.results import (
     new_run_id,
     write_manifest,
 )
-from orchestrator.run.asha import load_asha
-from orchestrator.run.backend import ClusterLostError
-from orchestrator.run.cluster_watch import ClusterWatch
-from orchestrator.run.connect import cluster_address, connect, probe_address, stop_on_signals
+from orchestrator.run.backend import Backend
+from orchestrator.run.connect import stop_on_signals
 from orchestrator.run.faults import faults_from_env
+from orchestrator.run.scheduler import load_scheduler
 from orchestrator.spec import Job, Trial, job_location
+from rnn.events import TrialStatus
+
+if TYPE_CHECKING:
+    from orchestrator.run.dispatch import SweepSummary
 
 log = logging.getLogger(__name__)
 
 #: Trials with these statuses are not run again; ``failed`` ones are (the cause may be fixed).
-SKIP_STATUSES = TERMINAL_STATUSES - {"failed"}
+SKIP_STATUSES = TERMINAL_STATUSES - {TrialStatus.FAILED}
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -70,6 +74,7 @@ def preflight_data(trials: Sequence[Trial]) -> None:
 def run_job(
     job: Job,
     *,
+    backend: Optional[Backend] = None,
     address: Optional[str] = None,
     output: Optional[str] = None,
     fresh: bool = False,
@@ -79,13 +84,18 @@ def run_job(
     """Run every unfinished trial of ``job`` (from :func:`orchestrator.spec.load_job`) and rebuild
     the report; ``output`` overrides the spec's results root (``run --output``).
 
+    ``backend`` runs the trials: by default a :class:`~orchestrator.run.ray_backend.RayBackend`
+    on ``address`` (``--address``; None: ``RAY_ADDRESS`` or an embedded Ray); a
+    :class:`~orchestrator.run.local_backend.LocalBackend` runs them in this process without Ray.
     While trials run, the report is rebuilt in the background as they finish, at most every
     ``live_report_s`` seconds (default :data:`~orchestrator.run.live_report.LIVE_REPORT_S`; 0 turns it off).
     """
-    from orchestrator.run.dispatch import Dispatcher
-    from orchestrator.run.live_report import LIVE_REPORT_S, LiveReport
-    from orchestrator.run.ray_backend import RayBackend
+    if backend is None:
+        from orchestrator.run.ray_backend import RayBackend
 
+        backend = RayBackend(address)
+    elif address is not None:
+        raise ValueError("address is the default Ray backend's: pass backend=RayBackend(address) instead")
     spec, trials = job.spec, list(job.trials)
     job_dir = job_location(spec, output)
     try:
@@ -93,62 +103,62 @@ def run_job(
     except ResultsError as e:
         raise UsageError(str(e)) from e
     todo = [t for t in trials if t.trial_id not in finished]
-    # Ray's start-up and the data preflight overlap: neither writes to the job folder, and a bad
-    # corpus or an unreachable address is still refused before anything is locked or written.
-    preflight = _Background(preflight_data, todo)
-    started_here, connected = False, False
-    try:
-        target = cluster_address(address)
-        if todo and target is not None:
-            probe_address(target)
-        if todo:
-            started_here, connected = connect(address), True
+    with _opened(backend):
+        # The backend's start-up (Ray's) and the data preflight overlap: neither writes to the job
+        # folder, and a bad corpus or an unreachable address is refused before anything is written.
+        preflight = _Background(preflight_data, todo)
+        try:
+            if todo:
+                backend.open(spec.resources)
+        except BaseException:
+            preflight.join(reraise=False)
+            raise
         preflight.join()
-    except BaseException:
-        preflight.join(reraise=False)
-        if connected:
-            _shutdown_ray()
-        raise
-    try:
-        if fresh:
-            moved = fresh_start(job_dir)  # refuses while another run holds the folder
-            if moved:
-                log.info("--fresh: kept the previous results at %s", moved)
-        lock = JobLock(job_dir).acquire()
-    except ResultsError as e:
-        if connected:
-            _shutdown_ray()
-        raise UsageError(str(e)) from e
-    summary = None
-    cluster_lost = False
-    watch: Optional[ClusterWatch] = None
-    try:
-        store = ResultsStore(job_dir)
-        store.compact()  # parts a killed run left: fold them in, so resume reads one table
-        finished = store.finished_trial_ids(SKIP_STATUSES)  # under the lock: what is on disk now
-        todo = [t for t in trials if t.trial_id not in finished]
-        if finished:
-            log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
-        manifest = {"name": spec.name, "kind": spec.kind, "trials": len(trials)}
-        run_id = new_run_id()  # this invocation's record in the manifest's history
-        write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id)
+        with _locked(job_dir, fresh) as store:
+            summary = _run_locked(job, job_dir, store, backend, stop, live_report_s)
+            # The report is built while the backend shuts down (Ray's takes seconds): it reads
+            # only the job folder. Its import (matplotlib, scipy: about a second) happens in that
+            # thread too, off the critical path.
+            report = _Background(_build_report, job_dir)
+            backend.shutdown()
+            md, html = report.join()
+            log.info("results: %s", job_dir)
+            log.info("report:  %s", html)
+    if summary is not None and summary.interrupted:
+        return RunOutcome(ExitCode.INTERRUPTED, job_dir)
+    # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
+    failed = store.finished_trial_ids({TrialStatus.FAILED}) & {t.trial_id for t in trials}
+    return RunOutcome(ExitCode.FAILED if failed else ExitCode.OK, job_dir)
+
+
+def _run_locked(
+    job: Job,
+    job_dir: str,
+    store: ResultsStore,
+    backend: Backend,
+    stop: Optional[threading.Event],
+    live_report_s: Optional[float],
+) -> Optional[SweepSummary]:
+    """With the folder locked: fold in what a killed run left, skip what is finished, dispatch the
+    rest, and keep this invocation's run record in the manifest. Returns the sweep's summary
+    (None when nothing was left to run)."""
+    from orchestrator.run.dispatch import Dispatcher
+    from orchestrator.run.live_report import LIVE_REPORT_S, LiveReport
+
+    spec, trials = job.spec, list(job.trials)
+    store.compact()  # parts a killed run left: fold them in, so resume reads one table
+    finished = store.finished_trial_ids(SKIP_STATUSES)  # under the lock: what is on disk now
+    todo = [t for t in trials if t.trial_id not in finished]
+    if finished:
+        log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
+    summary: Optional[SweepSummary] = None
+    with RunRecord(job_dir, job, name=spec.name, kind=spec.kind, trials=len(trials)) as record:
         if todo:
-            if not connected:  # the folder changed under us: a trial to run after all
-                started_here, connected = connect(address), True
-            watch = ClusterWatch.for_connected_ray()
-            backend = RayBackend(
-                spec.resources,
-                num_threads=max(1, int(spec.resources.cpus_per_trial)),
-                data_dir=os.environ.get("RNN_DATA_DIR"),
-                elastic=not started_here,
-                placement_timeout_s=spec.resources.placement_timeout_s,
-                watch=watch,
-            )
-            scheduler = spec.sweep.scheduler if spec.sweep is not None else None
+            backend.open(spec.resources)  # a no-op unless the folder changed since the first look
             dispatcher = Dispatcher(
                 todo, spec.resources, store, backend,
                 total=len(trials), faults=tuple(faults_from_env()), stop=stop,
-                asha=load_asha(scheduler, trials, store) if scheduler is not None else None,
+                scheduler=load_scheduler(spec.sweep.scheduler if spec.sweep is not None else None, trials, store),
             )
             interval = LIVE_REPORT_S if live_report_s is None else live_report_s
             live = LiveReport(job_dir, interval) if interval > 0 else None
@@ -157,44 +167,79 @@ def run_job(
                     if live is not None:
                         live.start()
                     summary = dispatcher.run()
-            except ClusterLostError:
-                cluster_lost = True
-                raise
             finally:
                 if live is not None:
                     live.close()  # before compaction and the final report: never two writers
                 _compact(store)  # finished, interrupted or failed: fold this run's parts in
-                manifest.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
-                write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id)
+                record.update(corpus_sha256=dispatcher.corpora, devices=dispatcher.devices)
         else:
             log.info("all %d trials are finished; rebuilding the report", len(trials))
-        ran = sum(summary.statuses.values()) if summary is not None else 0
-        manifest.update(trials_run=ran, trials_skipped=len(trials) - len(todo),
-                        interrupted=bool(summary is not None and summary.interrupted))
-        write_manifest(job_dir, spec_text=job.text, spec_path=job.source, extra=manifest, run_id=run_id, finished=True)
-        # The report is built while Ray shuts down: it reads only the job folder. Its import
-        # (matplotlib, scipy: about a second) happens in that thread too, off the critical path.
-        report = _Background(_build_report, job_dir)
-        if watch is not None:
-            watch.stop()  # before the shutdown ends an embedded Ray's GCS
-        if connected and not cluster_lost:
-            _shutdown_ray()
-            connected = False
-        md, html = report.join()
-        log.info("results: %s", job_dir)
-        log.info("report:  %s", html)
+        record.finish(trials_run=sum(summary.statuses.values()) if summary is not None else 0,
+                      trials_skipped=len(trials) - len(todo),
+                      interrupted=bool(summary is not None and summary.interrupted))
+    return summary
+
+
+@contextlib.contextmanager
+def _opened(backend: Backend) -> Iterator[None]:
+    """``backend.shutdown()`` once the run is over, however it ends (the one shutdown path)."""
+    try:
+        yield
+    finally:
+        backend.shutdown()
+
+
+@contextlib.contextmanager
+def _locked(job_dir: str, fresh: bool) -> Iterator[ResultsStore]:
+    """The job folder, locked for this run (after ``--fresh`` moved the old results aside)."""
+    try:
+        if fresh:
+            moved = fresh_start(job_dir)  # refuses while another run holds the folder
+            if moved:
+                log.info("--fresh: kept the previous results at %s", moved)
+        lock = JobLock(job_dir).acquire()
+    except ResultsError as e:
+        raise UsageError(str(e)) from e
+    try:
+        yield ResultsStore(job_dir)
     finally:
         lock.release()
-        if watch is not None:
-            watch.stop()
-        # With the head gone, ray.shutdown() would wait on it: the process exit cleans up.
-        if connected and not cluster_lost:
-            _shutdown_ray()
-    if summary is not None and summary.interrupted:
-        return RunOutcome(ExitCode.INTERRUPTED, job_dir)
-    # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
-    failed = store.finished_trial_ids({"failed"}) & {t.trial_id for t in trials}
-    return RunOutcome(ExitCode.FAILED if failed else ExitCode.OK, job_dir)
+
+
+class RunRecord:
+    """This invocation's record in ``manifest.json``, as a context manager.
+
+    Entering writes it (started, the spec's hash, versions, host); :meth:`update` adds fields,
+    written by :meth:`finish` (which stamps ``finished_at``) or, if the block raises, on the way
+    out, so a crashed run still records what it learnt (corpora, devices) but not that it finished.
+    """
+
+    def __init__(self, job_dir: str, job: Job, **fields: Any) -> None:
+        self._job_dir, self._job = job_dir, job
+        self._fields: dict[str, Any] = dict(fields)
+        self._run_id = new_run_id()
+        self._unwritten = False
+
+    def __enter__(self) -> RunRecord:
+        self._write(finished=False)
+        return self
+
+    def update(self, **fields: Any) -> None:
+        self._fields.update(fields)
+        self._unwritten = True
+
+    def finish(self, **fields: Any) -> None:
+        self._fields.update(fields)
+        self._write(finished=True)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and self._unwritten:
+            self._write(finished=False)
+
+    def _write(self, finished: bool) -> None:
+        write_manifest(self._job_dir, spec_text=self._job.text, spec_path=self._job.source, extra=self._fields,
+                       run_id=self._run_id, finished=finished)
+        self._unwritten = False
 
 
 def _build_report(job_dir: str) -> tuple[Path, Path]:
@@ -233,9 +278,3 @@ class _Background:
         if self._error is not None and reraise:
             raise self._error
         return self._value
-
-
-def _shutdown_ray() -> None:
-    import ray
-
-    ray.shutdown()

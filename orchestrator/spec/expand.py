@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from orchestrator.spec.schema import (
+from orchestrator.spec.sections import section_dict
+from orchestrator.spec.sweep import (
     ChoiceDist,
     IntDist,
     LogUniformDist,
@@ -40,7 +41,6 @@ from orchestrator.spec.schema import (
     SweepSpec,
     UniformDist,
 )
-from orchestrator.spec.sections import section_dict
 from rnn.config import DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
 
 

@@ -2,7 +2,7 @@
 
 YAML (:mod:`~orchestrator.spec.yamlio`) → the whole-job fields and the spec's own sections
 (:mod:`~orchestrator.spec.schema`) → the sweep's structure (paths that exist, no repeats, at
-most :data:`~orchestrator.spec.schema.MAX_TRIALS`) → each random distribution's bounds → every
+most :data:`~orchestrator.spec.sweep.MAX_TRIALS`) → each random distribution's bounds → every
 variant x grid x random point once: its swept values applied to the spec's sections, the sections they
 land in validated once (:func:`~orchestrator.spec.rules.check_config`; the others are the
 spec's, already validated), the cross-field rules run → one :class:`Trial` per point and seed,
@@ -32,18 +32,9 @@ from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.expand import Point, Trial, make_trial, seed_points, sweep_points
 from orchestrator.spec.problems import problems_from_pydantic
 from orchestrator.spec.rules import check_config, field_values, sweepable_paths
-from orchestrator.spec.schema import (
-    KINDS,
-    MAX_TRIALS,
-    SECTIONS,
-    ChoiceDist,
-    IntDist,
-    JobSpec,
-    ResourcesSpec,
-    SweepSpec,
-    config_sections,
-)
+from orchestrator.spec.schema import KINDS, SECTIONS, JobSpec, ResourcesSpec, config_sections
 from orchestrator.spec.sections import field_names
+from orchestrator.spec.sweep import MAX_TRIALS, ChoiceDist, IntDist, SweepSpec
 from orchestrator.spec.yamlio import decode_spec, parse_yaml, read_spec_bytes
 from rnn.config import TrainConfig, set_path
 
