@@ -36,22 +36,24 @@ BUILD_SHARE = 10.0
 class LiveReport:
     """Rebuild the report of ``job_dir`` as trials finish, at most every ``interval_s`` seconds.
 
+    ``job_dir`` is the job folder, or the run's own store on it (then the report reads through it,
+    sharing its folder object, instead of opening the folder again).
     Use as a context manager, or :meth:`start` and :meth:`close`.
     """
 
     def __init__(
         self,
-        job_dir: str | os.PathLike[str],
+        job_dir: str | os.PathLike[str] | ResultsStore,
         interval_s: float = LIVE_REPORT_S,
         poll_s: float = 2.0,
         build: Optional[Callable[..., Any]] = None,
     ) -> None:
-        self.job_dir = job_dir
+        self._store = job_dir if isinstance(job_dir, ResultsStore) else ResultsStore(job_dir)
+        self.job_dir = self._store.job_dir
         self.interval_s = interval_s
         self.poll_s = min(poll_s, interval_s)
         self.builds = 0
         self._build = build
-        self._store = ResultsStore(job_dir)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="live-report", daemon=True)
 
@@ -98,7 +100,7 @@ class LiveReport:
                 continue
             t0 = time.monotonic()
             try:
-                self._build(self.job_dir, live=True)
+                self._build(self._store, live=True)
                 self.builds += 1
             except Exception as e:  # noqa: BLE001  (the sweep matters more than a live page)
                 log.warning("live report: could not rebuild the report of %s: %s", self.job_dir, e)

@@ -119,7 +119,7 @@ def run_job(
             # The report is built while the backend shuts down (Ray's takes seconds): it reads
             # only the job folder. Its import (matplotlib, scipy: about a second) happens in that
             # thread too, off the critical path.
-            report = _Background(_build_report, job_dir)
+            report = _Background(_build_report, store)
             backend.shutdown()
             md, html = report.join()
             log.info("results: %s", job_dir)
@@ -161,7 +161,7 @@ def _run_locked(
                 scheduler=load_scheduler(spec.sweep.scheduler if spec.sweep is not None else None, trials, store),
             )
             interval = LIVE_REPORT_S if live_report_s is None else live_report_s
-            live = LiveReport(job_dir, interval) if interval > 0 else None
+            live = LiveReport(store, interval) if interval > 0 else None
             try:
                 with stop_on_signals(dispatcher.stop):
                     if live is not None:
@@ -242,10 +242,10 @@ class RunRecord:
         self._unwritten = False
 
 
-def _build_report(job_dir: str) -> tuple[Path, Path]:
+def _build_report(store: ResultsStore) -> tuple[Path, Path]:
     from orchestrator.report.render import build_report
 
-    return build_report(job_dir)
+    return build_report(store)
 
 
 def _compact(store: ResultsStore) -> None:
