@@ -1,14 +1,29 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and builders: tiny configs, result records and rows, real-Ray helpers, test tiers."""
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
+import yaml
+
+from rnn.config import DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
+from rnn.events import EvalRecord
+from rnn.throughput_row import ThroughputRow, ThroughputStatus
 
 if TYPE_CHECKING:
     from orchestrator.spec import Trial
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +53,21 @@ def shakespeare_path() -> Path:
     return path
 
 
-# --- real-Ray end-to-end helpers --------------------------------------------------------------
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``RNN_CACHE_DIR`` under ``tmp_path`` and no ``RNN_DATA_DIR``: the test never touches the real
+    ``~/.cache`` (tokenizers, corpora) nor a caller's data folder. Returns the cache folder (not created).
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import replace
-from collections.abc import Sequence
-from typing import Any, Callable, Optional
+    A module whose every test needs it says ``pytestmark = pytest.mark.usefixtures("isolated_cache")``.
+    """
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RNN_CACHE_DIR", str(cache))
+    monkeypatch.delenv("RNN_DATA_DIR", raising=False)
+    return cache
 
-import yaml
 
-from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+# --- tiny configs -------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parent.parent
-
-#: A sweep small enough to finish in seconds: 2 cells x 2 seeds of a tiny char LSTM/GRU.
 #: The engine tests' tiny run: a 1-layer char LSTM of 32 units on the builtin corpus, 40 steps.
 TINY_RUN = RunConfig(
     data=DataConfig(corpus="builtin", level="char", seq_len=16),
@@ -69,6 +81,7 @@ def tiny_run(**train: Any) -> RunConfig:
     return replace(TINY_RUN, train=replace(TINY_RUN.train, **train))
 
 
+#: A sweep small enough to finish in seconds: 2 cells x 2 seeds of a tiny char LSTM/GRU.
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny",
     "data": {"corpus": "builtin", "level": "char", "seq_len": 16},
@@ -82,6 +95,63 @@ TINY_SPEC: dict[str, Any] = {
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
+
+
+# --- records and rows ---------------------------------------------------------------------------
+
+
+def trial_of(trial_id: str, config: dict[str, Any], index: int = 0) -> Trial:
+    """A :class:`~orchestrator.spec.Trial` with ``trial_id`` whose configs are ``config`` (sections as
+    mappings) over the engine's defaults: for tests that build rows without a spec."""
+    from orchestrator.spec import Trial
+
+    throughput = ThroughputConfig(**config["throughput"]) if "throughput" in config else None
+    return Trial(trial_id=trial_id, index=index, overrides={}, run_config=RunConfig.from_dict(config),
+                 throughput_config=throughput)
+
+
+def eval_record(step: int, val_loss: float, **fields: Any) -> EvalRecord:
+    """An :class:`~rnn.events.EvalRecord` at ``step`` with ``val_loss``; every other metric is a
+    plausible value (the training loss equal to the validation loss, bpc and perplexity derived
+    from it) unless ``fields`` gives it."""
+    values: dict[str, Any] = {
+        "epoch": step / 100, "train_loss": val_loss, "val_bpc": val_loss / math.log(2),
+        "val_perplexity": math.exp(val_loss), "val_accuracy": 0.5, "lr": 1e-3, "grad_norm": 1.0,
+        "samples_per_s": 100.0, "tokens_per_s": 1600.0, "elapsed_s": step / 10,
+    }
+    return EvalRecord(step=step, val_loss=val_loss, **{**values, **fields})
+
+
+def eval_curve(final: float, train_gap: float = -0.1, steps: Sequence[int] = (10, 20, 40)) -> list[EvalRecord]:
+    """A finished trial's evaluations at ``steps``: the validation loss falls as ``final + 1 / step``,
+    the training loss runs ``train_gap`` from it."""
+    return [eval_record(s, final + 1 / s, train_loss=final + train_gap + 1 / s) for s in steps]
+
+
+def completed_row(trial_id: str, loss: float, config: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A trials row as ``ResultsStore.commit_trial`` takes it: ``trial_id`` completed at step 40 with
+    best validation loss ``loss`` and ``config`` (sections as mappings); ``fields`` change or add columns."""
+    return {"trial_id": trial_id, "status": "completed", "best_val_loss": loss, "best_val_bpc": loss / math.log(2),
+            "best_val_accuracy": 0.5, "best_step": 40, "params": 100, "steps": 40, "train_time_s": 1.0,
+            "config": config, **fields}
+
+
+def throughput_row(batch_size: int, samples_per_s: Optional[float],
+                   status: ThroughputStatus = ThroughputStatus.OK, **fields: Any) -> ThroughputRow:
+    """One batch size's throughput measurement: ``samples_per_s`` with step times and memory when
+    ``status`` is ok, no measurements and an error otherwise; ``fields`` change the rest (device, ...)."""
+    ok = status is ThroughputStatus.OK
+    values: dict[str, Any] = {
+        "samples_per_s": samples_per_s if ok else None,
+        "tokens_per_s": samples_per_s * 64 if ok and samples_per_s else None,
+        "step_time_ms": 2.0 if ok else None, "step_time_ms_max": 3.0 if ok else None,
+        "peak_mem_mb": 12.5 if ok else None, "device": "cpu", "device_name": "x86", "precision": "fp32",
+        "torch_version": "2.13", "error": None if ok else "out of memory",
+    }
+    return ThroughputRow(batch_size=batch_size, status=status, **{**values, **fields})
+
+
+# --- real-Ray end-to-end helpers --------------------------------------------------------------
 
 
 def local_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -117,7 +187,8 @@ def eventually(condition: Callable[[], bool], within_s: float, every_s: float = 
     return True
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 240,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
     """``python -m orchestrator ARGS`` in a subprocess; output is captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
@@ -176,17 +247,6 @@ class Driver:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait()
             self._out.close()
-
-
-def trial_of(trial_id: str, config: dict[str, Any], index: int = 0) -> "Trial":
-    """A :class:`~orchestrator.spec.Trial` with ``trial_id`` whose configs are ``config`` (sections as
-    mappings) over the engine's defaults: for tests that build rows without a spec."""
-    from orchestrator.spec import Trial
-    from rnn.config import ThroughputConfig
-
-    throughput = ThroughputConfig(**config["throughput"]) if "throughput" in config else None
-    return Trial(trial_id=trial_id, index=index, overrides={}, run_config=RunConfig.from_dict(config),
-                 throughput_config=throughput)
 
 
 # --- test tiers ---------------------------------------------------------------------------------

@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from test_dispatch import START, ScriptedBackend, _ckpt
 
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, eval_record
 from orchestrator.errors import SpecError
 from orchestrator.results import ResultsStore
 from orchestrator.run.asha import Asha, budget_steps, promotion_caps, worst_budget_steps
 from orchestrator.run.backend import Assignment
 from orchestrator.run.dispatch import Dispatcher
-from orchestrator.run.scheduler import load_scheduler
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Paused
+from orchestrator.run.scheduler import load_scheduler
 from orchestrator.spec import build_job
 from orchestrator.spec.rungs import asha_rungs
-from rnn.events import EvalRecord, TrainResult, TrialStatus
-from test_dispatch import START, ScriptedBackend, _ckpt
+from rnn.events import TrainResult, TrialStatus
 
 # --- the rung logic ------------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ def test_a_rung_stays_open_while_a_trial_below_may_still_be_promoted() -> None:
 
 def test_a_non_finite_metric_ranks_last() -> None:
     asha = _asha(3)
-    rec = EvalRecord(10, 0.1, 1.0, math.nan, 1.0, 1.0, 0.1, 1e-3, 1.0, 1.0, 1.0, 1.0)
+    rec = eval_record(10, math.nan)
     assert asha.value_of([rec], 10) == math.inf
     assert asha.value_of([], 10) == math.inf
 
@@ -159,12 +159,6 @@ def _loss(base: float, step: int) -> float:
     return base + 10.0 / step
 
 
-def _record(step: int, loss: float) -> EvalRecord:
-    return EvalRecord(step=step, epoch=0.1, train_loss=loss, val_loss=loss, val_bpc=loss / 0.69,
-                      val_perplexity=2.0, val_accuracy=0.3, lr=1e-3, grad_norm=1.0,
-                      samples_per_s=100.0, tokens_per_s=1600.0, elapsed_s=1.0)
-
-
 class HalvingBackend(ScriptedBackend):
     """Streams a trial's curve from its resume step to its pause point or max_steps."""
 
@@ -181,16 +175,18 @@ class HalvingBackend(ScriptedBackend):
         start = int(__import__("torch").load(__import__("io").BytesIO(a.resume))["step"]) if a.resume else 0
         stop = a.pause_at if a.pause_at is not None else self.max_steps
         base = self.bases[a.trial_id]
-        evals = [_record(s, _loss(base, s)) for s in range(self.every, stop + 1, self.every)]
+        evals = [eval_record(s, _loss(base, s)) for s in range(self.every, stop + 1, self.every)]
         steps: list[Any] = [START]
         for r in evals:
             if r.step > start:
                 steps += [Evaluated(r), Checkpointed(r.step, _ckpt(r.step))]
         self.steps_trained += stop - start
         status = TrialStatus.PAUSED if a.pause_at is not None else TrialStatus.COMPLETED
+        last = evals[-1]
         result = TrainResult(status=status, steps=stop, params=10, device="cpu", precision="fp32", train_time_s=1.0,
-                             best_val_loss=evals[-1].val_loss, best_val_bpc=evals[-1].val_bpc,
-                             best_val_accuracy=0.3, best_step=stop, best_checkpoint="x/best.pt", evals=tuple(evals))
+                             best_val_loss=last.val_loss, best_val_bpc=last.val_bpc,
+                             best_val_accuracy=last.val_accuracy, best_step=stop, best_checkpoint="x/best.pt",
+                             evals=tuple(evals))
         steps.append(Paused(stop, _ckpt(stop), result) if a.pause_at is not None else Ended(result))
         self.running[worker] = steps
 

@@ -18,9 +18,8 @@ from typing import Any, Union
 import pytest
 import yaml
 
+from conftest import REPO
 from orchestrator import cli
-
-REPO = Path(__file__).resolve().parents[1]
 
 BASE: dict[str, Any] = {
     "name": "bad",
@@ -51,7 +50,7 @@ def with_(*changes: tuple[str, Any], base: dict[str, Any] = BASE) -> str:
 DELETE = object()
 VALID = with_()
 BOMB = 'name: bomb\na: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
 )
 THROUGHPUT = {**BASE, "kind": "throughput", "throughput": {"batch_sizes": [8, 16]}}
 SWEEP_LR = {"random": {"samples": 2, "space": {"train.lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-2}}}}
@@ -85,10 +84,12 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
     ("unknown-sweep", with_(("sweep", {"grids": {}})), ["sweep.grids: unknown key; did you mean 'grid'?"]),
     ("unknown-random", with_(("sweep", {"random": {**SWEEP_LR["random"], "n": 3}})), ["sweep.random.n: unknown key"]),
     ("unknown-dist-key", with_(("sweep.random", {"samples": 2, "space": {"train.lr": {
-        "dist": "uniform", "low": 0.1, "high": 0.2, "step": 0.1}}})), ["sweep.random.space.train.lr.step: unknown key (valid keys: dist, low, high)"]),
+        "dist": "uniform", "low": 0.1, "high": 0.2, "step": 0.1}}})),
+     ["sweep.random.space.train.lr.step: unknown key (valid keys: dist, low, high)"]),
     ("unknown-throughput", with_(("throughput.batch", [8]), base=THROUGHPUT), ["throughput.batch: unknown key"]),
     # --- wrong types
-    ("string-for-int", with_(("model.hidden_size", "512")), ["model.hidden_size: should be a valid integer (got '512')"]),
+    ("string-for-int", with_(("model.hidden_size", "512")),
+     ["model.hidden_size: should be a valid integer (got '512')"]),
     ("bool-for-int", with_(("train.batch_size", True)), ["train.batch_size: should be a valid integer (got true)"]),
     ("float-for-int", with_(("model.num_layers", 2.5)), ["model.num_layers: should be a valid integer (got 2.5)"]),
     ("list-for-mapping", with_(("model", ["lstm"])), ["model: should be a mapping"]),
@@ -124,12 +125,15 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
     ("vocab-one", with_(("data.level", "bpe"), ("data.vocab_size", 1)), ["data.vocab_size:"]),
     ("max-steps-huge", with_(("train.max_steps", 10**10)), ["train.max_steps:"]),
     ("num-layers-huge", with_(("model.num_layers", 1000)), ["model.num_layers:"]),
-    ("hidden-size-1e12", with_(("model.hidden_size", 10**12)), ["model.hidden_size: should be less than or equal to 65536"]),
-    ("too-many-parameters", with_(("model.hidden_size", 65536), ("model.embedding_dim", 65536), ("model.num_layers", 8)),
+    ("hidden-size-1e12", with_(("model.hidden_size", 10**12)),
+     ["model.hidden_size: should be less than or equal to 65536"]),
+    ("too-many-parameters",
+     with_(("model.hidden_size", 65536), ("model.embedding_dim", 65536), ("model.num_layers", 8)),
      ["model: about", "parameters, more than the limit"]),
     ("cpus-zero", with_(("resources.cpus_per_trial", 0)), ["resources.cpus_per_trial:"]),
     ("gpus-negative", with_(("resources.gpus_per_trial", -1)), ["resources.gpus_per_trial:"]),
-    ("gpus-fraction-above-one", with_(("resources.gpus_per_trial", 1.5)), ["resources.gpus_per_trial: should be a fraction"]),
+    ("gpus-fraction-above-one", with_(("resources.gpus_per_trial", 1.5)),
+     ["resources.gpus_per_trial: should be a fraction"]),
     ("concurrency-zero", with_(("resources.max_concurrent", 0)), ["resources.max_concurrent:"]),
     ("retries-huge", with_(("resources.max_retries", 101)), ["resources.max_retries:"]),
     # --- the name is a folder name
@@ -144,11 +148,14 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
     # --- cross-field rules
     ("layer-norm-gru", with_(("model.cell", "gru"), ("model.layer_norm", True)),
      ["model.layer_norm: the layer-norm cell exists for lstm only (got cell 'gru')"]),
-    ("tie-size-mismatch", with_(("model.tie_weights", True)), ["model.tie_weights: needs embedding_dim == hidden_size"]),
-    ("missing-corpus", with_(("data.corpus", "no/such/corpus.txt")), ["data.corpus: no such file", "no/such/corpus.txt"]),
+    ("tie-size-mismatch", with_(("model.tie_weights", True)),
+     ["model.tie_weights: needs embedding_dim == hidden_size"]),
+    ("missing-corpus", with_(("data.corpus", "no/such/corpus.txt")),
+     ["data.corpus: no such file", "no/such/corpus.txt"]),
     ("corpus-is-directory", with_(("data.corpus", ".")), ["data.corpus: is a directory"]),
     ("no-budget", with_(("train.max_steps", None)), ["train: no budget"]),
-    ("throughput-in-train-job", with_(("throughput", {"batch_sizes": [8]})), ["throughput: only allowed with kind: throughput"]),
+    ("throughput-in-train-job", with_(("throughput", {"batch_sizes": [8]})),
+     ["throughput: only allowed with kind: throughput"]),
     ("throughput-bad-batches", with_(("throughput.batch_sizes", [8, 0]), base=THROUGHPUT),
      ["throughput.batch_sizes: should be 'auto' or a non-empty list", "item [1] is 0"]),
     ("cuda-without-gpu", with_(("train.device", "cuda")), ["train.device: cuda needs resources.gpus_per_trial > 0"]),
@@ -162,11 +169,14 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
      ["sweep.grid.throughput.warmup_steps: throughput settings can only be swept in a kind: throughput job"]),
     ("swept-value-invalid", with_(("sweep.grid", {"model.cell": ["lstm", "transformer"]})),
      ["sweep.grid.model.cell[1]: should be 'lstm', 'gru' or 'rnn' (got 'transformer')"]),
-    ("swept-value-breaks-cross-rule", with_(("model.layer_norm", True), ("sweep.grid", {"model.cell": ["lstm", "gru"]})),
+    ("swept-value-breaks-cross-rule",
+     with_(("model.layer_norm", True), ("sweep.grid", {"model.cell": ["lstm", "gru"]})),
      ["sweep.grid.model.cell[1]: makes model.layer_norm invalid"]),
     ("grid-empty-list", with_(("sweep.grid", {"model.cell": []})), ["sweep.grid.model.cell: should not be empty"]),
-    ("grid-not-a-list", with_(("sweep.grid", {"model.cell": "gru"})), ["sweep.grid.model.cell: should be a valid list"]),
-    ("grid-repeated-value", with_(("sweep.grid", {"model.cell": ["gru", "gru"]})), ["sweep.grid.model.cell[1]: repeats"]),
+    ("grid-not-a-list", with_(("sweep.grid", {"model.cell": "gru"})),
+     ["sweep.grid.model.cell: should be a valid list"]),
+    ("grid-repeated-value", with_(("sweep.grid", {"model.cell": ["gru", "gru"]})),
+     ["sweep.grid.model.cell[1]: repeats"]),
     ("random-unknown-dist", with_(("sweep.random", {"samples": 2, "space": {"train.lr": {"dist": "normal"}}})),
      ["sweep.random.space.train.lr.dist: should be one of 'loguniform', 'uniform', 'int', 'choice' (got 'normal')"]),
     ("random-no-dist", with_(("sweep.random", {"samples": 2, "space": {"train.lr": {"low": 0.1}}})),
@@ -174,20 +184,26 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
     ("random-low-above-high", with_(("sweep.random", {"samples": 2, "space": {"train.lr": {
         "dist": "uniform", "low": 0.2, "high": 0.1}}})), ["sweep.random.space.train.lr: low must be less than high"]),
     ("loguniform-zero-low", with_(("sweep.random", {"samples": 2, "space": {"train.lr": {
-        "dist": "loguniform", "low": 0, "high": 0.1}}})), ["sweep.random.space.train.lr.low: should be greater than 0"]),
+        "dist": "loguniform", "low": 0, "high": 0.1}}})),
+     ["sweep.random.space.train.lr.low: should be greater than 0"]),
     ("random-bound-invalid-at-path", with_(("sweep.random", {"samples": 2, "space": {"train.lr": {
-        "dist": "loguniform", "low": 0.1, "high": 20}}})), ["sweep.random.space.train.lr.high: should be less than or equal to 10"]),
+        "dist": "loguniform", "low": 0.1, "high": 20}}})),
+     ["sweep.random.space.train.lr.high: should be less than or equal to 10"]),
     ("random-float-for-int", with_(("sweep.random", {"samples": 2, "space": {"model.num_layers": {
         "dist": "uniform", "low": 1, "high": 3}}})), ["sweep.random.space.model.num_layers.low:", "use dist: int"]),
     ("random-choice-invalid", with_(("sweep.random", {"samples": 2, "space": {"model.cell": {
         "dist": "choice", "values": ["gru", "lstmm"]}}})), ["sweep.random.space.model.cell.values[1]: should be"]),
-    ("random-no-samples", with_(("sweep.random", {"space": SWEEP_LR["random"]["space"]})), ["sweep.random.samples: required"]),
-    ("swept-twice", with_(("sweep", {"grid": {"train.lr": [0.1]}, **SWEEP_LR})), ["sweep.random.space.train.lr: also swept by sweep.grid"]),
+    ("random-no-samples", with_(("sweep.random", {"space": SWEEP_LR["random"]["space"]})),
+     ["sweep.random.samples: required"]),
+    ("swept-twice", with_(("sweep", {"grid": {"train.lr": [0.1]}, **SWEEP_LR})),
+     ["sweep.random.space.train.lr: also swept by sweep.grid"]),
     ("seeds-repeated", with_(("sweep.seeds", [0, 1, 0])), ["sweep.seeds[2]: repeats sweep.seeds[0]"]),
     ("seeds-negative", with_(("sweep.seeds", [-1])), ["sweep.seeds[0]: should be greater than or equal to 0"]),
-    ("seeds-and-seed-grid", with_(("sweep", {"grid": {"train.seed": [1, 2]}, "seeds": [0]})), ["sweep.seeds: train.seed is also swept"]),
+    ("seeds-and-seed-grid", with_(("sweep", {"grid": {"train.seed": [1, 2]}, "seeds": [0]})),
+     ["sweep.seeds: train.seed is also swept"]),
     ("too-many-trials", with_(("sweep.grid", {"train.lr": [i / 1000 + 0.001 for i in range(101)],
-                                              "train.batch_size": list(range(1, 102))})), ["sweep: expands to 10201 trials, more than the limit of 10000"]),
+                                              "train.batch_size": list(range(1, 102))})),
+     ["sweep: expands to 10201 trials, more than the limit of 10000"]),
 ]
 
 
@@ -201,7 +217,8 @@ def test_corpus_is_large_enough() -> None:
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
 
 
-def test_the_base_spec_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_base_spec_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
     _run_in(tmp_path, monkeypatch, VALID)
     assert cli.main(["validate", "spec.yaml"]) == 0
     assert capsys.readouterr().out == "spec.yaml: ok (1 trial)\n"
@@ -273,4 +290,5 @@ def test_bad_specs_in_a_real_process(tmp_path: Path) -> None:
             assert fragment.replace("spec.yaml", f"{case_id}.yaml") in mine, (case_id, fragment, proc.stderr)
     assert "nope.yaml: cannot read the spec: no such file" in lines
     assert ".: cannot read the spec: it is a directory" in lines
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f for f in files if f.endswith(".yaml") and f != "nope.yaml")
+    specs = sorted(f for f in files if f.endswith(".yaml") and f != "nope.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == specs

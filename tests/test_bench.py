@@ -98,8 +98,8 @@ def test_dispatch_summary_names_the_figures_and_targets() -> None:
     d = {"trials": 8, "steps_per_trial": 150, "max_concurrent": 2, "serial_s": 40.0, "sweep_window_s": 22.0,
          "sweep_end_to_end_s": 30.0, "speedup": 40 / 22, "speedup_end_to_end": 40 / 30, "speedup_target": 1.7,
          "overhead_s": 0.1, "overhead_max_s": 0.2, "serial_setup_s": 0.05, "net_overhead_s": 0.05,
-         "overhead_target_s": 0.3, "warm_trials": 6, "cold_overhead_s": 3.0, "speedup_excluding_startup": 40 / 19, "serial_train_s": 5.0,
-         "sweep_train_s": 5.2}
+         "overhead_target_s": 0.3, "warm_trials": 6, "cold_overhead_s": 3.0, "speedup_excluding_startup": 40 / 19,
+         "serial_train_s": 5.0, "sweep_train_s": 5.2}
     text = format_dispatch(d)
     assert "speedup 1.82x (target >= 1.7x: ok)" in text
     assert "dispatch overhead 0.05s (target <= 0.3s: ok)" in text

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY_SPEC, run_cli
 
+from conftest import TINY_SPEC, run_cli, throughput_row
 from orchestrator.cli import BEST_METRICS
 from orchestrator.errors import UsageError
 from orchestrator.report import best as best_module
@@ -131,12 +131,7 @@ def test_best_of_a_throughput_job_is_the_fastest_setting_as_a_train_spec(tmp_pat
     store = ResultsStore(folder)
 
     def tp(batch: int, speed: float, status: ThroughputStatus = ThroughputStatus.OK) -> ThroughputRow:
-        ok = status is ThroughputStatus.OK
-        return ThroughputRow(batch_size=batch, status=status, samples_per_s=speed if ok else None,
-                             tokens_per_s=speed * 16 if ok else None, step_time_ms=1.0 if ok else None,
-                             step_time_ms_max=1.0 if ok else None, peak_mem_mb=1.0 if ok else None,
-                             device="cuda:0", device_name="NVIDIA H200", precision="bf16", torch_version="2.13",
-                             error=None if ok else "out of memory")
+        return throughput_row(batch, speed, status, device="cuda:0", device_name="NVIDIA H200", precision="bf16")
 
     speeds = [[(8, 100.0), (16, 150.0), (32, 0.0)], [(8, 120.0), (16, 400.0), (32, 0.0)],
               [(8, 90.0), (16, 95.0), (32, 99.0)], [(8, 1.0), (16, 2.0), (32, 3.0)]]

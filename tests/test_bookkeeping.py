@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import eval_record, throughput_row, trial_of
 from orchestrator.report.render import build_report
 from orchestrator.results import (
     THROUGHPUT_FIXED,
@@ -36,13 +36,12 @@ from orchestrator.results import (
 )
 from orchestrator.results.clean import clean_job
 from orchestrator.results.records import arrow_fields, config_from_json, config_to_json
-from orchestrator.results.tables import record_row, trial_record
 from orchestrator.results.storage import Storage
-from orchestrator.run.faults import Fault, faults_from_env
+from orchestrator.results.tables import record_row, trial_record
+from orchestrator.run.faults import faults_from_env
 from orchestrator.spec import trial_config
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 from rnn.throughput_row import ThroughputRow, ThroughputStatus, mark_best
-from conftest import trial_of
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
@@ -59,19 +58,8 @@ def _row(tid: str, status: str = "completed", loss: float = 1.5, **config: Any) 
 
 
 def _evals(n: int, loss: float = 2.0) -> list[EvalRecord]:
-    return [EvalRecord(step=10 * (i + 1), epoch=0.1 * i, train_loss=loss + 0.1, val_loss=loss - 0.01 * i,
-                       val_bpc=(loss - 0.01 * i) / math.log(2), val_perplexity=math.exp(loss), val_accuracy=0.4,
-                       lr=1e-3, grad_norm=0.7, samples_per_s=90.0, tokens_per_s=5760.0, elapsed_s=float(i))
-            for i in range(n)]
-
-
-def _tp(batch_size: int, samples: float | None, status: ThroughputStatus = ThroughputStatus.OK) -> ThroughputRow:
-    ok = status is ThroughputStatus.OK
-    return ThroughputRow(batch_size=batch_size, status=status, samples_per_s=samples,
-                         tokens_per_s=samples * 64 if ok and samples else None, step_time_ms=2.0 if ok else None,
-                         step_time_ms_max=3.0 if ok else None, peak_mem_mb=12.5 if ok else None, device="cpu",
-                         device_name="x86", precision="fp32", torch_version="2.13",
-                         error=None if ok else "out of memory")
+    """``n`` evaluations every 10 steps, the validation loss falling from ``loss``."""
+    return [eval_record(10 * (i + 1), loss - 0.01 * i, train_loss=loss + 0.1) for i in range(n)]
 
 
 def _snapshot(store: ResultsStore) -> tuple[list, list, list]:
@@ -90,8 +78,8 @@ def _mixed_job(job: Path) -> ResultsStore:
     store.compact()
     store.commit_trial(_row("b", loss=1.1, seed=1), _evals(4, 1.1))
     store.commit_trial(_row("c", status="oom", loss=None, cell="lstm"))
-    store.commit_trial(_row("d", cell="rnn"), throughput=mark_best([_tp(8, 100.0), _tp(16, 180.0),
-                                                                   _tp(32, None, ThroughputStatus.OOM)]))
+    store.commit_trial(_row("d", cell="rnn"), throughput=mark_best([throughput_row(8, 100.0), throughput_row(16, 180.0),
+                                                                   throughput_row(32, None, ThroughputStatus.OOM)]))
     return store
 
 
@@ -115,7 +103,8 @@ def test_union_equals_the_compacted_tables_and_a_part_wins_over_its_table_rows(t
     on_disk = pq.read_table(tmp_path / "trials.parquet")
     assert on_disk.schema.names[: len(TRIAL_FIXED)] == TRIAL_FIXED.names
     assert on_disk["trial_id"].to_pylist() == ["a", "b", "c", "d"]
-    assert pq.read_table(tmp_path / "throughput.parquet").schema.names[: len(THROUGHPUT_FIXED)] == THROUGHPUT_FIXED.names
+    throughput_names = pq.read_table(tmp_path / "throughput.parquet").schema.names
+    assert throughput_names[: len(THROUGHPUT_FIXED)] == THROUGHPUT_FIXED.names
 
 
 def test_compacting_twice_is_idempotent(tmp_path: Path) -> None:
@@ -267,7 +256,8 @@ def test_leftover_temp_parts_are_ignored_and_cleaned_and_a_damaged_part_names_it
         store.read_trials()
 
 
-def test_finished_trial_ids_reads_statuses_without_opening_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finished_trial_ids_reads_statuses_without_opening_parts(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     store = _mixed_job(tmp_path)
 
     def no_part_reads(self: Storage, rel: str) -> None:
@@ -279,7 +269,8 @@ def test_finished_trial_ids_reads_statuses_without_opening_parts(tmp_path: Path,
     assert store.finished_trial_ids({"oom", "failed"}) == {"c"}  # b's failed row is superseded by its part
     # A status this version does not know (a newer orchestrator's) is still a finished trial's.
     store.commit_trial({**_row("e"), "status": "completed"})
-    os.rename(*(tmp_path / "parts" / n for n in [_parts(tmp_path)[-1], _parts(tmp_path)[-1].replace("completed", "timeout")]))
+    newest = _parts(tmp_path)[-1]
+    os.rename(tmp_path / "parts" / newest, tmp_path / "parts" / newest.replace("completed", "timeout"))
     assert "e" in store.finished_trial_ids({"timeout"})
 
 
@@ -308,8 +299,8 @@ def test_a_full_disk_while_writing_the_part_commits_nothing(tmp_path: Path, monk
 
 def test_driver_side_disk_full_drill_leaves_the_trial_unfinished(tmp_path: Path) -> None:
     """The ``commit`` fault: the recorder's commit of a trial fails as on a full disk."""
-    from orchestrator.run.progress import Progress
     from orchestrator.run.attempt import Attempt
+    from orchestrator.run.progress import Progress
     from orchestrator.run.recorder import Recorder
 
     faults = tuple(faults_from_env({"RNN_ORCH_FAULTS": json.dumps([{"trial": "t1", "kind": "commit"}])}))
@@ -335,13 +326,14 @@ def test_driver_side_disk_full_drill_leaves_the_trial_unfinished(tmp_path: Path)
 
 def test_report_compacts_when_idle_and_only_reads_while_a_run_holds_the_folder(tmp_path: Path) -> None:
     job = tmp_path / "job"
-    store = _mixed_job(job)
+    committed = _snapshot(_mixed_job(job))
     with JobLock(job):  # a live run
         md = build_report(job)[0].read_text()
         assert len(_parts(job)) == 3  # read, not written
     assert "Trials: 4." in md and "| completed | 3 |" in md
     assert build_report(job)[0].read_text().split("Generated")[1][30:] == md.split("Generated")[1][30:]
     assert _parts(job) == [] and pq.read_table(job / "trials.parquet").num_rows == 4
+    assert _snapshot(ResultsStore(job)) == committed  # the report's compaction kept every row of every table
 
 
 def test_clean_over_parts(tmp_path: Path) -> None:
@@ -387,8 +379,8 @@ def test_records_round_trip_through_parts_and_parquet(tmp_path: Path) -> None:
                         config_json=config_to_json(_config()))
     assert all(getattr(trial, f.name) != f.default for f in dataclasses.fields(TrialRecord))
     evals = [dataclasses.replace(e, train_objective=e.train_loss + 0.05) for e in _evals(4)]
-    rows = mark_best([dataclasses.replace(_tp(8, 100.0), recurrence="triton", compiled=True, compile_s=1.5, tf32=True),
-                      _tp(16, 150.0), _tp(32, None, ThroughputStatus.OOM)])
+    rows = mark_best([throughput_row(8, 100.0, recurrence="triton", compiled=True, compile_s=1.5, tf32=True),
+                      throughput_row(16, 150.0), throughput_row(32, None, ThroughputStatus.OOM)])
     store = ResultsStore(tmp_path)
     store.commit_trial(record_row(trial), evals, rows)  # the row as trial_row builds it
     for _ in range(2):  # from the part, then from the Parquet tables
@@ -401,7 +393,8 @@ def test_records_round_trip_through_parts_and_parquet(tmp_path: Path) -> None:
         store.compact()
     assert config_from_json(trial_records(store.read_trials())[0].config_json) == _config()
     assert rows[1].is_best and throughput_records(store.read_throughput())[2].status is ThroughputStatus.OOM
-    assert pq.read_table(tmp_path / "trials.parquet").column("status").to_pylist() == ["early_stopped"]  # stored as text
+    # stored as text
+    assert pq.read_table(tmp_path / "trials.parquet").column("status").to_pylist() == ["early_stopped"]
     assert pq.read_table(tmp_path / "throughput.parquet").column("status").to_pylist() == ["ok", "ok", "oom"]
 
 
@@ -428,15 +421,18 @@ def test_trial_row_is_its_trial_record_as_a_row(tmp_path: Path) -> None:
 
 
 def test_throughput_row_status_is_a_closed_set() -> None:
-    assert _tp(8, 1.0).status is ThroughputStatus.OK and ThroughputRow(**{**_tp(8, 1.0).to_dict(), "status": "oom"}).status == "oom"
+    measured = throughput_row(8, 1.0).to_dict()
+    assert throughput_row(8, 1.0).status is ThroughputStatus.OK
+    assert ThroughputRow(**{**measured, "status": "oom"}).status == "oom"
     with pytest.raises(ValueError, match="expected one of ok, oom, error"):
-        ThroughputRow(**{**_tp(8, 1.0).to_dict(), "status": "OOM"})
+        ThroughputRow(**{**measured, "status": "OOM"})
 
 
 # --- the manifest's history --------------------------------------------------------------------------
 
 
-def test_manifest_keeps_the_first_invocation_and_records_each_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_manifest_keeps_the_first_invocation_and_records_each_run(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # not a git repository
     job = tmp_path / "job"
     spec = "name: x\nkind: train\n"

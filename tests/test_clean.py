@@ -8,12 +8,12 @@ from typing import Any, Optional
 
 import pytest
 
+from conftest import trial_of
 from orchestrator.cli import main
 from orchestrator.results import ResultsStore, trial_row
 from orchestrator.results.clean import clean_job
 from orchestrator.results.ranking import rank_trials, ranking_metric
 from rnn.config import DataConfig, RunConfig
-from conftest import trial_of
 
 
 def add_trial(store: ResultsStore, trial_id: str, status: str, level: str, loss: Optional[float],
@@ -47,9 +47,10 @@ def test_keep_top_ranks_by_bits_per_character_when_tokenization_varies(tmp_path:
     assert [r["trial_id"] for r in rank_trials(rows, metric)] == ["bpe000000000", "char00000001", "char00000002"]
     report = clean_job(str(job), keep_top=1)
     assert kept(job) == {"bpe000000000"}
-    assert sorted(report.removed) == [f"checkpoints/{t}/best.pt" for t in ("char00000001", "char00000002", "failed000000")]
+    dropped = ("char00000001", "char00000002", "failed000000")
+    assert sorted(report.removed) == [f"checkpoints/{t}/best.pt" for t in dropped]
     cleared = {r["trial_id"]: r["checkpoint"] for r in store.read_trials().to_pylist()}
-    assert cleared["bpe000000000"] and not any(cleared[t] for t in ("char00000001", "char00000002", "failed000000"))
+    assert cleared["bpe000000000"] and not any(cleared[t] for t in dropped)
 
 
 def test_keep_top_ranks_by_loss_when_tokenization_is_the_same(tmp_path: Path) -> None:

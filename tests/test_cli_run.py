@@ -10,8 +10,8 @@ import pytest
 
 from conftest import TINY_SPEC, ray_env, run_cli, write_spec
 from orchestrator.cli import main
-from orchestrator.results.lock import JobLock
 from orchestrator.errors import UsageError
+from orchestrator.results.lock import JobLock
 from orchestrator.spec import job_location, load_job
 from orchestrator.spec.location import RAY_JOB_ENV
 
@@ -32,10 +32,10 @@ def _spec(tmp_path: Path, **data: object) -> Path:
     ],
     ids=["empty", "not-utf8", "shorter-than-a-window"],
 )
+@pytest.mark.usefixtures("isolated_cache")
 def test_bad_corpus_file_is_refused_before_dispatch(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, content: bytes, expected: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
 ) -> None:
-    monkeypatch.setenv("RNN_CACHE_DIR", str(tmp_path / "cache"))
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(content)
     spec_path = _spec(tmp_path, corpus=str(corpus))

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run, trial_of
 from orchestrator.cli import main
 from orchestrator.results import ResultsStore, trial_row
-from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.train import Trainer
-from conftest import trial_of
 
-TINY = RunConfig(
-    data=DataConfig(seq_len=16),
-    model=ModelConfig(embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
-    train=TrainConfig(batch_size=8, max_steps=10, eval_every=10, scheduler="constant"),
-)
+TINY = tiny_run(max_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +101,8 @@ def test_report_on_a_truncated_trials_table_is_one_line(tmp_path: Path, capsys: 
     assert "trials.parquet" in _one_line_error(capsys, job)
 
 
-def test_report_with_a_manifest_that_is_not_an_object_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_with_a_manifest_that_is_not_an_object_is_one_line(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     _, job = _job(tmp_path)
     (job / "manifest.json").write_text("[1, 2, 3]")
     capsys.readouterr()

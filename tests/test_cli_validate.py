@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from orchestrator import cli
 from orchestrator.plan import estimate_trial_seconds, local_gpu_count, makespan
 from orchestrator.spec import ResourcesSpec, allowed_concurrency, load_job
 
-REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = "jobs/quickstart.yaml"
 
 _PROBE = """
@@ -81,7 +81,8 @@ def test_plan_shows_trials_resources_concurrency_and_time(
     assert "rough time" in out and "for the job" in out
 
 
-def test_plan_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "job.yaml"
     spec.write_text((REPO / QUICKSTART).read_text())
     monkeypatch.chdir(tmp_path)

@@ -13,8 +13,10 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -100,7 +102,7 @@ def test_pool_grows_as_nodes_join_and_its_demand_is_withdrawn(tmp_path: Path, cl
     assert len(rows) == 6 and {r["status"] for r in rows} == {"completed"}
     assert out.count("worker up on") >= 3, out  # a worker on each node, the two new ones included
     spans = _intervals(rows)
-    overlapping = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
+    overlapping = sum(1 for (s1, e1), (s2, e2) in pairwise(spans) if s2 < e1)
     assert overlapping >= 1, spans  # trials ran side by side once the nodes joined
     assert _demand_withdrawn(cluster.address), _pending_demand(cluster.address)  # withdrawn at the end
 

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from conftest import eventually
-
 from orchestrator.run.backend import ClusterLostError
 from orchestrator.run.cluster_watch import ClusterWatch, ray_gcs_timeout_s
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_run, trial_of
 from orchestrator.results.tables import trial_row
 from orchestrator.spec import build_job, trial_config
 from orchestrator.spec.expand import trial_id_for
@@ -19,7 +20,6 @@ from rnn.compile import AUTO_MIN_SECONDS, AUTO_MIN_STEPS, decide
 from rnn.config import ThroughputConfig, TrainConfig
 from rnn.throughput import measure_throughput
 from rnn.train import LAST_CHECKPOINT, Trainer
-from tests.conftest import tiny_run, trial_of
 
 CPU = torch.device("cpu")
 #: 8 steps of the tiny LSTM, paused at 4: enough to compile, train, save and resume.

@@ -22,13 +22,8 @@ from rnn.corpus import (
 UNREACHABLE_URL = "http://127.0.0.1:9/input.txt"
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep every test away from the real ~/.cache and from a caller's RNN_DATA_DIR."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("RNN_CACHE_DIR", str(cache))
-    monkeypatch.delenv("RNN_DATA_DIR", raising=False)
-    return cache
+# Every test away from the real ~/.cache and from a caller's RNN_DATA_DIR.
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_builtin_is_offline_sizeable_and_hashed() -> None:
@@ -151,7 +146,7 @@ def test_path_corpus_empty(tmp_path: Path) -> None:
 
 def test_path_corpus_not_utf8_names_the_byte(tmp_path: Path) -> None:
     path = tmp_path / "latin1.txt"
-    path.write_bytes("caf".encode() + "é au lait".encode("latin-1"))
+    path.write_bytes(b"caf" + "é au lait".encode("latin-1"))
     with pytest.raises(CorpusError) as e:
         load_corpus(str(path))
     msg = str(e.value)
@@ -164,7 +159,7 @@ def test_path_corpus_directory(tmp_path: Path) -> None:
 
 
 def test_cache_root_env_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert cache_root() == tmp_path / "cache"  # RNN_CACHE_DIR (set by the autouse fixture)
+    assert cache_root() == tmp_path / "cache"  # RNN_CACHE_DIR (set by isolated_cache)
     monkeypatch.delenv("RNN_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_root() == tmp_path / "xdg" / "rnn-orchestrator"

@@ -15,10 +15,7 @@ from rnn.tokenizer import build_tokenizer
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RNN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("RNN_DATA_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _corpus_file(tmp_path: Path, text: str, name: str = "tiny.txt") -> str:

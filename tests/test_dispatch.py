@@ -18,15 +18,16 @@ from typing import Any, Optional
 import pytest
 import torch
 
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, eval_record
 from orchestrator.results import ResultsStore
+from orchestrator.results.store import BEST_CHECKPOINT
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.backend import Assignment, Notice, NoticeKind
 from orchestrator.run.dispatch import Dispatcher
 from orchestrator.run.events import Checkpointed, Ended, Evaluated, Started
 from orchestrator.spec import ResourcesSpec, build_job
 from rnn.checkpoint import FORMAT_VERSION
-from rnn.events import EvalRecord, TrainResult, TrialStatus
+from rnn.events import TrainResult, TrialStatus
 
 
 def _ckpt(step: int) -> bytes:
@@ -36,16 +37,15 @@ def _ckpt(step: int) -> bytes:
 
 
 def _eval(step: int, loss: float) -> Evaluated:
-    return Evaluated(EvalRecord(step=step, epoch=0.1, train_loss=loss, val_loss=loss, val_bpc=loss / 0.69,
-                                val_perplexity=2.0, val_accuracy=0.3, lr=1e-3, grad_norm=1.0,
-                                samples_per_s=100.0, tokens_per_s=1600.0, elapsed_s=1.0))
+    return Evaluated(eval_record(step, loss))
 
 
 def _end(steps: int, loss: float) -> Ended:
+    last = eval_record(steps, loss)
     return Ended(TrainResult(status=TrialStatus.COMPLETED, steps=steps, params=10, device="cpu", precision="fp32",
-                             train_time_s=1.0, best_val_loss=loss, best_val_bpc=loss / 0.69, best_val_accuracy=0.3,
-                             best_step=steps, best_checkpoint="x/best.pt",
-                             evals=(_eval(steps, loss).record,)))
+                             train_time_s=1.0, best_val_loss=loss, best_val_bpc=last.val_bpc,
+                             best_val_accuracy=last.val_accuracy, best_step=steps, best_checkpoint="x/best.pt",
+                             evals=(last,)))
 
 
 START = Started({"host": "h", "pid": 1})
@@ -292,9 +292,9 @@ def test_resume_checkpoint_is_read_when_dispatched_not_up_front(tmp_path: Path) 
     reads: list[str] = []
     original = store.read_checkpoint_bytes
 
-    def counting(trial_id: str) -> Optional[bytes]:
+    def counting(trial_id: str, name: str = BEST_CHECKPOINT) -> Optional[bytes]:
         reads.append(trial_id)
-        return original(trial_id)
+        return original(trial_id, name)
 
     store.read_checkpoint_bytes = counting  # type: ignore[method-assign]
     backend = ScriptedBackend({t.trial_id: [_happy()] for t in trials})

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_SPEC, ray_env, run_cli, write_spec
 
+from conftest import TINY_SPEC, ray_env, run_cli, write_spec
 from orchestrator.spec import load_job, trial_config
 
 
 def _ids_by_cell_seed(spec_path: Path) -> dict[tuple[str, int], str]:
-    return {(trial_config(t)["model"]["cell"], trial_config(t)["train"]["seed"]): t.trial_id for t in load_job(spec_path).trials}
+    trials = load_job(spec_path).trials
+    return {(trial_config(t)["model"]["cell"], trial_config(t)["train"]["seed"]): t.trial_id for t in trials}
 
 
 pytestmark = pytest.mark.ray  # a real Ray driver in a subprocess

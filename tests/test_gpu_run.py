@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from bench import gpu_summary, specs
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "jobs"
 SUMMARY_KEYS = {"device", "parity_ok", "ratios", "val_loss_4min", "environment", "steps"}
 

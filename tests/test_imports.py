@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 #: orchestrator/spec's modules in import order: each may import only those before it.
-SPEC_ORDER = ("yamlio", "base", "rungs", "sweep", "schema", "problems", "sections", "expand", "rules", "location", "validate")
+SPEC_ORDER = ("yamlio", "base", "rungs", "sweep", "schema", "problems", "sections", "expand", "rules", "location",
+              "validate")
 
 
 def loaded_after(code: str) -> list[str]:

@@ -39,7 +39,8 @@ def test_quickstart_is_small_offline_and_on_cpu() -> None:
 
 def test_char_shakespeare_is_the_seed_model() -> None:
     spec = load_job(JOBS / "char_shakespeare.yaml").spec
-    assert (spec.data.corpus, spec.data.level, spec.data.seq_len, spec.train.batch_size) == ("shakespeare", "char", 100, 64)
+    data = spec.data
+    assert (data.corpus, data.level, data.seq_len, spec.train.batch_size) == ("shakespeare", "char", 100, 64)
     m = spec.model
     assert (m.cell, m.layer_norm, m.embedding_dim, m.hidden_size, m.num_layers) == ("lstm", True, 128, 512, 2)
 

@@ -129,7 +129,7 @@ def test_gradcheck_inputs_and_parameters(layers, recurrence):
     c0 = torch.randn(layers, 2, 2, dtype=F64, requires_grad=True)
 
     def fn(x, h0, c0, *ps):
-        out, (h, c) = functional_call(m, dict(zip(names, ps)), (x, (h0, c0)))
+        out, (h, c) = functional_call(m, dict(zip(names, ps, strict=True)), (x, (h0, c0)))
         return out, h, c
 
     assert torch.autograd.gradcheck(fn, (x, h0, c0, *params), eps=1e-6, atol=1e-7)

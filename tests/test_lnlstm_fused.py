@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import REPO, trial_of
 from rnn.config import ModelConfig
 from rnn.lnlstm import (
     KernelGrads,
@@ -27,9 +28,7 @@ from rnn.lnlstm import (
 )
 from rnn.lnlstm.once import Once
 from rnn.models import build_model
-from conftest import trial_of
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -159,8 +158,6 @@ def test_a_failed_build_falls_back_with_one_warning(tmp_path: Path, monkeypatch,
 
 
 def test_start_event_trial_row_and_throughput_row_name_the_path(fused, tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from orchestrator.results.tables import trial_row
     from rnn.config import DataConfig, RunConfig, ThroughputConfig, TrainConfig
     from rnn.throughput import measure_throughput

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import REPO
 from orchestrator import cli
 from orchestrator.errors import SpecError, UsageError
 from orchestrator.spec import Job, build_job, job_location, load_job, trial_config
@@ -18,7 +19,6 @@ from orchestrator.spec import rules as rules_module
 from orchestrator.spec import validate as validate_module
 from rnn.config import MIN_VOCAB_SIZE, DataConfig, ModelConfig, RunConfig, TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
 BASE: dict[str, Any] = {"name": "j", "model": {"hidden_size": 32, "embedding_dim": 16}, "train": {"max_steps": 10}}
 
 
@@ -105,7 +105,8 @@ def test_the_same_spec_gives_the_same_trial_ids_in_every_process(tmp_path: Path)
     """Hash randomisation differs per process: ids must not (resume matches them)."""
     path = write(tmp_path / "c.yaml", {**BASE, "sweep": {"random": {"samples": 4, "space": {
         "model.cell": {"dist": "choice", "values": ["lstm", "gru", "rnn"]}}}}})
-    code = "import sys; from orchestrator.spec import load_job; print([t.trial_id for t in load_job(sys.argv[1]).trials])"
+    code = ("import sys; from orchestrator.spec import load_job; "
+            "print([t.trial_id for t in load_job(sys.argv[1]).trials])")
     outs = {
         subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, timeout=60,
                        env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}).stdout
@@ -163,7 +164,8 @@ def test_bpe_vocabulary_below_the_byte_alphabet_is_refused() -> None:
     assert swept == ["s.yaml: sweep.grid.data.vocab_size[0]: a bpe vocabulary has at least 256 entries (the 256 "
                      "byte values are its base alphabet); use vocab_size >= 256, or leave it out for 2048 (got 100)"]
     level_swept = lines({**BASE, "data": {"vocab_size": 100}, "sweep": {"grid": {"data.level": ["char", "bpe"]}}})
-    assert level_swept[0].startswith("s.yaml: sweep.grid.data.level[1]: makes data.vocab_size invalid: a bpe vocabulary")
+    assert level_swept[0].startswith("s.yaml: sweep.grid.data.level[1]: makes data.vocab_size invalid: "
+                                     "a bpe vocabulary")
 
 
 def test_the_vocabulary_floor_is_the_tokenizers_own() -> None:

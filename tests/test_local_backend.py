@@ -28,6 +28,8 @@ from orchestrator.results import ResultsStore
 from orchestrator.run import LocalBackend, run_job
 from orchestrator.spec import build_job, trial_config
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
 
 def _job(tmp_path: Path, name: str, **changes: Any) -> Any:
     spec = copy.deepcopy(TINY_SPEC)
@@ -42,8 +44,8 @@ def _ids_by_cell_seed(job: Any) -> dict[tuple[str, int], str]:
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RNN_CACHE_DIR", str(tmp_path / "cache"))
+def _no_injected_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller's ``RNN_ORCH_FAULTS`` would fail these runs on purpose."""
     monkeypatch.delenv("RNN_ORCH_FAULTS", raising=False)
 
 

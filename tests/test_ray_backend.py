@@ -8,8 +8,8 @@ that Ray's own ``RuntimeEnvSetupError`` reaches it as that notice.)
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

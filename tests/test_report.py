@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
 import pytest
 
+from conftest import completed_row, eval_curve
 from orchestrator.report.render import Heading, Para, Table, build_report, md_escape, to_markdown
 from orchestrator.results import ResultsError, ResultsStore, write_manifest
-from rnn.events import EvalRecord
 
 # Per-seed best val loss. gru: mean 1.1, sd 0.1 -> 95% CI half-width 4.302653 * 0.1 / sqrt 3 = 0.2484.
 # lstm - gru per seed: 0.10, 0.20, 0.15 -> mean +0.15, t = 0.15 / (0.05 / sqrt 3) = 5.196, p = 0.0351.
@@ -26,18 +25,9 @@ def _config(cell: str, seed: int, level: str = "char") -> dict:
             "train": {"lr": 0.002, "seed": seed}}
 
 
-def _evals(final: float) -> list[EvalRecord]:
-    return [EvalRecord(step=s, epoch=s / 100, train_loss=final + 0.2, val_loss=final + 1 / s,
-                       val_bpc=(final + 1 / s) / math.log(2), val_perplexity=math.exp(final), val_accuracy=0.5,
-                       lr=1e-3, grad_norm=1.0, samples_per_s=50.0, tokens_per_s=1600.0, elapsed_s=s / 10)
-            for s in (10, 20, 40)]
-
-
 def _completed(store: ResultsStore, tid: str, loss: float, config: dict) -> None:
-    store.commit_trial({"trial_id": tid, "status": "completed", "best_val_loss": loss,
-                        "best_val_bpc": loss / math.log(2), "best_val_accuracy": 0.55, "best_step": 40,
-                        "params": 4321, "steps": 40, "train_time_s": 1.5, "corpus_sha256": "f00d" * 16,
-                        "config": config}, _evals(loss))
+    store.commit_trial(completed_row(tid, loss, config, best_val_accuracy=0.55, params=4321, train_time_s=1.5,
+                                     corpus_sha256="f00d" * 16), eval_curve(loss, train_gap=0.2))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ importance, a text sample, scheduler statuses, and the live refresh while a swee
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -11,32 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import eventually
+from conftest import completed_row, eval_curve, eventually, tiny_run
 from orchestrator.report.importance import parameter_importance
 from orchestrator.report.render import build_report
 from orchestrator.report.training import curves, summarize
 from orchestrator.results import ResultsStore
 from orchestrator.run.live_report import BUILD_SHARE, LiveReport
-from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from rnn.events import EvalRecord, TrialStatus
+from rnn.events import TrialStatus
 from rnn.train import Trainer
 
 HAS_PRUNED = "pruned" in {s.value for s in TrialStatus}
 
 
-def _evals(final: float, train_gap: float = -0.1) -> list[EvalRecord]:
-    return [EvalRecord(step=s, epoch=s / 100, train_loss=final + train_gap + 1 / s, val_loss=final + 1 / s,
-                       val_bpc=(final + 1 / s) / math.log(2), val_perplexity=math.exp(final), val_accuracy=0.5,
-                       lr=1e-3, grad_norm=1.0, samples_per_s=50.0, tokens_per_s=1600.0, elapsed_s=s / 10)
-            for s in (10, 20, 40)]
-
-
 def _commit(store: ResultsStore, tid: str, loss: float, config: dict, status: str = "completed",
             checkpoint: bytes | None = None) -> None:
     rel = store.write_checkpoint_bytes(tid, checkpoint) if checkpoint else None
-    store.commit_trial({"trial_id": tid, "status": status, "best_val_loss": loss, "best_val_bpc": loss / math.log(2),
-                        "best_val_accuracy": 0.5, "best_step": 40, "params": 100, "steps": 40, "train_time_s": 1.0,
-                        "checkpoint": rel, "config": config}, _evals(loss))
+    store.commit_trial(completed_row(tid, loss, config, status=status, checkpoint=rel), eval_curve(loss))
 
 
 def _cfg(cell: str, seed: int, bidir: bool = False) -> dict:
@@ -148,7 +137,7 @@ def test_successive_halving_is_concluded_and_compared_at_the_common_step(tmp_pat
     store = ResultsStore(tmp_path)
     _commit(store, "win", 1.0, {"model": {"hidden_size": 64}, "train": {"lr": 0.01, "seed": 0}})
     for i, (hidden, lr) in enumerate(((32, 0.001), (64, 0.001), (32, 0.01), (128, 0.1))):
-        evals = _evals(2.0 + i)[:1]  # stopped at the first rung, step 10
+        evals = eval_curve(2.0 + i)[:1]  # stopped at the first rung, step 10
         store.commit_trial({"trial_id": f"p{i}", "status": "pruned", "best_val_loss": evals[0].val_loss,
                             "config": {"model": {"hidden_size": hidden}, "train": {"lr": lr, "seed": 0}}}, evals)
     md = build_report(tmp_path)[0].read_text()
@@ -158,11 +147,7 @@ def test_successive_halving_is_concluded_and_compared_at_the_common_step(tmp_pat
     assert "across these 5 trials" in md
 
 
-TINY = RunConfig(
-    data=DataConfig(seq_len=16),
-    model=ModelConfig(embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
-    train=TrainConfig(batch_size=8, max_steps=10, eval_every=10, scheduler="constant"),
-)
+TINY = tiny_run(max_steps=10)
 
 
 def test_a_text_sample_comes_from_the_best_checkpoint(tmp_path: Path) -> None:

@@ -6,15 +6,14 @@ when it is missing and the user is root, as on CI; elsewhere this test is skippe
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
-from headless import Chromium, find_chromium
 
+from conftest import completed_row, eval_curve
+from headless import Chromium, find_chromium
 from orchestrator.report.render import build_report
 from orchestrator.results import ResultsStore
-from rnn.events import EvalRecord
 
 CHROMIUM = find_chromium()
 pytestmark = [
@@ -34,14 +33,8 @@ def _job(job: Path) -> Path:
         for bidir in (False, True):
             for seed in (0, 1):
                 final = base + 0.1 * bidir + 0.02 * seed
-                evals = [EvalRecord(step=s, epoch=s / 100, train_loss=final - 0.1 + 1 / s, val_loss=final + 1 / s,
-                                    val_bpc=final / math.log(2), val_perplexity=2.0, val_accuracy=0.5, lr=1e-3,
-                                    grad_norm=1.0, samples_per_s=50.0, tokens_per_s=1600.0, elapsed_s=1.0)
-                         for s in (10, 20, 40)]
-                store.commit_trial({"trial_id": f"{cell}{int(bidir)}{seed}", "status": "completed",
-                                    "best_val_loss": final, "best_step": 40, "steps": 40,
-                                    "config": {"model": {"cell": cell, "bidirectional": bidir},
-                                               "train": {"seed": seed}}}, evals)
+                config = {"model": {"cell": cell, "bidirectional": bidir}, "train": {"seed": seed}}
+                store.commit_trial(completed_row(f"{cell}{int(bidir)}{seed}", final, config), eval_curve(final))
     store.commit_trial({"trial_id": "bad", "status": "failed", "error": "RuntimeError: <b>boom</b>",
                         "config": {"model": {"cell": "gru", "bidirectional": False}, "train": {"seed": 2}}})
     return build_report(job)[1]

@@ -8,16 +8,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SPEC, write_spec
 
 import orchestrator.report.render  # noqa: F401  (imported up front: the live thread's first build is quick)
+from conftest import TINY_SPEC, write_spec
 from orchestrator.run import LocalBackend, run_job
 from orchestrator.spec import load_job
 
 
 @pytest.mark.slow
-def test_a_running_sweep_rebuilds_its_report_as_trials_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RNN_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.mark.usefixtures("isolated_cache")
+def test_a_running_sweep_rebuilds_its_report_as_trials_finish(tmp_path: Path) -> None:
     spec = copy.deepcopy(TINY_SPEC)
     spec.update(output=str(tmp_path / "results"))
     spec["sweep"]["grid"]["model.cell"] = ["lstm", "gru", "rnn"]  # 6 trials

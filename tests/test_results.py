@@ -8,7 +8,6 @@ import dataclasses
 import datetime as dt
 import errno
 import json
-import math
 import os
 import signal
 import subprocess
@@ -22,8 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import trial_of
-from orchestrator.results import store as R
+from conftest import REPO, eval_record, trial_of
 from orchestrator.results import (
     EVAL_SCHEMA,
     FAILURE_STATUSES,
@@ -43,10 +41,10 @@ from orchestrator.results import (
     trial_row,
     write_manifest,
 )
+from orchestrator.results import store as R
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 from rnn.throughput_row import ThroughputStatus
 
-REPO = Path(__file__).resolve().parent.parent
 UTC = dt.timezone.utc
 T0 = dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -63,12 +61,6 @@ def _row(tid: str, status: str = "completed", **config_overrides: object) -> dic
         "error": None, "checkpoint": f"checkpoints/{tid}/best.pt", "attempts": 1,
         "corpus_sha256": "ab" * 32, "vocab_size": 65, "config": config,
     }
-
-
-def _eval(step: int, val_loss: float = 1.5) -> EvalRecord:
-    return EvalRecord(step=step, epoch=step / 100, train_loss=1.6, val_loss=val_loss, val_bpc=2.1,
-                      val_perplexity=math.exp(val_loss), val_accuracy=0.5, lr=1e-3, grad_norm=0.9,
-                      samples_per_s=100.0, tokens_per_s=6400.0, elapsed_s=step / 10)
 
 
 def _temps(folder: Path) -> list[str]:
@@ -186,8 +178,8 @@ def test_bad_records_are_refused_with_the_reason_and_nothing_is_written(tmp_path
         ({**_row("a"), "config": {"@evals": 1}}, (), (), "reserved"),
         ({**_row("a"), "params": "many"}, (), (), "column 'params'"),
         ({**_row("../a")}, (), (), "cannot name a results file"),
-        (_row("a"), [_eval(1), {"step": 2}], (), "EvalRecord fields"),
-        (_row("a"), [{**dataclasses.asdict(_eval(1)), "val_loss": "low"}], (), "evals row does not fit"),
+        (_row("a"), [eval_record(1, 1.5), {"step": 2}], (), "EvalRecord fields"),
+        (_row("a"), [{**dataclasses.asdict(eval_record(1, 1.5)), "val_loss": "low"}], (), "evals row does not fit"),
         (_row("a"), (), [{"batch_size": 1, "status": "OOM"}], "throughput status 'OOM'"),
         (_row("a"), (), [{"batch_size": 1, "status": "ok", "samples": 3.0}], "unknown throughput field"),
     ]
@@ -202,14 +194,15 @@ def test_bad_records_are_refused_with_the_reason_and_nothing_is_written(tmp_path
 
 def test_evals_are_replaced_by_a_recommit_never_duplicated(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
-    store.commit_trial(_row("a"), [_eval(10), _eval(20)])
-    store.commit_trial(_row("b"), [dataclasses.asdict(_eval(10))])
+    store.commit_trial(_row("a"), [eval_record(10, 1.5), eval_record(20, 1.5)])
+    store.commit_trial(_row("b"), [dataclasses.asdict(eval_record(10, 1.5))])
     store.compact()
-    store.commit_trial(_row("a"), [_eval(10), _eval(20), _eval(30)])  # a rerun reports its full history
+    rerun = [eval_record(step, 1.5) for step in (10, 20, 30)]
+    store.commit_trial(_row("a"), rerun)  # a rerun reports its full history
     for _ in range(2):  # the union, then the compacted table
         table = store.read_evals()
         assert table.schema == EVAL_SCHEMA
-        assert list(zip(table["trial_id"].to_pylist(), table["step"].to_pylist())) == [
+        assert list(zip(table["trial_id"].to_pylist(), table["step"].to_pylist(), strict=True)) == [
             ("b", 10), ("a", 10), ("a", 20), ("a", 30)]
         store.compact()
     assert EVAL_SCHEMA.names == ["trial_id", *(f.name for f in dataclasses.fields(EvalRecord))]
@@ -269,14 +262,14 @@ def test_crash_inside_the_writer_commits_nothing(tmp_path: Path, monkeypatch: py
 
 def test_a_full_disk_at_the_rename_commits_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ResultsStore(tmp_path)
-    store.commit_trial(_row("a"), [_eval(1)])
+    store.commit_trial(_row("a"), [eval_record(1, 1.5)])
 
     def no_rename(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(R.os, "replace", no_rename)
     with pytest.raises(ResultsError, match=r"cannot write .*parts/\d+\.completed\.b\.arrow: No space left"):
-        store.commit_trial(_row("b"), [_eval(1), _eval(2)])
+        store.commit_trial(_row("b"), [eval_record(1, 1.5), eval_record(2, 1.5)])
     monkeypatch.undo()
     assert store.read_evals().num_rows == 1 and _temps(tmp_path) == []
     assert store.finished_trial_ids() == {"a"}  # b is not finished: the rerun trains it again
@@ -331,7 +324,8 @@ def test_unwritable_output_names_the_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     store = ResultsStore(blocker / "job")
-    with pytest.raises(ResultsError, match=r"cannot create the results folder .*not-a-folder/job/parts: Not a directory"):
+    with pytest.raises(ResultsError,
+                       match=r"cannot create the results folder .*not-a-folder/job/parts: Not a directory"):
         store.commit_trial(_row("a"))
     with pytest.raises(ResultsError, match="not-a-folder"):
         JobLock(blocker / "job").acquire()
@@ -362,7 +356,7 @@ def test_file_uri_and_a_pyarrow_filesystem(tmp_path: Path) -> None:
     assert not remote.is_local
     remote.commit_trial(_row("a"))
     remote.commit_trial(_row("b"))
-    remote.commit_trial(_row("a", model__cell="lstm"), [_eval(1)])
+    remote.commit_trial(_row("a", model__cell="lstm"), [eval_record(1, 1.5)])
     assert len(os.listdir(tmp_path / "remote/job/parts")) == 2  # the superseded part of a is gone
     assert remote.read_trials()["model.cell"].to_pylist() == ["gru", "lstm"]  # commit order: b, then a again
     assert remote.compact() == 2 and os.listdir(tmp_path / "remote/job/parts") == []

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 import pytest
 
 from conftest import ray_env, run_cli, write_spec

@@ -6,16 +6,12 @@ from pathlib import Path
 
 import torch
 
+from conftest import tiny_run
 from rnn.checkpoint import load_checkpoint, save_checkpoint
-from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.sample import generate
 from rnn.train import Trainer
 
-TINY = RunConfig(
-    data=DataConfig(corpus="builtin", level="char", seq_len=16),
-    model=ModelConfig(cell="lstm", embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0),
-    train=TrainConfig(batch_size=8, max_steps=10, eval_every=10, scheduler="constant", seed=0),
-)
+TINY = tiny_run(max_steps=10)
 
 
 def test_top_k_keeps_exactly_k_tokens_on_ties(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_throughput_batch_sizes_auto_or_list() -> None:
 
 def test_spec_is_immutable() -> None:
     spec = spec_of({"name": "x"})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="Instance is frozen"):
         spec.name = "y"  # type: ignore[misc]
 
 

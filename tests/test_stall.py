@@ -10,11 +10,10 @@ import re
 import signal
 from pathlib import Path
 
-import pytest
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import TINY_SPEC, Driver, ray_env, write_spec
-
 
 pytestmark = pytest.mark.ray  # a real Ray driver in a subprocess
 

@@ -68,7 +68,8 @@ def test_random_samples_are_deterministic_and_within_bounds() -> None:
 def test_random_draws_are_pinned() -> None:
     """Resume relies on the same draws: a change in sampling must be deliberate."""
     spec = spec_with(sweep={"random": {"samples": 2, "seed": 0, "space": {
-        "train.lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-2}, "model.num_layers": {"dist": "int", "low": 1, "high": 4}}}})
+        "train.lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-2},
+        "model.num_layers": {"dist": "int", "low": 1, "high": 4}}}})
     assert sample_space(spec.spec.sweep.random) == [
         {"train.lr": pytest.approx(0.004884765313390349, rel=1e-12), "model.num_layers": 4},
         {"train.lr": pytest.approx(0.00012049492518354385, rel=1e-12), "model.num_layers": 4},
@@ -76,8 +77,9 @@ def test_random_draws_are_pinned() -> None:
 
 
 def test_grid_times_random_times_seeds() -> None:
+    lr = {"dist": "uniform", "low": 0.001, "high": 0.01}
     spec = spec_with(sweep={"grid": {"model.cell": ["lstm", "gru"]}, "seeds": [0, 1, 2],
-                            "random": {"samples": 2, "space": {"train.lr": {"dist": "uniform", "low": 0.001, "high": 0.01}}}})
+                            "random": {"samples": 2, "space": {"train.lr": lr}}})
     trials = expand(spec)
     assert len(trials) == 2 * 2 * 3
     assert list(trials[0].overrides) == ["model.cell", "train.lr", "train.seed"]
@@ -85,7 +87,8 @@ def test_grid_times_random_times_seeds() -> None:
 
 
 def test_repeated_random_draws_are_dropped() -> None:
-    spec = spec_with(sweep={"random": {"samples": 20, "space": {"model.cell": {"dist": "choice", "values": ["lstm", "gru"]}}}})
+    cell = {"dist": "choice", "values": ["lstm", "gru"]}
+    spec = spec_with(sweep={"random": {"samples": 20, "space": {"model.cell": cell}}})
     trials = expand(spec)
     assert sorted(t.overrides["model.cell"] for t in trials) == ["gru", "lstm"]
     assert [t.index for t in trials] == [0, 1]
@@ -102,7 +105,8 @@ def test_trial_id_ignores_dict_order_name_resources_output() -> None:
     reordered = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(config.items()))}
     assert trial_id_for("train", reordered) == trial_id_for("train", config)
     base_id = expand(spec_with())[0].trial_id
-    assert expand(spec_with(name="other", output="s3://b/x", resources={"cpus_per_trial": 4, "max_concurrent": 9}))[0].trial_id == base_id
+    elsewhere = spec_with(name="other", output="s3://b/x", resources={"cpus_per_trial": 4, "max_concurrent": 9})
+    assert expand(elsewhere)[0].trial_id == base_id
 
 
 def test_trial_id_depends_on_seed_kind_and_values() -> None:

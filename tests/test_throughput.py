@@ -156,7 +156,8 @@ def test_auto_stops_when_the_gain_is_too_small(tmp_path: Path) -> None:
 
 
 def test_auto_stops_on_the_time_budget(tmp_path: Path) -> None:
-    rows = run(tmp_path, tp("auto", auto_start=4, auto_max_batch_size=1024, auto_min_gain=-1.0, auto_time_budget_s=1e-3))
+    rows = run(tmp_path, tp("auto", auto_start=4, auto_max_batch_size=1024, auto_min_gain=-1.0,
+                            auto_time_budget_s=1e-3))
     assert [r.batch_size for r in rows] == [4]
     assert rows[0].is_best
 

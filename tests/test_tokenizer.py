@@ -26,11 +26,8 @@ TRAIN = (
 ) * 20
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Default tokenizer cache under tmp_path, never the real ~/.cache."""
-    monkeypatch.setenv("RNN_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+# The default tokenizer cache under tmp_path, never the real ~/.cache.
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _state_round_trip(tok):
@@ -66,7 +63,7 @@ def test_char_decode_rejects_out_of_range_ids() -> None:
     tok = build_tokenizer("char", "ab")
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         tok.decode([1, 3])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\[0, 3\); got -1"):
         tok.decode([-1])
 
 

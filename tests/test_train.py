@@ -12,8 +12,8 @@ import torch
 
 from conftest import TINY_RUN, tiny_run
 from rnn.checkpoint import load_checkpoint, save_checkpoint
-from rnn.data import prepare_data
 from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainConfig
+from rnn.data import prepare_data
 from rnn.errors import CheckpointError, is_out_of_memory
 from rnn.events import EventKind, TrainEvent, TrialStatus
 from rnn.sample import generate
@@ -69,7 +69,7 @@ def test_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert ckpt_step == 20
     resumed = Trainer(cfg, tmp_path / "resumed").fit(resume_from=part_dir / "best.pt")
     assert [r.step for r in resumed.evals] == [20, 40, 60]
-    for a, b in zip(full.evals, resumed.evals):
+    for a, b in zip(full.evals, resumed.evals, strict=True):
         assert a.step == b.step
         assert b.val_loss == pytest.approx(a.val_loss, rel=1e-6, abs=1e-7)
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-6, abs=1e-7)
@@ -132,7 +132,8 @@ def test_scheduler_without_step_budget_is_a_clear_error(tmp_path: Path) -> None:
         Trainer(tiny(max_steps=None, max_time_s=1.0, scheduler="cosine"), tmp_path).fit()
 
 
-@pytest.mark.parametrize("cell,bidirectional,level", [("gru", True, "char"), ("rnn", False, "bpe"), ("lstm", True, "word")])
+@pytest.mark.parametrize("cell,bidirectional,level",
+                         [("gru", True, "char"), ("rnn", False, "bpe"), ("lstm", True, "word")])
 def test_cells_levels_and_bidirectional_train(tmp_path: Path, cell: str, bidirectional: bool, level: str) -> None:
     cfg = replace(
         TINY,
@@ -185,7 +186,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
         def __reduce__(self):
             raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):  # the pickling error itself
         save_checkpoint(path, {"step": 2, "bad": Unpicklable()})
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
@@ -261,7 +262,7 @@ def test_pause_and_resume_reproduce_the_uninterrupted_run(tmp_path: Path, pause_
     assert resumed.status is TrialStatus.COMPLETED and resumed.steps == 60
     scheduled = [r for r in resumed.evals if r.step % 20 == 0]
     assert [r.step for r in scheduled] == [r.step for r in full.evals] == [20, 40, 60]
-    for a, b in zip(full.evals, scheduled):
+    for a, b in zip(full.evals, scheduled, strict=True):
         assert (b.val_loss, b.train_loss, b.lr) == (a.val_loss, a.train_loss, a.lr)
     assert resumed_weights.keys() == full_weights.keys()
     assert all(torch.equal(resumed_weights[k], full_weights[k]) for k in full_weights)

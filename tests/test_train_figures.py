@@ -23,6 +23,7 @@ from rnn.run_state import Run
 from rnn.step import TrainStep, lm_losses
 from rnn.train import Trainer
 
+
 def tiny(**train: object) -> RunConfig:
     """The engine tests' tiny run (conftest.TINY_RUN) at a 20-step budget unless told otherwise."""
     return tiny_run(**{"max_steps": 20, **train})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def refused(text: str | bytes) -> str:
 def billion_laughs(levels: int = 9) -> str:
     text = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
     names = "abcdefghijklmnop"
-    for prev, name in zip(names, names[1:levels]):
+    for prev, name in pairwise(names[:levels]):
         text += f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
     return text
 
@@ -45,7 +46,8 @@ def test_duplicate_top_level_key_names_key_and_lines() -> None:
 
 
 def test_duplicate_nested_key() -> None:
-    assert "line 4: duplicate key 'cell' (first defined on line 3)" in refused("name: a\nmodel:\n  cell: lstm\n  cell: gru\n")
+    text = "name: a\nmodel:\n  cell: lstm\n  cell: gru\n"
+    assert "line 4: duplicate key 'cell' (first defined on line 3)" in refused(text)
 
 
 def test_merge_keys_may_override() -> None:
