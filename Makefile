@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine, each on its own:
 #   make quickstart   install if needed, then run jobs/quickstart.yaml end to end (CPU, offline)
 #   make test         install if needed (Chromium too, as root), then lint (ruff), type-check (mypy) and
-#                     run the whole test suite
+#                     run the whole test suite (`make test-fast`: the tier without Ray, browser or slow tests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install quickstart lint browser test bench clean-venv
+.PHONY: install quickstart lint browser test test-fast bench clean-venv
 
 install: $(STAMP)
 
@@ -28,8 +28,8 @@ quickstart: $(STAMP)
 
 # ruff takes well under a second; mypy about 20 s cold (it reads torch's types), under 1 s warm.
 lint: $(STAMP)
-	$(BIN)/ruff check rnn orchestrator bench
-	$(BIN)/mypy rnn orchestrator
+	$(BIN)/ruff check rnn orchestrator bench tests
+	$(BIN)/mypy rnn orchestrator tests/conftest.py tests/test_dispatch.py tests/test_local_backend.py
 
 # The report's browser test opens report.html in headless Chromium (Debian's package). As root
 # (CI on Debian) a missing chromium is installed here, and a failed install stops `make test`;
@@ -45,6 +45,11 @@ browser:
 
 test: lint browser
 	$(BIN)/python -m pytest -q
+
+# The fast tier: no Ray, no cluster, no browser, nothing marked slow (the markers are in pyproject.toml),
+# on two pytest-xdist workers. The whole suite stays serial: its Ray tests size themselves to the machine.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not ray and not cluster and not browser and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -167,7 +167,7 @@ def local_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[st
 def ray_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     """Environment for a real-Ray subprocess: loopback only, no token auth, private caches.
 
-    Only a test marked ``ray`` or ``cluster`` may call it (see :func:`_tiers_hold`): the fast tier
+    Only a test marked ``ray`` or ``cluster`` may call it (see :func:`pytest_runtest_setup`): the fast tier
     (``-m "not ray and not cluster and not browser"``) must not start Ray.
     """
     if not _TIER.ray_allowed:
@@ -253,7 +253,7 @@ class Driver:
 
 
 class _Tier:
-    """The running test and whether it may start Ray (set by :func:`_tiers_hold`, read by :func:`ray_env`)."""
+    """The running test and whether it may start Ray (set by :func:`pytest_runtest_setup`, read by :func:`ray_env`)."""
 
     test: str = ""
     ray_allowed: bool = True
@@ -263,13 +263,16 @@ _TIER = _Tier()
 _RAY_MARKERS = ("ray", "cluster")
 
 
-@pytest.fixture(autouse=True)
-def _tiers_hold(request: pytest.FixtureRequest) -> Iterator[None]:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test that starts Ray must say so with a marker, so the fast tier never does: checked where
-    a Ray subprocess is set up (:func:`ray_env`) and, in process, by :func:`pytest_runtest_call`."""
-    _TIER.test = request.node.nodeid
-    _TIER.ray_allowed = any(request.node.get_closest_marker(m) for m in _RAY_MARKERS)
-    yield
+    a Ray subprocess is set up (:func:`ray_env`) and, in process, by :func:`pytest_runtest_call`.
+
+    Set here, before any fixture of the test is set up: a module-scoped fixture (a Ray head shared
+    by a module's tests) is set up for the module's first test and must see that test's markers.
+    """
+    _TIER.test = item.nodeid
+    _TIER.ray_allowed = any(item.get_closest_marker(m) for m in _RAY_MARKERS)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -365,20 +365,9 @@ def record_row(record: TrialRecord, config: Optional[Mapping[str, Any]] = None) 
     return row
 
 
-def trial_row(
-    trial: Any,
-    *,
-    status: str | TrialStatus,
-    result: Any = None,
-    error: Optional[str] = None,
-    attempts: int = 1,
-    started_at: Optional[dt.datetime] = None,
-    finished_at: Optional[dt.datetime] = None,
-    info: Optional[Mapping[str, Any]] = None,
-    checkpoint: Optional[str] = None,
-) -> dict[str, Any]:
-    """A trials-table row for :meth:`ResultsStore.commit_trial`: :func:`trial_record` of the
-    arguments, through :func:`record_row`.
+def trial_row(trial: Any, **fields: Any) -> dict[str, Any]:
+    """A trials-table row for :meth:`ResultsStore.commit_trial`: :func:`record_row` of
+    :func:`trial_record` (``fields`` are its keyword arguments).
 
     ``trial`` is an :class:`orchestrator.spec.Trial`: its resolved config is stored whole as
     ``config_json`` and flattened into the dotted columns. ``result`` is
@@ -388,6 +377,4 @@ def trial_row(
     checkpoint's path relative to the job folder (see :meth:`ResultsStore.checkpoint_relpath`).
     A plain dict, so a caller may add or override columns before committing it.
     """
-    record = trial_record(trial, status=status, result=result, error=error, attempts=attempts,
-                          started_at=started_at, finished_at=finished_at, info=info, checkpoint=checkpoint)
-    return record_row(record)
+    return record_row(trial_record(trial, **fields))
