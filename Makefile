@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 
 # Ray on a single machine: bind every Ray process to loopback and keep token auth off, so a
 # token file left by an embedded Ray never makes a later `ray start` demand one (HTTP 401).
+# For this Makefile's own loopback runs only: a head other machines can reach keeps token
+# authentication on (cluster.yaml; the README's "A cluster").
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE := disabled
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from orchestrator.spec import Trial
 
 REPO = Path(__file__).resolve().parent.parent
+#: The virtual environment's scripts (``ray``), beside this interpreter.
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +179,60 @@ def ray_env(tmp_path: Path, extra: Optional[dict[str, str]] = None) -> dict[str,
     return local_env(tmp_path, {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
                                 **(extra or {})})
 
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def ray_head(tmp: Path, extra: Optional[dict[str, str]] = None) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """A Ray head on loopback (``ray start --head --block`` in a session of its own, so stopping it
+    stops exactly its processes); yields (GCS address, job server URL, its environment).
+
+    ``extra`` is added to the head's environment (``RAY_AUTH_MODE=token`` and a token, say). Only
+    a test marked ``ray`` may start one (:func:`ray_env`).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    port, dash = free_port(), free_port()
+    env = ray_env(tmp, {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(extra or {})})
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+        env=env, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # until the job server answers
+            try:
+                JobSubmissionClient(address, headers=_auth_header(env)).list_jobs()
+                break
+            except Exception:
+                if time.monotonic() > deadline or head.poll() is not None:
+                    pytest.fail(f"the Ray head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield f"127.0.0.1:{port}", address, env
+    finally:
+        # `ray start --block` stops the head's processes on SIGTERM; it may linger over its own
+        # shutdown, so the group we own gets SIGKILL after a short grace.
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def _auth_header(env: dict[str, str]) -> Optional[dict[str, str]]:
+    token = env.get("RAY_AUTH_TOKEN") or (Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+                                          if env.get("RAY_AUTH_TOKEN_PATH") else "")
+    return {"Authorization": f"Bearer {token}"} if token else None
 
 def eventually(condition: Callable[[], bool], within_s: float, every_s: float = 0.05) -> bool:
     """Whether ``condition()`` holds within ``within_s`` seconds, asked every ``every_s``: for what

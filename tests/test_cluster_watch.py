@@ -73,3 +73,4 @@ def test_the_loop_hears_of_a_lost_head_well_before_ray_ends_the_process(monkeypa
     assert ClusterWatch(Head().probe)._lost_after_s == 20.0
     monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "16")  # a cluster tuned for quick failure
     assert ClusterWatch(Head().probe)._lost_after_s == 8.0
+

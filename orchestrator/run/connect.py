@@ -3,7 +3,9 @@
 ``--address`` wins; otherwise ``RAY_ADDRESS`` (set inside ``ray job submit``) joins that
 cluster; otherwise a single-node Ray starts in this process, bound to loopback. An address that
 does not answer is a :class:`UsageError` within about :data:`PROBE_TIMEOUT_S` seconds, found
-before anything is locked or written (``ray.init`` itself would retry for minutes).
+before anything is locked or written (``ray.init`` itself would retry for minutes); so is a
+cluster that requires an authentication token this process does not have, or has wrong
+(``ray.init`` would retry for 20 s and then say only that it could not connect).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import math
 import os
 import signal
 import socket
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.errors import UsageError
@@ -36,8 +41,10 @@ def cluster_address(address: Optional[str]) -> Optional[str]:
 
 
 def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Raise :class:`UsageError` unless something accepts TCP connections at ``address``."""
+    """Raise :class:`UsageError` unless something accepts TCP connections at ``address`` and, for a
+    GCS address, the cluster accepts this process's authentication token (:func:`check_token`)."""
     where = "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS"
+    use_given_token()
     if address.startswith("ray://"):
         hostport: Optional[str] = address[len("ray://"):].split("/")[0]
     else:
@@ -58,17 +65,119 @@ def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=max(0.5, deadline - time.monotonic())):
-                return
+                pass
         except OSError as e:
             last = e
             if isinstance(e, ConnectionRefusedError):
                 break  # nothing listens there: no point in waiting
             time.sleep(0.5)
+            continue
+        if not address.startswith("ray://"):  # a Ray Client server has no GCS to ask
+            check_token(f"{host}:{port}", where, address)
+        return
     why = last.strerror if last is not None and last.strerror else (str(last) if last else "no answer")
     raise UsageError(
         f"{where} {address!r}: cannot reach a Ray cluster at {host}:{port} ({why}); check the address and "
         "that the head is running (`ray status` on it)"
     )
+
+
+def token_source(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Where Ray takes this process's authentication token from, in Ray's own order of precedence
+    (``RAY_AUTH_TOKEN``, then the file at ``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``), or
+    None when there is none. A ``RAY_AUTH_TOKEN_PATH`` that cannot be read, or is empty, is a
+    :class:`UsageError`: Ray would abort the process on it."""
+    env = os.environ if environ is None else environ
+    if env.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    path = env.get("RAY_AUTH_TOKEN_PATH", "")
+    if path:
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"RAY_AUTH_TOKEN_PATH {path!r}: cannot read the token file ({e.__class__.__name__}: "
+                             f"{getattr(e, 'strerror', None) or e})") from e
+        if not text.strip():
+            raise UsageError(f"RAY_AUTH_TOKEN_PATH {path!r}: the token file is empty")
+        return f"RAY_AUTH_TOKEN_PATH ({path})"
+    default = Path("~/.ray/auth_token").expanduser()
+    return str(default) if default.is_file() else None
+
+
+def use_given_token(environ: Optional[MutableMapping[str, str]] = None) -> None:
+    """A token given explicitly (``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) is used: with
+    ``RAY_AUTH_MODE`` unset, Ray's client would not send it. An explicit ``RAY_AUTH_MODE`` is
+    left as it is; ``token`` without any token is a :class:`UsageError` (Ray would abort)."""
+    env = os.environ if environ is None else environ
+    source = token_source(env)
+    explicit = env.get("RAY_AUTH_TOKEN", "").strip() or env.get("RAY_AUTH_TOKEN_PATH", "")
+    mode = env.get("RAY_AUTH_MODE", "")
+    if not mode and explicit:
+        env["RAY_AUTH_MODE"] = "token"
+        if environ is None and "ray._raylet" in sys.modules:  # Ray caches its config: read it again
+            from ray._raylet import Config  # type: ignore[attr-defined]
+
+            Config.initialize("")
+    elif mode == "token" and source is None:
+        raise UsageError("RAY_AUTH_MODE=token but no authentication token was found: set RAY_AUTH_TOKEN to the "
+                         "cluster's token (`ray get-auth-token` on its head), or RAY_AUTH_TOKEN_PATH to a file "
+                         "holding it, or put it in ~/.ray/auth_token")
+
+
+def check_token(gcs_address: str, where: str, address: str) -> None:
+    """Raise :class:`UsageError` when the cluster at ``gcs_address`` requires an authentication token
+    and refuses this process's (none, or a wrong one): asked of its GCS in well under a second,
+    where ``ray.init`` would retry for 20 s and then say only that it could not connect."""
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _native_stderr_without("gcs_client.cc"):  # Ray's C++ client logs the refusal to fd 2 itself
+            GcsClient(address=gcs_address)
+    except AuthenticationError as e:
+        mode = os.environ.get("RAY_AUTH_MODE", "") or "unset"
+        source = token_source()
+        if mode != "token":
+            raise UsageError(
+                f"{where} {address!r}: the Ray cluster requires an authentication token and none was sent "
+                f"(RAY_AUTH_MODE is {mode}): set RAY_AUTH_TOKEN to its token (`ray get-auth-token` on the head) "
+                "or RAY_AUTH_TOKEN_PATH to a file holding it"
+                + (", and RAY_AUTH_MODE=token" if mode == "disabled" else "")
+            ) from e
+        raise UsageError(
+            f"{where} {address!r}: the Ray cluster refused the authentication token from {source}: it is not this "
+            "cluster's; get the right one with `ray get-auth-token` on the head"
+        ) from e
+    except Exception as e:  # noqa: BLE001  (anything else is for ray.init to report, with its retries)
+        log.debug("authentication probe of %s: %s", gcs_address, e)
+
+
+@contextlib.contextmanager
+def _native_stderr_without(marker: str) -> Iterator[None]:
+    """While the block runs, file descriptor 2 goes to a temporary file; afterwards what was written
+    there is written back to it, except the lines holding ``marker``. Ray's C++ code logs straight
+    to the descriptor, past Python's logging; another thread's output is kept, only delayed."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if marker.encode() not in line]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def connect(address: Optional[str]) -> bool:
