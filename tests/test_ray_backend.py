@@ -46,7 +46,10 @@ def test_a_runtime_env_that_cannot_be_set_up_fails_each_trial_with_its_cause(
     backend = RayBackend(elastic=False, actor_options={"runtime_env": {"working_dir": MISSING_PACKAGE}})
     backend.open(job.spec.resources)  # the embedded Ray of the fixture: used, not shut down
     store = ResultsStore(tmp_path / "job")
-    summary = Dispatcher(list(job.trials), job.spec.resources, store, backend).run()
+    try:
+        summary = Dispatcher(list(job.trials), job.spec.resources, store, backend).run()
+    finally:
+        backend.shutdown()  # stops its watch of the cluster; leaves the fixture's Ray running
 
     rows = store.read_trials().to_pylist()
     assert len(rows) == 2 and {r["status"] for r in rows} == {"failed"}
