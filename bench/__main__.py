@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from bench.alloc import allocator_settings
     from bench.common import QUICK_SHAPES, SHAPES, format_table, machine, write_json
-    from bench.engine import compare_cells, compare_trainer, prepare
+    from bench.engine import compare_cells, compare_heartbeat, compare_trainer, prepare
     from rnn.device import detect_device
 
     device = detect_device(args.device)
@@ -113,6 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "trainer" in parts:
             ratios.append(compare_trainer(shape, device, data, amp=args.amp, window=2 * block,
                                           windows=TRAINER_WINDOWS, rounds=max(1, rounds - 1)))
+            ratios.append(compare_heartbeat(shape, device, data, amp=args.amp, window=2 * block,
+                                            windows=TRAINER_WINDOWS, rounds=max(1, rounds - 1)))
         del data
         if device.type == "cuda":
             torch.cuda.empty_cache()

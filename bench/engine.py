@@ -224,6 +224,40 @@ def compare_trainer(
     )
 
 
+#: The production heartbeat period (``orchestrator.run.events.HEARTBEAT_S``; bench imports no
+#: orchestrator code: it runs on a bare GPU image).
+HEARTBEAT_S = 15.0
+
+
+def compare_heartbeat(
+    shape: Shape, device: torch.device, data: LMData, *, amp: str, window: int, windows: int, rounds: int
+) -> Ratio:
+    """Ratio 4: ``Trainer`` samples/s with a heartbeat at *every* step against none (runs
+    alternated, the medians of the windows after the first). A heartbeat reads the clock each
+    step and, when one is due, the train loss back from the device; sending one every step is
+    the worst case, which makes its cost measurable. ``extra["cost_at_15s"]`` is that cost
+    spread over the production period instead: the time a heartbeat adds, divided by 15 s."""
+    cfg = run_config(shape, device, layer_norm=False, amp=amp)
+    cfg = replace(cfg, train=replace(cfg.train, max_steps=window * windows, eval_every=window))
+    B = shape.batch_size
+    precision = resolve_precision(amp, device, batch_size=B)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory(prefix="bench-heartbeat-") as tmp:
+        for r in range(max(2, rounds)):
+            for beat in ((False, True) if r % 2 == 0 else (True, False)):
+                trainer = Trainer(cfg, Path(tmp) / f"run{r}{beat}", device=device, heartbeat_s=0.0 if beat else None)
+                rates[beat] += [rec.samples_per_s for rec in trainer.fit().evals[1:]]
+    with_beats, without = statistics.median(rates[True]), statistics.median(rates[False])
+    added_s = max(0.0, B / with_beats - B / without)  # per step, hence per heartbeat
+    log.info("%s: trainer %.1f samples/s with a heartbeat every step, %.1f without", shape.name, with_beats, without)
+    return Ratio(
+        measure="Trainer, beat each step / none", shape=shape.name, shape_detail=shape.describe(),
+        engine_samples_per_s=with_beats, baseline_samples_per_s=without, target=None, precision=precision,
+        note=f"worst case; cost at one per {HEARTBEAT_S:g} s: {added_s / HEARTBEAT_S:.5%}",
+        extra={"heartbeat_added_s": added_s, "cost_at_15s": added_s / HEARTBEAT_S},
+    )
+
+
 def prepare(shape: Shape, device: torch.device) -> LMData:
     """The built-in corpus at ``shape``'s window length, on ``device`` (shared by ratios 1-3)."""
     return prepare_data(run_config(shape, device, layer_norm=False, amp="off").data, device)

@@ -71,6 +71,10 @@ class EventKind(str, enum.Enum):
     - ``checkpoint``: validation improved; ``checkpoint`` is the path of the new best file.
     - ``paused``: the run reached ``pause_at_step``; ``checkpoint`` is the resume file
       (``last.pt``) and ``record`` the evaluation at that step. An ``end`` event follows.
+    - ``heartbeat``: the run is alive (only with ``Trainer(heartbeat_s=...)``). ``info["phase"]``
+      is ``training`` (sent at most every ``heartbeat_s`` between evaluations, with
+      ``steps_per_s``, ``samples_per_s`` and ``train_loss``, the mean since the last evaluation)
+      or ``evaluating`` (sent as an evaluation starts: nothing more comes until it ends).
     - ``end``: ``result`` is set. Always the last event.
     """
 
@@ -78,6 +82,7 @@ class EventKind(str, enum.Enum):
     EVAL = "eval"
     CHECKPOINT = "checkpoint"
     PAUSED = "paused"
+    HEARTBEAT = "heartbeat"
     END = "end"
 
 

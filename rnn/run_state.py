@@ -80,6 +80,9 @@ class Run:
         self.tf32 = False
         self.clock_start = time.monotonic()  # set again by the loop, minus the time before a resume
         self.window_start = time.monotonic()
+        # Heartbeats (Trainer(heartbeat_s=...)): when the last one was sent (the trainer's clock), at which step.
+        self.beat_at = 0.0
+        self.beat_step = 0
 
     def advance_schedule(self) -> None:
         """Step a per-step lr schedule after a training step, unless the fp16 scaler skipped it:

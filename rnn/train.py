@@ -55,6 +55,11 @@ class Trainer:
         cache_dir: where trained tokenizers are cached.
         step_hook: called as ``step_hook(step, model)`` after every optimiser step; for
             instrumentation and fault-injection drills. ``None`` costs nothing.
+        heartbeat_s: send a ``heartbeat`` event at most this often between evaluations (and one
+            as each evaluation starts), so a watcher can tell a live run from a hung one. It
+            reads ``clock`` each step (no device sync); the event's train loss is one read-back
+            per heartbeat. ``None``: no heartbeats.
+        clock: the heartbeat's clock (``time.monotonic``; a test passes a fake one).
     """
 
     def __init__(
@@ -67,7 +72,13 @@ class Trainer:
         data_dir: Union[str, Path, None] = None,
         cache_dir: Union[str, Path, None] = None,
         step_hook: Optional[Callable[[int, LanguageModel], None]] = None,
+        heartbeat_s: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if heartbeat_s is not None and not heartbeat_s >= 0:
+            raise ValueError(f"heartbeat_s must be >= 0 seconds, got {heartbeat_s!r}")
+        self._heartbeat_s = heartbeat_s
+        self._clock = clock
         self.config = config
         self.run_dir = Path(run_dir)
         self._device_override = device
@@ -189,6 +200,7 @@ class Trainer:
         st, total = run.st, run.total_steps
         run.clock_start = time.monotonic() - st.train_time_s
         run.window_start = time.monotonic()
+        run.beat_at, run.beat_step = self._clock(), st.step
         run.model.train()
         while total is None or st.step < total:
             losses, run.grad_norm = run.train_step()  # on the device; nothing read back (but fp16)
@@ -207,6 +219,10 @@ class Trainer:
             # The clock is read every step (no device sync), so a slow step cannot overshoot
             # max_time_s by more than itself.
             out_of_time = tc.max_time_s is not None and run.elapsed() >= tc.max_time_s
+            if self._heartbeat_s is not None and not (at_eval or at_pause or out_of_time):
+                now = self._clock()
+                if now - run.beat_at >= self._heartbeat_s:
+                    yield self._heartbeat(run, now)
             if not (at_eval or at_pause or out_of_time or st.step % CHECK_EVERY == 0):
                 continue
             bad_step = int(run.first_bad.item())
@@ -226,6 +242,7 @@ class Trainer:
         """A scheduled evaluation: record it, step a plateau schedule, save the best, count
         patience. Returns True when the run must stop (divergence, early stopping)."""
         st, es = run.st, self.config.train.early_stopping
+        yield from self._evaluating(run)
         rec = self._record(run)
         yield TrainEvent(EventKind.EVAL, st.step, record=rec)
         metric = rec.val_loss if run.data.num_val_targets > 0 else rec.train_loss
@@ -250,6 +267,7 @@ class Trainer:
                 log.info("early stop at step %d: no improvement in %d evaluations", st.step, es.patience)
                 return True
         run.window_start = time.monotonic()
+        run.beat_at, run.beat_step = self._clock(), st.step  # the next heartbeat is heartbeat_s from now
         run.model.train()
         return False
 
@@ -258,6 +276,7 @@ class Trainer:
         uninterrupted one), write ``last.pt`` and end the run as paused."""
         st = run.st
         if not evaluated:
+            yield from self._evaluating(run)
             rec = self._record(run, reset_window=False)  # the window goes on after the resume
             yield TrainEvent(EventKind.EVAL, st.step, record=rec)
             if not math.isfinite(rec.val_loss if run.data.num_val_targets > 0 else rec.train_loss):
@@ -268,6 +287,22 @@ class Trainer:
         run.status = TrialStatus.PAUSED
         log.info("paused at step %d; resume from %s", st.step, path)
         yield TrainEvent(EventKind.PAUSED, st.step, checkpoint=str(path), record=st.evals[-1] if st.evals else None)
+
+    def _heartbeat(self, run: Run, now: float) -> TrainEvent:
+        """A ``training`` heartbeat: the pace since the last one, and the window's mean train loss
+        (the one device read-back, once per heartbeat)."""
+        st, batch = run.st, self.config.train.batch_size
+        seconds, steps = max(now - run.beat_at, 1e-9), st.step - run.beat_step
+        run.beat_at, run.beat_step = now, st.step
+        loss = float((run.nll_sum / max(1, st.window_steps)).item())
+        info = {"phase": "training", "steps_per_s": steps / seconds, "samples_per_s": steps * batch / seconds,
+                "train_loss": loss}
+        return TrainEvent(EventKind.HEARTBEAT, st.step, info=info)
+
+    def _evaluating(self, run: Run) -> Iterator[TrainEvent]:
+        """An ``evaluating`` heartbeat as an evaluation starts (with heartbeats on)."""
+        if self._heartbeat_s is not None:
+            yield TrainEvent(EventKind.HEARTBEAT, run.st.step, info={"phase": "evaluating"})
 
     def _record(self, run: Run, reset_window: bool = True) -> EvalRecord:
         """Evaluate now and append the record; the train-loss window restarts unless told not to."""

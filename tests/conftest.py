@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -319,6 +320,18 @@ class _Tier:
 
 _TIER = _Tier()
 _RAY_MARKERS = ("ray", "cluster")
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels() -> Iterator[None]:
+    """``cli.main`` sets the ``orchestrator`` and ``rnn`` loggers' levels (WARNING for a quiet
+    command): put them back after each test, so a later test's ``caplog`` sees INFO lines
+    whatever ran before it in this process."""
+    loggers = [logging.getLogger(name) for name in ("orchestrator", "rnn")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 @pytest.hookimpl(tryfirst=True)

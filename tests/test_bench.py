@@ -65,7 +65,11 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep
     ratios = payload["ratios"]
     assert [r["measure"] for r in ratios] == [
         "engine LSTM / bare nn.LSTM", "engine LN-LSTM / bare nn.LSTM", "Trainer / bare loop (same model)",
+        "Trainer, beat each step / none",
     ]
+    beat = ratios[-1]
+    assert beat["target"] is None and 0 <= beat["extra"]["cost_at_15s"] == pytest.approx(
+        beat["extra"]["heartbeat_added_s"] / 15.0)
     for r in ratios:
         assert r["engine_samples_per_s"] > 0 and r["baseline_samples_per_s"] > 0
         assert r["ratio"] == pytest.approx(r["engine_samples_per_s"] / r["baseline_samples_per_s"])

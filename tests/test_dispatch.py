@@ -23,8 +23,8 @@ from orchestrator.results import ResultsStore
 from orchestrator.results.store import BEST_CHECKPOINT
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.backend import Assignment, Notice, NoticeKind
-from orchestrator.run.dispatch import Dispatcher
-from orchestrator.run.events import Checkpointed, Ended, Evaluated, Started
+from orchestrator.run.dispatch import Dispatcher, beat_interval
+from orchestrator.run.events import Beat, Checkpointed, Ended, Evaluated, Started
 from orchestrator.spec import ResourcesSpec, build_job
 from rnn.checkpoint import FORMAT_VERSION
 from rnn.events import TrainResult, TrialStatus
@@ -212,6 +212,37 @@ def test_default_stall_timeout_follows_the_trials_pace(tmp_path: Path) -> None:
     state.heard(100.0)
     state.heard(400.0)  # a 300 s gap between evaluations
     assert dispatcher.stall_timeout_s(state) == 1500.0
+
+
+def test_a_training_trial_is_judged_by_its_heartbeats_and_an_evaluation_by_its_pace(tmp_path: Path) -> None:
+    trials, res = _trials(1)
+    dispatcher = Dispatcher(trials, res, ResultsStore(tmp_path / "job"), ScriptedBackend({}))
+    attempt = Attempt.of(trials[0], 1)
+    attempt.heard(100.0)
+    attempt.heard(400.0)  # the first evaluation came 300 s in
+    training = Beat(410, "training", steps_per_s=20.0, samples_per_s=640.0, train_loss=2.5)
+    attempt.heard(415.0, beat_interval(training))
+    assert dispatcher.stall_timeout_s(attempt) == 60.0  # 4 heartbeats missed: hung, caught in a minute
+    attempt.heard(430.0, beat_interval(Beat(420, "evaluating")))
+    assert dispatcher.stall_timeout_s(attempt) == 1500.0  # an evaluation sends nothing until it ends
+    # a step slower than the heartbeat period: the next heartbeat is due a step later
+    assert beat_interval(Beat(1, "training", steps_per_s=0.01)) == pytest.approx(100.0)
+    assert beat_interval(Evaluated(eval_record(10, 2.0))) is None
+
+
+def test_heartbeats_make_a_progress_line_with_the_pace_and_no_silence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trials, res = _trials(1)
+    a = trials[0].trial_id
+    beat = Beat(5, "training", steps_per_s=2.5, samples_per_s=80.0, train_loss=3.1234)
+    backend = ScriptedBackend({a: [[START, beat, Beat(6, "training", 2.5, 80.0, 3.0), *_happy()[1:]]]})
+    caplog.set_level("INFO")
+    _, rows = _run(tmp_path, trials, res, backend)
+    assert rows[a]["status"] == "completed"
+    lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
+    assert len(lines) == 1  # one line a minute at most, per trial
+    assert "step 5/20: train 3.1234, 2.5 steps/s, ETA 6s" in lines[0]
 
 
 def test_explicit_stall_timeout_spares_the_set_up_before_the_first_event(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 from dataclasses import replace
@@ -25,7 +26,7 @@ tiny = tiny_run
 
 def test_event_kind_is_a_closed_set() -> None:
     assert TrainEvent("eval", 3).kind is EventKind.EVAL and EventKind.END == "end"  # str-valued
-    with pytest.raises(ValueError, match="expected one of start, eval, checkpoint, paused, end"):
+    with pytest.raises(ValueError, match="expected one of start, eval, checkpoint, paused, heartbeat, end"):
         TrainEvent("stopped", 3)
 
 
@@ -276,3 +277,43 @@ def test_pause_at_or_past_the_budget_is_ignored_and_before_the_resume_is_refused
     assert events[-1].result.status is TrialStatus.COMPLETED and events[-1].result.steps == result.steps == 20
     with pytest.raises(ValueError, match="pause_at_step=10"):
         list(Trainer(tiny(max_steps=40), tmp_path / "c").iter_fit(tmp_path / "a" / "best.pt", pause_at_step=10))
+
+
+class _FakeClock:
+    """One second per reading: the heartbeat's timing without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_heartbeats_come_between_evaluations_and_change_nothing(tmp_path: Path) -> None:
+    cfg = tiny()  # 40 steps, an evaluation every 10
+    beating = list(Trainer(cfg, tmp_path / "beat", heartbeat_s=3.0, clock=_FakeClock()).iter_fit())
+    plain = list(Trainer(cfg, tmp_path / "plain").iter_fit())
+    assert not any(e.kind is EventKind.HEARTBEAT for e in plain)
+    # the same run: heartbeats read the clock and the loss, and decide nothing
+    evals = [[e.record.val_loss for e in events if e.kind is EventKind.EVAL] for events in (beating, plain)]
+    assert evals[0] == evals[1] and len(evals[0]) == 4
+
+    training = [e for e in beating if e.kind is EventKind.HEARTBEAT and e.info["phase"] == "training"]
+    steps = [e.step for e in training]
+    # one reading per step, a beat every 3 readings: steps 3, 6, 9 (not 10: that step evaluates), 13, ...
+    assert steps[:3] == [3, 6, 9] and 10 not in steps and all(s % 10 for s in steps)
+    assert all(b - a >= 3 for a, b in itertools.pairwise(steps))  # never more often than heartbeat_s
+    for e in training:
+        assert e.info["steps_per_s"] > 0 and e.info["samples_per_s"] == pytest.approx(e.info["steps_per_s"] * 8)
+        assert math.isfinite(e.info["train_loss"]) and e.info["train_loss"] > 0
+    for i, e in enumerate(beating):  # every evaluation is announced just before it starts
+        if e.kind is EventKind.EVAL:
+            before = beating[i - 1]
+            assert before.kind is EventKind.HEARTBEAT and before.info == {"phase": "evaluating"}
+            assert before.step == e.step
+
+
+def test_a_negative_heartbeat_period_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="heartbeat_s must be >= 0"):
+        Trainer(tiny(), tmp_path, heartbeat_s=-1.0)

@@ -19,7 +19,18 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
+from orchestrator.run.events import (
+    HEARTBEAT_S,
+    Beat,
+    Checkpointed,
+    Ended,
+    Evaluated,
+    Event,
+    Measured,
+    Paused,
+    Raised,
+    Started,
+)
 from orchestrator.run.faults import Fault, batch_hook, step_hook
 from rnn.config import RunConfig, ThroughputConfig
 
@@ -41,15 +52,23 @@ class TrainerActor:
         data_dir: where to look for downloadable corpora on this node.
         own_process: the worker has a process of its own, which an ``exit`` fault ends; False
             in the driver's process, where that fault raises ``WorkerExit`` instead.
+        heartbeat_s: how often a training trial sends a ``Beat`` between evaluations.
     """
 
-    def __init__(self, num_threads: int, data_dir: Optional[str] = None, own_process: bool = True) -> None:
+    def __init__(
+        self,
+        num_threads: int,
+        data_dir: Optional[str] = None,
+        own_process: bool = True,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
         import torch
 
         torch.set_num_threads(max(1, num_threads))
         self._num_threads = num_threads
         self._data_dir = data_dir
         self._own_process = own_process
+        self._heartbeat_s = heartbeat_s
         self._scratch = Path(tempfile.mkdtemp(prefix="rnn-trial-"))
 
     def close(self) -> None:
@@ -87,6 +106,7 @@ class TrainerActor:
             num_threads=self._num_threads,
             data_dir=self._data_dir,
             step_hook=step_hook(fault, self._own_process) if fault and fault.applies(trial_id, attempt) else None,
+            heartbeat_s=self._heartbeat_s,
         )
         pause: dict[str, Any] = {"pause_at_step": pause_at} if pause_at is not None else {}
         resume_point: Optional[bytes] = None
@@ -100,6 +120,10 @@ class TrainerActor:
                     yield Checkpointed(event.step, Path(event.checkpoint).read_bytes())
                 elif event.kind is EventKind.PAUSED and event.checkpoint is not None:
                     resume_point = Path(event.checkpoint).read_bytes()
+                elif event.kind is EventKind.HEARTBEAT:
+                    info = event.info
+                    yield Beat(event.step, str(info.get("phase", "training")), info.get("steps_per_s"),
+                               info.get("samples_per_s"), info.get("train_loss"))
                 elif event.kind is EventKind.END:
                     result = event.result
                     if result is not None and result.status is TrialStatus.PAUSED and resume_point is not None:

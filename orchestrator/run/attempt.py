@@ -32,6 +32,10 @@ class Attempt:
     longest_gap_s: float = 0.0
     warned_mono: float = 0.0
     paused_mono: Optional[float] = None  # when it paused: waiting at a rung is not running time
+    #: While it trains between evaluations: the seconds expected between its heartbeats (the
+    #: heartbeat period, or one step where a step takes longer). None in any other phase (set-up,
+    #: compile, evaluation), which has no pace to judge it by.
+    beat_every_s: Optional[float] = None
 
     @classmethod
     def of(cls, trial: Trial, total: int) -> Attempt:
@@ -46,15 +50,18 @@ class Attempt:
         """Handed to a worker: a new attempt's clock starts (the trial's, at its first)."""
         self.attempt_started_mono = self.last_event_mono = now
         self.heard_this_attempt = False
+        self.beat_every_s = None
         self.first_started_mono = self.first_started_mono or now
         self.started_at = self.started_at or datetime.now(timezone.utc)
 
-    def heard(self, now: float) -> None:
-        """An event arrived: the gap since the last one sets the pace a stall is judged by."""
+    def heard(self, now: float, beat_every_s: Optional[float] = None) -> None:
+        """An event arrived: the gap since the last one sets the pace a stall is judged by.
+        ``beat_every_s``: it was a training heartbeat, and the next is due within that."""
         if self.last_event_mono:
             self.longest_gap_s = max(self.longest_gap_s, now - self.last_event_mono)
         self.last_event_mono = now
         self.heard_this_attempt = True
+        self.beat_every_s = beat_every_s
 
     def paused(self, now: float) -> None:
         self.paused_mono = now

@@ -42,7 +42,7 @@ from orchestrator.errors import UsageError
 from orchestrator.results import ResultsStore
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.backend import Assignment, Backend, Notice, NoticeKind
-from orchestrator.run.events import Paused
+from orchestrator.run.events import HEARTBEAT_S, Beat, Paused
 from orchestrator.run.faults import Fault
 from orchestrator.run.progress import Progress
 from orchestrator.run.recorder import Recorder
@@ -54,7 +54,11 @@ log = logging.getLogger(__name__)
 
 #: How long one turn of the loop waits for an event.
 POLL_S = 0.5
-#: The default stall timeout: max(STALL_FLOOR_S, STALL_PACE_FACTOR x the longest gap seen between events).
+#: The default stall timeout: while a trial trains between evaluations, BEAT_STALL_FACTOR x the
+#: time between its heartbeats (4 x 15 s: a hung worker is caught in a minute); in any other
+#: phase (set-up, compile, evaluation), max(STALL_FLOOR_S, STALL_PACE_FACTOR x the longest gap
+#: seen between its events).
+BEAT_STALL_FACTOR = 4.0
 STALL_FLOOR_S = 600.0
 STALL_PACE_FACTOR = 5.0
 #: A trial silent this long (or half its stall timeout, if shorter) is named in the log, once a minute.
@@ -71,6 +75,15 @@ class SweepSummary:
     skipped: int
     statuses: dict[str, int]
     interrupted: bool
+
+
+def beat_interval(event: object) -> Optional[float]:
+    """For a training heartbeat, the seconds within which the next is due: the heartbeat period,
+    or one step at the trial's pace where a step takes longer; None for any other event."""
+    if not isinstance(event, Beat) or event.phase != "training":
+        return None
+    step_s = 1.0 / event.steps_per_s if event.steps_per_s else 0.0
+    return max(HEARTBEAT_S, step_s)
 
 
 class Dispatcher:
@@ -224,7 +237,7 @@ class Dispatcher:
             attempt = self._busy.get(n.worker)
             if attempt is None or n.event is None:
                 return
-            attempt.heard(time.monotonic())
+            attempt.heard(time.monotonic(), beat_interval(n.event))
             if self.recorder.on_event(attempt, n.event):
                 del self._busy[n.worker]
                 self._idle.append(n.worker)
@@ -297,14 +310,19 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ liveness
     def stall_timeout_s(self, attempt: Attempt) -> float:
-        """The spec's ``stall_timeout_s``, else max(600 s, 5x the longest gap between the trial's events).
+        """The spec's ``stall_timeout_s``; else, while the trial trains between evaluations (its
+        last event a training heartbeat), 4x the time between its heartbeats; else max(600 s, 5x
+        the longest gap between the trial's events).
 
         Until an attempt's first event (the worker loading data, training a tokenizer, building
-        the model) the limit is at least 600 s: set-up has no pace to judge it by yet.
+        the model) the limit is at least 600 s: set-up has no pace to judge it by yet; nor have a
+        compile and an evaluation, which send nothing until they end.
         """
         if self.res.stall_timeout_s is not None:
             limit = float(self.res.stall_timeout_s)
             return limit if attempt.heard_this_attempt else max(limit, STALL_FLOOR_S)
+        if attempt.beat_every_s is not None:
+            return BEAT_STALL_FACTOR * attempt.beat_every_s
         return max(STALL_FLOOR_S, STALL_PACE_FACTOR * attempt.longest_gap_s)
 
     def _watch(self, now: float) -> None:

@@ -1,7 +1,8 @@
 """What a trainer actor streams to the driver: one small dataclass per kind of event.
 
 Plain, picklable data (they cross the Ray boundary). A training trial yields ``Started``,
-then ``Evaluated`` / ``Checkpointed`` as they happen, then ``Ended``; a throughput trial yields
+then ``Evaluated`` / ``Checkpointed`` as they happen (and a ``Beat`` every
+:data:`HEARTBEAT_S` between evaluations), then ``Ended``; a throughput trial yields
 ``Started``, one ``Measured`` per batch size, then ``Ended`` with no result. ``Raised`` (an
 exception inside the trainer, with the worker's traceback) is always the last event when present.
 Only a lost worker or node surfaces as a Ray error on the driver, never as an event.
@@ -13,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from rnn.events import EvalRecord, TrainResult
+
+#: How often a training trial says it is alive between evaluations (a :class:`Beat`): rare enough
+#: to cost nothing measurable, often enough that a hung worker is caught in about a minute.
+HEARTBEAT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,19 @@ class Paused:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """A training trial is alive: sent every :data:`HEARTBEAT_S` between evaluations (``phase``
+    ``training``, with its pace and the mean train loss since the last evaluation), and once as
+    each evaluation starts (``phase`` ``evaluating``: nothing more comes until it ends)."""
+
+    step: int
+    phase: str
+    steps_per_s: Optional[float] = None
+    samples_per_s: Optional[float] = None
+    train_loss: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class Raised:
     """An exception inside the trainer: ``Type: message`` first, then the worker's traceback."""
 
@@ -71,4 +89,4 @@ class Raised:
     oom: bool = False
 
 
-Event = Union[Started, Evaluated, Checkpointed, Measured, Ended, Paused, Raised]
+Event = Union[Started, Evaluated, Checkpointed, Measured, Ended, Paused, Raised, Beat]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -20,12 +21,15 @@ from orchestrator.durations import format_duration
 from orchestrator.results import ResultsStore, trial_row
 from orchestrator.results.store import RESUME_CHECKPOINT
 from orchestrator.run.attempt import Attempt
-from orchestrator.run.events import Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
+from orchestrator.run.events import Beat, Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
 from orchestrator.run.faults import Fault, raise_commit_fault
 from orchestrator.run.progress import Progress
 from rnn.events import EvalRecord, TrainResult, TrialStatus
 
 log = logging.getLogger(__name__)
+
+#: A trial's heartbeats make a progress line at most this often.
+BEAT_LINE_S = 60.0
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Ledger:
     # checkpoints/<id>/last.pt, and ``resume`` holds those bytes).
     paused_result: Optional[TrainResult] = None
     has_resume_point: bool = False
+    beat_logged_mono: float = 0.0  # when a heartbeat last made a progress line
 
 
 class Recorder:
@@ -113,6 +118,8 @@ class Recorder:
                 speed = (row.error or "").splitlines()[0] if row.error else ""
             status = getattr(row.status, "value", row.status)  # a ThroughputStatus
             self.progress.line(attempt.tag, f"batch {row.batch_size}: {status} {speed}".rstrip())
+        elif isinstance(event, Beat):
+            self._beat(attempt, ledger, event)
         elif isinstance(event, Checkpointed):
             ledger.resume, ledger.resume_step = event.data, event.step
             self.store.write_checkpoint_bytes(attempt.trial_id, event.data)
@@ -189,6 +196,23 @@ class Recorder:
         best = event.result.best_val_loss
         how = f"best val {best:.4f} at step {event.result.best_step}" if best is not None else "no evaluation"
         self.progress.trial_paused(attempt.tag, f"paused at step {event.step} ({how})")
+
+    def _beat(self, attempt: Attempt, ledger: Ledger, beat: Beat) -> None:
+        """A training heartbeat: a progress line with the step, the train loss and the pace, at
+        most every :data:`BEAT_LINE_S` per trial (an evaluation says the rest)."""
+        now = time.monotonic()
+        if beat.phase != "training" or now - ledger.beat_logged_mono < BEAT_LINE_S:
+            return
+        ledger.beat_logged_mono = now
+        total = attempt.trial.run_config.train.max_steps
+        text = f"step {beat.step}" + (f"/{total}" if total else "")
+        if beat.train_loss is not None:
+            text += f": train {beat.train_loss:.4f}"
+        if beat.steps_per_s:
+            text += f", {beat.steps_per_s:,.1f} steps/s"
+            if total and total > beat.step:
+                text += f", ETA {format_duration((total - beat.step) / beat.steps_per_s)}"
+        self.progress.line(attempt.tag, text)
 
     def _row(self, attempt: Attempt, ledger: Ledger, status: TrialStatus, result: Optional[TrainResult],
              error: Optional[str]) -> dict[str, Any]:
