@@ -9,7 +9,8 @@ The time estimate is a deliberately simple heuristic, good to an order of magnit
 - recurrence: every timestep of every layer and direction pays a fixed overhead
   (:data:`CPU_STEP_OVERHEAD_S` / :data:`GPU_STEP_OVERHEAD_S`), ten times more for the layer-norm
   LSTM, whose cell runs step by step instead of in a fused kernel;
-- evaluation adds :data:`EVAL_OVERHEAD`; ``max_time_s`` caps a trial; an epoch budget needs the
+- evaluation adds :data:`EVAL_OVERHEAD`; ``max_time_s`` caps a trial (with ``schedule_by: time``
+  it is the trial's training time, and the steps it buys are estimated); an epoch budget needs the
   corpus size, known for shakespeare and for files (``builtin``'s is not assumed).
 
 Measure a real run before trusting any of these numbers.
@@ -112,6 +113,8 @@ def estimate_trial_seconds(trial: Trial, resources: ResourcesSpec) -> Optional[f
         return min(total, tp.auto_time_budget_s) if tp.batch_sizes == "auto" else total
     train_steps = _train_steps(run)
     cap = run.train.max_time_s
+    if run.train.schedule_by == "time" and cap is not None:  # training time; evaluations come on top
+        return cap * (1 + EVAL_OVERHEAD)
     if train_steps is None:
         return cap
     seconds = train_steps * estimate_step_seconds(run, resources, run.train.batch_size) * (1 + EVAL_OVERHEAD)
@@ -171,7 +174,28 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
     lines.append(f"rough time ({where} heuristic, see orchestrator/plan.py; measure before trusting): "
                  f"about {total} for the job" + (" without successive halving" if _asha_line(job) else ""))
     lines += _asha_line(job)
+    lines += _time_budget_lines(job, res)
     return "\n".join(lines)
+
+
+def _time_budget_lines(job: Job, res: ResourcesSpec) -> list[str]:
+    """For trials whose schedule spans ``max_time_s`` (``schedule_by: time``): the budget as time,
+    and the steps it buys here by the heuristic (a trial's steps depend on the machine's speed)."""
+    out = []
+    seen: set[tuple[float, float]] = set()
+    for trial in job.trials:
+        train = trial.run_config.train
+        if train.schedule_by != "time" or train.max_time_s is None:
+            continue
+        step_s = estimate_step_seconds(trial.run_config, res, train.batch_size)
+        if (train.max_time_s, step_s) in seen:
+            continue
+        seen.add((train.max_time_s, step_s))
+        out.append(f"schedule by time (trial {trial.trial_id}{' and others like it' if len(job.trials) > 1 else ''}): "
+                   f"{format_duration(train.max_time_s)} of training (evaluations and checkpoints not counted), "
+                   f"its {train.scheduler} schedule ending with it; at the heuristic's {step_s:.3g} s a step, about "
+                   f"{int(train.max_time_s / step_s):,} steps on this machine")
+    return out
 
 
 def _asha_line(job: Job) -> list[str]:

@@ -30,6 +30,8 @@ Cell = Literal["lstm", "gru", "rnn"]
 Level = Literal["char", "bpe", "word"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "plateau", "step", "constant"]
+#: What a schedule's progress counts: optimiser steps of the step budget, or training seconds of max_time_s.
+ScheduleBy = Literal["steps", "time"]
 Amp = Literal["auto", "off", "fp16", "bf16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 #: ``train.compile``: torch.compile the training forward (see :mod:`rnn.compile`).
@@ -145,13 +147,16 @@ class TrainConfig:
     max_steps: Optional[Steps] = 1000
     # an epoch = train tokens / (batch_size * seq_len) steps
     max_epochs: Optional[Annotated[float, Gt(0), Le(1_000_000)]] = None
-    max_time_s: Optional[Annotated[float, Gt(0), Le(31_536_000)]] = None  # wall-clock budget
+    max_time_s: Optional[Annotated[float, Gt(0), Le(31_536_000)]] = None  # wall-clock budget (see schedule_by)
     eval_every: Steps = 250
     optimizer: Optimizer = "adamw"
     lr: Annotated[float, Gt(0), Le(10)] = 2e-3
     weight_decay: NonNegative = 0.01
     scheduler: Scheduler = "onecycle"
     warmup_fraction: Fraction = 0.05  # cosine warmup; onecycle's pct_start
+    # steps: onecycle/cosine/step span the step budget. time: they span max_time_s of training time
+    # (evaluations and checkpoints excluded), which then ends the run, whatever the machine's speed.
+    schedule_by: ScheduleBy = "steps"
     # None disables clipping (the engine also reads 0 that way; a spec asks for null, which says so)
     clip_grad_norm: Optional[Annotated[float, Gt(0)]] = 1.0
     label_smoothing: Fraction = 0.0

@@ -22,6 +22,9 @@ STEP_MILESTONES = (0.5, 0.75)
 STEP_GAMMA = 0.1
 #: Runs shorter than this keep a constant lr under ``onecycle``.
 MIN_ONECYCLE_STEPS = 4
+#: ``schedule_by: time``: the schedule is built over this many ticks, each 1/SCHEDULE_TICKS of
+#: ``max_time_s``, and stepped to the tick the training time has reached.
+SCHEDULE_TICKS = 10_000
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

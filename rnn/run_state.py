@@ -45,6 +45,9 @@ class RunState:
         self.patience_ref: Optional[float] = None  # the last value that improved by min_delta
         self.bad_evals = 0
         self.train_time_s = 0.0
+        #: schedule_by: time: training seconds before the current stretch of steps (evaluations
+        #: and checkpoints excluded), the clock the schedule and the time budget run on.
+        self.trained_s = 0.0
         self.evals: list[EvalRecord] = []
         self.window_steps = 0  # steps summed into the current train-loss window
 
@@ -83,11 +86,19 @@ class Run:
         # Heartbeats (Trainer(heartbeat_s=...)): when the last one was sent (the trainer's clock), at which step.
         self.beat_at = 0.0
         self.beat_step = 0
+        # schedule_by: time: when the current stretch of training steps began (the trainer's clock).
+        self.stretch_start = 0.0
 
     def advance_schedule(self) -> None:
         """Step a per-step lr schedule after a training step, unless the fp16 scaler skipped it:
         the schedule counts optimiser updates, not attempts."""
         if self.per_step_schedule and not self.train_step.skipped:
+            self.scheduler.step()
+
+    def advance_schedule_to(self, tick: int) -> None:
+        """schedule_by: time: step the schedule until it has taken ``tick`` steps (its ticks are
+        fractions of the time budget, :data:`rnn.optim.SCHEDULE_TICKS` in all)."""
+        while self.scheduler is not None and self.scheduler.last_epoch < tick:
             self.scheduler.step()
 
     def elapsed(self) -> float:
@@ -132,6 +143,7 @@ def checkpoint_state(run: Run, config: RunConfig) -> dict[str, Any]:
         "patience_ref": st.patience_ref,
         "bad_evals": st.bad_evals,
         "train_time_s": st.train_time_s,
+        "trained_s": st.trained_s,
         "window": {
             "nll_sum": run.nll_sum.detach().cpu(),
             "objective_sum": run.objective_sum.detach().cpu(),
@@ -160,7 +172,8 @@ def restore_run(ckpt: dict[str, Any], run: Run, config: RunConfig) -> None:
         )
     name = config.train.scheduler
     saved_total = ckpt.get("total_steps", (ckpt.get("scheduler") or {}).get("total_steps"))
-    if name in BUDGET_SHAPED and saved_total is not None and saved_total != run.total_steps:
+    by_steps = config.train.schedule_by == "steps"
+    if by_steps and name in BUDGET_SHAPED and saved_total is not None and saved_total != run.total_steps:
         raise CheckpointError(
             f"checkpoint was written for a {saved_total}-step {name} schedule but this run's budget is "
             f"{run.total_steps} steps; resume with the same max_steps/max_epochs (a {name} schedule "
@@ -179,6 +192,7 @@ def restore_run(ckpt: dict[str, Any], run: Run, config: RunConfig) -> None:
     st.patience_ref = ckpt.get("patience_ref", st.best_metric)
     st.bad_evals = int(ckpt["bad_evals"])
     st.train_time_s = float(ckpt["train_time_s"])
+    st.trained_s = float(ckpt.get("trained_s", 0.0))  # not in checkpoints written before schedule_by
     st.evals = [EvalRecord(**r) for r in ckpt["evals"]]
     best_step = ckpt.get("best_step", st.step)  # a best checkpoint is written at its best step
     st.best_record = next((r for r in reversed(st.evals) if r.step == best_step), None)

@@ -30,7 +30,7 @@ from rnn.device import detect_device, device_report, resolve_precision, use_tf32
 from rnn.evaluate import eval_batch_size, evaluate
 from rnn.events import EvalRecord, EventKind, TrainEvent, TrainResult, TrialStatus
 from rnn.models import LanguageModel, build_model
-from rnn.optim import build_scheduler
+from rnn.optim import SCHEDULE_TICKS, build_scheduler
 from rnn.run_state import Run, checkpoint_state, restore_run
 from rnn.step import TrainStep, lm_loss  # noqa: F401  (lm_loss: part of this module's API)
 
@@ -59,7 +59,8 @@ class Trainer:
             as each evaluation starts), so a watcher can tell a live run from a hung one. It
             reads ``clock`` each step (no device sync); the event's train loss is one read-back
             per heartbeat. ``None``: no heartbeats.
-        clock: the heartbeat's clock (``time.monotonic``; a test passes a fake one).
+        clock: the clock of heartbeats and of a ``schedule_by: time`` run's training time
+            (``time.monotonic``; a test passes a fake one).
     """
 
     def __init__(
@@ -79,6 +80,8 @@ class Trainer:
             raise ValueError(f"heartbeat_s must be >= 0 seconds, got {heartbeat_s!r}")
         self._heartbeat_s = heartbeat_s
         self._clock = clock
+        #: schedule_by: time: the schedule and the time budget run on training time (this clock).
+        self._by_time = config.train.schedule_by == "time"
         self.config = config
         self.run_dir = Path(run_dir)
         self._device_override = device
@@ -148,7 +151,11 @@ class Trainer:
         train_step = TrainStep(model, data, tc, precision, tc.batch_size)
         assert train_step.optimizer is not None  # released only after the loop
         plateau_patience = max(1, tc.early_stopping.patience // 2) if tc.early_stopping else 2
-        scheduler = build_scheduler(train_step.optimizer, tc, total_steps, plateau_patience)
+        by_time = tc.schedule_by == "time"
+        if by_time and tc.max_time_s is None:
+            raise ValueError("train.schedule_by: time needs train.max_time_s, the budget the schedule spans")
+        scheduler = build_scheduler(train_step.optimizer, tc, SCHEDULE_TICKS if by_time else total_steps,
+                                    plateau_patience)
         run = Run(device, data, model, precision, total_steps, train_step, scheduler)
         if resume_from is not None:
             ckpt = load_checkpoint(resume_from, map_location=device)
@@ -201,10 +208,18 @@ class Trainer:
         run.clock_start = time.monotonic() - st.train_time_s
         run.window_start = time.monotonic()
         run.beat_at, run.beat_step = self._clock(), st.step
+        time_budget = tc.max_time_s if self._by_time else None
+        if self._by_time:
+            run.stretch_start = self._clock()
         run.model.train()
         while total is None or st.step < total:
             losses, run.grad_norm = run.train_step()  # on the device; nothing read back (but fp16)
-            run.advance_schedule()
+            trained = 0.0
+            if time_budget is not None:
+                trained = st.trained_s + self._clock() - run.stretch_start
+                run.advance_schedule_to(min(SCHEDULE_TICKS, int(SCHEDULE_TICKS * trained / time_budget)))
+            else:
+                run.advance_schedule()
             run.objective_sum += losses.objective
             run.nll_sum += losses.nll
             bad = ~torch.isfinite(losses.objective)
@@ -218,7 +233,10 @@ class Trainer:
             at_pause = st.step == pause_at_step and (total is None or st.step < total)
             # The clock is read every step (no device sync), so a slow step cannot overshoot
             # max_time_s by more than itself.
-            out_of_time = tc.max_time_s is not None and run.elapsed() >= tc.max_time_s
+            if time_budget is not None:  # the time budget counts training time, as the schedule does
+                out_of_time = trained >= time_budget
+            else:
+                out_of_time = tc.max_time_s is not None and run.elapsed() >= tc.max_time_s
             if self._heartbeat_s is not None and not (at_eval or at_pause or out_of_time):
                 now = self._clock()
                 if now - run.beat_at >= self._heartbeat_s:
@@ -268,6 +286,8 @@ class Trainer:
                 return True
         run.window_start = time.monotonic()
         run.beat_at, run.beat_step = self._clock(), st.step  # the next heartbeat is heartbeat_s from now
+        if self._by_time:
+            run.stretch_start = self._clock()  # training time runs again
         run.model.train()
         return False
 
@@ -300,7 +320,11 @@ class Trainer:
         return TrainEvent(EventKind.HEARTBEAT, st.step, info=info)
 
     def _evaluating(self, run: Run) -> Iterator[TrainEvent]:
-        """An ``evaluating`` heartbeat as an evaluation starts (with heartbeats on)."""
+        """An evaluation starts: training time stops counting until the loop runs again, and an
+        ``evaluating`` heartbeat says so (with heartbeats on)."""
+        if self._by_time:
+            run.st.trained_s += self._clock() - run.stretch_start
+            run.stretch_start = self._clock()
         if self._heartbeat_s is not None:
             yield TrainEvent(EventKind.HEARTBEAT, run.st.step, info={"phase": "evaluating"})
 

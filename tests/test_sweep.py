@@ -100,6 +100,27 @@ def test_trial_id_is_pinned() -> None:
     assert expand(spec_with())[0].trial_id == "3afb2d1441b7"
 
 
+def test_settings_added_later_keep_the_ids_of_jobs_that_do_not_use_them() -> None:
+    base_id = expand(spec_with())[0].trial_id
+    train = copy.deepcopy(BASE["train"])
+    assert expand(spec_with(train={**train, "schedule_by": "steps"}))[0].trial_id == base_id  # the default
+    timed = spec_with(train={**train, "schedule_by": "time", "max_steps": None, "max_time_s": 60.0})
+    assert trial_config(expand(timed)[0])["train"]["schedule_by"] == "time" and expand(timed)[0].trial_id != base_id
+
+
+def test_a_time_schedule_is_checked_where_it_is_written() -> None:
+    from orchestrator.errors import SpecError
+
+    with pytest.raises(SpecError) as e:
+        spec_with(train={"schedule_by": "time", "scheduler": "plateau"})
+    lines = str(e.value).splitlines()
+    assert any("train.schedule_by: time needs train.max_time_s" in line for line in lines)
+    assert any("set max_steps to null" in line for line in lines)
+    assert any("plateau has no length to stretch" in line for line in lines)
+    ok = spec_with(train={"schedule_by": "time", "max_steps": None, "max_time_s": 30.0, "scheduler": "onecycle"})
+    assert ok.trials[0].run_config.train.schedule_by == "time"
+
+
 def test_trial_id_ignores_dict_order_name_resources_output() -> None:
     config = trial_config(expand(spec_with())[0])
     reordered = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(config.items()))}

@@ -317,3 +317,42 @@ def test_heartbeats_come_between_evaluations_and_change_nothing(tmp_path: Path) 
 def test_a_negative_heartbeat_period_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="heartbeat_s must be >= 0"):
         Trainer(tiny(), tmp_path, heartbeat_s=-1.0)
+
+
+def _time_run(max_time_s: float, scheduler: str = "cosine") -> RunConfig:
+    cfg = tiny(max_steps=None, max_time_s=max_time_s, scheduler=scheduler, lr=0.01, warmup_fraction=0.1)
+    return replace(cfg, train=replace(cfg.train, schedule_by="time"))
+
+
+def test_a_time_schedule_ends_with_the_time_budget(tmp_path: Path) -> None:
+    """One clock second per reading: the schedule's progress is training time over max_time_s,
+    whatever the steps cost, and the run ends when the budget is spent."""
+    from rnn.optim import COSINE_FLOOR
+
+    result = Trainer(_time_run(60.0), tmp_path, clock=_FakeClock()).fit()
+    lrs = [r.lr for r in result.evals]
+    assert result.status is TrialStatus.COMPLETED
+    assert 50 <= result.steps <= 60  # about a step per second, evaluations not counted
+    assert lrs[-1] == pytest.approx(0.01 * COSINE_FLOOR, rel=1e-3)  # annealed to its end, at the budget
+    assert lrs == sorted(lrs, reverse=True)  # past the warm-up, only down
+
+
+def test_a_resumed_time_schedule_continues_from_its_training_time(tmp_path: Path) -> None:
+    from rnn.optim import COSINE_FLOOR
+
+    cfg = _time_run(60.0)
+    whole = Trainer(cfg, tmp_path / "whole", clock=_FakeClock()).fit()
+    first = list(Trainer(cfg, tmp_path / "a", clock=_FakeClock()).iter_fit(pause_at_step=20))
+    assert first[-1].result.status is TrialStatus.PAUSED
+    ckpt = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert 15 <= ckpt["trained_s"] <= 25  # the training seconds so far travel with the checkpoint
+    rest = Trainer(cfg, tmp_path / "b", clock=_FakeClock()).fit(resume_from=tmp_path / "a" / "last.pt")
+    assert rest.status is TrialStatus.COMPLETED
+    assert rest.evals[-1].lr == pytest.approx(0.01 * COSINE_FLOOR, rel=1e-3)  # ends its schedule at the budget
+    assert abs(rest.steps - whole.steps) <= 3  # not bit-exact: time is not deterministic, here nearly
+
+
+def test_a_time_schedule_needs_a_time_budget(tmp_path: Path) -> None:
+    cfg = _time_run(60.0)
+    with pytest.raises(ValueError, match="schedule_by: time needs train.max_time_s"):
+        Trainer(replace(cfg, train=replace(cfg.train, max_time_s=None, max_steps=10)), tmp_path).fit()

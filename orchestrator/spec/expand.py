@@ -121,7 +121,10 @@ def canonical_json(obj: Any) -> str:
 #: Settings added after trial ids were first written, left out of the id at their default value:
 #: jobs written before keep their ids (and resume), while any other value is a different trial, so
 #: a sweep over it has one trial per value.
-HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (("train", "compile", "auto"),)
+HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (
+    ("train", "compile", "auto"),
+    ("train", "schedule_by", "steps"),
+)
 
 
 def trial_id_for(kind: str, config: Mapping[str, Any]) -> str:

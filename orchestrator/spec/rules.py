@@ -97,6 +97,20 @@ def cross_problems(v: Mapping[str, Mapping[str, Any]], kind: str, res: Mapping[s
     if kind == "train" and _ok(*(train[b] for b in budget)) and all(train[b] is None for b in budget):
         out.append(Problem("train", "no budget: set at least one of max_steps, max_epochs, max_time_s",
                            involves=tuple(f"train.{b}" for b in budget)))
+    by, sched, max_time = train["schedule_by"], train["scheduler"], train["max_time_s"]
+    if kind == "train" and _ok(by, sched, max_time) and by == "time":
+        if max_time is None:
+            out.append(Problem("train.schedule_by", "time needs train.max_time_s, the budget the schedule spans "
+                               "(training seconds)", involves=("train.schedule_by", "train.max_time_s")))
+        steps = [f"max_{b}" for b in ("steps", "epochs") if _ok(train[f"max_{b}"]) and train[f"max_{b}"] is not None]
+        if steps:
+            out.append(Problem("train.schedule_by", f"time ends the run at max_time_s: set {' and '.join(steps)} to "
+                               "null, so no step budget stops it before its schedule ends",
+                               involves=("train.schedule_by", *(f"train.{b}" for b in steps))))
+        if sched not in ("onecycle", "cosine", "step"):
+            out.append(Problem("train.schedule_by", f"time stretches a onecycle, cosine or step schedule over "
+                               f"max_time_s; {sched} has no length to stretch", got=by,
+                               involves=("train.schedule_by", "train.scheduler")))
     corpus = data["corpus"]
     if _ok(corpus) and corpus not in BUILTIN_CORPORA:
         path = Path(corpus).expanduser()  # as rnn.corpus.load_corpus reads it
