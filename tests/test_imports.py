@@ -18,7 +18,7 @@ from conftest import REPO
 
 #: orchestrator/spec's modules in import order: each may import only those before it.
 SPEC_ORDER = ("yamlio", "base", "rungs", "sweep", "schema", "problems", "sections", "expand", "rules", "location",
-              "validate")
+              "proposals", "validate")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -57,7 +57,15 @@ def test_the_spec_and_load_job_import_neither_torch_nor_ray() -> None:
                           "job = load_job('jobs/architectures.yaml')\n"
                           "assert job.trials[0].run_config.model.cell")
     assert "pydantic" in loaded
-    assert not {"torch", "ray"} & set(loaded)
+    assert not {"torch", "ray", "optuna"} & set(loaded)
+
+
+@pytest.mark.slow
+def test_only_a_searching_driver_imports_optuna() -> None:
+    """Workers import the actor's module (and the run package): neither pulls in Optuna."""
+    loaded = loaded_after("import orchestrator.run, orchestrator.run.actor, orchestrator.cli")
+    assert "optuna" not in loaded
+    assert "optuna" in loaded_after("import orchestrator.run.search")
 
 
 def _orchestrator_imports(path: Path) -> list[tuple[str, bool]]:

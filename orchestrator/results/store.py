@@ -302,6 +302,10 @@ class ResultsStore:
         """A text file's content, or None when it does not exist."""
         return self._storage.read_text(relpath)
 
+    def list_names(self, relpath: str) -> list[str]:
+        """The plain files directly in folder ``relpath`` of the job folder (none if it does not exist)."""
+        return self._storage.list_names(relpath)
+
     # --- internals ------------------------------------------------------------------------
 
     def _union(

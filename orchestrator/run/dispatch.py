@@ -115,12 +115,13 @@ class Dispatcher:
         self.trials = trials
         self.res = resources
         self.backend = backend
-        self.total = total if total is not None else len(trials)
+        self.scheduler: Scheduler = scheduler if scheduler is not None else RunToEnd()
+        to_run = len(trials) + self.scheduler.unproposed()
+        self.total = total if total is not None else to_run
         self.faults = faults
         self.stop = stop or threading.Event()
-        self.progress = Progress(len(trials), max(1, min(resources.max_concurrent, len(trials))))
-        self.recorder = Recorder(store, self.progress, faults)
-        self.scheduler: Scheduler = scheduler if scheduler is not None else RunToEnd()
+        self.progress = Progress(to_run, max(1, min(resources.max_concurrent, to_run)))
+        self.recorder = Recorder(store, self.progress, faults, on_finished=self.scheduler.on_ended)
         self._pending: collections.deque[Attempt] = collections.deque()
         self._starting: set[int] = set()
         self._idle: list[int] = []
@@ -138,16 +139,17 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> SweepSummary:
-        skipped = self.total - len(self.trials)
+        to_run = len(self.trials) + self.scheduler.unproposed()
+        skipped = self.total - to_run
         capacity = self.backend.capacity()
-        if capacity == 0 and self.trials:
+        if capacity == 0 and to_run:
             raise UsageError(
                 f"resources: this machine cannot fit one trial: each asks for {self.res.cpus_per_trial:g} CPU and "
                 f"{self.res.gpus_per_trial:g} GPU; lower resources.cpus_per_trial / gpus_per_trial"
             )
         log.info(
             "running %d trials (%d finished earlier, skipped) on up to %d workers of %g CPU / %g GPU each%s",
-            len(self.trials), skipped, min(self.res.max_concurrent, capacity or self.res.max_concurrent),
+            to_run, skipped, min(self.res.max_concurrent, capacity or self.res.max_concurrent),
             self.res.cpus_per_trial, self.res.gpus_per_trial,
             "" if capacity is not None else " (the pool follows the cluster)",
         )
@@ -161,7 +163,7 @@ class Dispatcher:
                 self._pending.append(attempt)
         try:
             self._decide()
-            while (self._pending or self._busy or self._paused) and not self.stop.is_set():
+            while self._unfinished() and not self.stop.is_set():
                 self._grow()
                 self._hand_out()
                 for notice in self.backend.poll(POLL_S):
@@ -169,24 +171,27 @@ class Dispatcher:
                 self._decide()
                 now = time.monotonic()
                 self._watch(now)
-                if self._pending and self._starting and not (self._busy or self._idle):
+                if (self._pending or self.scheduler.unproposed()) and self._starting and not (self._busy or self._idle):
                     self._check_hostable()
-                if not self._pending and not self._paused:  # a paused trial may be promoted soon
-                    self._shrink()
+                if not (self._pending or self._paused or self.scheduler.unproposed()):
+                    self._shrink()  # (a paused trial may be promoted soon, a proposal may come)
                 self.backend.check()
         finally:
             self.backend.close()
-        interrupted = self.stop.is_set() and bool(self._pending or self._busy or self._paused)
+        interrupted = self.stop.is_set() and self._unfinished()
         if interrupted:
             log.warning(
                 "interrupted: %d trials stopped, paused or not started; run the same command again to resume them",
-                len(self._pending) + len(self._busy) + len(self._paused),
+                len(self._pending) + len(self._busy) + len(self._paused) + self.scheduler.unproposed(),
             )
         return SweepSummary(self.total, skipped, dict(self.recorder.statuses), interrupted)
 
+    def _unfinished(self) -> bool:
+        return bool(self._pending or self._busy or self._paused or self.scheduler.unproposed())
+
     # ------------------------------------------------------------------ the pool
     def _grow(self) -> None:
-        want = min(self.res.max_concurrent, len(self._pending) + len(self._busy))
+        want = min(self.res.max_concurrent, len(self._pending) + len(self._busy) + self.scheduler.unproposed())
         capacity = self.backend.capacity()
         if capacity is not None:
             want = min(want, capacity)
@@ -200,7 +205,7 @@ class Dispatcher:
         self._starting.clear()
 
     def _hand_out(self) -> None:
-        while self._pending and self._idle:
+        while self._idle and (self._pending or self._proposed()):
             worker, attempt = self._idle.pop(), self._pending.popleft()
             trial, tid = attempt.trial, attempt.trial_id
             ledger = self.recorder.launching(attempt)
@@ -221,6 +226,12 @@ class Dispatcher:
             self.progress.slots = max(1, len(self._busy))
             how = f" from checkpoint at step {resume_step}" if resume_step is not None else ""
             self.progress.trial_started(attempt.tag, f"started (attempt {attempt.number}){how}")
+
+    def _proposed(self) -> bool:
+        """Ask the scheduler for new trials (a search's next proposal) onto the queue; False if none came."""
+        trials = self.scheduler.propose() if self.scheduler.unproposed() else []
+        self._pending.extend(Attempt.of(trial, self.total) for trial in trials)
+        return bool(trials)
 
     # ------------------------------------------------------------------ notices
     def _on_notice(self, n: Notice) -> None:
@@ -350,6 +361,8 @@ class Dispatcher:
         reason = self.backend.unhostable()
         if reason is None:
             return
+        while self._proposed():  # a search's proposals would wait for a worker forever
+            pass
         log.error("%s; the %d trials left are failed", reason, len(self._pending))
         while self._pending:
             attempt = self._pending.popleft()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -56,10 +57,17 @@ class Recorder:
     (host, device, device name, precision).
     """
 
-    def __init__(self, store: ResultsStore, progress: Progress, faults: tuple[Fault, ...] = ()) -> None:
+    def __init__(
+        self,
+        store: ResultsStore,
+        progress: Progress,
+        faults: tuple[Fault, ...] = (),
+        on_finished: Optional[Callable[[str, TrialStatus, dict[str, Any], list[EvalRecord]], None]] = None,
+    ) -> None:
         self.store = store
         self.faults = faults
         self.progress = progress
+        self.on_finished = on_finished  # told each trial that ended: id, status, its row and evaluations
         self.statuses: dict[str, int] = {}
         self.corpora: dict[str, str] = {}
         self.devices: list[dict[str, Any]] = []
@@ -166,7 +174,8 @@ class Recorder:
         tid = attempt.trial_id
         ledger = self.ledger(tid)
         evals = list(result.evals) if result is not None else _evals_seen(ledger)
-        self._commit(self._row(attempt, ledger, status, result, error), evals, throughput or [])
+        row = self._row(attempt, ledger, status, result, error)
+        self._commit(row, evals, throughput or [])
         if ledger.has_resume_point:  # a successive-halving trial has ended: its resume point is not needed
             self.store.delete_checkpoint(tid, RESUME_CHECKPOINT)
         del self._ledgers[tid]  # the bytes are on disk; hold nothing for a finished trial
@@ -181,6 +190,8 @@ class Recorder:
             msg = f"{status.value}: {error.splitlines()[0] if error else 'no evaluation'}"
         self.progress.trial_finished(attempt.tag, msg, duration,
                                      ok=status.is_success() or status is TrialStatus.PRUNED, running=running)
+        if self.on_finished is not None:
+            self.on_finished(tid, status, row, evals)
 
     # --- pieces ---------------------------------------------------------------------------
 

@@ -103,6 +103,8 @@ def run_job(
     except ResultsError as e:
         raise UsageError(str(e)) from e
     todo = [t for t in trials if t.trial_id not in finished]
+    if job.search is not None:  # its trials are proposed as it runs: check the spec's own data
+        todo += job.search.base_trials[:1]
     with _opened(backend):
         # The backend's start-up (Ray's) and the data preflight overlap: neither writes to the job
         # folder, and a bad corpus or an unreachable address is refused before anything is written.
@@ -145,20 +147,31 @@ def _run_locked(
     from orchestrator.run.dispatch import Dispatcher
     from orchestrator.run.live_report import LIVE_REPORT_S, LiveReport
 
-    spec, trials = job.spec, list(job.trials)
+    spec = job.spec
     store.compact()  # parts a killed run left: fold them in, so resume reads one table
+    trials, search = list(job.trials), None
+    if job.search is not None:  # the trials proposed so far, and the search as they left it
+        from orchestrator.run.search import load_search  # Optuna: imported by a searching driver only
+
+        search, trials = load_search(job.search, spec.sweep, store)
+    unproposed = search.remaining * len(job.search.seeds) if search is not None and job.search is not None else 0
+    total = len(trials) + unproposed
     finished = store.finished_trial_ids(SKIP_STATUSES)  # under the lock: what is on disk now
     todo = [t for t in trials if t.trial_id not in finished]
     if finished:
-        log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), len(trials))
+        log.info("skipping %d finished trials (of %d)", len(trials) - len(todo), total)
     summary: Optional[SweepSummary] = None
-    with RunRecord(job_dir, job, name=spec.name, kind=spec.kind, trials=len(trials)) as record:
-        if todo:
+    with RunRecord(job_dir, job, name=spec.name, kind=spec.kind, trials=total) as record:
+        if todo or unproposed:
             backend.open(spec.resources)  # a no-op unless the folder changed since the first look
+            scheduler = load_scheduler(spec.sweep.scheduler if spec.sweep is not None else None, trials, store)
+            if search is not None and job.search is not None:
+                from orchestrator.run.search import SearchScheduler
+
+                scheduler = SearchScheduler(search, job.search, store, scheduler)
             dispatcher = Dispatcher(
                 todo, spec.resources, store, backend,
-                total=len(trials), faults=tuple(faults_from_env()), stop=stop,
-                scheduler=load_scheduler(spec.sweep.scheduler if spec.sweep is not None else None, trials, store),
+                total=total, faults=tuple(faults_from_env()), stop=stop, scheduler=scheduler,
             )
             interval = LIVE_REPORT_S if live_report_s is None else live_report_s
             live = LiveReport(store, interval) if interval > 0 else None

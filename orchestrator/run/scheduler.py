@@ -1,27 +1,32 @@
 """Scheduler policies: where a trial pauses, and what becomes of a paused trial.
 
-The dispatcher (:mod:`orchestrator.run.dispatch`) asks a :class:`Scheduler` three things and
+The dispatcher (:mod:`orchestrator.run.dispatch`) asks a :class:`Scheduler` these things and
 knows nothing else of it:
 
 - :meth:`~Scheduler.pause_at`: as a trial is handed to a worker, the step it stops at (None:
   it runs to its end);
 - :meth:`~Scheduler.on_paused`: a trial stopped there, with its evaluations so far;
 - :meth:`~Scheduler.decide`: which paused trials go on (promoted: resumed ahead of trials not
-  started) and which end (pruned), given the trials still pending or running.
+  started) and which end (pruned), given the trials still pending or running;
+- :meth:`~Scheduler.unproposed` and :meth:`~Scheduler.propose`: how many trials it may still
+  add, and the next ones, asked when a worker is free and no trial is waiting for one;
+- :meth:`~Scheduler.on_ended`: a trial ended (its committed row and evaluations).
 
 :class:`RunToEnd` is the policy without a scheduler; :class:`AshaScheduler` holds successive
-halving (its rung arithmetic is :mod:`orchestrator.run.asha`). A search that proposes trials
-from the results so far plugs in beside them.
+halving (its rung arithmetic is :mod:`orchestrator.run.asha`). Neither proposes trials: a
+search that proposes them from the results so far (``sweep.tpe``,
+:class:`orchestrator.run.search.SearchScheduler`) wraps one of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from orchestrator.run.asha import Asha, load_asha
-from rnn.events import EvalRecord, TrainResult
+from orchestrator.spec import Trial
+from rnn.events import EvalRecord, TrainResult, TrialStatus
 
 __all__ = ["AshaScheduler", "Move", "RunToEnd", "Scheduler", "load_scheduler"]
 
@@ -49,8 +54,32 @@ class Scheduler(Protocol):
     def decide(self, active: Iterable[str]) -> tuple[list[Move], list[Move]]:
         """(promoted, pruned) among the paused trials, given the trials pending or running."""
 
+    def unproposed(self) -> int:
+        """Trials this policy may still add to the sweep (0: every trial is known already)."""
 
-class RunToEnd:
+    def propose(self) -> list[Trial]:
+        """The next trials to run (a proposal's, one per seed), or none (nothing more to propose)."""
+
+    def on_ended(self, trial_id: str, status: TrialStatus, row: Mapping[str, Any],
+                 evals: Sequence[EvalRecord]) -> None:
+        """``trial_id`` ended (any terminal status; its row and evaluations as committed)."""
+
+
+class _Fixed:
+    """The part of a policy whose trials are all known up front."""
+
+    def unproposed(self) -> int:
+        return 0
+
+    def propose(self) -> list[Trial]:
+        return []
+
+    def on_ended(self, trial_id: str, status: TrialStatus, row: Mapping[str, Any],
+                 evals: Sequence[EvalRecord]) -> None:
+        pass
+
+
+class RunToEnd(_Fixed):
     """No scheduler: every trial runs to its end, none pauses."""
 
     def paused_on_disk(self, trial_id: str) -> Optional[TrainResult]:
@@ -67,7 +96,7 @@ class RunToEnd:
 
 
 @dataclass
-class AshaScheduler:
+class AshaScheduler(_Fixed):
     """Successive halving with promotion as a :class:`Scheduler` (see :mod:`orchestrator.run.asha`).
 
     Keeps the rung each trial is headed for: set as it is handed out, raised when it is

@@ -23,6 +23,7 @@ one plain-mapping form of them, for a trial id, a results row or a spec file, is
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -185,6 +186,21 @@ def _validated(config: Mapping[str, Any], path: str, raw: Any) -> Any:
             return raw
         node = node[key]
     return node
+
+
+def seeded_trials(
+    kind: str, overrides: Mapping[str, Any], sections: Mapping[str, Any], seeds: list[Optional[int]], first_index: int
+) -> list[Trial]:
+    """One validated point's trials, one per seed (``None``: the point's own ``train.seed``),
+    indexed from ``first_index``. A seed cannot make a config invalid."""
+    trials: list[Trial] = []
+    for seed in seeds:
+        these, swept = sections, dict(overrides)
+        if seed is not None:
+            swept["train.seed"] = seed
+            these = {**sections, "train": dataclasses.replace(sections["train"], seed=seed)}
+        trials.append(make_trial(kind, these, swept, index=first_index + len(trials)))
+    return trials
 
 
 def make_trial(kind: str, sections: Mapping[str, Any], overrides: Mapping[str, Any], index: int) -> Trial:

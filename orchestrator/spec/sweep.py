@@ -1,9 +1,10 @@
-"""The ``sweep`` section: grid, random draws and their distributions, variants, seeds, and the
-successive-halving scheduler.
+"""The ``sweep`` section: grid, random draws and their distributions, TPE proposals, variants,
+seeds, and the successive-halving scheduler.
 
 Paths name settings by dotted path (``model.cell``): ``grid`` (a cartesian product, the first
 path varying slowest), ``random`` (``samples`` draws from per-path distributions, given
-``seed``), ``variants`` (named combinations) and ``seeds`` (every point once per
+``seed``), ``tpe`` (``samples`` points proposed one at a time from the results so far, with
+the same distributions), ``variants`` (named combinations) and ``seeds`` (every point once per
 ``train.seed``). Paths and swept values are checked against the sections by
 :mod:`orchestrator.spec.validate`; the expansion is :mod:`orchestrator.spec.expand`.
 """
@@ -85,6 +86,22 @@ class RandomSpec(Section):
 AshaMetric = Literal["val_loss", "val_bpc"]
 
 
+class TpeSpec(Section):
+    """``sweep.tpe``: ``samples`` points proposed one at a time by Optuna's TPE sampler from the
+    trials so far (the first ``startup`` are random draws), in ``space`` (as ``random.space``).
+
+    ``metric`` is what it minimises, each proposal's best evaluation (the mean over its seeds);
+    default: the scheduler's metric, else ``val_loss``. The search itself is
+    :mod:`orchestrator.run.tpe`.
+    """
+
+    samples: Annotated[int, Strict(), Field(ge=1, le=MAX_TRIALS)]
+    seed: Seed = 0
+    startup: Annotated[int, Strict(), Field(ge=1, le=MAX_TRIALS)] = 10
+    metric: Optional[AshaMetric] = None
+    space: Annotated[dict[str, Distribution], Field(min_length=1)]
+
+
 class AshaSpec(Section):
     """``sweep.scheduler``: asynchronous successive halving with promotion (Li et al. 2018).
 
@@ -111,6 +128,7 @@ class SweepSpec(Section):
 
     grid: Optional[Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]] = None
     random: Optional[RandomSpec] = None
+    tpe: Optional[TpeSpec] = None
     variants: Optional[Annotated[list[Variant], Field(min_length=1)]] = None
     seeds: Optional[Annotated[list[Seed], Field(min_length=1)]] = None
     scheduler: Optional[AshaSpec] = None
@@ -119,6 +137,7 @@ class SweepSpec(Section):
         """How many points the sweep expands to (before duplicate random draws are dropped)."""
         n = math.prod(len(values) for values in (self.grid or {}).values())
         n *= self.random.samples if self.random else 1
+        n *= self.tpe.samples if self.tpe else 1
         n *= len(self.variants) if self.variants else 1
         n *= len(self.seeds) if self.seeds else 1
         return n

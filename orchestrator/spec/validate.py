@@ -29,8 +29,9 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.expand import Point, Trial, make_trial, seed_points, sweep_points
+from orchestrator.spec.expand import Point, Trial, seed_points, seeded_trials, sweep_points
 from orchestrator.spec.problems import problems_from_pydantic
+from orchestrator.spec.proposals import PointChecker, Proposals
 from orchestrator.spec.rules import check_config, field_values, sweepable_paths
 from orchestrator.spec.schema import KINDS, SECTIONS, JobSpec, ResourcesSpec, config_sections
 from orchestrator.spec.sections import field_names
@@ -53,12 +54,15 @@ class Job:
         source: where the spec came from (its path, as given), for messages and the manifest.
         text: the spec's text exactly as validated, for the manifest (a YAML dump of the mapping
             when the job was built from one).
+        search: for a ``sweep.tpe`` job, what its search may propose (its ``trials`` are then
+            empty: they are proposed as the job runs); None for any other job.
     """
 
     spec: JobSpec
     trials: tuple[Trial, ...]
     source: str
     text: str
+    search: Optional[Proposals] = None
 
 
 def load_job(path: Union[str, os.PathLike[str]]) -> Job:
@@ -118,9 +122,9 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
     if not isinstance(raw, dict):
         return None, []
     parts: dict[str, Any] = {}
-    for key in ("grid", "random", "variants", "seeds", "scheduler"):
+    for key in ("grid", "random", "tpe", "variants", "seeds", "scheduler"):
         value = raw.get(key)
-        if key == "random" and isinstance(value, dict) and isinstance(value.get("space"), dict):
+        if key in ("random", "tpe") and isinstance(value, dict) and isinstance(value.get("space"), dict):
             value = {**value, "space": {p: d for p, d in value["space"].items() if _valid_dist(p, d)}}
         if value is not None:
             try:
@@ -136,27 +140,22 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
             del grid[path]
         else:
             problems += _repeats(grid[path], f"sweep.grid.{path}")
-    random_spec = parts.get("random")
-    space = dict(random_spec.space) if random_spec else {}
-    for path in list(space):
-        where = f"sweep.random.space.{path}"
-        problem = _path_problem(path, kind, where) or (
-            Problem(where, "also swept by sweep.grid; sweep each setting in one place") if path in grid else None)
-        if problem:
-            problems.append(problem)
-            del space[path]
-    variants, variant_problems = _usable_variants(parts.get("variants"), kind, grid, space)
+    random_spec, space = _usable_space(parts.get("random"), "sweep.random", kind, grid, problems)
+    tpe_spec, tpe_space = _usable_space(parts.get("tpe"), "sweep.tpe", kind, grid, problems)
+    problems += _tpe_problems(raw, tpe_spec, parts.get("scheduler"))
+    variants, variant_problems = _usable_variants(parts.get("variants"), kind, grid, {**space, **tpe_space})
     problems += variant_problems
     seeds = parts.get("seeds")
     if seeds:
         problems += _repeats(list(seeds), "sweep.seeds")
         in_variants = any("train.seed" in v for v in variants or [])
-        if "train.seed" in grid or "train.seed" in space or in_variants:
+        if "train.seed" in grid or "train.seed" in space or "train.seed" in tpe_space or in_variants:
             message = "train.seed is also swept by grid, random or variants; use one of them"
             problems.append(Problem("sweep.seeds", message))
     sweep = SweepSpec(
         grid=grid or None,
         random=random_spec.model_copy(update={"space": space}) if space and random_spec is not None else None,
+        tpe=tpe_spec.model_copy(update={"space": tpe_space}) if tpe_space and tpe_spec is not None else None,
         variants=variants,
         seeds=seeds,
         scheduler=parts.get("scheduler"),
@@ -165,6 +164,43 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
         message = f"expands to {sweep.size()} trials, more than the limit of {MAX_TRIALS}; use fewer values or seeds"
         problems.append(Problem("sweep", message))
     return sweep, problems
+
+
+def _usable_space(
+    search: Any, where: str, kind: str, grid: Mapping[str, Any], problems: list[Problem]
+) -> tuple[Any, dict[str, Any]]:
+    """A ``random`` or ``tpe`` section and its space without the paths that cannot be swept there
+    (their problems are added to ``problems``)."""
+    space = dict(search.space) if search is not None else {}
+    for path in list(space):
+        at = f"{where}.space.{path}"
+        problem = _path_problem(path, kind, at) or (
+            Problem(at, "also swept by sweep.grid; sweep each setting in one place") if path in grid else None)
+        if problem:
+            problems.append(problem)
+            del space[path]
+    return search, space
+
+
+def _tpe_problems(raw: Mapping[str, Any], tpe: Any, scheduler: Any) -> list[Problem]:
+    """``tpe`` searches one space on its own: not beside ``grid`` or ``random``, nor multiplied by
+    ``variants``; its metric agrees with the scheduler's."""
+    if "tpe" not in raw:
+        return []
+    out = []
+    beside = [key for key in ("grid", "random") if raw.get(key) is not None]
+    if beside:
+        out.append(Problem("sweep.tpe", f"cannot be combined with sweep.{' or sweep.'.join(beside)}: the search "
+                           "chooses every swept value; put those settings in tpe.space (a fixed list as "
+                           "{dist: choice, values: [...]})"))
+    if raw.get("variants") is not None:
+        out.append(Problem("sweep.variants", "cannot be combined with sweep.tpe: one study searches one space; "
+                           "sweep a choice in tpe.space instead (e.g. model.cell: {dist: choice, values: [lstm, "
+                           "gru]}), or run one job per variant"))
+    if tpe is not None and scheduler is not None and tpe.metric is not None and tpe.metric != scheduler.metric:
+        out.append(Problem("sweep.tpe.metric", f"should be the scheduler's metric ({scheduler.metric}): successive "
+                           "halving and the search must rank trials alike; or leave it out", got=tpe.metric))
+    return out
 
 
 def _usable_variants(
@@ -208,7 +244,7 @@ def _check_scheduler(sweep: Optional[SweepSpec], raw: Mapping[str, Any], kind: s
         return sweep, [Problem(f"{where}.type", "successive halving needs kind: train (a throughput trial has no "
                                "validation loss to rank)")]
     swept = {*(sweep.grid or {}), *(sweep.random.space if sweep.random else {}),
-             *(p for v in sweep.variants or [] for p in v)}
+             *(sweep.tpe.space if sweep.tpe else {}), *(p for v in sweep.variants or [] for p in v)}
     if "train.max_steps" in swept:
         return sweep, [Problem(where, "train.max_steps cannot be swept under successive halving: every trial "
                                "shares its budget (sweep.scheduler.max_steps)")]
@@ -226,55 +262,47 @@ def _check_scheduler(sweep: Optional[SweepSpec], raw: Mapping[str, Any], kind: s
     return sweep.model_copy(update={"scheduler": asha.model_copy(update={"max_steps": budget})}), []
 
 
-def _check_random_values(sweep: SweepSpec, base: dict, kind: str, res: dict) -> tuple[SweepSpec, list[Problem]]:
-    """Each random distribution's bounds (or choices) must be valid values at its path.
+def _check_space_values(sweep: SweepSpec, base: dict, kind: str, res: dict) -> tuple[SweepSpec, list[Problem]]:
+    """Each ``random`` and ``tpe`` distribution's bounds (or choices) must be valid values at its path.
 
     Returns the sweep without the failing paths (so trials do not repeat the same problem per
     sample) and the problems.
     """
-    if sweep.random is None:
-        return sweep, []
     out: list[Problem] = []
-    bad: set[str] = set()
-    for path, dist in sweep.random.space.items():
-        if isinstance(dist, ChoiceDist):
-            probes = [(f"values[{i}]", v) for i, v in enumerate(dist.values)]
-        elif isinstance(dist, IntDist):
-            probes = [("low", dist.low), ("high", dist.high)]
-        else:  # uniform and loguniform draw floats, whatever the bounds were written as
-            probes = [("low", float(dist.low)), ("high", float(dist.high))]
-        for label, value in probes:
-            config = copy.deepcopy(base)
-            set_path(config, path, value)
-            for p in check_config(config, kind, res)[1]:
-                if p.path == path or p.path.startswith(path + ".") or p.path.startswith(path + "["):
-                    hint = "; uniform and loguniform draw floats, use dist: int" if "integer" in p.message else ""
-                    where = f"sweep.random.space.{path}.{label}{p.path[len(path):]}"
-                    out.append(Problem(where, p.message + hint, got=p.got))
-                    bad.add(path)
-    space = {path: dist for path, dist in sweep.random.space.items() if path not in bad}
-    random_spec = sweep.random.model_copy(update={"space": space}) if space else None
-    return sweep.model_copy(update={"random": random_spec}), out
-
-
-def _attribute(problem: Problem, point: Point) -> Problem:
-    """Re-home a trial's problem at the swept value that caused it (unchanged if none did)."""
-    for path, origin in point.origins.items():
-        if problem.path == path or problem.path.startswith((path + ".", path + "[")):
-            return Problem(origin + problem.path[len(path):], problem.message, got=problem.got)
-    swept = [point.origins[p] for p in problem.involves if p in point.origins]
-    if not swept:
-        return problem
-    also = f" (together with {', '.join(swept[1:])})" if len(swept) > 1 else ""
-    return Problem(swept[0], f"makes {problem.path} invalid: {problem.message}{also}", got=problem.got)
+    for key in ("random", "tpe"):
+        search = getattr(sweep, key)
+        if search is None:
+            continue
+        bad: set[str] = set()
+        for path, dist in search.space.items():
+            if isinstance(dist, ChoiceDist):
+                probes = [(f"values[{i}]", v) for i, v in enumerate(dist.values)]
+            elif isinstance(dist, IntDist):
+                probes = [("low", dist.low), ("high", dist.high)]
+            else:  # uniform and loguniform draw floats, whatever the bounds were written as
+                probes = [("low", float(dist.low)), ("high", float(dist.high))]
+            for label, value in probes:
+                config = copy.deepcopy(base)
+                set_path(config, path, value)
+                for p in check_config(config, kind, res)[1]:
+                    if p.path == path or p.path.startswith(path + ".") or p.path.startswith(path + "["):
+                        hint = "; uniform and loguniform draw floats, use dist: int" if "integer" in p.message else ""
+                        where = f"sweep.{key}.space.{path}.{label}{p.path[len(path):]}"
+                        out.append(Problem(where, p.message + hint, got=p.got))
+                        bad.add(path)
+        space = {path: dist for path, dist in search.space.items() if path not in bad}
+        sweep = sweep.model_copy(update={key: search.model_copy(update={"space": space}) if space else None})
+    return sweep, out
 
 
 def _declared_paths(raw_sweep: Any) -> set[str]:
     """Paths the user meant to sweep, read from the raw section even where it is broken."""
     if not isinstance(raw_sweep, dict):
         return set()
-    random_part = raw_sweep.get("random")
-    parts = [raw_sweep.get("grid"), random_part.get("space") if isinstance(random_part, dict) else None]
+    parts = [raw_sweep.get("grid")]
+    for search in ("random", "tpe"):
+        part = raw_sweep.get(search)
+        parts.append(part.get("space") if isinstance(part, dict) else None)
     variants = raw_sweep.get("variants")
     if isinstance(variants, list):
         parts += variants
@@ -340,22 +368,13 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     problems += scheduler_problems
     base = {name: raw.get(name, {}) for name in config_sections(kind)}
     if sweep is not None:
-        sweep, random_problems = _check_random_values(sweep, base, kind, res)
+        sweep, random_problems = _check_space_values(sweep, base, kind, res)
         problems += random_problems
-    declared = _declared_paths(raw.get("sweep"))
+    checker = PointChecker(kind, base, own, res, frozenset(_declared_paths(raw.get("sweep"))))
     checked: list[tuple[Point, dict[str, Any]]] = []
     for point in _points(sweep):
-        touched = {path.split(".")[0] for path in point.overrides}
-        config = {**base, **{name: copy.deepcopy(base[name]) for name in touched if name in base}}
-        for path, value in point.overrides.items():
-            set_path(config, path, copy.deepcopy(value))
-        known = {name: section for name, section in own.items() if name not in touched}
-        sections, point_problems = check_config(config, kind, res, known)
-        for problem in point_problems:
-            attributed = _attribute(problem, point)
-            if attributed is problem and declared.intersection(problem.involves):
-                continue  # a cross-field rule on a setting whose sweep is broken: judge it once that is fixed
-            problems.append(attributed)
+        sections, point_problems = checker.check(point)
+        problems += point_problems
         if sections is not None:
             checked.append((point, sections))
     if problems:
@@ -367,7 +386,19 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
         spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"scheduler": sweep.scheduler})})
     if text is None:
         text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
+    if spec.sweep is not None and spec.sweep.tpe is not None:
+        return Job(spec, (), source, text, search=_proposals(spec, checker, checked))
     return Job(spec, _trials(spec, checked), source, text)
+
+
+def _proposals(spec: JobSpec, checker: PointChecker, checked: list[tuple[Point, dict[str, Any]]]) -> Proposals:
+    """A TPE job's search: its trials are proposed while it runs (:mod:`orchestrator.run.tpe`)."""
+    sweep = spec.sweep
+    assert sweep is not None and sweep.tpe is not None
+    metric = sweep.tpe.metric or (sweep.scheduler.metric if sweep.scheduler is not None else "val_loss")
+    seeds = seed_points(sweep)
+    base = [seeded_trials(spec.kind, {}, sections, seeds, 0) for point, sections in checked if not point.overrides]
+    return Proposals(sweep.tpe, metric, tuple(seeds), checker, tuple(base[0]) if base else ())
 
 
 def _trials(spec: JobSpec, checked: list[tuple[Point, dict[str, Any]]]) -> tuple[Trial, ...]:
@@ -377,16 +408,11 @@ def _trials(spec: JobSpec, checked: list[tuple[Point, dict[str, Any]]]) -> tuple
     seen: set[str] = set()
     seeds = seed_points(spec.sweep)
     for point, sections in checked:
-        for seed in seeds:
-            if seed is None:
-                overrides, these = point.overrides, sections
-            else:
-                overrides = {**point.overrides, "train.seed": seed}
-                these = {**sections, "train": dataclasses.replace(sections["train"], seed=seed)}
-            trial = make_trial(spec.kind, these, overrides, index=len(trials))
+        for trial in seeded_trials(spec.kind, point.overrides, sections, seeds, len(trials)):
             if trial.trial_id in seen:
-                log.warning("%s: dropping a repeated sweep point %s (trial %s)", spec.name, overrides, trial.trial_id)
+                log.warning("%s: dropping a repeated sweep point %s (trial %s)", spec.name, trial.overrides,
+                            trial.trial_id)
                 continue
             seen.add(trial.trial_id)
-            trials.append(trial)
+            trials.append(dataclasses.replace(trial, index=len(trials)))
     return tuple(trials)
