@@ -65,6 +65,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if job is None:
             status = ExitCode.BAD_INPUT
             continue
+        if job.search is not None:
+            n, seeds = job.search.tpe.samples, len(job.search.seeds)
+            print(f"{path}: ok ({n} TPE proposal{'' if n == 1 else 's'} x {seeds} seed{'' if seeds == 1 else 's'}: "
+                  f"{n * seeds} trials, chosen as the job runs)")
+            continue
         n = len(job.trials)
         print(f"{path}: ok ({n} trial{'' if n == 1 else 's'})")
     return status

@@ -31,6 +31,7 @@ from orchestrator.durations import format_duration
 from orchestrator.spec import Job, ResourcesSpec, Trial, allowed_concurrency, job_location
 from orchestrator.spec.rules import estimate_parameters, vocab_estimate
 from orchestrator.spec.rungs import asha_rungs, budget_steps, promotion_caps, worst_budget_steps
+from orchestrator.spec.sweep import ChoiceDist
 from rnn.config import RunConfig, ThroughputConfig
 
 # nn.LSTM/GRU training measured 24-30 GFLOP/s on one core of the 2-core dev VM (B 32-64, H 128-512);
@@ -147,11 +148,16 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
     """
     spec, trials = job.spec, job.trials
     res = spec.resources
-    estimates = [estimate_trial_seconds(t, res) for t in trials]
-    count = f"{len(trials)} trial{'s' if len(trials) != 1 else ''}"
-    lines = [f"{job.source}: {spec.name}, kind {spec.kind}, {count} -> {job_location(spec)}",
-             f"  {'#':>4}  {'trial_id':<12}  {'est.':>8}  overrides"]
-    for trial, seconds in zip(trials, estimates, strict=True):
+    n = _planned_trials(job)
+    count = f"{n} trial{'s' if n != 1 else ''}"
+    lines = [f"{job.source}: {spec.name}, kind {spec.kind}, {count} -> {job_location(spec)}"]
+    if job.search is not None:
+        lines += _search_lines(job)
+        estimates = [estimate_trial_seconds(job.search.base_trials[0], res) if job.search.base_trials else None] * n
+    else:
+        estimates = [estimate_trial_seconds(t, res) for t in trials]
+        lines.append(f"  {'#':>4}  {'trial_id':<12}  {'est.':>8}  overrides")
+    for trial, seconds in zip(trials, estimates, strict=False):
         swept = "  ".join(f"{path}={_plain(value)}" for path, value in trial.overrides.items())
         lines.append(f"  {trial.index:>4}  {trial.trial_id:<12}  {format_duration(seconds):>8}  {swept}")
     gpus = f"{res.gpus_per_trial:g} GPU" + ("" if res.gpus_per_trial == 1 else "s")
@@ -178,12 +184,39 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
     return "\n".join(lines)
 
 
+def _planned_trials(job: Job) -> int:
+    """The job's trials: the sweep's, or a search's proposals times its seeds."""
+    return job.search.total_trials if job.search is not None else len(job.trials)
+
+
+def _search_lines(job: Job) -> list[str]:
+    """A search's proposals: how many, how chosen, from which space (they cannot be listed ahead)."""
+    assert job.search is not None
+    tpe, seeds = job.search.tpe, len(job.search.seeds)
+    startup = min(tpe.startup, tpe.samples)
+    out = [f"  TPE search (Optuna's TPESampler, seed {tpe.seed}, minimising {job.search.metric}): {tpe.samples} "
+           f"proposals x {seeds} seed{'s' if seeds != 1 else ''}; the first {startup} are random draws, the rest are "
+           "chosen from the results so far, so they are made as the job runs and cannot be listed here",
+           "  space:"]
+    for path, dist in tpe.space.items():
+        if isinstance(dist, ChoiceDist):
+            what = "one of " + ", ".join(_plain(v) for v in dist.values)
+        else:
+            what = f"{dist.dist} in [{_plain(dist.low)}, {_plain(dist.high)}]"
+        out.append(f"    {path}: {what}")
+    base = job.search.base_trials
+    if base:
+        out.append(f"  the time estimate below takes every trial to cost what the spec's own settings cost "
+                   f"(trial {base[0].trial_id}); proposals that change the model's size change it")
+    return out
+
+
 def _time_budget_lines(job: Job, res: ResourcesSpec) -> list[str]:
     """For trials whose schedule spans ``max_time_s`` (``schedule_by: time``): the budget as time,
     and the steps it buys here by the heuristic (a trial's steps depend on the machine's speed)."""
     out = []
     seen: set[tuple[float, float]] = set()
-    for trial in job.trials:
+    for trial in job.trials or (job.search.base_trials if job.search is not None else ()):
         train = trial.run_config.train
         if train.schedule_by != "time" or train.max_time_s is None:
             continue
@@ -202,10 +235,11 @@ def _asha_line(job: Job) -> list[str]:
     """Successive halving's rungs and step budget against the full sweep's, or nothing."""
     sweep = job.spec.sweep
     asha = sweep.scheduler if sweep is not None else None
-    if asha is None or asha.max_steps is None or not job.trials:
+    n = _planned_trials(job)
+    if asha is None or asha.max_steps is None or not n:
         return []
     rungs = asha_rungs(asha.grace_steps, asha.reduction_factor, asha.max_steps)
-    n, rf = len(job.trials), asha.reduction_factor
+    rf = asha.reduction_factor
     full = n * asha.max_steps
     usual, worst = budget_steps(n, rungs, rf), worst_budget_steps(n, rungs, rf)
     reaching = [n, *promotion_caps(n, len(rungs) - 1, rf)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -95,6 +96,29 @@ TINY_SPEC: dict[str, Any] = {
     "sweep": {"grid": {"model.cell": ["lstm", "gru"]}, "seeds": [0, 1]},
     "resources": {"cpus_per_trial": 1, "max_concurrent": 2, "max_retries": 1},
 }
+
+
+TPE_SPACE = {
+    "train.lr": {"dist": "loguniform", "low": 1.0e-3, "high": 3.0e-2},
+    "model.hidden_size": {"dist": "choice", "values": [16, 32]},
+    "model.dropout": {"dist": "uniform", "low": 0.0, "high": 0.3},
+}
+
+
+def tpe_spec(tmp_path: Path, name: str = "tpe", samples: int = 6, startup: int = 3, asha: bool = True,
+             **tpe: Any) -> dict[str, Any]:
+    """TINY_SPEC searched by ``sweep.tpe`` over :data:`TPE_SPACE` (lr, hidden size, dropout), with
+    successive halving at 10, 20, ... steps unless ``asha`` is False."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(name=name, output=str(tmp_path / "results"))
+    spec["model"].update(num_layers=2)
+    spec["train"].update(max_steps=40, eval_every=10, scheduler="cosine")
+    search = {"samples": samples, "seed": 0, "startup": startup, "space": copy.deepcopy(TPE_SPACE), **tpe}
+    spec["sweep"] = {"tpe": search, "seeds": [0]}
+    if asha:
+        spec["sweep"]["scheduler"] = {"type": "asha", "grace_steps": 10, "reduction_factor": 2}
+    spec["resources"]["max_concurrent"] = 2
+    return spec
 
 
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:

@@ -18,15 +18,18 @@ from typing import Any, Optional, TypeVar
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "MAX_LINES",
     "Curve",
     "Panel",
+    "SearchPoint",
     "ThroughputSeries",
     "config_colors",
     "config_points_svg",
     "parallel_coordinates_svg",
+    "search_history_svg",
     "thin",
     "throughput_svg",
     "to_svg",
@@ -85,6 +88,16 @@ class ThroughputSeries:
     oom_batch_sizes: Sequence[int] = ()
     error_batch_sizes: Sequence[int] = ()
     best: Optional[tuple[int, float]] = None  # (batch size, samples/s)
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """One proposal of a search, at its place in the order proposed."""
+
+    order: int  # 1, 2, ... over the proposals that made trials
+    value: float  # its metric (the mean over its seeds)
+    from_model: bool  # chosen by the sampler's model (else a random start-up draw)
+    full_budget: bool  # ran to the full budget; else its best before it stopped (drawn hollow)
 
 
 def _text(s: str) -> str:
@@ -296,3 +309,34 @@ def parallel_coordinates_svg(params: Mapping[str, Sequence[Any]], metric: Sequen
         bar.solids.set_rasterized(False)
         bar.solids.set_edgecolor("face")  # no hairlines between the colour steps
     return to_svg(fig, "parcoords")
+
+
+def search_history_svg(points: Sequence[SearchPoint], running_best: Sequence[tuple[int, float]], ylabel: str) -> str:
+    """Each proposal's metric against its place in the order proposed: start-up draws and the
+    model's proposals in two markers and colours, hollow where the proposal did not run the full
+    budget; ``running_best`` (order, value) as a step line."""
+    fig = Figure(figsize=(9, 4.0))
+    ax = fig.add_subplot()
+    handles: dict[str, object] = {}
+    styles = {False: ("start-up draw (random)", "s", "tab:gray"), True: ("TPE proposal", "o", "tab:blue")}
+    for from_model, (name, marker, color) in styles.items():
+        for full in (True, False):
+            pts = [p for p in points if p.from_model is from_model and p.full_budget is full and math.isfinite(p.value)]
+            if pts:
+                (line,) = ax.plot([p.order for p in pts], [p.value for p in pts], ls="none", marker=marker, ms=7,
+                                  mew=1.5, color=color, mfc=color if full else "white", zorder=3)
+                if full or name not in handles:
+                    handles[name] = line
+    if any(not p.full_budget and math.isfinite(p.value) for p in points):
+        handles["hollow: stopped early (its best so far)"] = ax.plot([], [], ls="none", marker="o", ms=7, mew=1.5,
+                                                                     color="gray", mfc="white")[0]
+    if running_best:
+        (line,) = ax.step([x for x, _ in running_best], [y for _, y in running_best], where="post",
+                          color="tab:green", lw=1.6, zorder=2)
+        handles["running best (completed only)"] = line
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("proposal (in the order proposed)")
+    ax.set_ylabel(_text(ylabel))
+    ax.grid(alpha=0.3)
+    _legend(ax, handles)
+    return to_svg(fig, "search")

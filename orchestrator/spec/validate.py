@@ -129,8 +129,13 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
         if value is not None:
             try:
                 parts[key] = getattr(SweepSpec.model_validate({key: value}), key)
-            except ValidationError:
-                pass
+            except ValidationError:  # already reported; a search's space is still checked on its own
+                if key in ("random", "tpe") and isinstance(value, dict) and value.get("space"):
+                    try:
+                        parts[key] = getattr(SweepSpec.model_validate({key: {"samples": 1, "space": value["space"]}}),
+                                             key)
+                    except ValidationError:
+                        pass
     problems: list[Problem] = []
     grid = dict(parts.get("grid") or {})
     for path in list(grid):
