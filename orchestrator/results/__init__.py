@@ -13,7 +13,8 @@ through it and ``report`` reads through it.
 - :mod:`~orchestrator.results.compaction`: parts folded into the tables, ``compact_if_idle``;
 - :mod:`~orchestrator.results.lock`: :class:`JobLock`, one writing run at a time;
 - :mod:`~orchestrator.results.manifest`: ``manifest.json``, one record per invocation;
-- :mod:`~orchestrator.results.clean`: temporary files and unneeded checkpoints.
+- :mod:`~orchestrator.results.clean`: temporary files and unneeded checkpoints;
+- :mod:`~orchestrator.results.proposals`: a search's proposal records (``search/``).
 """
 
 from orchestrator.results.compaction import compact_if_idle
