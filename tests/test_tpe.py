@@ -62,6 +62,13 @@ def test_tpe_problems_are_all_reported_at_once_with_their_paths(tmp_path: Path) 
     assert "sweep.tpe.samples" in text
 
 
+def test_a_throughput_job_cannot_search(tmp_path: Path) -> None:
+    spec = tpe_spec(tmp_path, asha=False)
+    spec["kind"] = "throughput"
+    spec["sweep"]["tpe"]["space"] = {"train.lr": TPE_SPACE["train.lr"]}
+    assert any(line.startswith("s.yaml: sweep.tpe: needs kind: train") for line in problems_of(spec))
+
+
 def test_the_tpe_metric_must_be_the_schedulers(tmp_path: Path) -> None:
     spec = tpe_spec(tmp_path, metric="val_bpc")
     assert any("sweep.tpe.metric: should be the scheduler's metric (val_loss)" in line for line in problems_of(spec))

@@ -148,6 +148,9 @@ def _usable_sweep(raw: Any, kind: str) -> tuple[Optional[SweepSpec], list[Proble
     random_spec, space = _usable_space(parts.get("random"), "sweep.random", kind, grid, problems)
     tpe_spec, tpe_space = _usable_space(parts.get("tpe"), "sweep.tpe", kind, grid, problems)
     problems += _tpe_problems(raw, tpe_spec, parts.get("scheduler"))
+    if "tpe" in raw and kind != "train":
+        problems.append(Problem("sweep.tpe", "needs kind: train (a throughput trial has no validation loss to "
+                                "minimise); sweep a throughput job with grid or random"))
     variants, variant_problems = _usable_variants(parts.get("variants"), kind, grid, {**space, **tpe_space})
     problems += variant_problems
     seeds = parts.get("seeds")
