@@ -323,10 +323,10 @@ def search_history_svg(points: Sequence[SearchPoint], running_best: Sequence[tup
         for full in (True, False):
             pts = [p for p in points if p.from_model is from_model and p.full_budget is full and math.isfinite(p.value)]
             if pts:
-                (line,) = ax.plot([p.order for p in pts], [p.value for p in pts], ls="none", marker=marker, ms=7,
-                                  mew=1.5, color=color, mfc=color if full else "white", zorder=3)
-                if full or name not in handles:
-                    handles[name] = line
+                ax.plot([p.order for p in pts], [p.value for p in pts], ls="none", marker=marker, ms=7, mew=1.5,
+                        color=color, mfc=color if full else "white", zorder=3)
+                # the legend shows the origin filled whatever was drawn; hollow has its own entry
+                handles.setdefault(name, ax.plot([], [], ls="none", marker=marker, ms=7, mew=1.5, color=color)[0])
     if any(not p.full_budget and math.isfinite(p.value) for p in points):
         handles["hollow: stopped early (its best so far)"] = ax.plot([], [], ls="none", marker="o", ms=7, mew=1.5,
                                                                      color="gray", mfc="white")[0]

@@ -29,6 +29,7 @@ from orchestrator.report.blocks import SCHEDULER_STATUSES, SEED, Block, Code, Fi
 from orchestrator.report.conclusion import best_configuration, best_trial_of, conclusion
 from orchestrator.report.importance import at_common_step, importance_section
 from orchestrator.report.sample import sample_section
+from orchestrator.report.search import search_section
 from orchestrator.report.sections import failures, header, job_kind, overview, provenance, throughput_section
 from orchestrator.report.stats import config_labels
 from orchestrator.report.training import best_trials, by_config, curves, summarize
@@ -109,11 +110,12 @@ def _importance(rows: list[dict], ranked: list, evals: list[dict], params: list[
 
 def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eval_table: pa.Table,
               live: bool, best_file: Optional[str]) -> tuple[list[Block], list[Block]]:
-    """The answer (the conclusion and the best configuration), then the evidence: the curves, the
-    statistics behind the conclusion, the parameters' importance, the best trials, a text sample
-    and the failures."""
+    """The answer (the conclusion and the best configuration), then the evidence: a search's
+    history (a ``sweep.tpe`` job's), the curves, the statistics behind the conclusion, the
+    parameters' importance, the best trials, a text sample and the failures."""
+    search = search_section(store, rows)  # also before any trial has a row: the proposals so far
     if not rows:
-        return [], []
+        return [], search
     params = varying_columns(rows, [c for c in config_cols if c != SEED])
     label = config_labels(rows, params)
     metric = ranking_metric(rows)
@@ -132,7 +134,7 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     top = best_trial_of(stats[0], ranked, label) if stats and stats[0].n else None
     if top is not None:
         answer += best_configuration(stats[0], top, params, col, store.job_dir, best_file)
-    blocks: list[Block] = [Para(metric.why)]
+    blocks: list[Block] = [Para(metric.why), *search]
     statuses = {r["trial_id"]: r["status"] for r in rows}
     blocks += curves(evals, label, metric.evals_column, colors, statuses, [s.name for s in stats])
     blocks += by_config(stats, col, colors)
