@@ -43,6 +43,17 @@ def _fail(where: object, message: object) -> ExitCode:
     return ExitCode.BAD_INPUT
 
 
+def results_failure(where: object, error: BaseException) -> ExitCode:
+    """Report a results-folder error in one line; its status: 2 for a damaged or hostile folder
+    or one another run holds (bad input), 1 for an environment problem (a full disk)."""
+    from orchestrator.results import DamagedFolderError, ResultsLockedError
+
+    if isinstance(error, (DamagedFolderError, ResultsLockedError)):
+        return _fail(where, error)
+    print_error(_one_line(error))
+    return ExitCode.FAILED
+
+
 def load_or_report(path: str) -> Optional[Job]:
     """The validated job, or None after printing every problem to stderr (no traceback)."""
     from orchestrator.spec import load_job
@@ -134,8 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except UsageError as e:
         return _fail(args.spec, e)
     except ResultsError as e:
-        print_error(str(e))
-        return ExitCode.FAILED
+        return results_failure(args.spec, e)
     except ClusterLostError as e:
         print_error(str(e))
         return ExitCode.FAILED
@@ -189,8 +199,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     for job in jobs:
         try:
             md, html = build_report(job)
-        except ResultsError as e:  # a damaged table or manifest: say which, go on with the others
-            status = _fail(job, _one_line(e))
+        except ResultsError as e:  # a damaged table or manifest, a full disk: say which, go on with the others
+            status = max(status, results_failure(job, e))
             continue
         print(f"{job}: {md} and {html}")
     return status
@@ -271,8 +281,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     try:
         report = clean_job(args.dir, keep_top=args.keep_top, dry_run=args.dry_run)
     except ResultsError as e:
-        print_error(_one_line(e))
-        return ExitCode.FAILED
+        return results_failure(args.dir, e)
     verb = "would remove" if args.dry_run else "removed"
     for rel in report.removed:
         print(f"{verb} {rel}")

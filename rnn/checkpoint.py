@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -17,6 +19,7 @@ import torch
 
 from rnn.atomic import atomic_write
 from rnn.errors import CheckpointError
+from rnn.paths import not_a_file
 from rnn.tokenizer import Tokenizer, tokenizer_from_state
 
 PathLike = Union[str, os.PathLike]
@@ -37,12 +40,23 @@ def load_checkpoint(source: Union[PathLike, bytes], map_location: Union[str, tor
     Raises :class:`CheckpointError` naming the file for anything unreadable.
     """
     label = checkpoint_label(source)
+    what = None if isinstance(source, (bytes, bytearray)) else not_a_file(source)
+    if what is not None:
+        raise CheckpointError(f"checkpoint {label}: {what}")
     try:
         fobj: Any = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-        state = torch.load(fobj, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning: the refusal below says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(fobj, map_location=map_location, weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint {label} does not exist") from e
-    except Exception as e:  # truncated zip, unpickling refused, bad magic number, ...
+    except pickle.UnpicklingError as e:  # refused by the weights-only loader: never load it otherwise
+        raise CheckpointError(
+            f"checkpoint {label} was refused: it is not a checkpoint written by this tool (it is damaged, or "
+            "holds Python objects that a weights-only load does not run; this tool never loads such a file "
+            "any other way)"
+        ) from e
+    except Exception as e:  # truncated zip, bad magic number, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"checkpoint {label} cannot be loaded safely ({type(e).__name__}: {first[:300]}); "

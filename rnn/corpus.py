@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from rnn.atomic import atomic_write
+from rnn.paths import not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +188,9 @@ def _download(url: str, timeout: float) -> bytes:
 
 def _load_path(path: Path) -> Corpus:
     hint = "(corpus must be 'builtin', 'shakespeare', or a path to a UTF-8 text file)"
-    if not path.exists():
-        raise CorpusError(f"corpus file {path} does not exist {hint}")
-    if not path.is_file():
-        raise CorpusError(f"corpus {path} is not a regular file {hint}")
+    what = not_a_file(path)
+    if what is not None:
+        raise CorpusError(f"corpus {path}: {what} {hint}")
     try:
         data = path.read_bytes()
     except OSError as e:

@@ -152,7 +152,7 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
      ["model.tie_weights: needs embedding_dim == hidden_size"]),
     ("missing-corpus", with_(("data.corpus", "no/such/corpus.txt")),
      ["data.corpus: no such file", "no/such/corpus.txt"]),
-    ("corpus-is-directory", with_(("data.corpus", ".")), ["data.corpus: is a directory"]),
+    ("corpus-is-directory", with_(("data.corpus", ".")), ["data.corpus: a directory, not a file"]),
     ("no-budget", with_(("train.max_steps", None)), ["train: no budget"]),
     ("throughput-in-train-job", with_(("throughput", {"batch_sizes": [8]})),
      ["throughput: only allowed with kind: throughput"]),
@@ -289,6 +289,6 @@ def test_bad_specs_in_a_real_process(tmp_path: Path) -> None:
         for fragment in by_id[case_id][2]:
             assert fragment.replace("spec.yaml", f"{case_id}.yaml") in mine, (case_id, fragment, proc.stderr)
     assert "nope.yaml: cannot read the spec: no such file" in lines
-    assert ".: cannot read the spec: it is a directory" in lines
+    assert ".: cannot read the spec: a directory, not a file" in lines
     specs = sorted(f for f in files if f.endswith(".yaml") and f != "nope.yaml")
     assert sorted(p.name for p in tmp_path.iterdir()) == specs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -10,7 +9,7 @@ import pytest
 
 from conftest import trial_of
 from orchestrator.cli import main
-from orchestrator.results import ResultsStore, trial_row
+from orchestrator.results import DamagedFolderError, ResultsStore, trial_row
 from orchestrator.results.clean import clean_job
 from orchestrator.results.ranking import rank_trials, ranking_metric
 from rnn.config import DataConfig, RunConfig
@@ -73,7 +72,7 @@ def test_a_negative_keep_top_is_refused_and_removes_nothing(tmp_path: Path, caps
     assert len(kept(job)) == 4
 
 
-def test_a_symlinked_checkpoint_folder_is_never_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_symlinked_checkpoint_folder_is_refused_and_never_followed(tmp_path: Path) -> None:
     store, job = mixed_tokenizations(tmp_path)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -84,14 +83,12 @@ def test_a_symlinked_checkpoint_folder_is_never_followed(tmp_path: Path, caplog:
         f.unlink()
     target.rmdir()
     target.symlink_to(outside, target_is_directory=True)
-    with caplog.at_level(logging.WARNING):
-        report = clean_job(str(job), keep_top=0)
+    with pytest.raises(DamagedFolderError, match=r"checkpoints/failed000000 is a symbolic link"):
+        clean_job(str(job), keep_top=0)
     assert (outside / "best.pt").read_bytes() == b"somebody else's file"
     assert (outside / ".best.pt.999999.deadbeef.tmp").exists()  # taking the lock does not reach through it either
     assert target.is_symlink()
-    assert report.skipped == ["checkpoints/failed000000/best.pt: a symbolic link; clean never follows one"]
-    assert "never follows" in caplog.text
-    assert kept(job) == {"failed000000"}  # the three real checkpoints went
+    assert len(kept(job)) == 4  # nothing was cleaned
 
 
 def test_a_crafted_trial_id_is_skipped_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

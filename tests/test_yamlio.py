@@ -154,4 +154,4 @@ def test_load_yaml_reads_files_and_reports_unreadable_ones(tmp_path: Path) -> No
     assert str(info.value) == f"{tmp_path / 'missing.yaml'}: cannot read the spec: no such file"
     with pytest.raises(SpecError) as info:
         load_yaml(tmp_path)
-    assert "it is a directory" in str(info.value)
+    assert "a directory, not a file" in str(info.value)

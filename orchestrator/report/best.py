@@ -72,6 +72,8 @@ def best_spec(job_dir: str | os.PathLike[str] | ResultsStore, metric: Optional[s
         store = job_dir if isinstance(job_dir, ResultsStore) else ResultsStore(folder)
         rows = store.read_trials().to_pylist()
         raw = _spec_of(manifest)
+        if store.is_local:  # where the job ran (run --output may have moved it from the spec's output)
+            raw = {**raw, "output": os.path.dirname(os.path.abspath(folder))}
         configs = _Configs(rows, raw)
         if raw.get("kind", "train") == "throughput":
             if metric is not None:

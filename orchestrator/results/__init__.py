@@ -30,7 +30,7 @@ from orchestrator.results.records import (
     throughput_records,
     trial_records,
 )
-from orchestrator.results.storage import ResultsError
+from orchestrator.results.storage import DamagedFolderError, ResultsError
 from orchestrator.results.store import RecordError, ResultsStore, fresh_start, is_job_folder
 from orchestrator.results.tables import (
     FAILURE_STATUSES,
@@ -42,6 +42,7 @@ from orchestrator.results.tables import (
 )
 
 __all__ = [
+    "DamagedFolderError",
     "EVAL_SCHEMA",
     "FAILURE_STATUSES",
     "SUCCESS_STATUSES",

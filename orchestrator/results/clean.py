@@ -7,9 +7,11 @@ those of the N best trials, ranked as the report ranks them
 tokenization varies, else validation loss). The trials table's ``checkpoint`` column is
 cleared for each checkpoint removed, so the table never points at a missing file.
 
-Nothing outside the job folder is ever touched: symbolic links are not followed (a
-``checkpoints/<id>`` that is a link is skipped, with a warning), and a trial id that cannot
-name a folder is skipped too.
+Nothing outside the job folder is ever touched: a folder whose own entries (``checkpoints``,
+``parts``, a ``checkpoints/<id>``, ...) are symbolic links is refused as the lock is taken
+(:func:`~orchestrator.results.storage.refuse_links`); links are not followed anywhere else
+either (a ``--dry-run`` lists such a link as skipped), and a trial id that cannot name a folder
+is skipped.
 Cleaning holds the job lock, so it first compacts the trial parts into the tables; a dry run
 takes no lock and reads the tables and parts as they are.
 """

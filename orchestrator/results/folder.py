@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.results.parts import PARTS_DIR, Part, PartListing, PartRef, decode_part, list_parts
 from orchestrator.results.records import with_added_columns
-from orchestrator.results.storage import ResultsError, Storage, open_storage
+from orchestrator.results.storage import DamagedFolderError, Storage, open_storage
 
 __all__ = ["EVALS_FILE", "THROUGHPUT_FILE", "TRIALS_FILE", "JobFolder"]
 
@@ -99,7 +99,7 @@ class JobFolder:
                 try:
                     part = decode_part(ref, table, self.location(ref.relpath))
                 except ValueError as e:
-                    raise ResultsError(
+                    raise DamagedFolderError(
                         f"{e}; delete it (that trial then runs again) or move the job folder aside"
                     ) from e
                 self._decoded[ref] = part
@@ -125,7 +125,7 @@ class JobFolder:
         table = with_added_columns(table, fixed)  # written before a column was added
         missing = [f.name for f in fixed if f.name not in table.column_names]
         if missing or (exact and table.column_names != fixed.names):
-            raise ResultsError(
+            raise DamagedFolderError(
                 f"{self.location(relpath)} does not have the expected columns (missing "
                 f"{missing or 'none'}); it was written by another version. Move the job folder "
                 "aside (fresh start) or use a different output/name"

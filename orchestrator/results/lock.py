@@ -8,6 +8,7 @@ and start time. Only local folders can be locked.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import logging
@@ -15,7 +16,13 @@ import os
 import socket
 from typing import Any, Optional
 
-from orchestrator.results.storage import ResultsError, cleanup_stale_temps, open_storage
+from orchestrator.results.storage import (
+    DamagedFolderError,
+    ResultsError,
+    cleanup_stale_temps,
+    open_storage,
+    refuse_links,
+)
 
 __all__ = ["LOCK_FILE", "JobLock", "ResultsLockedError"]
 
@@ -62,8 +69,15 @@ class JobLock:
         path = os.path.join(root, LOCK_FILE)
         try:
             os.makedirs(root, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
+            raise ResultsError(f"cannot create the job folder {root}: {e.strerror or e}") from e
+        refuse_links(root)
+        try:  # O_NOFOLLOW: a link made after the check above is refused too, never truncated through
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DamagedFolderError(f"{path} is a symbolic link; a job folder's own entries must be real files: "
+                                   "remove the link, or move the job folder aside") from e
             raise ResultsError(f"cannot create the lock file {path}: {e.strerror or e}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -81,6 +95,33 @@ class JobLock:
         self._fd = fd
         cleanup_stale_temps(root)  # safe: no other run writes here while we hold the lock
         return self
+
+    def check(self) -> None:
+        """Refuse now what :meth:`acquire` would refuse, creating nothing: a folder whose entries
+        are links, or one another run holds (a run checks this before it starts Ray)."""
+        root = self._storage.root
+        if not self._storage.is_local or not os.path.isdir(root):
+            return
+        refuse_links(root)
+        path = os.path.join(root, LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DamagedFolderError(f"{path} is a symbolic link; a job folder's own entries must be real "
+                                         "files: remove the link, or move the job folder aside") from e
+            return  # acquire() will say what is wrong
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            raise ResultsLockedError(root, holder.get("pid"), holder.get("started_at")) from None
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         """Drop the lock; releasing a lock not held does nothing."""

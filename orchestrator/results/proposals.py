@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from orchestrator.results.storage import ResultsError
+from orchestrator.results.storage import DamagedFolderError
 from orchestrator.results.store import ResultsStore
 
 __all__ = ["SEARCH_DIR", "ProposalRecord", "check_study", "read_proposals", "read_study", "write_proposal"]
 
 SEARCH_DIR = "search"
 _STUDY = f"{SEARCH_DIR}/study.json"
+_ASIDE = "move the job folder aside (run --fresh)"
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class ProposalRecord:
                 duplicate_of=data.get("duplicate_of"),
             )
         except (ValueError, TypeError, KeyError) as e:
-            raise ResultsError(f"{where}: not a proposal record ({e}); move the job folder aside (run --fresh)") from e
+            raise DamagedFolderError(f"{where}: not a proposal record ({e}); {_ASIDE}") from e
 
 
 def _name(number: int) -> str:
@@ -96,7 +97,7 @@ def read_proposals(store: ResultsStore) -> list[ProposalRecord]:
     records.sort(key=lambda r: r.number)
     for k, record in enumerate(records):
         if record.number != k:
-            raise ResultsError(f"{store.location(SEARCH_DIR)}: proposal {k} is missing (found {record.number}); "
+            raise DamagedFolderError(f"{store.location(SEARCH_DIR)}: proposal {k} is missing (found {record.number}); "
                                "move the job folder aside (run --fresh)")
     return records
 
@@ -110,9 +111,9 @@ def read_study(store: ResultsStore) -> Optional[dict[str, Any]]:
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise ResultsError(f"{store.location(_STUDY)}: not JSON ({e}); move the job folder aside (run --fresh)") from e
+        raise DamagedFolderError(f"{store.location(_STUDY)}: not JSON ({e}); {_ASIDE}") from e
     if not isinstance(data, dict):
-        raise ResultsError(f"{store.location(_STUDY)}: not a JSON object; move the job folder aside (run --fresh)")
+        raise DamagedFolderError(f"{store.location(_STUDY)}: not a JSON object; {_ASIDE}")
     return data
 
 
@@ -120,7 +121,7 @@ def check_study(store: ResultsStore, study: Mapping[str, Any]) -> None:
     """Record what the proposals are drawn from, or check that an earlier run drew from the same.
 
     Raises:
-        ResultsError: the job folder's proposals came from another space, seed, start-up or metric.
+        DamagedFolderError: the job folder's proposals came from another space, seed, start-up or metric.
     """
     earlier = read_study(store)
     if earlier is None:
@@ -128,7 +129,7 @@ def check_study(store: ResultsStore, study: Mapping[str, Any]) -> None:
         return
     changed = sorted(k for k in {*earlier, *study} if earlier.get(k) != study.get(k))
     if changed:
-        raise ResultsError(
+        raise DamagedFolderError(
             f"{store.location(SEARCH_DIR)}: the proposals there were drawn with another sweep.tpe "
             f"({', '.join(changed)} changed); only tpe.samples may change between runs of one job: "
             "use run --fresh (the old results are kept aside) or another name"

@@ -25,6 +25,8 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from orchestrator.processes import pid_alive
+
 __all__ = ["ResultsError", "Storage", "cleanup_stale_temps", "open_storage"]
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,16 @@ _TEMP_RE = re.compile(r"\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 
 
 class ResultsError(Exception):
-    """A results folder cannot be read or written; the message names the path and the cause."""
+    """A results folder cannot be read or written; the message names the path and the cause.
+
+    As such, an environment problem (a full disk, a folder that cannot be written): exit status
+    1. Its subclass :class:`DamagedFolderError` is bad input: exit status 2.
+    """
+
+
+class DamagedFolderError(ResultsError):
+    """A job folder's file is damaged or of the wrong shape, or one of its entries is a link:
+    the folder cannot be used as it is (exit status 2); the message names the file."""
 
 
 class Storage:
@@ -100,7 +111,7 @@ class Storage:
         except (FileNotFoundError, NotADirectoryError):  # nothing written yet
             return None
         except (OSError, pa.ArrowException) as e:
-            raise ResultsError(
+            raise DamagedFolderError(
                 f"cannot read {path}: {e}; if it is damaged, move the job folder aside (fresh start)"
             ) from e
 
@@ -113,7 +124,7 @@ class Storage:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, pa.ArrowException) as e:
-            raise ResultsError(
+            raise DamagedFolderError(
                 f"cannot read {path}: {e}; if it is damaged, delete it (that trial then runs again) "
                 "or move the job folder aside (fresh start)"
             ) from e
@@ -238,11 +249,53 @@ def open_storage(job_dir: str | os.PathLike[str], filesystem: Optional[pafs.File
     return Storage(fs, path.rstrip("/"))
 
 
+#: The job folder's own entries: none of them may be a link (the tool writes, truncates and
+#: deletes inside them; through a link that would reach outside the folder).
+OWN_ENTRIES = (".lock", "checkpoints", "parts", "search", "trials.parquet", "evals.parquet", "throughput.parquet",
+               "manifest.json", "report.md", "report.html", "best.yaml")
+#: Folders whose entries are folders the tool writes into (``checkpoints/<trial_id>/``).
+_FOLDERS_OF_FOLDERS = ("checkpoints",)
+
+
+def refuse_links(root: str) -> None:
+    """Refuse a local job folder whose own entries, or its checkpoint folders, are symbolic links.
+
+    The folder itself may be reached through a link (a results root on another disk); what is
+    inside it is the tool's, and a link there would let a write, a truncation or a delete reach
+    a file outside it. Raises :class:`ResultsError` naming the first link found.
+    """
+    def is_link(path: str) -> bool:
+        try:
+            return os.path.islink(path)
+        except OSError:
+            return False
+
+    for name in OWN_ENTRIES:
+        path = os.path.join(root, name)
+        if is_link(path):
+            raise DamagedFolderError(f"{path} is a symbolic link (to {os.readlink(path)}); a job folder's own entries "
+                               "must be real files and folders: remove the link, or move the job folder aside")
+    for name in _FOLDERS_OF_FOLDERS:
+        try:
+            with os.scandir(os.path.join(root, name)) as it:
+                link = next((e for e in it if e.is_symlink()), None)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise ResultsError(f"cannot list {os.path.join(root, name)}: {e.strerror or e}") from e
+        if link is not None:
+            raise DamagedFolderError(f"{link.path} is a symbolic link (to {os.readlink(link.path)}); a job folder's "
+                               "own entries must be real files and folders: remove the link, or move the job "
+                               "folder aside")
+
+
 def cleanup_stale_temps(root: str) -> None:
     """Remove temporary files left by killed writers (their pid is gone): in the job folder,
     its ``parts/`` folder (trials being committed) and each checkpoint folder."""
-    for folder in [root, os.path.join(root, "parts"), *glob.glob(os.path.join(root, "checkpoints", "*"))]:
-        if os.path.islink(folder):  # never reach out of the job folder through a link
+    checkpoints = os.path.join(root, "checkpoints")
+    inside = [] if os.path.islink(checkpoints) else glob.glob(os.path.join(checkpoints, "*"))
+    for folder in [root, os.path.join(root, "parts"), os.path.join(root, "search"), *inside]:
+        if folder != root and os.path.islink(folder):  # never reach out of the job folder through a link
             continue
         try:
             names = os.listdir(folder)
@@ -250,17 +303,7 @@ def cleanup_stale_temps(root: str) -> None:
             continue
         for name in names:
             m = _TEMP_RE.fullmatch(name)
-            if m and not _pid_alive(int(m["pid"])):
+            if m and not pid_alive(int(m["pid"])):
                 log.info("removing a temporary file left by a killed run: %s", name)
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True

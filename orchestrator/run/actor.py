@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -19,6 +20,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Optional
 
+from orchestrator.processes import pid_alive
 from orchestrator.run.events import (
     HEARTBEAT_S,
     Beat,
@@ -41,6 +43,34 @@ def format_exception(exc: BaseException) -> str:
     """``Type: message`` on the first line, then the traceback."""
     head = f"{type(exc).__name__}: {exc}".strip()
     return head + "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+#: A worker's scratch folder in the system's temporary folder: ``rnn-trial-<pid>-<random>``.
+SCRATCH_PREFIX = "rnn-trial-"
+_SCRATCH_RE = re.compile(re.escape(SCRATCH_PREFIX) + r"(?P<pid>\d+)-[^/]+")
+
+
+def remove_stale_scratch(folder: Optional[str] = None) -> list[str]:
+    """Remove the scratch folders of workers that are gone (killed: their pid is not running),
+    this user's only; returns their paths. Called as each worker starts."""
+    folder = folder or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _SCRATCH_RE.fullmatch(entry.name)
+        try:
+            mine = entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+        except OSError:
+            continue
+        if m and mine and not pid_alive(int(m["pid"])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    if removed:
+        log.info("removed %d scratch folders of workers that were killed", len(removed))
+    return removed
 
 
 class TrainerActor:
@@ -69,10 +99,12 @@ class TrainerActor:
         self._data_dir = data_dir
         self._own_process = own_process
         self._heartbeat_s = heartbeat_s
-        self._scratch = Path(tempfile.mkdtemp(prefix="rnn-trial-"))
+        remove_stale_scratch()
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
 
     def close(self) -> None:
-        """Remove this worker's scratch folder (a worker that is killed leaves it behind)."""
+        """Remove this worker's scratch folder (a worker that is killed leaves it behind, and the
+        next worker started on the node removes it)."""
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def ready(self) -> str:

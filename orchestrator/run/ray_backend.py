@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from typing import Any, Optional
 
@@ -85,6 +86,7 @@ class RayBackend:
         self._watch: Optional[ClusterWatch] = None
         self._placement: Optional[Placement] = None
         self._connected_here = False  # this backend called ray.init: shutdown() undoes it
+        self._session_dir: Optional[str] = None  # an embedded Ray's session folder, removed after it stops
         self._lost = False
         self._next_id = 0
         self._actors: dict[int, Any] = {}
@@ -107,6 +109,8 @@ class RayBackend:
                 probe_address(target)
             started_here = connect(self._address)
             self._connected_here = True
+            if started_here:  # its session folder (/tmp/ray/session_*) goes when it stops
+                self._session_dir = ray._private.worker._global_node.get_session_dir_path()
         self._ray = ray
         if self._elastic is None:
             self._elastic = not started_here
@@ -128,7 +132,10 @@ class RayBackend:
             self._watch.stop()  # before the shutdown ends an embedded Ray's GCS
         if self._connected_here and not self._lost:
             self._ray.shutdown()
+            if self._session_dir is not None:  # logs included: a trial's error is in its row already
+                shutil.rmtree(self._session_dir, ignore_errors=True)
         self._connected_here = False
+        self._session_dir = None
         self._cls = None
 
     # --- the protocol ---------------------------------------------------------------------

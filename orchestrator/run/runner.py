@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any, Optional
 from orchestrator.errors import ExitCode, UsageError
 from orchestrator.results import (
     TERMINAL_STATUSES,
+    DamagedFolderError,
     JobLock,
     ResultsError,
+    ResultsLockedError,
     ResultsStore,
     fresh_start,
     new_run_id,
+    read_manifest,
     write_manifest,
 )
 from orchestrator.run.backend import Backend
@@ -71,6 +74,22 @@ def preflight_data(trials: Sequence[Trial]) -> None:
             raise UsageError(f"{where}: {e} (trial {trial.trial_id})") from e
 
 
+def check_folder(store: ResultsStore) -> set[str]:
+    """Read every table (with the parts), the manifest and a search's records of a job folder, so
+    that damage is found before anything runs or is written; returns the trials not to run again.
+
+    Raises:
+        DamagedFolderError: a file that cannot be read as what it should be (named).
+    """
+    from orchestrator.results.proposals import read_proposals
+
+    store.read_evals()
+    store.read_throughput()
+    read_manifest(store.job_dir)
+    read_proposals(store)
+    return store.finished_trial_ids(SKIP_STATUSES)
+
+
 def run_job(
     job: Job,
     *,
@@ -98,9 +117,10 @@ def run_job(
         raise ValueError("address is the default Ray backend's: pass backend=RayBackend(address) instead")
     spec, trials = job.spec, list(job.trials)
     job_dir = job_location(spec, output)
-    try:
-        finished = ResultsStore(job_dir).finished_trial_ids(SKIP_STATUSES) if not fresh else set()
-    except ResultsError as e:
+    try:  # before anything starts: a folder another run holds, a hostile link, a damaged file
+        JobLock(job_dir).check()
+        finished = check_folder(ResultsStore(job_dir)) if not fresh else set()
+    except (DamagedFolderError, ResultsLockedError) as e:
         raise UsageError(str(e)) from e
     todo = [t for t in trials if t.trial_id not in finished]
     if job.search is not None:  # its trials are proposed as it runs: check the spec's own data
@@ -211,7 +231,7 @@ def _locked(job_dir: str, fresh: bool) -> Iterator[ResultsStore]:
             if moved:
                 log.info("--fresh: kept the previous results at %s", moved)
         lock = JobLock(job_dir).acquire()
-    except ResultsError as e:
+    except (DamagedFolderError, ResultsLockedError) as e:
         raise UsageError(str(e)) from e
     try:
         yield ResultsStore(job_dir)

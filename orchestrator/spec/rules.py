@@ -21,6 +21,7 @@ from orchestrator.spec.problems import problems_from_pydantic
 from orchestrator.spec.schema import MAX_PARAMETERS, SECTIONS, config_sections
 from orchestrator.spec.sections import BAD, field_names, is_section, section_values, validate_section
 from rnn.config import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, EarlyStopping, resolved_vocab_size
+from rnn.paths import not_a_file
 
 #: Vocabulary assumed for char-level size estimates (the real one is the training split's characters).
 CHAR_VOCAB_ESTIMATE = 256
@@ -114,8 +115,8 @@ def cross_problems(v: Mapping[str, Mapping[str, Any]], kind: str, res: Mapping[s
     corpus = data["corpus"]
     if _ok(corpus) and corpus not in BUILTIN_CORPORA:
         path = Path(corpus).expanduser()  # as rnn.corpus.load_corpus reads it
-        if not path.is_file():
-            what = "is a directory, not a text file" if path.is_dir() else "no such file"
+        what = not_a_file(path)
+        if what is not None:
             out.append(Problem(
                 "data.corpus", f"{what} ({path.absolute()}; relative paths are resolved against the current "
                 f"directory); use builtin, shakespeare or a UTF-8 text file", got=corpus, involves=("data.corpus",)))

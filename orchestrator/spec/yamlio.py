@@ -31,6 +31,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from orchestrator.errors import Problem, SpecError
+from rnn.paths import not_a_file
 
 MAX_SPEC_BYTES = 1_000_000
 MAX_ALIASES = 100
@@ -266,8 +267,8 @@ def read_spec_bytes(path: Union[str, os.PathLike[str]]) -> bytes:
     source = str(path)
     p = Path(path)
     try:
-        if not p.is_file():
-            what = "it is a directory" if p.is_dir() else ("no such file" if not p.exists() else "not a regular file")
+        what = not_a_file(p)
+        if what is not None:
             _fail(source, f"cannot read the spec: {what}")
         with p.open("rb") as f:
             return f.read(MAX_SPEC_BYTES + 1)
