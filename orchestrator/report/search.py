@@ -114,19 +114,15 @@ def _summary(outs: Sequence[ProposalOutcome], metric: str) -> str:
     startup = [o for o in outs if not o.record.from_model]
     model = [o for o in outs if o.record.from_model]
     parts = []
-    if startup:
-        k = len(startup)
-        draws = "the 1 start-up draw" if k == 1 else f"the {k} start-up draws"
-        b = best(startup)
-        parts.append(f"The best of {draws} had {metric} {b.value:.4f} (proposal {b.order})" if b else
-                     f"None of {draws} {_ran(startup)}")
-    if model:
-        m = len(model)
-        mine = "TPE's 1 proposal" if m == 1 else f"TPE's {m} proposals"
-        b = best(model)
-        parts.append(f"the best of {mine} had {metric} {b.value:.4f} (proposal {b.order})" if b else
-                     f"none of {mine} {_ran(model)}")
-    else:
+    for group, one, many in ((startup, "the 1 start-up draw", "the {k} start-up draws"),
+                             (model, "TPE's 1 proposal", "TPE's {k} proposals")):
+        if not group:
+            continue
+        name = one if len(group) == 1 else many.format(k=len(group))
+        b = best(group)
+        parts.append(f"the best of {name} had {metric} {b.value:.4f} (proposal {b.order})" if b else
+                     f"none of {name} {_ran(group)}")
+    if not model:
         parts.append("no proposal has come from TPE's model yet")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
