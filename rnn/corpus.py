@@ -186,6 +186,44 @@ def _download(url: str, timeout: float) -> bytes:
         return response.read()
 
 
+#: ``validate`` judges a corpus file by its size and at most this many of its first bytes.
+HEAD_BYTES = 1 << 20
+
+
+def corpus_file_problem(path: PathLike, *, head_bytes: int = HEAD_BYTES) -> Optional[str]:
+    """What makes a corpus file unusable, judged from its size and first ``head_bytes`` bytes
+    (the rest is not read); None when nothing shows there (``load_corpus`` reads it all and may
+    still refuse it, say for a bad byte further on)."""
+    path = Path(path).expanduser()
+    what = not_a_file(path)
+    if what is not None:
+        return what
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(head_bytes)
+    except OSError as e:
+        return f"not readable ({e.strerror or e})"
+    if size == 0:
+        return "empty"
+    return _text_problem(head, complete=size <= head_bytes)
+
+
+def _text_problem(data: bytes, complete: bool = True) -> Optional[str]:
+    """Why ``data`` is not UTF-8 text, or None; an incomplete character at the end of a file's
+    first bytes (``complete`` False) is not a problem."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        return f"binary, not text (a NUL byte at offset {nul})"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if complete or e.end < len(data) or e.reason != "unexpected end of data":
+            return (f"not valid UTF-8: byte {e.start} (0x{data[e.start]:02x}) {e.reason}; convert it, "
+                    "e.g. `iconv -f latin1 -t utf-8 FILE > out.txt`")
+    return None
+
+
 def _load_path(path: Path) -> Corpus:
     hint = "(corpus must be 'builtin', 'shakespeare', or a path to a UTF-8 text file)"
     what = not_a_file(path)
@@ -197,11 +235,8 @@ def _load_path(path: Path) -> Corpus:
         raise CorpusError(f"corpus file {path} cannot be read: {e}") from e
     if not data:
         raise CorpusError(f"corpus file {path} is empty; point the spec at a file with text in it")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"corpus file {path} is not valid UTF-8: byte {e.start} (0x{data[e.start]:02x}) "
-            f"{e.reason}; convert it, e.g. `iconv -f latin1 -t utf-8 {path} > out.txt`"
-        ) from e
+    problem = _text_problem(data)
+    if problem is not None:
+        raise CorpusError(f"corpus file {path} is {problem.replace('FILE', str(path))}")
+    text = data.decode("utf-8")
     return Corpus(path.stem, str(path.resolve()), text, _sha256(data))

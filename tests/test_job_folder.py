@@ -179,3 +179,30 @@ def test_a_pickle_payload_is_refused_without_advice_to_load_it_unsafely(
     assert main(["sample", str(evil)]) == 2
     line = _one_line(capsys)
     assert "refused" in line and "weights_only" not in line and "pwned" not in line
+
+
+# --- a corpus's content, checked by validate ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", "empty"),
+    (b"text\x00\x01\x02 more", "binary, not text (a NUL byte at offset 4)"),
+    ("café au lait, and some more words".encode("latin-1"), "not valid UTF-8: byte 3 (0xe9)"),
+    (b"a short text\n", "too short: its validation split"),
+])
+def test_validate_judges_a_corpus_files_content_as_run_would(
+        content: bytes, words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["data"]["corpus"] = str(corpus)
+    assert main(["validate", str(write_spec(tmp_path / "c.yaml", spec))]) == 2
+    assert words in _one_line(capsys)
+
+
+def test_a_utf8_character_cut_by_the_first_megabyte_is_not_a_problem(tmp_path: Path) -> None:
+    from rnn.corpus import HEAD_BYTES, corpus_file_problem
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"a" * (HEAD_BYTES - 1) + "é".encode() + b"b" * 100)
+    assert corpus_file_problem(corpus) is None

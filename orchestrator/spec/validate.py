@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
@@ -32,12 +33,13 @@ from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.expand import Point, Trial, seed_points, seeded_trials, sweep_points
 from orchestrator.spec.problems import problems_from_pydantic
 from orchestrator.spec.proposals import PointChecker, Proposals
-from orchestrator.spec.rules import check_config, field_values, sweepable_paths
+from orchestrator.spec.rules import BUILTIN_CORPORA, check_config, field_values, sweepable_paths
 from orchestrator.spec.schema import KINDS, SECTIONS, JobSpec, ResourcesSpec, config_sections
 from orchestrator.spec.sections import field_names
 from orchestrator.spec.sweep import MAX_TRIALS, ChoiceDist, IntDist, SweepSpec
 from orchestrator.spec.yamlio import decode_spec, parse_yaml, read_spec_bytes
-from rnn.config import TrainConfig, set_path
+from rnn.config import DataConfig, TrainConfig, set_path
+from rnn.corpus import corpus_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +387,7 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
         problems += point_problems
         if sections is not None:
             checked.append((point, sections))
+    problems += _corpus_problems([sections["data"] for _, sections in checked])
     if problems:
         raise SpecError(problems, file=source)
     assert spec is not None  # pydantic raised nothing, or there would be problems
@@ -397,6 +400,29 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
     if spec.sweep is not None and spec.sweep.tpe is not None:
         return Job(spec, (), source, text, search=_proposals(spec, checker, checked))
     return Job(spec, _trials(spec, checked), source, text)
+
+
+def _corpus_problems(data: list[DataConfig]) -> list[Problem]:
+    """Each corpus file's content, once: empty, binary, not UTF-8 (judged from its first
+    megabyte: a run reads it all), or too short for one validation window at char level (its
+    size in bytes bounds its characters from above, so this never refuses a usable file)."""
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for cfg in data:
+        if cfg.corpus in BUILTIN_CORPORA or cfg.corpus in seen:
+            continue
+        seen.add(cfg.corpus)
+        path = Path(cfg.corpus).expanduser()
+        problem = corpus_file_problem(path)
+        if problem is None and cfg.level == "char" and cfg.val_fraction > 0:
+            size = path.stat().st_size
+            if size * cfg.val_fraction < cfg.seq_len + 1:
+                problem = (f"too short: its validation split (val_fraction {cfg.val_fraction}) has at most "
+                           f"{int(size * cfg.val_fraction)} characters, one window needs seq_len + 1 = "
+                           f"{cfg.seq_len + 1}")
+        if problem is not None:
+            out.append(Problem("data.corpus", f"{path}: {problem.replace('FILE', str(path))}", got=cfg.corpus))
+    return out
 
 
 def _proposals(spec: JobSpec, checker: PointChecker, checked: list[tuple[Point, dict[str, Any]]]) -> Proposals:
