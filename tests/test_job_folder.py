@@ -206,3 +206,21 @@ def test_a_utf8_character_cut_by_the_first_megabyte_is_not_a_problem(tmp_path: P
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"a" * (HEAD_BYTES - 1) + "é".encode() + b"b" * 100)
     assert corpus_file_problem(corpus) is None
+
+
+def test_a_run_stopped_before_any_trial_was_recorded_writes_no_report(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from orchestrator.errors import ExitCode
+    from orchestrator.run import LocalBackend, run_job
+    from orchestrator.spec import load_job
+
+    stop = threading.Event()
+    stop.set()  # as a SIGTERM right at the start would
+    with caplog.at_level("INFO"):
+        outcome = run_job(load_job(_spec(tmp_path)), backend=LocalBackend(), stop=stop, live_report_s=0)
+    assert outcome.exit_code == ExitCode.INTERRUPTED
+    job = Path(outcome.job_dir)
+    assert not (job / "report.md").exists() and not (job / "report.html").exists()
+    assert "no report written" in caplog.text and "not a job folder" not in caplog.text

@@ -27,6 +27,7 @@ from orchestrator.results import (
     ResultsLockedError,
     ResultsStore,
     fresh_start,
+    is_job_folder,
     new_run_id,
     read_manifest,
     write_manifest,
@@ -141,11 +142,15 @@ def run_job(
             # The report is built while the backend shuts down (Ray's takes seconds): it reads
             # only the job folder. Its import (matplotlib, scipy: about a second) happens in that
             # thread too, off the critical path.
-            report = _Background(_build_report, store)
-            backend.shutdown()
-            md, html = report.join()
-            log.info("results: %s", job_dir)
-            log.info("report:  %s", html)
+            if not is_job_folder(job_dir):  # stopped before any trial was recorded: nothing to report
+                backend.shutdown()
+                log.info("no trial was recorded in %s: no report written", job_dir)
+            else:
+                report = _Background(_build_report, store)
+                backend.shutdown()
+                md, html = report.join()
+                log.info("results: %s", job_dir)
+                log.info("report:  %s", html)
     if summary is not None and summary.interrupted:
         return RunOutcome(ExitCode.INTERRUPTED, job_dir)
     # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
