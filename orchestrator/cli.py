@@ -289,6 +289,40 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Set aside what cannot be read in a job folder and keep the rest."""
+    from pathlib import Path
+
+    from orchestrator.results import ResultsError, is_job_folder
+    from orchestrator.results.repair import repair_job
+
+    if not Path(args.dir).is_dir() or not (is_job_folder(args.dir) or Path(args.dir, "manifest.json").is_file()):
+        return _fail(args.dir, "not a job folder (no trials.parquet, parts/ or manifest.json)")
+    try:
+        report = repair_job(args.dir)
+    except ResultsError as e:
+        return results_failure(args.dir, e)
+    if not report.changed:
+        print(f"{args.dir}: nothing is damaged")
+        return ExitCode.OK
+    for rel, why in report.set_aside.items():
+        print(f"set aside {rel}: {why}")
+    for line in report.lost:
+        print(f"lost: {line}")
+    print(f"{args.dir}: repaired; the damaged files are kept under {Path(args.dir) / 'damaged'}")
+    return ExitCode.OK
+
+
+def _add_repair(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("repair", help="set aside a job folder's damaged files, keep the rest",
+                       description="Try every table, trial part, the manifest and a search's records of a job "
+                                   "folder as the commands read them; move what cannot be read to DIR/damaged/ "
+                                   "(never deleted), fold the trial parts into the tables again, and say what "
+                                   "was lost (trials whose rows were lost run again at the next run).")
+    p.add_argument("dir", metavar="DIR", help="a job folder, e.g. results/quickstart")
+    p.set_defaults(func=cmd_repair)
+
+
 def _add_clean(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("clean", help="remove temporary files and unneeded checkpoints",
                        description="Remove temporary files left by killed writers and the checkpoints of failed, "
@@ -331,7 +365,7 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
 
 #: Every subcommand's parser builder, in the order ``--help`` lists them.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, _add_validate, _add_plan, _add_report, _add_best, _add_devices, _add_sample, _add_clean,
+    _add_run, _add_validate, _add_plan, _add_report, _add_best, _add_devices, _add_sample, _add_clean, _add_repair,
 ]
 #: Commands whose progress lines are their output: they log at INFO by default.
 _CHATTY = {"run", "report", "clean"}

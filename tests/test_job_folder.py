@@ -6,6 +6,7 @@ that are not files."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import pickle
 import subprocess
@@ -224,3 +225,64 @@ def test_a_run_stopped_before_any_trial_was_recorded_writes_no_report(
     job = Path(outcome.job_dir)
     assert not (job / "report.md").exists() and not (job / "report.html").exists()
     assert "no report written" in caplog.text and "not a job folder" not in caplog.text
+
+
+# --- repair -------------------------------------------------------------------------------------------
+
+
+def test_repair_sets_a_damaged_table_aside_and_keeps_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = _job_folder(tmp_path)
+    _truncate(job / "evals.parquet")
+    assert main(["report", str(job)]) == 2
+    assert f"python -m orchestrator repair {job}" in _one_line(capsys)  # the message names the command
+    assert main(["repair", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "set aside damaged/evals.parquet." in out
+    assert "lost: the evaluations (curves) of 2 trial(s); their rows are kept" in out
+    (aside,) = (job / "damaged").iterdir()
+    assert aside.name.startswith("evals.parquet.")  # kept, never deleted
+    assert main(["report", str(job)]) == 0  # usable again, both rows kept
+    assert sorted(ResultsStore(job).read_trials()["trial_id"].to_pylist()) == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+    assert main(["repair", str(job)]) == 0
+    assert "nothing is damaged" in capsys.readouterr().out
+
+
+def test_repair_says_which_trials_a_damaged_trials_table_loses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = _job_folder(tmp_path)
+    store = ResultsStore(job)
+    store.commit_trial(completed_row("cccccccccccc", 1.9, {"model": {"cell": "gru"}}), evals=eval_curve(1.9))
+    _truncate(job / "trials.parquet")
+    assert main(["repair", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "lost: the rows of 2 trial(s) (aaaaaaaaaaaa, bbbbbbbbbbbb): they run again" in out
+    assert ResultsStore(job).read_trials()["trial_id"].to_pylist() == ["cccccccccccc"]  # the part's trial is kept
+
+
+def test_repair_sets_aside_a_damaged_part_manifest_and_search_records(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = _job_folder(tmp_path)
+    store = ResultsStore(job)
+    store.commit_trial(completed_row("cccccccccccc", 1.9, {"model": {"cell": "gru"}}), evals=eval_curve(1.9))
+    (part,) = (job / "parts").glob("*.arrow")
+    _truncate(part)
+    (job / "manifest.json").write_bytes(b"\xff\xfe not json")
+    (job / "search").mkdir()
+    for k in range(3):
+        record = {"number": k, "params": {}, "values": {}, "from_model": False, "trial_ids": [f"t{k}"]}
+        (job / "search" / f"{k:06d}.json").write_text(json.dumps(record))
+    (job / "search" / "000001.json").write_text("{not json")
+    assert main(["run", str(_spec(tmp_path)), "--local"]) == 2
+    capsys.readouterr()
+    assert main(["repair", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "lost: trial cccccccccccc's completed part" in out
+    assert "lost: the manifest" in out
+    assert "lost: search proposals 1 and later" in out
+    assert sorted(p.name.rsplit(".", 1)[0] for p in (job / "damaged").iterdir()) == [
+        "manifest.json", part.relative_to(job).as_posix().replace("/", "_"), "search_000001.json",
+        "search_000002.json"]
+    assert [p.name for p in (job / "search").iterdir()] == ["000000.json"]
+    assert main(["repair", str(job)]) == 0
+    assert "nothing is damaged" in capsys.readouterr().out

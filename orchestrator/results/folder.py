@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.results.parts import PARTS_DIR, Part, PartListing, PartRef, decode_part, list_parts
 from orchestrator.results.records import with_added_columns
-from orchestrator.results.storage import DamagedFolderError, Storage, open_storage
+from orchestrator.results.storage import DamagedFolderError, Storage, open_storage, repair_hint
 
 __all__ = ["EVALS_FILE", "THROUGHPUT_FILE", "TRIALS_FILE", "JobFolder"]
 
@@ -100,7 +100,7 @@ class JobFolder:
                     part = decode_part(ref, table, self.location(ref.relpath))
                 except ValueError as e:
                     raise DamagedFolderError(
-                        f"{e}; delete it (that trial then runs again) or move the job folder aside"
+                        f"{e}; {repair_hint(self.root)} (that trial then runs again)"
                     ) from e
                 self._decoded[ref] = part
             out.append(part)
@@ -127,8 +127,8 @@ class JobFolder:
         if missing or (exact and table.column_names != fixed.names):
             raise DamagedFolderError(
                 f"{self.location(relpath)} does not have the expected columns (missing "
-                f"{missing or 'none'}); it was written by another version. Move the job folder "
-                "aside (fresh start) or use a different output/name"
+                f"{missing or 'none'}); it was written by another version or is damaged: "
+                f"{repair_hint(self.root)}"
             )
         return table.cast(fixed) if exact else table
 

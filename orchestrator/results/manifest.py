@@ -40,7 +40,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from orchestrator.results.storage import DamagedFolderError, open_storage
+from orchestrator.results.storage import DamagedFolderError, open_storage, repair_hint
 
 __all__ = ["MANIFEST_FILE", "manifest_runs", "new_run_id", "package_versions", "read_manifest", "write_manifest"]
 
@@ -157,16 +157,16 @@ def _parse(text: Optional[str], where: str) -> Optional[dict[str, Any]]:
         manifest = json.loads(text)
     except json.JSONDecodeError as e:
         raise DamagedFolderError(
-            f"{where} is not valid JSON ({e}); restore it or move it aside (the next run writes a new one)"
+            f"{where} is not valid JSON ({e}); {repair_hint(os.path.dirname(where))}"
         ) from e
     if not isinstance(manifest, dict):
-        raise DamagedFolderError(f"{where} is not a JSON object; restore it or move it aside")
+        raise DamagedFolderError(f"{where} is not a JSON object; {repair_hint(os.path.dirname(where))}")
     # Its structure is checked here; odd values of its other entries are the readers' to skip
     # (the report leaves out what it cannot show).
     runs = manifest.get("runs")
     if runs is not None and not (isinstance(runs, list) and all(isinstance(run, dict) for run in runs)):
         raise DamagedFolderError(f"{where}: 'runs' should be a list of run records (got {json.dumps(runs)[:60]}); "
-                                 "restore the file or move it aside (the next run writes a new one)")
+                                 f"{repair_hint(os.path.dirname(where))}")
     return manifest
 
 

@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from orchestrator.results.storage import DamagedFolderError
+from orchestrator.results.storage import DamagedFolderError, repair_hint
 from orchestrator.results.store import ResultsStore
 
-__all__ = ["SEARCH_DIR", "ProposalRecord", "check_study", "read_proposals", "read_study", "write_proposal"]
+__all__ = ["SEARCH_DIR", "STUDY_FILE", "ProposalRecord", "check_study", "read_proposals", "read_study",
+           "write_proposal"]
 
 SEARCH_DIR = "search"
-_STUDY = f"{SEARCH_DIR}/study.json"
-_ASIDE = "move the job folder aside (run --fresh)"
+STUDY_FILE = f"{SEARCH_DIR}/study.json"
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class ProposalRecord:
                 duplicate_of=data.get("duplicate_of"),
             )
         except (ValueError, TypeError, KeyError) as e:
-            raise DamagedFolderError(f"{where}: not a proposal record ({e}); {_ASIDE}") from e
+            raise DamagedFolderError(f"{where}: not a proposal record ({e})") from e
 
 
 def _name(number: int) -> str:
@@ -93,27 +93,30 @@ def read_proposals(store: ResultsStore) -> list[ProposalRecord]:
         rel = f"{SEARCH_DIR}/{name}"
         text = store.read_text(rel)
         if text is not None:
-            records.append(ProposalRecord.from_json(text, store.location(rel)))
+            try:
+                records.append(ProposalRecord.from_json(text, store.location(rel)))
+            except DamagedFolderError as e:
+                raise DamagedFolderError(f"{e}; {repair_hint(store.job_dir)}") from e
     records.sort(key=lambda r: r.number)
     for k, record in enumerate(records):
         if record.number != k:
             raise DamagedFolderError(f"{store.location(SEARCH_DIR)}: proposal {k} is missing (found {record.number}); "
-                               "move the job folder aside (run --fresh)")
+                               f"{repair_hint(store.job_dir)}")
     return records
 
 
 def read_study(store: ResultsStore) -> Optional[dict[str, Any]]:
     """What the job's proposals were drawn from (``sampler``, ``seed``, ``startup``, ``metric``,
     ``space``), or None for a job without a search."""
-    text = store.read_text(_STUDY)
+    text = store.read_text(STUDY_FILE)
     if text is None:
         return None
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise DamagedFolderError(f"{store.location(_STUDY)}: not JSON ({e}); {_ASIDE}") from e
+        raise DamagedFolderError(f"{store.location(STUDY_FILE)}: not JSON ({e}); {repair_hint(store.job_dir)}") from e
     if not isinstance(data, dict):
-        raise DamagedFolderError(f"{store.location(_STUDY)}: not a JSON object; {_ASIDE}")
+        raise DamagedFolderError(f"{store.location(STUDY_FILE)}: not a JSON object; {repair_hint(store.job_dir)}")
     return data
 
 
@@ -125,7 +128,7 @@ def check_study(store: ResultsStore, study: Mapping[str, Any]) -> None:
     """
     earlier = read_study(store)
     if earlier is None:
-        store.write_text(_STUDY, json.dumps(dict(study), sort_keys=True, allow_nan=False) + "\n")
+        store.write_text(STUDY_FILE, json.dumps(dict(study), sort_keys=True, allow_nan=False) + "\n")
         return
     changed = sorted(k for k in {*earlier, *study} if earlier.get(k) != study.get(k))
     if changed:

@@ -98,7 +98,11 @@ class Storage:
     def read_text(self, rel: str) -> Optional[str]:
         """A UTF-8 text file's content, or None when it does not exist."""
         data = self.read_bytes(rel)
-        return None if data is None else data.decode("utf-8")
+        try:
+            return None if data is None else data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DamagedFolderError(f"{self.location(rel)} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                                     f"{repair_hint(self.root)}") from e
 
     def read_table(self, rel: str, columns: Optional[list[str]] = None) -> Optional[pa.Table]:
         """A Parquet file as a table (only ``columns``, when given), or None when it does not exist."""
@@ -112,7 +116,7 @@ class Storage:
             return None
         except (OSError, pa.ArrowException) as e:
             raise DamagedFolderError(
-                f"cannot read {path}: {e}; if it is damaged, move the job folder aside (fresh start)"
+                f"cannot read {path}: {e}; if it is damaged, {repair_hint(self.root)}"
             ) from e
 
     def read_ipc(self, rel: str) -> Optional[pa.Table]:
@@ -125,8 +129,7 @@ class Storage:
             return None
         except (OSError, pa.ArrowException) as e:
             raise DamagedFolderError(
-                f"cannot read {path}: {e}; if it is damaged, delete it (that trial then runs again) "
-                "or move the job folder aside (fresh start)"
+                f"cannot read {path}: {e}; if it is damaged, {repair_hint(self.root)}"
             ) from e
 
     def list_names(self, rel: str) -> list[str]:
@@ -247,6 +250,11 @@ def open_storage(job_dir: str | os.PathLike[str], filesystem: Optional[pafs.File
     if isinstance(fs, pafs.LocalFileSystem):
         return Storage(None, os.path.abspath(path))
     return Storage(fs, path.rstrip("/"))
+
+
+def repair_hint(job_dir: str) -> str:
+    """What a message about a damaged file in ``job_dir`` tells the user to do."""
+    return f"`python -m orchestrator repair {job_dir}` sets what is damaged aside and keeps the rest"
 
 
 #: The job folder's own entries: none of them may be a link (the tool writes, truncates and
