@@ -125,7 +125,7 @@ class Trainer:
         (best, patience, plateau), so resuming from ``last.pt`` continues the run exactly as if
         it had not stopped. A ``pause_at_step`` at or past the budget is ignored.
         """
-        run = self._set_up(resume_from)
+        run = yield from self._set_up(resume_from)
         if pause_at_step is not None and pause_at_step <= run.st.step:
             raise ValueError(
                 f"pause_at_step={pause_at_step} is not past the step this run resumes from ({run.st.step})"
@@ -135,8 +135,10 @@ class Trainer:
         yield TrainEvent(EventKind.END, run.st.step, result=self._result(run))
 
     # ------------------------------------------------------------------ set-up
-    def _set_up(self, resume_from: Union[str, Path, bytes, None]) -> Run:
-        """Device, data, model, optimiser, schedule and run state, restored from a checkpoint if given."""
+    def _set_up(self, resume_from: Union[str, Path, bytes, None]) -> Generator[TrainEvent, None, Run]:
+        """Device, data, model, optimiser, schedule and run state, restored from a checkpoint if
+        given. With heartbeats on, a ``preparing data`` and a ``compiling`` heartbeat say which of
+        the two slow steps of set-up is under way (each sends nothing until it ends)."""
         cfg = self.config
         tc = cfg.train
         if self._num_threads:
@@ -144,6 +146,7 @@ class Trainer:
         device = detect_device(str(self._device_override) if self._device_override else tc.device)
         tf32 = use_tf32(device)
         torch.manual_seed(tc.seed)
+        yield from self._phase(0, "preparing data")
         data = prepare_data(cfg.data, device, cache_dir=self._cache_dir, data_dir=self._data_dir)
         model = build_model(cfg.model, data.vocab_size).to(device)
         precision = resolve_precision(tc.amp, device, batch_size=tc.batch_size)
@@ -170,6 +173,8 @@ class Trainer:
         # After the restore, so that `auto` sizes the steps left; the warm-up leaves the RNG
         # states, the batch generator and the gradients as it found them.
         remaining = None if total_steps is None else total_steps - run.st.step
+        if tc.compile != "off":
+            yield from self._phase(run.st.step, "compiling")
         compiled = compile_train_step(
             train_step, tc.compile, recurrence=model.recurrence_path(device, precision),
             total_steps=remaining, max_time_s=tc.max_time_s,
@@ -317,7 +322,14 @@ class Trainer:
         loss = float((run.nll_sum / max(1, st.window_steps)).item())
         info = {"phase": "training", "steps_per_s": steps / seconds, "samples_per_s": steps * batch / seconds,
                 "train_loss": loss}
+        if self._by_time:  # its schedule's progress: training seconds so far (evaluations not counted)
+            info["trained_s"] = st.trained_s + (self._clock() - run.stretch_start)
         return TrainEvent(EventKind.HEARTBEAT, st.step, info=info)
+
+    def _phase(self, step: int, phase: str) -> Iterator[TrainEvent]:
+        """A heartbeat naming a phase of set-up that sends nothing until it ends (with heartbeats on)."""
+        if self._heartbeat_s is not None:
+            yield TrainEvent(EventKind.HEARTBEAT, step, info={"phase": phase})
 
     def _evaluating(self, run: Run) -> Iterator[TrainEvent]:
         """An evaluation starts: training time stops counting until the loop runs again, and an

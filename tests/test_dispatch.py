@@ -3,8 +3,8 @@
 The backend below is the test's stand-in for :class:`orchestrator.run.ray_backend.RayBackend`
 (the seam is :class:`orchestrator.run.backend.Backend`); the real-Ray behaviour is covered by
 test_faults.py, test_cluster.py and test_stall.py. Each scripted trial is a list of steps:
-an event to deliver, ``"lost"`` / ``"oom-killed"`` (the worker dies), or ``"hang"`` (nothing
-more is ever heard).
+an event to deliver, ``"lost"`` / ``"oom-killed"`` (the worker dies), ``"hang"`` (nothing
+more is ever heard), or ``"pause S"`` (nothing is heard for S seconds).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import io
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -104,6 +106,14 @@ class ScriptedBackend:
                 continue
             step = steps[0]
             if step == "hang":
+                continue
+            if isinstance(step, str) and step.startswith("pause "):
+                steps[0] = ("until", time.monotonic() + float(step.split()[1]))
+                continue
+            if isinstance(step, tuple):
+                if time.monotonic() < step[1]:
+                    continue
+                steps.pop(0)
                 continue
             steps.pop(0)
             if step == "lost":
@@ -243,6 +253,40 @@ def test_heartbeats_make_a_progress_line_with_the_pace_and_no_silence(
     lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
     assert len(lines) == 1  # one line a minute at most, per trial
     assert "step 5/20: train 3.1234, 2.5 steps/s, ETA 6s" in lines[0]
+
+
+def test_a_trial_preparing_data_or_compiling_has_a_floor_of_its_own_and_is_not_called_silent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trials, res = _trials(1)
+    dispatcher = Dispatcher(trials, res, ResultsStore(tmp_path / "job"), ScriptedBackend({}))
+    attempt = Attempt.of(trials[0], 1)
+    attempt.heard(1.0, None, "compiling")
+    assert dispatcher.stall_timeout_s(attempt) == 1800.0  # a long GPU compile is not a hang
+    attempt.heard(2.0, beat_interval(Beat(0, "training", steps_per_s=5.0)))
+    assert attempt.slow_phase is None and dispatcher.stall_timeout_s(attempt) == 60.0
+    a = trials[0].trial_id
+    backend = ScriptedBackend({a: [[Beat(0, "preparing data"), "pause 1.2", START, *_happy()[1:]]]})
+    caplog.set_level("INFO")
+    with patch("orchestrator.run.dispatch.SILENT_NOTE_S", 0.5):
+        _run(tmp_path / "run", trials, res, backend)
+    notes = [r.getMessage() for r in caplog.records if "stall timeout" in r.getMessage()]
+    assert notes and all("preparing data for" in n for n in notes) and not any("silent" in n for n in notes)
+
+
+def test_a_time_budgeted_trials_heartbeat_line_shows_its_training_time_and_eta(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trials, res = _trials(1)
+    a = trials[0].trial_id
+    timed = replace(trials[0], run_config=replace(trials[0].run_config, train=replace(
+        trials[0].run_config.train, max_steps=None, max_time_s=600.0, schedule_by="time", scheduler="cosine")))
+    beat = Beat(500, "training", steps_per_s=2.0, samples_per_s=64.0, train_loss=2.0, trained_s=240.0)
+    backend = ScriptedBackend({a: [[START, beat, *_happy()[1:]]]})
+    caplog.set_level("INFO")
+    _run(tmp_path, [timed], res, backend)
+    (line,) = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
+    assert "step 500: train 2.0000, 2.0 steps/s, 4m00s of 10m00s trained, ETA 6m00s of training" in line
 
 
 def test_explicit_stall_timeout_spares_the_set_up_before_the_first_event(tmp_path: Path) -> None:

@@ -314,6 +314,15 @@ def test_heartbeats_come_between_evaluations_and_change_nothing(tmp_path: Path) 
             assert before.step == e.step
 
 
+def test_set_up_names_its_slow_steps_before_they_start(tmp_path: Path) -> None:
+    events = list(Trainer(tiny(), tmp_path, heartbeat_s=3.0, clock=_FakeClock()).iter_fit())
+    phases = [e.info["phase"] for e in events[:3] if e.kind is EventKind.HEARTBEAT]
+    assert phases == ["preparing data", "compiling"] and events[2].kind is EventKind.START
+    off = replace(tiny(), train=replace(tiny().train, compile="off"))
+    events = list(Trainer(off, tmp_path / "off", heartbeat_s=3.0, clock=_FakeClock()).iter_fit())
+    assert [e.info["phase"] for e in events[:1]] == ["preparing data"] and events[1].kind is EventKind.START
+
+
 def test_a_negative_heartbeat_period_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="heartbeat_s must be >= 0"):
         Trainer(tiny(), tmp_path, heartbeat_s=-1.0)

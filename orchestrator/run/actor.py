@@ -155,7 +155,7 @@ class TrainerActor:
                 elif event.kind is EventKind.HEARTBEAT:
                     info = event.info
                     yield Beat(event.step, str(info.get("phase", "training")), info.get("steps_per_s"),
-                               info.get("samples_per_s"), info.get("train_loss"))
+                               info.get("samples_per_s"), info.get("train_loss"), info.get("trained_s"))
                 elif event.kind is EventKind.END:
                     result = event.result
                     if result is not None and result.status is TrialStatus.PAUSED and resume_point is not None:

@@ -36,6 +36,8 @@ class Attempt:
     #: heartbeat period, or one step where a step takes longer). None in any other phase (set-up,
     #: compile, evaluation), which has no pace to judge it by.
     beat_every_s: Optional[float] = None
+    #: The slow set-up step its last heartbeat named (``preparing data``, ``compiling``), or None.
+    slow_phase: Optional[str] = None
 
     @classmethod
     def of(cls, trial: Trial, total: int) -> Attempt:
@@ -51,10 +53,11 @@ class Attempt:
         self.attempt_started_mono = self.last_event_mono = now
         self.heard_this_attempt = False
         self.beat_every_s = None
+        self.slow_phase = None
         self.first_started_mono = self.first_started_mono or now
         self.started_at = self.started_at or datetime.now(timezone.utc)
 
-    def heard(self, now: float, beat_every_s: Optional[float] = None) -> None:
+    def heard(self, now: float, beat_every_s: Optional[float] = None, slow_phase: Optional[str] = None) -> None:
         """An event arrived: the gap since the last one sets the pace a stall is judged by.
         ``beat_every_s``: it was a training heartbeat, and the next is due within that."""
         if self.last_event_mono:
@@ -62,6 +65,7 @@ class Attempt:
         self.last_event_mono = now
         self.heard_this_attempt = True
         self.beat_every_s = beat_every_s
+        self.slow_phase = slow_phase
 
     def paused(self, now: float) -> None:
         self.paused_mono = now

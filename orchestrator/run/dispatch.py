@@ -42,7 +42,7 @@ from orchestrator.errors import UsageError
 from orchestrator.results import ResultsStore
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.backend import Assignment, Backend, Notice, NoticeKind
-from orchestrator.run.events import HEARTBEAT_S, Beat, Paused
+from orchestrator.run.events import HEARTBEAT_S, SLOW_PHASES, Beat, Paused
 from orchestrator.run.faults import Fault
 from orchestrator.run.progress import Progress
 from orchestrator.run.recorder import Recorder
@@ -60,6 +60,9 @@ POLL_S = 0.5
 #: seen between its events).
 BEAT_STALL_FACTOR = 4.0
 STALL_FLOOR_S = 600.0
+#: The floor while a trial says it prepares its data or compiles (:data:`~orchestrator.run.events.SLOW_PHASES`):
+#: a 100 MB corpus's tokenizer or a GPU compile may take many minutes, and it is not hung.
+SLOW_PHASE_FLOOR_S = 1800.0
 STALL_PACE_FACTOR = 5.0
 #: A trial silent this long (or half its stall timeout, if shorter) is named in the log, once a minute.
 SILENT_NOTE_S = 60.0
@@ -248,7 +251,8 @@ class Dispatcher:
             attempt = self._busy.get(n.worker)
             if attempt is None or n.event is None:
                 return
-            attempt.heard(time.monotonic(), beat_interval(n.event))
+            slow = n.event.phase if isinstance(n.event, Beat) and n.event.phase in SLOW_PHASES else None
+            attempt.heard(time.monotonic(), beat_interval(n.event), slow)
             if self.recorder.on_event(attempt, n.event):
                 del self._busy[n.worker]
                 self._idle.append(n.worker)
@@ -322,19 +326,21 @@ class Dispatcher:
     # ------------------------------------------------------------------ liveness
     def stall_timeout_s(self, attempt: Attempt) -> float:
         """The spec's ``stall_timeout_s``; else, while the trial trains between evaluations (its
-        last event a training heartbeat), 4x the time between its heartbeats; else max(600 s, 5x
-        the longest gap between the trial's events).
+        last event a training heartbeat), 4x the time between its heartbeats; while its last
+        heartbeat named a slow set-up step (``preparing data``, ``compiling``), max(1800 s, 5x the
+        longest gap between its events); else max(600 s, 5x that gap).
 
-        Until an attempt's first event (the worker loading data, training a tokenizer, building
-        the model) the limit is at least 600 s: set-up has no pace to judge it by yet; nor have a
-        compile and an evaluation, which send nothing until they end.
+        Until an attempt's first event (the worker starting, importing torch) the limit is at
+        least 600 s: set-up has no pace to judge it by yet; nor has an evaluation, which sends
+        nothing until it ends.
         """
         if self.res.stall_timeout_s is not None:
             limit = float(self.res.stall_timeout_s)
             return limit if attempt.heard_this_attempt else max(limit, STALL_FLOOR_S)
         if attempt.beat_every_s is not None:
             return BEAT_STALL_FACTOR * attempt.beat_every_s
-        return max(STALL_FLOOR_S, STALL_PACE_FACTOR * attempt.longest_gap_s)
+        floor = SLOW_PHASE_FLOOR_S if attempt.slow_phase is not None else STALL_FLOOR_S
+        return max(floor, STALL_PACE_FACTOR * attempt.longest_gap_s)
 
     def _watch(self, now: float) -> None:
         for worker, attempt in list(self._busy.items()):
@@ -354,7 +360,8 @@ class Dispatcher:
                 self._retry_or_fail(attempt, f"stalled: no event for {format_duration(silent)}")
             elif silent >= min(SILENT_NOTE_S, limit / 2) and now - attempt.warned_mono >= SILENT_NOTE_S:
                 attempt.warned_mono = now
-                self.progress.line(attempt.tag, f"silent for {format_duration(silent)} "
+                doing = attempt.slow_phase or "silent"  # a named slow step is not silence
+                self.progress.line(attempt.tag, f"{doing} for {format_duration(silent)} "
                                    f"(stall timeout {format_duration(limit)})")
 
     def _check_hostable(self) -> None:

@@ -71,14 +71,20 @@ class Paused:
 @dataclass(frozen=True)
 class Beat:
     """A training trial is alive: sent every :data:`HEARTBEAT_S` between evaluations (``phase``
-    ``training``, with its pace and the mean train loss since the last evaluation), and once as
-    each evaluation starts (``phase`` ``evaluating``: nothing more comes until it ends)."""
+    ``training``, with its pace, the mean train loss since the last evaluation and, for a
+    ``schedule_by: time`` run, its training seconds so far), and once as each slow step that
+    sends nothing until it ends begins (``phase`` ``preparing data``, ``compiling``, ``evaluating``)."""
 
     step: int
     phase: str
     steps_per_s: Optional[float] = None
     samples_per_s: Optional[float] = None
     train_loss: Optional[float] = None
+    trained_s: Optional[float] = None
+
+#: Phases of set-up that may take long and send nothing until they end (a big corpus's
+#: tokenizer, a compile): their stall timeout has a floor of its own.
+SLOW_PHASES = ("preparing data", "compiling")
 
 
 @dataclass(frozen=True)

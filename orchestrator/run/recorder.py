@@ -223,6 +223,10 @@ class Recorder:
             text += f", {beat.steps_per_s:,.1f} steps/s"
             if total and total > beat.step:
                 text += f", ETA {format_duration((total - beat.step) / beat.steps_per_s)}"
+        budget = attempt.trial.run_config.train.max_time_s
+        if beat.trained_s is not None and budget:  # schedule_by: time: the budget is training time
+            text += (f", {format_duration(beat.trained_s)} of {format_duration(budget)} trained, "
+                     f"ETA {format_duration(max(0.0, budget - beat.trained_s))} of training")
         self.progress.line(attempt.tag, text)
 
     def _row(self, attempt: Attempt, ledger: Ledger, status: TrialStatus, result: Optional[TrainResult],
