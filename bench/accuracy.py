@@ -165,12 +165,14 @@ def run(spec: str, *, device: Optional[str], out: Path, max_time_s: Optional[flo
     dev = detect_device(device or cfg.train.device)
     tc = dataclasses.replace(cfg.train, device=cast(DeviceName, dev.type),
                              max_time_s=max_time_s or cfg.train.max_time_s)
-    can_fit = tc.max_time_s is not None and tc.scheduler in STEP_SIZED_SCHEDULES
+    # A schedule_by: time spec already ends its schedule with the time budget: nothing to fit.
+    can_fit = tc.max_time_s is not None and tc.scheduler in STEP_SIZED_SCHEDULES and tc.schedule_by == "steps"
     if fit is None:
         fit = can_fit
     if fit and not can_fit:
-        raise specs.SpecReadError(f"{spec}: --fit-steps needs train.max_time_s and a step-sized scheduler "
-                                  f"({', '.join(STEP_SIZED_SCHEDULES)}); got scheduler {tc.scheduler!r}")
+        raise specs.SpecReadError(f"{spec}: --fit-steps needs train.max_time_s, a step-sized scheduler "
+                                  f"({', '.join(STEP_SIZED_SCHEDULES)}) and schedule_by: steps; got scheduler "
+                                  f"{tc.scheduler!r}, schedule_by {tc.schedule_by!r}")
     payload: dict[str, Any] = {
         "spec": spec, "trial_id": trial.trial_id, "validated": trial.trial_id != specs.UNVALIDATED,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
