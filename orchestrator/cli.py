@@ -239,12 +239,21 @@ def _add_devices(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Generate text from a checkpoint."""
+    from orchestrator.results import ResultsError
     from rnn.device import DeviceUnavailableError
     from rnn.errors import CheckpointError
     from rnn.sample import generate
 
+    checkpoint = args.checkpoint
+    if os.path.isdir(checkpoint):  # a job folder: its best trial's checkpoint
+        try:
+            checkpoint = best_checkpoint(checkpoint)
+        except UsageError as e:
+            return _fail(args.checkpoint, e)
+        except ResultsError as e:  # a damaged folder
+            return results_failure(args.checkpoint, e)
     try:
-        text = generate(args.checkpoint, prompt=args.prompt, length=args.length, temperature=args.temperature,
+        text = generate(checkpoint, prompt=args.prompt, length=args.length, temperature=args.temperature,
                         top_k=args.top_k, seed=args.seed, device=args.device)
     except (CheckpointError, DeviceUnavailableError, ValueError) as e:
         return _fail(args.checkpoint, e)
@@ -252,11 +261,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def best_checkpoint(job_dir: str) -> str:
+    """The checkpoint of a job folder's best trial that kept one (ranked as the report ranks
+    trials); said on stderr. Raises :class:`UsageError` when there is none."""
+    from orchestrator.results import ResultsStore, is_job_folder
+    from orchestrator.results.ranking import rank_trials, ranking_metric
+
+    if not is_job_folder(job_dir):
+        raise UsageError("a directory, not a checkpoint: pass a checkpoint file (best.pt) or a job folder")
+    store = ResultsStore(job_dir)
+    rows = store.read_trials().to_pylist()
+    metric = ranking_metric(rows)
+    for rank, row in enumerate(rank_trials(rows, metric), start=1):
+        if row.get("checkpoint") and os.path.isfile(os.path.join(job_dir, row["checkpoint"])):
+            print(f"sampling from trial {row['trial_id']} (rank {rank} by {metric.trials_column}): "
+                  f"{os.path.join(job_dir, row['checkpoint'])}", file=sys.stderr)
+            return os.path.join(job_dir, row["checkpoint"])
+    raise UsageError("no completed trial of this job kept a checkpoint (clean may have removed them)")
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate text from a checkpoint",
                        description="Continue a prompt with text sampled from a trained checkpoint "
-                                   "(e.g. results/quickstart/checkpoints/<trial_id>/best.pt).")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
+                                   "(e.g. results/quickstart/checkpoints/<trial_id>/best.pt), or from a job "
+                                   "folder's best trial (e.g. results/quickstart).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a job folder")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--length", type=int, default=500, help="tokens to generate (default 500)")
     p.add_argument("--temperature", type=_non_negative, default=0.8, help="0 is greedy (default 0.8)")
@@ -329,7 +358,9 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
                                    "diverged and out-of-memory trials from a job folder; with --keep-top N, also "
                                    "every checkpoint but those of the N best trials.")
     p.add_argument("dir", metavar="DIR", help="a job folder, e.g. results/quickstart")
-    p.add_argument("--keep-top", type=int, default=None, metavar="N")
+    p.add_argument("--keep-top", type=int, default=None, metavar="N",
+                   help="also remove the checkpoints of every trial but the N best (ranked as the report ranks; "
+                        "pruned trials are never among them); paused trials keep theirs")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
     p.set_defaults(func=cmd_clean)
 

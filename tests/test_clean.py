@@ -61,6 +61,17 @@ def test_keep_top_ranks_by_loss_when_tokenization_is_the_same(tmp_path: Path) ->
     assert kept(job) == {"bbbbbbbbbbbb"}
 
 
+def test_keep_top_removes_pruned_trials_checkpoints_and_keeps_a_paused_ones(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    store = ResultsStore(job)
+    add_trial(store, "best00000000", "completed", "char", loss=1.0, bpc=1.0)
+    add_trial(store, "pruned000000", "pruned", "char", loss=0.9, bpc=0.9)  # better at its rung: not comparable
+    add_trial(store, "paused000000", "paused", "char", loss=1.1, bpc=1.1)
+    report = clean_job(str(job), keep_top=1)
+    assert kept(job) == {"best00000000", "paused000000"}
+    assert report.removed == ["checkpoints/pruned000000/best.pt"]
+
+
 def test_a_negative_keep_top_is_refused_and_removes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, job = mixed_tokenizations(tmp_path)
     assert main(["clean", str(job), "--keep-top", "-1"]) == 2

@@ -156,3 +156,14 @@ def test_sample_on_a_checkpoint_with_weights_of_another_shape_is_one_line(
     edited = _edited_checkpoint(checkpoint, tmp_path, config=wider)
     assert main(["sample", str(edited), "--length", "5"]) == 2
     assert "does not hold a model this version can rebuild" in _one_line_error(capsys, edited)
+
+
+def test_sample_on_a_job_folder_takes_its_best_trials_checkpoint(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _, job = _job(tmp_path)
+    capsys.readouterr()
+    assert main(["sample", str(job), "--length", "20", "--seed", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and "sampling from trial aaaaaaaaaaaa (rank 1 by best_val_loss)" in err
+    assert main(["sample", str(tmp_path / "run")]) == 2  # a folder that is not a job
+    assert "a directory, not a checkpoint" in capsys.readouterr().err

@@ -89,8 +89,9 @@ def clean_job(job_dir: str, keep_top: Optional[int] = None, dry_run: bool = Fals
             store.compact()  # we hold the lock: fold in what the last run committed
         trials = store.read_trials().to_pylist()
         drop: set[str] = {r["trial_id"] for r in trials if r["status"] in FAILURE_STATUSES}
-        if keep_top is not None:
-            drop |= {r["trial_id"] for r in rank_trials(trials, ranking_metric(trials))[keep_top:]}
+        if keep_top is not None:  # every other trial's, pruned ones too; a paused trial may resume
+            keep = {r["trial_id"] for r in rank_trials(trials, ranking_metric(trials))[:keep_top]}
+            drop |= {r["trial_id"] for r in trials if r["trial_id"] not in keep and r["status"] != "paused"}
         checkpoints: list[Path] = []
         cleared: set[str] = set()  # trials whose checkpoint column is cleared
         for trial_id in sorted(drop):

@@ -6,7 +6,7 @@ Format (``"format": 2``)::
       "format": 2,
       "created_at": "...",            # the first invocation's fields, kept as they were:
       "spec_path": "...", "spec_text": "...",
-      "versions": {...}, "host": {...}, "git_commit": "...", "git_dirty": false,
+      "versions": {...}, "host": {...}, "git_commit": "...", "git_dirty": false, "code_sha256": "...",
       "name": "...", "kind": "...", "trials": 12, "corpus_sha256": {...}, "devices": [...],
       "runs": [                        # one record per invocation, in the order they started
         {"run_id": "...", "started_at": "...", "finished_at": "..." | null,
@@ -38,6 +38,7 @@ import secrets
 import socket
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.results.storage import DamagedFolderError, open_storage, repair_hint
@@ -184,4 +185,17 @@ def _git_info() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"git_commit": commit or None, "git_dirty": None if status is None else bool(status)}
+    return {"git_commit": commit or None, "git_dirty": None if status is None else bool(status),
+            "code_sha256": code_sha256()}
+
+
+def code_sha256() -> str:
+    """A hash of the code that ran (every ``.py`` file of ``orchestrator/`` and ``rnn/``, by path and
+    content): the code's identity where there is no git repository (``ray job submit`` runs a copy
+    of the working directory without ``.git``)."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for package in ("orchestrator", "rnn"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
