@@ -59,7 +59,9 @@ def test_an_unsupported_difference_is_called_not_significant(tmp_path: Path) -> 
         _commit(store, f"l{seed}", lstm, _cfg("lstm", seed))
     text = _conclusion(build_report(tmp_path)[0].read_text())
     assert "Best: model.cell=gru" in text and "The runner-up, model.cell=lstm, is 0.0167 higher (1.5%)." in text
-    assert "not significant at the 5% level on the 3 seeds both ran (paired t-test, p = 0.874)" in text
+    assert ("not significant at the 5% level on the 3 seeds both ran (paired t-test on 2 degrees of freedom, "
+            "p = 0.874)") in text
+    assert "With 3 seeds this is weak evidence either way" in text
 
 
 def test_importance_is_the_between_group_share_of_variance() -> None:

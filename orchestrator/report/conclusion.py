@@ -71,12 +71,19 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
     elif res.note:
         parts.append(f"Every one of the {res.n} shared seeds gives the same difference, so the t-test is "
                      "undefined and no p-value can be given.")
-    elif res.p < ALPHA:
-        parts.append(f"The difference is significant at the {ALPHA:.0%} level on the {res.n} seeds both ran "
-                     f"(paired t-test, p = {res.p:.3g}; difference {res.mean_diff:+.4f} ± {res.ci_half_width:.4f}).")
     else:
-        parts.append(f"The difference is not significant at the {ALPHA:.0%} level on the {res.n} seeds both ran "
-                     f"(paired t-test, p = {res.p:.3g}): these seeds cannot tell the two apart.")
+        df = res.n - 1
+        test = f"paired t-test on {df} degree{'s' if df != 1 else ''} of freedom, p = {res.p:.3g}"
+        if res.p < ALPHA:
+            parts.append(f"The difference is significant at the {ALPHA:.0%} level on the {res.n} seeds both ran "
+                         f"({test}; difference {res.mean_diff:+.4f} ± {res.ci_half_width:.4f}).")
+        else:
+            parts.append(f"The difference is not significant at the {ALPHA:.0%} level on the {res.n} seeds both "
+                         f"ran ({test}): these seeds cannot tell the two apart.")
+        if res.n < FEW_SEEDS:
+            parts.append(f"With {res.n} seeds this is weak evidence either way: the test has little power and "
+                         "rests on the seed-to-seed differences being normal; more seeds (sweep.seeds) would "
+                         "settle it.")
     others = [r for s, r in compare_with_best(stats)[1:]]
     if others:
         tested = [r for r in others if r is not None and not r.note]
@@ -90,6 +97,10 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
             parts.append(f"{untested} other configuration(s) share fewer than two seeds with the best and "
                          "cannot be tested.")
     return blocks + [Para(" ".join([*parts, *extra]), box="answer")]
+
+
+#: Below this many shared seeds a paired t-test's verdict is stated with a caution.
+FEW_SEEDS = 5
 
 
 def best_trial_of(
