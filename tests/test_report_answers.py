@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import completed_row, eval_curve, eventually, tiny_run
-from orchestrator.report.importance import parameter_importance
+from orchestrator.report.importance import importance_section, parameter_importance
 from orchestrator.report.render import build_report
 from orchestrator.report.training import curves, summarize
 from orchestrator.results import ResultsStore
@@ -73,6 +73,22 @@ def test_importance_is_the_between_group_share_of_variance() -> None:
     assert [(i.parameter, i.levels) for i in found] == [("model.cell", 2), ("model.bidirectional", 2)]
     assert found[0].share == pytest.approx(2.0 / 2.1) and found[1].share == pytest.approx(0.08 / 2.1)
     assert within == pytest.approx(0.02 / 2.1)
+
+
+def test_parameters_set_together_by_variants_are_named_as_confounded() -> None:
+    from orchestrator.report.importance import confounded_pairs
+
+    # variants LSTM / LN-LSTM / GRU / RNN: layer norm exists for the LSTM only
+    variants = [("lstm", False), ("lstm", True), ("gru", False), ("rnn", False)]
+    rows = [{"model.cell": c, "model.layer_norm": ln, "train.lr": 0.001 * (i + 1), "m": 1.0 + i}
+            for i, (c, ln) in enumerate(variants * 2)]
+    assert confounded_pairs(rows, ["model.cell", "model.layer_norm", "train.lr"]) == [
+        ("model.cell", "model.layer_norm", 4, 6)]  # lr has 8 values: a search's draws, not a pair to cross
+    crossed = [{"model.cell": c, "model.bidirectional": b} for c in ("gru", "rnn") for b in (False, True)]
+    assert confounded_pairs(crossed, ["model.cell", "model.bidirectional"]) == []
+    blocks = importance_section(rows, ["model.cell", "model.layer_norm"], "m")
+    section = "\n".join(getattr(b, "text", "") for b in blocks)
+    assert "Not varied independently: model.cell and model.layer_norm (4 of their 6 combinations ran)" in section
 
 
 def test_a_many_valued_number_is_binned_by_rank() -> None:

@@ -146,4 +146,28 @@ def importance_section(
              "correlated parameters share credit." + noise),
         Table(["parameter", "levels", "share of variance"], table),
     ]
+    tangled = confounded_pairs(ok, [i.parameter for i in found])
+    if tangled:
+        pairs = "; ".join(f"{a} and {b} ({seen} of their {every} combinations ran)" for a, b, seen, every in tangled)
+        blocks.append(Para(f"Not varied independently: {pairs}. Their shares cannot be told apart: a share "
+                           "credited to one may belong to the other (variants set settings together)."))
     return blocks
+
+
+def confounded_pairs(rows: Sequence[Mapping[str, Any]], params: Sequence[str]) -> list[tuple[str, str, int, int]]:
+    """Pairs of parameters (each with at most :data:`MAX_LEVELS` values, so not a random search's
+    continuous draws) that did not run in every combination of their values: (a, b, combinations
+    run, combinations possible)."""
+    def key(value: Any) -> Any:
+        return repr(value)
+
+    levels = {p: {key(r.get(p)) for r in rows} for p in params}
+    small = [p for p in params if 1 < len(levels[p]) <= MAX_LEVELS]
+    out = []
+    for i, a in enumerate(small):
+        for b in small[i + 1:]:
+            seen = len({(key(r.get(a)), key(r.get(b))) for r in rows})
+            every = len(levels[a]) * len(levels[b])
+            if seen < every:
+                out.append((a, b, seen, every))
+    return out
