@@ -9,7 +9,9 @@ The time estimate is a deliberately simple heuristic, good to an order of magnit
 - recurrence: every timestep of every layer and direction pays a fixed overhead
   (:data:`CPU_STEP_OVERHEAD_S` / :data:`GPU_STEP_OVERHEAD_S`), ten times more for the layer-norm
   LSTM, whose cell runs step by step instead of in a fused kernel;
-- evaluation adds :data:`EVAL_OVERHEAD`; ``max_time_s`` caps a trial (with ``schedule_by: time``
+- evaluation: where the corpus size is known, every evaluation is a forward pass over the
+  held-out split (or its first ``data.val_max_chars``) at a third of a training step's cost per
+  token; where it is not, evaluation adds :data:`EVAL_OVERHEAD`; ``max_time_s`` caps a trial (with ``schedule_by: time``
   it is the trial's training time, and the steps it buys are estimated); an epoch budget needs the
   corpus size, known for shakespeare and for files (``builtin``'s is not assumed).
 
@@ -114,12 +116,31 @@ def estimate_trial_seconds(trial: Trial, resources: ResourcesSpec) -> Optional[f
         return min(total, tp.auto_time_budget_s) if tp.batch_sizes == "auto" else total
     train_steps = _train_steps(run)
     cap = run.train.max_time_s
+    step_s = estimate_step_seconds(run, resources, run.train.batch_size)
     if run.train.schedule_by == "time" and cap is not None:  # training time; evaluations come on top
-        return cap * (1 + EVAL_OVERHEAD)
+        evals = eval_seconds(run, resources, int(cap / step_s))
+        return cap + evals if evals is not None else cap * (1 + EVAL_OVERHEAD)
     if train_steps is None:
         return cap
-    seconds = train_steps * estimate_step_seconds(run, resources, run.train.batch_size) * (1 + EVAL_OVERHEAD)
+    evals = eval_seconds(run, resources, train_steps)
+    seconds = train_steps * step_s + evals if evals is not None else train_steps * step_s * (1 + EVAL_OVERHEAD)
     return min(seconds, cap) if cap else seconds
+
+
+def eval_seconds(run: RunConfig, resources: ResourcesSpec, train_steps: int) -> Optional[float]:
+    """All of a trial's evaluations (one every ``eval_every`` steps and one at the end), each a
+    forward pass over the validation tokens at a third of a training step's cost per token; None
+    where the corpus size is unknown."""
+    data = run.data
+    chars = _corpus_chars(data.corpus)
+    if chars is None or not data.val_fraction:
+        return None
+    val_chars = chars * data.val_fraction
+    if data.val_max_chars is not None:
+        val_chars = min(val_chars, data.val_max_chars)
+    tokens = val_chars / CHARS_PER_TOKEN[data.level]
+    per_token = estimate_step_seconds(run, resources, run.train.batch_size) / (run.train.batch_size * data.seq_len)
+    return (train_steps // run.train.eval_every + 1) * tokens * per_token / 3
 
 
 def makespan(durations: Sequence[float], slots: int) -> float:
@@ -181,6 +202,7 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
                  f"about {total} for the job" + (" without successive halving" if _asha_line(job) else ""))
     lines += _asha_line(job)
     lines += _time_budget_lines(job, res)
+    lines += _evaluation_lines(job, res)
     return "\n".join(lines)
 
 
@@ -209,6 +231,27 @@ def _search_lines(job: Job) -> list[str]:
         out.append(f"  the time estimate below takes every trial to cost what the spec's own settings cost "
                    f"(trial {base[0].trial_id}); proposals that change the model's size change it")
     return out
+
+
+def _evaluation_lines(job: Job, res: ResourcesSpec) -> list[str]:
+    """A warning when evaluation would take over a third of a trial's time (a big held-out split
+    evaluated often), with the setting that caps it."""
+    for trial in job.trials or (job.search.base_trials if job.search is not None else ()):
+        if trial.throughput_config is not None:
+            continue
+        run = trial.run_config
+        steps = _train_steps(run)
+        step_s = estimate_step_seconds(run, res, run.train.batch_size)
+        if steps is None and run.train.max_time_s:
+            steps = int(run.train.max_time_s / step_s)
+        evals = eval_seconds(run, res, steps) if steps else None
+        if evals is None or not steps or evals < 0.5 * steps * step_s:
+            continue
+        share = evals / (evals + steps * step_s)
+        return [f"evaluation: about {share:.0%} of trial {trial.trial_id}'s time by the heuristic (every "
+                f"{run.train.eval_every} steps over the whole held-out split); evaluate less often "
+                "(train.eval_every) or on its head only (data.val_max_chars)"]
+    return []
 
 
 def _time_budget_lines(job: Job, res: ResourcesSpec) -> list[str]:

@@ -105,6 +105,9 @@ class DataConfig:
     vocab_size: Optional[Annotated[int, Ge(2), Le(1_048_576)]] = None  # bpe/word; None -> DEFAULT_VOCAB_SIZE[level]
     seq_len: Annotated[int, Ge(1), Le(100_000)] = 100
     val_fraction: Fraction = 0.1
+    # Evaluate only the first this-many characters of the held-out split (None: all of it): on a
+    # big corpus a full pass dominates the run. The split itself does not move.
+    val_max_chars: Optional[Annotated[int, Ge(1), Le(10**12)]] = None
 
     def resolved_vocab_size(self) -> Optional[int]:
         """The vocabulary cap for bpe/word, or None for char (see :func:`resolved_vocab_size`)."""

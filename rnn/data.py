@@ -162,6 +162,8 @@ def prepare_data(
     text = corpus.text
     n_train_chars = int(len(text) * (1.0 - cfg.val_fraction))
     train_text, val_text = text[:n_train_chars], text[n_train_chars:]
+    if cfg.val_max_chars is not None:  # evaluate the held-out split's head only (the split does not move)
+        val_text = val_text[: cfg.val_max_chars]
 
     t0 = time.perf_counter()
     tokenizer = build_tokenizer(cfg.level, train_text, cfg.resolved_vocab_size(), cache_dir=cache_dir)

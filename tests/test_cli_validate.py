@@ -57,7 +57,8 @@ def test_validate_checks_every_example_job(monkeypatch: pytest.MonkeyPatch, caps
 def test_only_real_subcommands_are_registered() -> None:
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
-    assert set(sub.choices) == {"run", "validate", "plan", "report", "best", "devices", "sample", "clean"}
+    assert set(sub.choices) == {"run", "validate", "plan", "report", "best", "devices", "sample", "clean",
+                                  "repair"}
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,6 +80,22 @@ def test_plan_shows_trials_resources_concurrency_and_time(
     assert "each trial reserves 1 CPU and 0 GPUs" in out
     assert "this machine: 2 CPUs, 0 GPUs -> 2 trials at a time (max_concurrent 2)" in out
     assert "rough time" in out and "for the job" in out
+
+
+def test_plan_warns_when_evaluation_would_dominate_and_names_the_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 200_000)  # 8.8 MB
+    spec = tmp_path / "big.yaml"
+    spec.write_text(f"name: big\ndata: {{corpus: {corpus}, seq_len: 64}}\nmodel: {{hidden_size: 64, num_layers: 1}}\n"
+                    "train: {max_steps: 200, eval_every: 20, device: cpu}\n")
+    assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation: about" in out and "data.val_max_chars" in out
+    spec.write_text(spec.read_text().replace("seq_len: 64}", "seq_len: 64, val_max_chars: 20000}"))
+    assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
+    assert "evaluation: about" not in capsys.readouterr().out
 
 
 def test_plan_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

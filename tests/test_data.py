@@ -45,6 +45,14 @@ def test_streams_live_on_the_device(tmp_path: Path, device: str) -> None:
     assert all(w.device.type == device for w in data.val_batches(8))
 
 
+def test_val_max_chars_evaluates_the_held_out_splits_head_and_moves_no_split(tmp_path: Path) -> None:
+    whole = _char_data(tmp_path)
+    cfg = DataConfig(corpus=_corpus_file(tmp_path, TEXT), level="char", seq_len=16, val_max_chars=100)
+    head = prepare_data(cfg, "cpu", cache_dir=tmp_path / "tok")
+    assert head.val_chars == 100 and head.val.tolist() == whole.val[:100].tolist()
+    assert head.train.tolist() == whole.train.tolist()
+
+
 def test_contiguous_split_and_train_only_vocab(tmp_path: Path) -> None:
     text = TEXT + "ZZZ\n"  # "Z" occurs only in the last 10 %: validation
     data = _char_data(tmp_path, text=text)

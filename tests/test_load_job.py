@@ -117,7 +117,7 @@ def test_the_same_spec_gives_the_same_trial_ids_in_every_process(tmp_path: Path)
 
 def test_corpus_under_the_home_folder_is_accepted_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    (tmp_path / "corpus.txt").write_text("to be or not to be\n" * 50, encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text("to be or not to be\n" * 100, encoding="utf-8")
     job = build_job({**BASE, "data": {"corpus": "~/corpus.txt"}})
     assert job.trials[0].run_config.data.corpus == "~/corpus.txt"
     from rnn.corpus import load_corpus  # what the trial's worker will do with it

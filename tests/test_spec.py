@@ -132,8 +132,8 @@ def test_throughput_job_needs_no_training_budget() -> None:
 
 def test_corpus_file_is_resolved_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "specs").mkdir()
-    (tmp_path / "specs" / "text.txt").write_text("hello")
-    (tmp_path / "text.txt").write_text("hello")
+    (tmp_path / "specs" / "text.txt").write_text("hello " * 500)
+    (tmp_path / "text.txt").write_text("hello " * 500)
     spec_file = tmp_path / "specs" / "job.yaml"
     spec_file.write_text("name: x\ndata: {corpus: text.txt}\n")
     monkeypatch.chdir(tmp_path)

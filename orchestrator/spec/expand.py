@@ -125,6 +125,7 @@ def canonical_json(obj: Any) -> str:
 HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (
     ("train", "compile", "auto"),
     ("train", "schedule_by", "steps"),
+    ("data", "val_max_chars", None),
 )
 
 
