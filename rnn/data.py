@@ -94,6 +94,18 @@ class LMData:
         return bits_per_char(loss_nats, self.num_val_targets, self.val_unknown_bits, self.val.numel(), self.val_chars)
 
     @property
+    def unigram_loss(self) -> float:
+        """The validation targets' cross-entropy (nats/token) under the training split's token
+        frequencies, add-one smoothed: what a model that learned only how often each token occurs
+        scores. A trained model well below it has learned context; one near it has not. NaN
+        without validation."""
+        if self.num_val_targets == 0:
+            return math.nan
+        counts = torch.bincount(self.train, minlength=self.vocab_size).double() + 1.0
+        log_p = (counts / counts.sum()).log()
+        return float(-log_p[self.val[1:]].mean())
+
+    @property
     def num_val_targets(self) -> int:
         """Tokens predicted across :meth:`val_batches`: ``len(val) - 1`` (0 without validation)."""
         return max(self.val.numel() - 1, 0)

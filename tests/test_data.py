@@ -53,6 +53,15 @@ def test_val_max_chars_evaluates_the_held_out_splits_head_and_moves_no_split(tmp
     assert head.train.tolist() == whole.train.tolist()
 
 
+def test_the_unigram_baseline_is_the_validation_cross_entropy_of_training_frequencies(tmp_path: Path) -> None:
+    data = _char_data(tmp_path)
+    counts = torch.bincount(data.train, minlength=data.vocab_size).double() + 1
+    p = counts / counts.sum()
+    expected = float(-sum(math.log(p[t]) for t in data.val[1:].tolist()) / (data.val.numel() - 1))
+    assert data.unigram_loss == pytest.approx(expected)
+    assert 0 < data.unigram_loss < math.log(data.vocab_size)  # below a uniform guess on this text
+
+
 def test_contiguous_split_and_train_only_vocab(tmp_path: Path) -> None:
     text = TEXT + "ZZZ\n"  # "Z" occurs only in the last 10 %: validation
     data = _char_data(tmp_path, text=text)

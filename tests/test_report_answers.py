@@ -64,6 +64,22 @@ def test_an_unsupported_difference_is_called_not_significant(tmp_path: Path) -> 
     assert "With 3 seeds this is weak evidence either way" in text
 
 
+def test_models_that_learned_nothing_beyond_token_frequencies_are_not_ranked_as_if_they_had(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    for seed, (g, lstm) in enumerate(((3.245, 3.286), (3.250, 3.280))):  # all near the unigram 3.30
+        store.commit_trial(completed_row(f"g{seed}", g, _cfg("gru", seed), unigram_loss=3.30), eval_curve(g))
+        store.commit_trial(completed_row(f"l{seed}", lstm, _cfg("lstm", seed), unigram_loss=3.30), eval_curve(lstm))
+    text = _conclusion(build_report(tmp_path)[0].read_text())
+    assert text.index("No configuration has learned much beyond how often each token occurs") < text.index("Best:")
+    assert "within 1.6% of the unigram baseline 3.3000" in text and "train longer" in text
+    learned = tmp_path / "learned"
+    store = ResultsStore(learned)
+    for seed in (0, 1):
+        store.commit_trial(completed_row(f"g{seed}", 1.5, _cfg("gru", seed), unigram_loss=3.30), eval_curve(1.5))
+        store.commit_trial(completed_row(f"l{seed}", 1.6, _cfg("lstm", seed), unigram_loss=3.30), eval_curve(1.6))
+    assert "unigram" not in _conclusion(build_report(learned)[0].read_text())
+
+
 def test_importance_is_the_between_group_share_of_variance() -> None:
     # 2 x 2 grid, 2 seeds: cell moves the loss by 1.0, bidirectional by 0.2, seeds by ±0.05.
     rows = [{"model.cell": c, "model.bidirectional": b, "m": 1.0 + (c == "rnn") + 0.2 * b + s}

@@ -10,6 +10,7 @@ claimed.
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -27,8 +28,28 @@ def _what(col: str) -> tuple[str, str]:
     return ("validation bits per character", "") if col == "best_val_bpc" else ("validation loss", " nats/token")
 
 
-def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) -> list[Block]:
-    """One paragraph in plain words, from the same per-configuration statistics as the tables."""
+#: A best mean loss within this fraction of the unigram baseline has not learned beyond token
+#: frequencies: the conclusion says so before anything else.
+UNIGRAM_MARGIN = 0.03
+
+
+def unigram_guard(best_mean: float, unigram: Optional[float]) -> Optional[str]:
+    """The sentence that opens the conclusion when the best configuration's mean validation loss is
+    within :data:`UNIGRAM_MARGIN` of the unigram baseline (or above it), else None."""
+    if unigram is None or not math.isfinite(unigram) or unigram <= 0 or best_mean < unigram * (1 - UNIGRAM_MARGIN):
+        return None
+    return (f"No configuration has learned much beyond how often each token occurs: the best mean validation "
+            f"loss, {best_mean:.4f} nats/token, is within {(1 - best_mean / unigram):.1%} of the unigram baseline "
+            f"{unigram:.4f} (token frequencies alone, no context). The differences below are between models that "
+            "have barely started to learn and say little about which settings are better: train longer "
+            "(train.max_steps) before comparing them.")
+
+
+def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int,
+               unigram: Optional[float] = None) -> list[Block]:
+    """One paragraph in plain words, from the same per-configuration statistics as the tables;
+    ``unigram`` (the validation loss of token frequencies alone, when ``col`` is the loss) guards
+    it against ranking models that have learned nothing yet."""
     shown = [s for s in stats if s.n > 0]
     extra = []
     if failed:
@@ -37,6 +58,9 @@ def conclusion(stats: Sequence[ConfigStat], col: str, failed: int, pruned: int) 
         extra.append(f"{pruned} trial(s) were stopped early by the scheduler (pruned or paused) and are not "
                      "averaged in.")
     blocks: list[Block] = [Heading(2, "Conclusion")]
+    guard = unigram_guard(shown[0].mean, unigram) if shown and col == "best_val_loss" else None
+    if guard is not None:
+        blocks.append(Para(guard, box="answer"))
     if not shown:
         return blocks + [Para(" ".join(["No conclusion yet: no trial has completed with a finite metric.", *extra]),
                               box="answer")]

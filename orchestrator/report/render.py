@@ -130,7 +130,8 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     failed = sum(1 for r in rows if r["status"] in FAILURE_STATUSES - SCHEDULER_STATUSES)
     stopped = sum(1 for r in rows if r["status"] in SCHEDULER_STATUSES)
     ranked = rank_trials(rows, metric)
-    answer = conclusion(stats, col, failed, stopped)
+    floors = [r["unigram_loss"] for r in rows if r.get("unigram_loss") is not None]
+    answer = conclusion(stats, col, failed, stopped, unigram=min(floors) if floors else None)
     top = best_trial_of(stats[0], ranked, label) if stats and stats[0].n else None
     if top is not None:
         answer += best_configuration(stats[0], top, params, col, store.job_dir, best_file)

@@ -96,6 +96,9 @@ class TrialRecord:
     #: expanding the spec again. The flattened dotted columns beside it stay for the report's
     #: tables. None in rows written before it existed, and in rows not built by ``trial_row``.
     config_json: Optional[str] = None
+    #: The validation loss of token frequencies alone (``rnn.data.LMData.unigram_loss``, from the
+    #: ``start`` event): the report's floor for "this model learned something".
+    unigram_loss: Optional[float] = None
 
 
 def config_to_json(config: Mapping[str, Any]) -> str:
@@ -169,7 +172,7 @@ THROUGHPUT_FIXED: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(ThroughputRow)
 #: read with it null, and the next compaction writes it, instead of being refused as another
 #: version's. Add a column here when you add a field to ``TrialRecord``, ``EvalRecord`` or ``ThroughputRow``.
 ADDED_COLUMNS: frozenset[str] = frozenset(
-    {"train_objective", "recurrence", "compiled", "compile_s", "tf32", "config_json"}
+    {"train_objective", "recurrence", "compiled", "compile_s", "tf32", "config_json", "unigram_loss"}
 )
 
 
