@@ -151,8 +151,9 @@ class Dispatcher:
                 f"{self.res.gpus_per_trial:g} GPU; lower resources.cpus_per_trial / gpus_per_trial"
             )
         log.info(
-            "running %d trials (%d finished earlier, skipped) on up to %d workers of %g CPU / %g GPU each%s",
-            to_run, skipped, min(self.res.max_concurrent, capacity or self.res.max_concurrent),
+            "running %d trial%s (%d finished earlier, skipped) on up to %d workers of %g CPU / %g GPU each%s",
+            to_run, "" if to_run == 1 else "s", skipped,
+            min(self.res.max_concurrent, capacity or self.res.max_concurrent),
             self.res.cpus_per_trial, self.res.gpus_per_trial,
             "" if capacity is not None else " (the pool follows the cluster)",
         )

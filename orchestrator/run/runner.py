@@ -232,9 +232,7 @@ def _locked(job_dir: str, fresh: bool) -> Iterator[ResultsStore]:
     """The job folder, locked for this run (after ``--fresh`` moved the old results aside)."""
     try:
         if fresh:
-            moved = fresh_start(job_dir)  # refuses while another run holds the folder
-            if moved:
-                log.info("--fresh: kept the previous results at %s", moved)
+            fresh_start(job_dir)  # refuses while another run holds the folder; logs where they went
         lock = JobLock(job_dir).acquire()
     except (DamagedFolderError, ResultsLockedError) as e:
         raise UsageError(str(e)) from e
