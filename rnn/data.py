@@ -146,6 +146,65 @@ class LMData:
             yield self._val_tail[None, :]  # (1, tail + 1)
 
 
+#: A training split this many characters per window long has a window's worth of tokens at any
+#: level (no tokenizer here makes tokens that long on average): ``check_data`` need not count.
+_CHARS_PER_TOKEN_BOUND = 64
+
+
+def check_data(
+    cfg: DataConfig, cache_dir: Optional[Union[str, Path]] = None, data_dir: Optional[Union[str, Path]] = None,
+) -> None:
+    """What :func:`prepare_data` would refuse, found without holding the token streams: the corpus
+    loads, the tokenizer trains (into the cache the workers on this machine then read), and each
+    split has a window's worth of tokens (the validation split is encoded, and a short training
+    split; the ids are dropped at once). The driver's check before anything is dispatched.
+
+    Raises:
+        CorpusError, DataError: as :func:`prepare_data` would.
+    """
+    corpus, train_text, val_text = _split(cfg, data_dir)
+    tokenizer = build_tokenizer(cfg.level, train_text, cfg.resolved_vocab_size(), cache_dir=cache_dir)
+    window = cfg.seq_len + 1
+    if cfg.level == "char" or len(train_text) >= _CHARS_PER_TOKEN_BOUND * window:
+        n_train = len(train_text) if cfg.level == "char" else window
+    else:
+        n_train = len(tokenizer.encode(train_text))
+    n_val = len(tokenizer.encode(val_text)) if cfg.val_fraction > 0 else 0
+    _check_lengths(cfg, corpus, n_train, n_val)
+
+
+def _split(cfg: DataConfig, data_dir: Optional[Union[str, Path]]) -> tuple[Corpus, str, str]:
+    """The corpus and its two texts: the training split, and the held-out split's evaluated part."""
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in [0, 1) (got {cfg.val_fraction})")
+    if cfg.seq_len < 1:
+        raise DataError(f"data.seq_len must be >= 1 (got {cfg.seq_len})")
+    corpus = load_corpus(cfg.corpus, data_dir)
+    text = corpus.text
+    n_train_chars = int(len(text) * (1.0 - cfg.val_fraction))
+    train_text, val_text = text[:n_train_chars], text[n_train_chars:]
+    if cfg.val_max_chars is not None:  # evaluate the held-out split's head only (the split does not move)
+        val_text = val_text[: cfg.val_max_chars]
+    return corpus, train_text, val_text
+
+
+def _check_lengths(cfg: DataConfig, corpus: Corpus, n_train: int, n_val: int) -> None:
+    window = cfg.seq_len + 1
+    if n_train < window:
+        raise DataError(
+            f"corpus {corpus.name!r} ({corpus.source}): the training split has {n_train} "
+            f"{cfg.level} tokens but one window needs seq_len + 1 = {window}; lower data.seq_len "
+            f"or use a bigger corpus"
+        )
+    if cfg.val_fraction > 0 and n_val < window:
+        raise DataError(
+            f"corpus {corpus.name!r} ({corpus.source}): the validation split "
+            f"(val_fraction {cfg.val_fraction}) has {n_val} {cfg.level} tokens but one "
+            f"window needs seq_len + 1 = {window}; lower data.seq_len, raise data.val_fraction, "
+            f"or use a bigger corpus (val_fraction 0 turns validation off)"
+        )
+
+
 def prepare_data(
     cfg: DataConfig,
     device: Union[torch.device, str] = "cpu",
@@ -165,17 +224,9 @@ def prepare_data(
         CorpusError: the corpus cannot be loaded.
         DataError: a split is too short for one window of ``seq_len + 1`` tokens.
     """
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise DataError(f"data.val_fraction must be in [0, 1) (got {cfg.val_fraction})")
-    if cfg.seq_len < 1:
-        raise DataError(f"data.seq_len must be >= 1 (got {cfg.seq_len})")
     device = torch.device(device)
-    corpus = load_corpus(cfg.corpus, data_dir)
+    corpus, train_text, val_text = _split(cfg, data_dir)
     text = corpus.text
-    n_train_chars = int(len(text) * (1.0 - cfg.val_fraction))
-    train_text, val_text = text[:n_train_chars], text[n_train_chars:]
-    if cfg.val_max_chars is not None:  # evaluate the held-out split's head only (the split does not move)
-        val_text = val_text[: cfg.val_max_chars]
 
     t0 = time.perf_counter()
     tokenizer = build_tokenizer(cfg.level, train_text, cfg.resolved_vocab_size(), cache_dir=cache_dir)
@@ -189,20 +240,7 @@ def prepare_data(
         train.numel(), val.numel(), t1 - t0, time.perf_counter() - t1,
     )
 
-    window = cfg.seq_len + 1
-    if train.numel() < window:
-        raise DataError(
-            f"corpus {corpus.name!r} ({corpus.source}): the training split has {train.numel()} "
-            f"{cfg.level} tokens but one window needs seq_len + 1 = {window}; lower data.seq_len "
-            f"or use a bigger corpus"
-        )
-    if cfg.val_fraction > 0 and val.numel() < window:
-        raise DataError(
-            f"corpus {corpus.name!r} ({corpus.source}): the validation split "
-            f"(val_fraction {cfg.val_fraction}) has {val.numel()} {cfg.level} tokens but one "
-            f"window needs seq_len + 1 = {window}; lower data.seq_len, raise data.val_fraction, "
-            f"or use a bigger corpus (val_fraction 0 turns validation off)"
-        )
+    _check_lengths(cfg, corpus, train.numel(), val.numel())
     return LMData(
         train=train,
         val=val,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnn.config import DataConfig
-from rnn.data import DataError, LMData, prepare_data
+from rnn.data import DataError, LMData, check_data, prepare_data
 from rnn.tokenizer import build_tokenizer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -152,6 +152,19 @@ def test_validation_split_too_short(tmp_path: Path) -> None:
         prepare_data(cfg, cache_dir=tmp_path / "tok")
     msg = str(e.value)
     assert "validation split" in msg and "20 char tokens" in msg and "51" in msg and "val_fraction" in msg
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize(("text", "seq_len"), [("hello world\n", 100), ("x " * 100, 50)])
+def test_the_drivers_check_refuses_what_preparing_the_data_refuses(
+        tmp_path: Path, level: str, text: str, seq_len: int) -> None:
+    cfg = DataConfig(corpus=_corpus_file(tmp_path, text), level=level, seq_len=seq_len, val_fraction=0.1)
+    with pytest.raises(DataError) as prepared:
+        prepare_data(cfg, cache_dir=tmp_path / "tok")
+    with pytest.raises(DataError) as checked:
+        check_data(cfg, cache_dir=tmp_path / "tok")
+    assert str(checked.value) == str(prepared.value)
+    check_data(DataConfig(corpus=_corpus_file(tmp_path, TEXT), level=level, seq_len=16), cache_dir=tmp_path / "tok")
 
 
 def test_bad_val_fraction(tmp_path: Path) -> None:

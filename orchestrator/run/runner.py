@@ -60,7 +60,7 @@ def preflight_data(trials: Sequence[Trial]) -> None:
     N failed trials later; trained tokenizers land in the cache the workers on this node share.
     """
     from rnn.corpus import CorpusError
-    from rnn.data import DataError, prepare_data
+    from rnn.data import DataError, check_data
 
     seen = set()
     for trial in trials:
@@ -69,7 +69,7 @@ def preflight_data(trials: Sequence[Trial]) -> None:
             continue
         seen.add(cfg)
         try:
-            prepare_data(cfg, "cpu", data_dir=os.environ.get("RNN_DATA_DIR"))
+            check_data(cfg, data_dir=os.environ.get("RNN_DATA_DIR"))
         except (CorpusError, DataError) as e:
             where = "data.corpus" if isinstance(e, CorpusError) else "data"
             raise UsageError(f"{where}: {e} (trial {trial.trial_id})") from e
