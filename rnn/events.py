@@ -119,6 +119,7 @@ class TrainResult:
     device: str
     precision: str
     train_time_s: float
+    eval_time_s: Optional[float] = None  # of train_time_s, the seconds spent evaluating
     best_val_loss: Optional[float] = None
     best_val_bpc: Optional[float] = None
     best_val_accuracy: Optional[float] = None

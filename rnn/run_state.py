@@ -48,6 +48,7 @@ class RunState:
         #: schedule_by: time: training seconds before the current stretch of steps (evaluations
         #: and checkpoints excluded), the clock the schedule and the time budget run on.
         self.trained_s = 0.0
+        self.eval_time_s = 0.0  # seconds spent evaluating, across resumes
         self.evals: list[EvalRecord] = []
         self.window_steps = 0  # steps summed into the current train-loss window
 
@@ -144,6 +145,7 @@ def checkpoint_state(run: Run, config: RunConfig) -> dict[str, Any]:
         "bad_evals": st.bad_evals,
         "train_time_s": st.train_time_s,
         "trained_s": st.trained_s,
+        "eval_time_s": st.eval_time_s,
         "window": {
             "nll_sum": run.nll_sum.detach().cpu(),
             "objective_sum": run.objective_sum.detach().cpu(),
@@ -193,6 +195,7 @@ def restore_run(ckpt: dict[str, Any], run: Run, config: RunConfig) -> None:
     st.bad_evals = int(ckpt["bad_evals"])
     st.train_time_s = float(ckpt["train_time_s"])
     st.trained_s = float(ckpt.get("trained_s", 0.0))  # not in checkpoints written before schedule_by
+    st.eval_time_s = float(ckpt.get("eval_time_s", 0.0))  # nor before eval_time_s
     st.evals = [EvalRecord(**r) for r in ckpt["evals"]]
     best_step = ckpt.get("best_step", st.step)  # a best checkpoint is written at its best step
     st.best_record = next((r for r in reversed(st.evals) if r.step == best_step), None)

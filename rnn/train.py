@@ -346,7 +346,9 @@ class Trainer:
         st, B, T = run.st, self.config.train.batch_size, self.config.data.seq_len
         train_time = time.monotonic() - run.window_start
         assert run.train_step.optimizer is not None
+        started = time.monotonic()
         val = evaluate(run.model, run.data, run.train_step.autocast, eval_batch_size(B, T, run.data.vocab_size))
+        st.eval_time_s += time.monotonic() - started
         n = max(1, st.window_steps)
         rec = EvalRecord(
             step=st.step,
@@ -379,6 +381,7 @@ class Trainer:
             device=run.device.type,
             precision=run.precision,
             train_time_s=run.elapsed(),
+            eval_time_s=st.eval_time_s,
             best_val_loss=best.val_loss if best else None,
             best_val_bpc=best.val_bpc if best else None,
             best_val_accuracy=best.val_accuracy if best else None,

@@ -76,6 +76,10 @@ def test_resume_continues_the_same_run(tmp_path: Path) -> None:
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-6, abs=1e-7)
         assert b.lr == pytest.approx(a.lr)
     assert resumed.best_val_loss == pytest.approx(full.best_val_loss, rel=1e-6)
+    # the time spent evaluating is counted, across the resume too (the first evaluation's comes from the checkpoint)
+    assert full.eval_time_s is not None and 0 < full.eval_time_s < full.train_time_s
+    before = load_checkpoint(part_dir / "best.pt")["eval_time_s"]
+    assert resumed.eval_time_s is not None and resumed.eval_time_s > before > 0
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ class TrialRecord:
     #: The validation loss of token frequencies alone (``rnn.data.LMData.unigram_loss``, from the
     #: ``start`` event): the report's floor for "this model learned something".
     unigram_loss: Optional[float] = None
+    #: Of ``train_time_s``, the seconds spent evaluating (None: written before it existed).
+    eval_time_s: Optional[float] = None
 
 
 def config_to_json(config: Mapping[str, Any]) -> str:
@@ -172,7 +174,7 @@ THROUGHPUT_FIXED: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(ThroughputRow)
 #: read with it null, and the next compaction writes it, instead of being refused as another
 #: version's. Add a column here when you add a field to ``TrialRecord``, ``EvalRecord`` or ``ThroughputRow``.
 ADDED_COLUMNS: frozenset[str] = frozenset(
-    {"train_objective", "recurrence", "compiled", "compile_s", "tf32", "config_json", "unigram_loss"}
+    {"train_objective", "recurrence", "compiled", "compile_s", "tf32", "config_json", "unigram_loss", "eval_time_s"}
 )
 
 

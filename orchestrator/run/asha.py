@@ -186,6 +186,7 @@ def paused_result(row: Mapping[str, Any], evals: Sequence[EvalRecord]) -> TrainR
         device=str(get("device") or ""),
         precision=str(get("precision") or ""),
         train_time_s=float(get("train_time_s") or 0.0),
+        eval_time_s=get("eval_time_s"),
         best_val_loss=get("best_val_loss"),
         best_val_bpc=get("best_val_bpc"),
         best_val_accuracy=get("best_val_accuracy"),
