@@ -343,21 +343,28 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def _add_repair(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("repair", help="set aside a job folder's damaged files, keep the rest",
-                       description="Try every table, trial part, the manifest and a search's records of a job "
-                                   "folder as the commands read them; move what cannot be read to DIR/damaged/ "
-                                   "(never deleted), fold the trial parts into the tables again, and say what "
-                                   "was lost (trials whose rows were lost run again at the next run).")
-    p.add_argument("dir", metavar="DIR", help="a job folder, e.g. results/quickstart")
+    p = _job_dir_command(sub, "repair", "set aside a job folder's damaged files, keep the rest",
+                         "Try every table, trial part, the manifest and a search's records of a job folder as the "
+                         "commands read them; move what cannot be read to DIR/damaged/ (never deleted), fold the "
+                         "trial parts into the tables again, and say what was lost (trials whose rows were lost run "
+                         "again at the next run).")
     p.set_defaults(func=cmd_repair)
 
 
-def _add_clean(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("clean", help="remove temporary files and unneeded checkpoints",
-                       description="Remove temporary files left by killed writers and the checkpoints of failed, "
-                                   "diverged and out-of-memory trials from a job folder; with --keep-top N, also "
-                                   "every checkpoint but those of the N best trials.")
+def _job_dir_command(
+    sub: argparse._SubParsersAction, name: str, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose one positional argument is a job folder."""
+    p = sub.add_parser(name, help=help, description=description)
     p.add_argument("dir", metavar="DIR", help="a job folder, e.g. results/quickstart")
+    return p
+
+
+def _add_clean(sub: argparse._SubParsersAction) -> None:
+    p = _job_dir_command(sub, "clean", "remove temporary files and unneeded checkpoints",
+                         "Remove temporary files left by killed writers and the checkpoints of failed, diverged and "
+                         "out-of-memory trials from a job folder; with --keep-top N, also every checkpoint but those "
+                         "of the N best trials.")
     p.add_argument("--keep-top", type=int, default=None, metavar="N",
                    help="also remove the checkpoints of every trial but the N best (ranked as the report ranks; "
                         "pruned trials are never among them); paused trials keep theirs")
@@ -382,12 +389,11 @@ BEST_METRICS = ("val_loss", "val_bpc", "val_accuracy")
 
 
 def _add_best(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("best", help="print a runnable spec of a job's best configuration",
-                       description="Print, as a runnable job spec, the best configuration of the job folder DIR: "
-                                   "for a train job the best trial (ranked as the report ranks them), for a "
-                                   "throughput job the fastest setting that fit, as a kind: train spec on that "
-                                   "device. Redirect it to a file: best DIR > best.yaml.")
-    p.add_argument("dir", metavar="DIR", help="a job folder, e.g. results/quickstart")
+    p = _job_dir_command(sub, "best", "print a runnable spec of a job's best configuration",
+                         "Print, as a runnable job spec, the best configuration of the job folder DIR: for a train "
+                         "job the best trial (ranked as the report ranks them), for a throughput job the fastest "
+                         "setting that fit, as a kind: train spec on that device. Redirect it to a file: best DIR > "
+                         "best.yaml.")
     p.add_argument("--metric", choices=BEST_METRICS, default=None,
                    help="rank by this instead (default: the report's ranking, bits per character when the "
                         "tokenization varies, else validation loss)")
