@@ -69,8 +69,9 @@ class JobLock:
         path = os.path.join(root, LOCK_FILE)
         try:
             os.makedirs(root, exist_ok=True)
-        except OSError as e:
-            raise ResultsError(f"cannot create the job folder {root}: {e.strerror or e}") from e
+        except OSError as e:  # a full disk is the environment's; a path that cannot be a folder is bad input
+            kind = ResultsError if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) else DamagedFolderError
+            raise kind(f"cannot create the job folder {root}: {e.strerror or e}") from e
         refuse_links(root)
         try:  # O_NOFOLLOW: a link made after the check above is refused too, never truncated through
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)

@@ -46,8 +46,9 @@ class ResultsError(Exception):
 
 
 class DamagedFolderError(ResultsError):
-    """A job folder's file is damaged or of the wrong shape, or one of its entries is a link:
-    the folder cannot be used as it is (exit status 2); the message names the file."""
+    """A job folder's file is damaged or of the wrong shape, one of its entries is a link, or the
+    folder cannot be made where it was asked for (a path through a file): it cannot be used as it
+    is (exit status 2); the message names the file."""
 
 
 class Storage:
