@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,25 @@ def test_the_unigram_baseline_is_the_validation_cross_entropy_of_training_freque
     expected = float(-sum(math.log(p[t]) for t in data.val[1:].tolist()) / (data.val.numel() - 1))
     assert data.unigram_loss == pytest.approx(expected)
     assert 0 < data.unigram_loss < math.log(data.vocab_size)  # below a uniform guess on this text
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_token_ids_are_encoded_once_and_keyed_by_tokenizer_and_text(tmp_path: Path, level: str) -> None:
+    from rnn.ids import MIN_CACHED_CHARS
+
+    text = TEXT * (11 * MIN_CACHED_CHARS // len(TEXT))  # both splits long enough to cache
+    cfg = DataConfig(corpus=_corpus_file(tmp_path, text), level=level, seq_len=16)
+    first = prepare_data(cfg, cache_dir=tmp_path / "tok")
+    cached = sorted((tmp_path / "tok").glob("ids-*.npy"))
+    assert len(cached) == 2  # the training split's and the validation split's
+    again = prepare_data(cfg, cache_dir=tmp_path / "tok")
+    assert torch.equal(first.train, again.train) and torch.equal(first.val, again.val)
+    assert again.train.dtype == torch.long
+    assert sorted((tmp_path / "tok").glob("ids-*.npy")) == cached  # read back, not written again
+    other = prepare_data(replace(cfg, val_fraction=0.2), cache_dir=tmp_path / "tok")  # other texts: other files
+    assert len(list((tmp_path / "tok").glob("ids-*.npy"))) == 4 and other.val.numel() > first.val.numel()
+    cached[0].write_bytes(b"not numpy")  # a damaged file is encoded again
+    assert torch.equal(prepare_data(cfg, cache_dir=tmp_path / "tok").train, first.train)
 
 
 def test_contiguous_split_and_train_only_vocab(tmp_path: Path) -> None:

@@ -280,3 +280,21 @@ def test_local_and_address_cannot_be_combined(tmp_path: Path) -> None:
     proc = run_cli(["run", str(spec_path), "--local", "--address", "127.0.0.1:1"], local_env(tmp_path))
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_20_mb_corpus_is_encoded_once_and_its_ids_shared_by_the_trials(
+        tmp_path: Path, isolated_cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    corpus = tmp_path / "big.txt"
+    line = "".join(f"{i}: the quick brown fox jumps over the lazy dog, and the dog sleeps on.\n" for i in range(100))
+    corpus.write_text(line * (21_000_000 // len(line)), encoding="utf-8")  # generated, about 21 MB
+    assert corpus.stat().st_size >= 20_000_000
+    job = _job(tmp_path, "big", data={"corpus": str(corpus), "val_max_chars": 200_000},
+               train={"max_steps": 10, "eval_every": 10})
+    caplog.set_level(logging.INFO)
+    assert run_job(job, output=str(tmp_path / "results"), backend=LocalBackend(), live_report_s=0).exit_code == 0
+    ids = sorted((isolated_cache / "tokenizers").glob("ids-*.npy"))
+    assert len(ids) == 2  # the training split's and the evaluated validation head's, written once
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("corpus big")]
+    assert len(lines) == len(job.trials) == 4
+    assert sum("ids from the cache" in m for m in lines) == 3  # only the first trial encoded
