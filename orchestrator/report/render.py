@@ -75,7 +75,7 @@ def build_report(job_dir: str | os.PathLike[str] | ResultsStore, *, live: bool =
     # The best configuration as a runnable spec beside the report (not while the sweep runs: the
     # best so far would be a moving target, and a file that changes under a user misleads).
     best_file = None if live else write_best_spec(store)
-    blocks = header(name, live=live)
+    blocks = header(name, live=live, job_dir=store.job_dir)
     if kind == "throughput":  # no validation metrics: only failures are worth listing
         label = config_labels(rows, varying_columns(rows, config_cols))
         blocks += overview(kind, rows) + failures(rows, label)

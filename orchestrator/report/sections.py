@@ -38,12 +38,16 @@ def job_kind(manifest: Optional[dict], has_throughput: bool) -> str:
     return m.get("kind") or (found and found.group(1)) or ("throughput" if has_throughput else "train")
 
 
-def header(name: str, live: bool = False) -> list[Block]:
-    """The title, and for a live report a banner saying the sweep is still running."""
+def header(name: str, live: bool = False, job_dir: str = "DIR") -> list[Block]:
+    """The title, and for a live report a banner saying the sweep is still running, as of when
+    (a run killed before its final report leaves this page behind: the banner says how to tell)."""
     blocks: list[Block] = [Heading(1, f"Report: {name}")]
     if live:
-        blocks.append(Para("Live: the sweep is still running. This page shows the trials finished so far; it is "
-                           "rebuilt as more finish and the browser reloads it every 30 s.", box="live"))
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        blocks.append(Para(f"Live: the sweep is still running (as of {now}). This page shows the trials finished "
+                           "so far; it is rebuilt as more finish and the browser reloads it every 30 s. If it has "
+                           "not changed for minutes, the run may have stopped: rebuild it with "
+                           f"`python -m orchestrator report {job_dir}`.", box="live"))
     return blocks
 
 
