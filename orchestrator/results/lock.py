@@ -20,6 +20,7 @@ from orchestrator.results.storage import (
     DamagedFolderError,
     ResultsError,
     cleanup_stale_temps,
+    link_refused,
     open_storage,
     refuse_links,
 )
@@ -77,8 +78,7 @@ class JobLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise DamagedFolderError(f"{path} is a symbolic link; a job folder's own entries must be real files: "
-                                   "remove the link, or move the job folder aside") from e
+                raise link_refused(path) from e
             raise ResultsError(f"cannot create the lock file {path}: {e.strerror or e}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,8 +111,7 @@ class JobLock:
             return
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise DamagedFolderError(f"{path} is a symbolic link; a job folder's own entries must be real "
-                                         "files: remove the link, or move the job folder aside") from e
+                raise link_refused(path) from e
             return  # acquire() will say what is wrong
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -266,6 +266,16 @@ OWN_ENTRIES = (".lock", "checkpoints", "parts", "search", "trials.parquet", "eva
 _FOLDERS_OF_FOLDERS = ("checkpoints",)
 
 
+def link_refused(path: str) -> DamagedFolderError:
+    """The error for a job folder entry at ``path`` that is a symbolic link."""
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return DamagedFolderError(f"{path} is a symbolic link{target}; a job folder's own entries must be real files "
+                              "and folders: remove the link, or move the job folder aside")
+
+
 def refuse_links(root: str) -> None:
     """Refuse a local job folder whose own entries, or its checkpoint folders, are symbolic links.
 
@@ -282,8 +292,7 @@ def refuse_links(root: str) -> None:
     for name in OWN_ENTRIES:
         path = os.path.join(root, name)
         if is_link(path):
-            raise DamagedFolderError(f"{path} is a symbolic link (to {os.readlink(path)}); a job folder's own entries "
-                               "must be real files and folders: remove the link, or move the job folder aside")
+            raise link_refused(path)
     for name in _FOLDERS_OF_FOLDERS:
         try:
             with os.scandir(os.path.join(root, name)) as it:
@@ -293,9 +302,7 @@ def refuse_links(root: str) -> None:
         except OSError as e:
             raise ResultsError(f"cannot list {os.path.join(root, name)}: {e.strerror or e}") from e
         if link is not None:
-            raise DamagedFolderError(f"{link.path} is a symbolic link (to {os.readlink(link.path)}); a job folder's "
-                               "own entries must be real files and folders: remove the link, or move the job "
-                               "folder aside")
+            raise link_refused(link.path)
 
 
 def cleanup_stale_temps(root: str) -> None:
