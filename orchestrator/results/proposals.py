@@ -85,24 +85,33 @@ def write_proposal(store: ResultsStore, record: ProposalRecord) -> None:
     store.write_text(_name(record.number), record.to_json() + "\n")
 
 
-def read_proposals(store: ResultsStore) -> list[ProposalRecord]:
-    """Every proposal record in the job folder, by number; they must run 0, 1, 2, ... without a gap."""
+def proposal_files(store: ResultsStore) -> list[str]:
+    """The proposal records' paths in the job folder, in number order (``search/<number>.json``)."""
     names = sorted(n for n in store.list_names(SEARCH_DIR) if n[:6].isdigit() and n.endswith(".json"))
-    records = []
-    for name in names:
-        rel = f"{SEARCH_DIR}/{name}"
-        text = store.read_text(rel)
-        if text is not None:
-            try:
-                records.append(ProposalRecord.from_json(text, store.location(rel)))
-            except DamagedFolderError as e:
-                raise DamagedFolderError(f"{e}; {repair_hint(store.job_dir)}") from e
-    records.sort(key=lambda r: r.number)
-    for k, record in enumerate(records):
-        if record.number != k:
-            raise DamagedFolderError(f"{store.location(SEARCH_DIR)}: proposal {k} is missing (found {record.number}); "
-                               f"{repair_hint(store.job_dir)}")
-    return records
+    return [f"{SEARCH_DIR}/{name}" for name in names]
+
+
+def read_proposal(store: ResultsStore, rel: str, number: int) -> ProposalRecord:
+    """The record at ``rel``, which must be proposal ``number`` (the records run 0, 1, 2, ...
+    without a gap, so the k-th file in number order holds proposal k).
+
+    Raises:
+        DamagedFolderError: it cannot be read as a record, or holds another number (one is missing).
+    """
+    text = store.read_text(rel)  # not UTF-8: a DamagedFolderError naming the file and repair
+    try:
+        record = ProposalRecord.from_json(text or "", store.location(rel))
+    except DamagedFolderError as e:
+        raise DamagedFolderError(f"{e}; {repair_hint(store.job_dir)}") from e
+    if record.number != number:
+        raise DamagedFolderError(f"{store.location(SEARCH_DIR)}: proposal {number} is missing (found "
+                                 f"{record.number}); {repair_hint(store.job_dir)}")
+    return record
+
+
+def read_proposals(store: ResultsStore) -> list[ProposalRecord]:
+    """Every proposal record in the job folder, by number (see :func:`read_proposal`)."""
+    return [read_proposal(store, rel, k) for k, rel in enumerate(proposal_files(store))]
 
 
 def read_study(store: ResultsStore) -> Optional[dict[str, Any]]:

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from orchestrator.results.folder import EVALS_FILE, THROUGHPUT_FILE, TRIALS_FILE
 from orchestrator.results.lock import JobLock
 from orchestrator.results.manifest import MANIFEST_FILE, read_manifest
-from orchestrator.results.parts import decode_part
-from orchestrator.results.proposals import SEARCH_DIR, STUDY_FILE, read_study
+from orchestrator.results.proposals import STUDY_FILE, proposal_files, read_proposal, read_study
 from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
 from orchestrator.results.storage import DamagedFolderError, ResultsError
 from orchestrator.results.store import ResultsStore
@@ -132,34 +131,27 @@ def _parts(store: ResultsStore, root: str, stamp: str, report: RepairReport) -> 
     listing = store.folder.listing()
     for ref in (*listing.latest, *listing.superseded):
         try:
-            table = store.folder.storage.read_ipc(ref.relpath)
-            if table is not None:
-                decode_part(ref, table, ref.relpath)
-        except (DamagedFolderError, ValueError) as e:
+            store.folder.load([ref])  # read and decoded as every reader does
+        except DamagedFolderError as e:
             report.set_aside[_move_aside(root, ref.relpath, stamp)] = _why(e)
             report.lost.append(f"trial {ref.trial_id}'s {ref.status} part: it runs again at the next run")
 
 
 def _search(store: ResultsStore, root: str, stamp: str, report: RepairReport) -> None:
     """Search records: the first damaged one and every later one are set aside."""
-    from orchestrator.results.proposals import ProposalRecord
-
-    names = sorted(n for n in store.list_names(SEARCH_DIR) if n[:6].isdigit() and n.endswith(".json"))
+    files = proposal_files(store)
     bad_from = None
-    for k, name in enumerate(names):
-        rel = f"{SEARCH_DIR}/{name}"
+    for k, rel in enumerate(files):
         try:
-            record = ProposalRecord.from_json(store.read_text(rel) or "", rel)
-            if record.number != k:
-                raise DamagedFolderError(f"{rel}: proposal {k} is missing")
-        except (DamagedFolderError, ValueError) as e:
+            read_proposal(store, rel, k)
+        except DamagedFolderError as e:
             bad_from = k
             report.set_aside[_move_aside(root, rel, stamp)] = _why(e)
             break
     if bad_from is None:
         return
-    for name in names[bad_from + 1:]:
-        report.set_aside[_move_aside(root, f"{SEARCH_DIR}/{name}", stamp)] = "after a damaged search record"
+    for rel in files[bad_from + 1:]:
+        report.set_aside[_move_aside(root, rel, stamp)] = "after a damaged search record"
     report.lost.append(f"search proposals {bad_from} and later: the search makes them anew (their trials' rows "
                        "stay, outside the search's history)")
 
