@@ -61,7 +61,7 @@ from orchestrator.results.parts import (
     merge_throughput,
     merge_trials,
 )
-from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED
+from orchestrator.results.records import EVAL_SCHEMA, THROUGHPUT_FIXED, TRIAL_FIXED, eval_records
 from orchestrator.results.storage import ResultsError, open_storage
 from orchestrator.results.tables import (
     TERMINAL_STATUSES,
@@ -71,7 +71,7 @@ from orchestrator.results.tables import (
     normalize_trial_row,
     throughput_rows,
 )
-from rnn.events import TrialStatus
+from rnn.events import EvalRecord, TrialStatus
 
 __all__ = ["RecordError", "ResultsStore", "fresh_start", "is_job_folder"]
 
@@ -230,6 +230,21 @@ class ResultsStore:
     def read_evals(self) -> pa.Table:
         """All evaluation rows (empty with :data:`EVAL_SCHEMA` before the first commit)."""
         return self._union(EVALS_FILE, EVAL_SCHEMA, True, merge_evals)
+
+    def read_histories(
+        self, trial_ids: Iterable[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, list[EvalRecord]]]:
+        """For the trials of ``trial_ids`` that have a row: their rows by id, and each one's
+        evaluations in table order (the evaluations are read only when some row exists)."""
+        ids = set(trial_ids)
+        rows = {r["trial_id"]: r for r in self.read_trials().to_pylist() if r["trial_id"] in ids}
+        evals: dict[str, list[EvalRecord]] = {}
+        if rows:
+            table = self.read_evals()
+            for tid, record in zip(table["trial_id"].to_pylist(), eval_records(table), strict=True):
+                if tid in rows:
+                    evals.setdefault(tid, []).append(record)
+        return rows, evals
 
     def read_throughput(self) -> pa.Table:
         """All throughput rows (empty with the fixed schema before the first commit)."""

@@ -202,17 +202,9 @@ def paused_result(row: Mapping[str, Any], evals: Sequence[EvalRecord]) -> TrainR
 def load_asha(scheduler: Any, trials: Sequence[Any], store: Any) -> Asha:
     """The ASHA state of a job: its rungs from ``sweep.scheduler`` (an ``AshaSpec`` with
     ``max_steps`` filled in by ``load_job``), what ``store`` holds restored (:func:`restore`)."""
-    from orchestrator.results.records import eval_records
-
     asha = Asha(asha_rungs(scheduler.grace_steps, scheduler.reduction_factor, scheduler.max_steps),
                 scheduler.reduction_factor, scheduler.metric, len(trials))
-    ids = {t.trial_id for t in trials}
-    rows = {r["trial_id"]: r for r in store.read_trials().to_pylist() if r["trial_id"] in ids}
+    rows, evals = store.read_histories(t.trial_id for t in trials)
     if not rows:
         return asha
-    evals: dict[str, list[EvalRecord]] = {}
-    table = store.read_evals()
-    for tid, record in zip(table["trial_id"].to_pylist(), eval_records(table), strict=True):
-        if tid in rows:
-            evals.setdefault(tid, []).append(record)
     return restore(asha, [t.trial_id for t in trials], rows, evals)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from orchestrator.errors import UsageError
-from orchestrator.results import ResultsError, ResultsStore, eval_records
+from orchestrator.results import ResultsError, ResultsStore
 from orchestrator.results.proposals import ProposalRecord, check_study, read_proposals, write_proposal
 from orchestrator.run.scheduler import Move, Scheduler
 from orchestrator.run.tpe import TpeSearch, values_of
@@ -162,14 +162,9 @@ def _replay(search: TpeSearch, store: ResultsStore, ids: set[str]) -> None:
     evaluations of all (paused trials reached their rungs)."""
     if not ids:
         return
-    rows = {r["trial_id"]: r for r in store.read_trials().to_pylist() if r["trial_id"] in ids}
-    evals: dict[str, list[EvalRecord]] = {}
-    table = store.read_evals()
-    for tid, record in zip(table["trial_id"].to_pylist(), eval_records(table), strict=True):
-        if tid in rows:
-            evals.setdefault(tid, []).append(record)
+    rows, evals = store.read_histories(ids)
     for tid, row in rows.items():
-        status = row.get("status")
+        status = str(row["status"])  # every trials row has one
         if status == TrialStatus.PAUSED.value or status == TrialStatus.FAILED.value:
             search.trial_paused(tid, evals.get(tid, ()))  # a failed trial runs again: not ended yet
         else:
