@@ -154,10 +154,9 @@ class Trainer:
         train_step = TrainStep(model, data, tc, precision, tc.batch_size)
         assert train_step.optimizer is not None  # released only after the loop
         plateau_patience = max(1, tc.early_stopping.patience // 2) if tc.early_stopping else 2
-        by_time = tc.schedule_by == "time"
-        if by_time and tc.max_time_s is None:
+        if self._by_time and tc.max_time_s is None:
             raise ValueError("train.schedule_by: time needs train.max_time_s, the budget the schedule spans")
-        scheduler = build_scheduler(train_step.optimizer, tc, SCHEDULE_TICKS if by_time else total_steps,
+        scheduler = build_scheduler(train_step.optimizer, tc, SCHEDULE_TICKS if self._by_time else total_steps,
                                     plateau_patience)
         run = Run(device, data, model, precision, total_steps, train_step, scheduler)
         if resume_from is not None:
@@ -222,7 +221,7 @@ class Trainer:
             losses, run.grad_norm = run.train_step()  # on the device; nothing read back (but fp16)
             trained = 0.0
             if time_budget is not None:
-                trained = st.trained_s + self._clock() - run.stretch_start
+                trained = self._trained_s(run)
                 run.advance_schedule_to(min(SCHEDULE_TICKS, int(SCHEDULE_TICKS * trained / time_budget)))
             else:
                 run.advance_schedule()
@@ -324,11 +323,16 @@ class Trainer:
         info = {"phase": "training", "steps_per_s": steps / seconds, "samples_per_s": steps * batch / seconds,
                 "train_loss": loss}
         if self._by_time:  # its schedule's progress: training seconds so far (evaluations not counted)
-            info["trained_s"] = st.trained_s + (self._clock() - run.stretch_start)
+            info["trained_s"] = self._trained_s(run)
         return TrainEvent(EventKind.HEARTBEAT, st.step, info=info)
 
+    def _trained_s(self, run: Run) -> float:
+        """schedule_by: time: the training seconds so far (evaluations and checkpoints not counted)."""
+        return run.st.trained_s + self._clock() - run.stretch_start
+
     def _phase(self, step: int, phase: str) -> Iterator[TrainEvent]:
-        """A heartbeat naming a phase of set-up that sends nothing until it ends (with heartbeats on)."""
+        """A heartbeat naming a step that sends nothing until it ends (preparing data, compiling,
+        evaluating), with heartbeats on."""
         if self._heartbeat_s is not None:
             yield TrainEvent(EventKind.HEARTBEAT, step, info={"phase": phase})
 
@@ -338,8 +342,7 @@ class Trainer:
         if self._by_time:
             run.st.trained_s += self._clock() - run.stretch_start
             run.stretch_start = self._clock()
-        if self._heartbeat_s is not None:
-            yield TrainEvent(EventKind.HEARTBEAT, run.st.step, info={"phase": "evaluating"})
+        yield from self._phase(run.st.step, "evaluating")
 
     def _record(self, run: Run, reset_window: bool = True) -> EvalRecord:
         """Evaluate now and append the record; the train-loss window restarts unless told not to."""
