@@ -206,6 +206,12 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
     return "\n".join(lines)
 
 
+def _known_trials(job: Job) -> Sequence[Trial]:
+    """The trials known before the job runs: the sweep's, or for a search the spec's own config
+    (one per seed), which stands for the proposals to come."""
+    return job.trials or (job.search.base_trials if job.search is not None else ())
+
+
 def _planned_trials(job: Job) -> int:
     """The job's trials: the sweep's, or a search's proposals times its seeds."""
     return job.search.total_trials if job.search is not None else len(job.trials)
@@ -236,7 +242,7 @@ def _search_lines(job: Job) -> list[str]:
 def _evaluation_lines(job: Job, res: ResourcesSpec) -> list[str]:
     """A warning when evaluation would take over a third of a trial's time (a big held-out split
     evaluated often), with the setting that caps it."""
-    for trial in job.trials or (job.search.base_trials if job.search is not None else ()):
+    for trial in _known_trials(job):
         if trial.throughput_config is not None:
             continue
         run = trial.run_config
@@ -259,7 +265,7 @@ def _time_budget_lines(job: Job, res: ResourcesSpec) -> list[str]:
     and the steps it buys here by the heuristic (a trial's steps depend on the machine's speed)."""
     out = []
     seen: set[tuple[float, float]] = set()
-    for trial in job.trials or (job.search.base_trials if job.search is not None else ()):
+    for trial in _known_trials(job):
         train = trial.run_config.train
         if train.schedule_by != "time" or train.max_time_s is None:
             continue
