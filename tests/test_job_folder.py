@@ -286,3 +286,18 @@ def test_repair_sets_aside_a_damaged_part_manifest_and_search_records(
     assert [p.name for p in (job / "search").iterdir()] == ["000000.json"]
     assert main(["repair", str(job)]) == 0
     assert "nothing is damaged" in capsys.readouterr().out
+
+
+def test_validate_judges_the_window_for_every_swept_seq_len_and_evaluated_head(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 100)  # 4,400 chars: 440 held out
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["data"]["corpus"] = str(corpus)
+    spec["sweep"] = {"grid": {"data.seq_len": [16, 1000]}}
+    assert main(["validate", str(write_spec(tmp_path / "c.yaml", spec))]) == 2
+    assert "has at most 440 characters, one window needs seq_len + 1 = 1001" in _one_line(capsys)
+    spec["sweep"] = {"grid": {"data.seq_len": [16, 32]}}
+    spec["data"]["val_max_chars"] = 20  # the evaluated head is shorter than a window
+    assert main(["validate", str(write_spec(tmp_path / "c.yaml", spec))]) == 2
+    assert "has at most 20 characters, one window needs seq_len + 1 = 33" in _one_line(capsys)  # 17 fits

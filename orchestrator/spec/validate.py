@@ -407,20 +407,23 @@ def _corpus_problems(data: list[DataConfig]) -> list[Problem]:
     megabyte: a run reads it all), or too short for one validation window at char level (its
     size in bytes bounds its characters from above, so this never refuses a usable file)."""
     out: list[Problem] = []
-    seen: set[str] = set()
+    content: dict[str, tuple[Optional[str], int]] = {}  # each file read once: its problem, its size
     for cfg in data:
-        if cfg.corpus in BUILTIN_CORPORA or cfg.corpus in seen:
+        if cfg.corpus in BUILTIN_CORPORA:
             continue
-        seen.add(cfg.corpus)
         path = Path(cfg.corpus).expanduser()
-        problem = corpus_file_problem(path)
+        if cfg.corpus not in content:
+            found = corpus_file_problem(path)
+            content[cfg.corpus] = (found, path.stat().st_size if found is None else 0)
+        problem, size = content[cfg.corpus]
         if problem is None and cfg.level == "char" and cfg.val_fraction > 0:
-            size = path.stat().st_size
-            if size * cfg.val_fraction < cfg.seq_len + 1:
+            chars = int(size * cfg.val_fraction)
+            if cfg.val_max_chars is not None:
+                chars = min(chars, cfg.val_max_chars)
+            if chars < cfg.seq_len + 1:  # checked per config: seq_len and the split may be swept
                 problem = (f"too short: its validation split (val_fraction {cfg.val_fraction}) has at most "
-                           f"{int(size * cfg.val_fraction)} characters, one window needs seq_len + 1 = "
-                           f"{cfg.seq_len + 1}")
-        if problem is not None:
+                           f"{chars} characters, one window needs seq_len + 1 = {cfg.seq_len + 1}")
+        if problem is not None:  # one line per distinct problem: SpecError drops repeats
             out.append(Problem("data.corpus", f"{path}: {problem.replace('FILE', str(path))}", got=cfg.corpus))
     return out
 
