@@ -104,6 +104,7 @@ class TpeSearch:
         self.metric = metric
         self.rung_steps = tuple(rung_steps)
         self.records: list[ProposalRecord] = []
+        self._accepted = 0  # of the records, those with trials of their own (asked every dispatch turn)
         self._dists = distributions(tpe.space)
         self._trials: dict[str, _TrialSoFar] = {}
         self._owner: dict[str, int] = {}  # trial id -> its proposal's number
@@ -117,7 +118,7 @@ class TpeSearch:
     @property
     def accepted(self) -> int:
         """Proposals that made trials of their own."""
-        return sum(1 for r in self.records if r.accepted)
+        return self._accepted
 
     @property
     def remaining(self) -> int:
@@ -133,6 +134,7 @@ class TpeSearch:
         if record.number != len(self.records):
             raise ValueError(f"proposal {record.number} out of order (expected {len(self.records)})")
         self.records.append(record)
+        self._accepted += record.accepted
         for tid in record.trial_ids:
             self._owner[tid] = record.number
             self._trials.setdefault(tid, _TrialSoFar())
