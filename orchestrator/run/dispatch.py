@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from orchestrator.durations import format_duration
 from orchestrator.errors import UsageError
@@ -49,6 +49,9 @@ from orchestrator.run.recorder import Recorder
 from orchestrator.run.scheduler import RunToEnd, Scheduler
 from orchestrator.spec import ResourcesSpec, Trial
 from rnn.events import TrialStatus
+
+if TYPE_CHECKING:
+    from orchestrator.track import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,7 @@ class Dispatcher:
         faults: injected faults (chaos drills), see :mod:`orchestrator.run.faults`.
         stop: set by a signal handler to stop the sweep early.
         scheduler: where trials pause and what becomes of them (default: every trial runs to its end).
+        tracker: TensorBoard/MLflow, told what the recorder sees (None: the spec has no ``tracking``).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class Dispatcher:
         faults: tuple[Fault, ...] = (),
         stop: Optional[threading.Event] = None,
         scheduler: Optional[Scheduler] = None,
+        tracker: Optional[Tracker] = None,
     ) -> None:
         self.trials = trials
         self.res = resources
@@ -124,7 +129,7 @@ class Dispatcher:
         self.faults = faults
         self.stop = stop or threading.Event()
         self.progress = Progress(to_run, max(1, min(resources.max_concurrent, to_run)))
-        self.recorder = Recorder(store, self.progress, faults, on_finished=self.scheduler.on_ended)
+        self.recorder = Recorder(store, self.progress, faults, on_finished=self.scheduler.on_ended, tracker=tracker)
         self._pending: collections.deque[Attempt] = collections.deque()
         self._starting: set[int] = set()
         self._idle: list[int] = []

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from orchestrator.durations import format_duration
 from orchestrator.results import ResultsStore, trial_row
@@ -26,6 +26,9 @@ from orchestrator.run.events import Beat, Checkpointed, Ended, Evaluated, Event,
 from orchestrator.run.faults import Fault, raise_commit_fault
 from orchestrator.run.progress import Progress
 from rnn.events import EvalRecord, TrainResult, TrialStatus
+
+if TYPE_CHECKING:
+    from orchestrator.track import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,10 @@ class Recorder:
         progress: Progress,
         faults: tuple[Fault, ...] = (),
         on_finished: Optional[Callable[[str, TrialStatus, dict[str, Any], list[EvalRecord]], None]] = None,
+        tracker: Optional[Tracker] = None,
     ) -> None:
         self.store = store
+        self.tracker = tracker  # told each event and each commit (TensorBoard, MLflow)
         self.faults = faults
         self.progress = progress
         self.on_finished = on_finished  # told each trial that ended: id, status, its row and evaluations
@@ -106,6 +111,8 @@ class Recorder:
     def on_event(self, attempt: Attempt, event: Event) -> bool:
         """Apply one event; True when it was the trial's last (it has been committed)."""
         ledger = self.ledger(attempt.trial_id)
+        if self.tracker is not None:
+            self.tracker.on_event(attempt.trial, event)
         if isinstance(event, Started):
             self._started(attempt, ledger, event.info)
         elif isinstance(event, Evaluated):
@@ -175,7 +182,7 @@ class Recorder:
         ledger = self.ledger(tid)
         evals = list(result.evals) if result is not None else _evals_seen(ledger)
         row = self._row(attempt, ledger, status, result, error)
-        self._commit(row, evals, throughput or [])
+        self._commit(attempt, row, evals, throughput or [])
         if ledger.has_resume_point:  # a successive-halving trial has ended: its resume point is not needed
             self.store.delete_checkpoint(tid, RESUME_CHECKPOINT)
         del self._ledgers[tid]  # the bytes are on disk; hold nothing for a finished trial
@@ -203,7 +210,8 @@ class Recorder:
         ledger.resume, ledger.resume_step, ledger.resume_loaded = event.data, event.step, True
         ledger.has_resume_point = True
         ledger.paused_result = event.result
-        self._commit(self._row(attempt, ledger, TrialStatus.PAUSED, event.result, None), list(event.result.evals), [])
+        self._commit(attempt, self._row(attempt, ledger, TrialStatus.PAUSED, event.result, None),
+                     list(event.result.evals), [])
         best = event.result.best_val_loss
         how = f"best val {best:.4f} at step {event.result.best_step}" if best is not None else "no evaluation"
         self.progress.trial_paused(attempt.tag, f"paused at step {event.step} ({how})")
@@ -276,10 +284,13 @@ class Recorder:
         self.finish(attempt, status, error=errors[0].error if errors else None, summary=_best_line(rows),
                     throughput=rows)
 
-    def _commit(self, row: dict[str, Any], evals: list[EvalRecord], throughput: list[Any]) -> None:
-        """One durable commit of the trial, or nothing (the rerun trains it again)."""
-        raise_commit_fault(self.faults, row["trial_id"], row["attempts"], self.store.job_dir)
+    def _commit(self, attempt: Attempt, row: dict[str, Any], evals: list[EvalRecord], throughput: list[Any]) -> None:
+        """One durable commit of the trial, or nothing (the rerun trains it again); then the trackers'."""
+        tid = row["trial_id"]
+        raise_commit_fault(self.faults, tid, row["attempts"], self.store.job_dir)
         self.store.commit_trial(row, evals=evals, throughput=throughput)
+        if self.tracker is not None:
+            self.tracker.committed(attempt.trial, row, evals, lambda: self.store.read_checkpoint_bytes(tid))
 
 
 def _evals_seen(ledger: Ledger) -> list[EvalRecord]:

@@ -41,6 +41,7 @@ from rnn.events import TrialStatus
 
 if TYPE_CHECKING:
     from orchestrator.run.dispatch import SweepSummary
+    from orchestrator.track import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ def run_job(
         finished = check_folder(ResultsStore(job_dir)) if not fresh else set()
     except (DamagedFolderError, ResultsLockedError) as e:
         raise UsageError(str(e)) from e
+    if spec.tracking is not None and spec.tracking.tensorboard and not ResultsStore(job_dir).is_local:
+        raise UsageError(f"tracking.tensorboard: its event files go into the job folder, which must be local "
+                         f"(it is {job_dir}); run with a local --output, then `export DIR --mlflow URI` if need be")
     todo = [t for t in trials if t.trial_id not in finished]
     if job.search is not None:  # its trials are proposed as it runs: check the spec's own data
         todo += job.search.base_trials[:1]
@@ -137,8 +141,8 @@ def run_job(
             preflight.join(reraise=False)
             raise
         preflight.join()
-        with _locked(job_dir, fresh) as store:
-            summary = _run_locked(job, job_dir, store, backend, stop, live_report_s)
+        with _locked(job_dir, fresh) as store, _tracking(job, store) as tracker:
+            summary = _run_locked(job, job_dir, store, backend, stop, live_report_s, tracker)
             # The report is built while the backend shuts down (Ray's takes seconds): it reads
             # only the job folder. Its import (matplotlib, scipy: about a second) happens in that
             # thread too, off the critical path.
@@ -151,6 +155,8 @@ def run_job(
                 md, html = report.join()
                 log.info("results: %s", job_dir)
                 log.info("report:  %s", html)
+                if tracker is not None:
+                    tracker.finish([Path(md), Path(html)])
     if summary is not None and summary.interrupted:
         return RunOutcome(ExitCode.INTERRUPTED, job_dir)
     # oom, diverged and timeout are results; a failed trial is a bug or an environment problem.
@@ -165,6 +171,7 @@ def _run_locked(
     backend: Backend,
     stop: Optional[threading.Event],
     live_report_s: Optional[float],
+    tracker: Optional[Tracker] = None,
 ) -> Optional[SweepSummary]:
     """With the folder locked: fold in what a killed run left, skip what is finished, dispatch the
     rest, and keep this invocation's run record in the manifest. Returns the sweep's summary
@@ -174,6 +181,10 @@ def _run_locked(
 
     spec = job.spec
     store.compact()  # parts a killed run left: fold them in, so resume reads one table
+    if tracker is not None:  # what the trackers lack of earlier runs (a killed driver's queue, no tracking then)
+        from orchestrator.track import sync_folder
+
+        sync_folder(tracker, store)
     trials, search = list(job.trials), None
     if job.search is not None:  # the trials proposed so far, and the search as they left it
         from orchestrator.run.search import load_search  # Optuna: imported by a searching driver only
@@ -196,7 +207,7 @@ def _run_locked(
                 scheduler = SearchScheduler(search, job.search, store, scheduler)
             dispatcher = Dispatcher(
                 todo, spec.resources, store, backend,
-                total=total, faults=tuple(faults_from_env()), stop=stop, scheduler=scheduler,
+                total=total, faults=tuple(faults_from_env()), stop=stop, scheduler=scheduler, tracker=tracker,
             )
             interval = LIVE_REPORT_S if live_report_s is None else live_report_s
             live = LiveReport(store, interval) if interval > 0 else None
@@ -225,6 +236,23 @@ def _opened(backend: Backend) -> Iterator[None]:
         yield
     finally:
         backend.shutdown()
+
+
+@contextlib.contextmanager
+def _tracking(job: Job, store: ResultsStore) -> Iterator[Optional[Tracker]]:
+    """The spec's trackers for this run (None without ``tracking``), closed once it is over:
+    what is queued is written first, for up to a minute."""
+    tracking = job.spec.tracking
+    if tracking is None or not tracking.enabled:
+        yield None
+        return
+    from orchestrator.track import Tracker, sink_openers
+
+    tracker = Tracker(sink_openers(tracking, job.spec.name, store))
+    try:
+        yield tracker
+    finally:
+        tracker.close()
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ A trial's sections (``data``, ``model``, ``train``, ``throughput``) are not mode
 are the engine's dataclasses in :mod:`rnn.config`, limits included, validated straight into by
 :mod:`orchestrator.spec.sections`. The ``sweep`` section is :mod:`orchestrator.spec.sweep`
 (ASHA's rung arithmetic: :mod:`orchestrator.spec.rungs`). This module holds the rest of what is
-the orchestrator's own: the resources, the output location and the job around them.
+the orchestrator's own: the resources, the output location and the job around them (the trackers'
+section: :mod:`orchestrator.spec.tracking`).
 
 Relative paths (a corpus file, a local ``output``) are resolved against the current working
 directory, like any command-line tool, not against the spec file's directory.
@@ -27,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.spec.base import Section, Text
 from orchestrator.spec.sweep import SweepSpec
+from orchestrator.spec.tracking import TrackingSpec
 from rnn.config import DataConfig, ModelConfig, ThroughputConfig, TrainConfig
 
 Kind = Literal["train", "throughput"]
@@ -136,6 +138,7 @@ class JobSpec(Section):
     sweep: Optional[SweepSpec] = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: Text = "results"  # a local directory or a pyarrow filesystem URI (scheme://...)
+    tracking: Optional[TrackingSpec] = None  # TensorBoard / MLflow, written by the driver; not a trial setting
 
     @field_validator("name")
     @classmethod

@@ -43,7 +43,7 @@ from rnn.corpus import corpus_file_problem
 
 log = logging.getLogger(__name__)
 
-_WHOLE_JOB = ("name", "kind", "output", "resources", "sweep")
+_WHOLE_JOB = ("name", "kind", "output", "resources", "sweep", "tracking")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ def _path_problem(path: str, kind: str, where: str) -> Optional[Problem]:
         return None
     root = path.split(".")[0]
     if root in _WHOLE_JOB:
-        return Problem(where, "cannot be swept: name, kind, output, resources and sweep apply to the whole job")
+        return Problem(where, "cannot be swept: name, kind, output, resources, sweep and tracking apply to the "
+                              "whole job")
     if root == "throughput" and path in sweepable_paths("throughput"):
         return Problem(where, "throughput settings can only be swept in a kind: throughput job")
     if path in SECTIONS:
@@ -356,7 +357,7 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
         SpecError: every problem, one per line, ``source`` naming the file.
     """
     # `model:` with every key commented out parses as null: read it as "all defaults".
-    raw = {k: v for k, v in raw.items() if not (v is None and k in (*SECTIONS, "sweep", "resources"))}
+    raw = {k: v for k, v in raw.items() if not (v is None and k in (*SECTIONS, "sweep", "resources", "tracking"))}
     problems: list[Problem] = []
     spec: Optional[JobSpec] = None
     try:  # the whole-job fields; the sections are validated on their own, into the engine's configs

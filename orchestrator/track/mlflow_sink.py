@@ -1,0 +1,225 @@
+"""MLflow: one run per job, with one nested run per trial, named by its trial id.
+
+The job's run id is kept in the job folder (``tracking.json``, by tracking URI), so a resumed job
+(or an ``export`` to the same URI) finds the same runs: its trials' runs are the job run's
+children (``mlflow.parentRunId``), found with one search when the sink opens. A trial's run gets
+its config as params, its swept values and ``trial_id`` as tags, each evaluation's metrics at
+their step, then its final metrics, its ``status`` tag and its best checkpoint as an artifact
+(under ``checkpoint/``, up to ``artifact_max_mb``; over it, a ``checkpoint_artifact`` tag says why
+not). The job's run gets the report's files at the end. Metrics already in a run (per key, by
+step) are not logged again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from orchestrator.spec.tracking import sqlite_path
+from orchestrator.track.views import EVAL_METRICS, FINAL_METRICS, Point, TrialEnd, TrialView
+
+log = logging.getLogger(__name__)
+
+#: MLflow's client retries an unreachable server for minutes by default; a driver's tracker gives
+#: up sooner (these are defaults: a value already in the environment is kept).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+_TERMINAL = ("FINISHED", "FAILED", "KILLED")
+_PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
+_MAX_VALUE = 6000  # MLflow's longest param value
+
+
+@dataclass
+class _Run:
+    run_id: str
+    status: str
+    steps: Optional[dict[str, int]] = None  # the last step of each metric key, read on first use
+
+
+class MlflowSink:
+    """Writes a job's trials to the MLflow tracking store at ``uri`` (see the module docstring).
+
+    ``state``: reads and writes the job folder's ``tracking.json`` text (None: absent).
+    """
+
+    name = "mlflow"
+
+    def __init__(self, uri: str, experiment: str, job_name: str, job_dir: str,
+                 state: tuple[Callable[[], Optional[str]], Callable[[str], Any]], artifact_max_mb: float) -> None:
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        from mlflow import MlflowClient
+
+        self.uri = _canonical(uri)
+        self._client = MlflowClient(tracking_uri=self.uri)
+        self._job_dir = job_dir
+        self._max_bytes = int(artifact_max_mb * 1_000_000)
+        self._experiment_id = self._experiment(experiment)
+        self._job_run = self._job(job_name, *state)
+        self._runs = self._children()
+
+    # --- what a tracker calls -------------------------------------------------------------
+
+    def log(self, view: TrialView, points: list[Point]) -> None:
+        run = self._run(view)
+        steps = self._steps(run)
+        from mlflow.entities import Metric
+
+        metrics = []
+        for point in sorted(points, key=lambda p: p.step):
+            stamp = int(point.wall_time * 1000)
+            for key, value in point.metrics.items():
+                if point.step > steps.get(key, -1):
+                    metrics.append(Metric(key, value, stamp, point.step))
+                    steps[key] = point.step
+        if metrics and run.status in _TERMINAL:  # a failed trial run again: its run goes on
+            self._client.update_run(run.run_id, status="RUNNING")
+            run.status = "RUNNING"
+        for i in range(0, len(metrics), _METRICS_PER_BATCH):
+            self._client.log_batch(run.run_id, metrics=metrics[i:i + _METRICS_PER_BATCH])
+
+    def end(self, view: TrialView, end: Optional[TrialEnd]) -> None:
+        run = self._run(view)
+        if end is None:  # paused at a rung: the run stays open for its promotion
+            self._client.set_tag(run.run_id, "status", "paused")
+            return
+        self.log(view, [Point(end.step, end.metrics, time.time())])
+        self._client.set_tag(run.run_id, "status", end.status)
+        if run.status in _TERMINAL:
+            return  # ended before with its artifact (a resumed job, an export run twice)
+        if end.checkpoint is not None and self._max_bytes > 0:
+            self._log_checkpoint(run, end.checkpoint)
+        status = "FINISHED" if end.succeeded else ("KILLED" if end.status == "timeout" else "FAILED")
+        self._client.set_terminated(run.run_id, status)
+        run.status = status
+
+    def finish(self, report_files: list[Path]) -> None:
+        """The report's files go to the job's run, which is then finished."""
+        for path in report_files:
+            if path.is_file() and path.stat().st_size <= self._max_bytes:
+                self._client.log_artifact(self._job_run, str(path), "report")
+        self._client.set_terminated(self._job_run, "FINISHED")
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
+
+    # --- pieces ---------------------------------------------------------------------------
+
+    def _experiment(self, name: str) -> str:
+        found = self._client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise RuntimeError(f"the MLflow experiment {name!r} is deleted; restore it or name another "
+                                   "(tracking.mlflow_experiment)")
+            return str(found.experiment_id)
+        db = sqlite_path(self.uri)
+        # a local database keeps its artifacts beside it, not in the driver's working directory
+        location = Path(os.path.abspath(db)).parent.joinpath("mlartifacts").as_uri() if db else None
+        try:
+            return str(self._client.create_experiment(name, artifact_location=location))
+        except Exception:  # noqa: BLE001  (created meanwhile by another job: use it)
+            again = self._client.get_experiment_by_name(name)
+            if again is None:
+                raise
+            return str(again.experiment_id)
+
+    def _job(self, job_name: str, read: Callable[[], Optional[str]], write: Callable[[str], Any]) -> str:
+        """The job's run: the one ``tracking.json`` names for this URI if it still exists, else a new one."""
+        state = _parse(read())
+        known = state.setdefault("mlflow", {}).get(self.uri)
+        if isinstance(known, dict) and isinstance(known.get("run_id"), str):
+            try:
+                run = self._client.get_run(known["run_id"])
+                if run.info.lifecycle_stage != "deleted":
+                    if run.info.status in _TERMINAL:
+                        self._client.update_run(run.info.run_id, status="RUNNING")
+                    return str(run.info.run_id)
+            except Exception as e:  # noqa: BLE001  (gone from this store: start a new run)
+                log.info("mlflow: the job's run %s is not in %s (%s); starting a new one", known["run_id"], self.uri, e)
+        run = self._client.create_run(self._experiment_id, run_name=job_name,
+                                      tags={"job_dir": self._job_dir, "rnn.role": "job"})
+        state["mlflow"][self.uri] = {"experiment_id": self._experiment_id, "run_id": run.info.run_id}
+        write(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        return str(run.info.run_id)
+
+    def _children(self) -> dict[str, _Run]:
+        runs: dict[str, _Run] = {}
+        token = None
+        while True:
+            page = self._client.search_runs([self._experiment_id],
+                                            filter_string=f"tags.mlflow.parentRunId = '{self._job_run}'",
+                                            max_results=1000, page_token=token)
+            for run in page:
+                tid = run.data.tags.get("trial_id")
+                if tid and tid not in runs:
+                    runs[tid] = _Run(run.info.run_id, run.info.status)
+            token = page.token
+            if not token:
+                return runs
+
+    def _run(self, view: TrialView) -> _Run:
+        run = self._runs.get(view.trial_id)
+        if run is not None:
+            return run
+        from mlflow.entities import Param
+
+        tags = {**view.tags, "mlflow.parentRunId": self._job_run, "trial_id": view.trial_id, "job_dir": self._job_dir}
+        info = self._client.create_run(self._experiment_id, run_name=view.trial_id, tags=tags).info
+        params = [Param(k, _text(v)) for k, v in view.params.items()]
+        for i in range(0, len(params), _PARAMS_PER_BATCH):
+            self._client.log_batch(info.run_id, params=params[i:i + _PARAMS_PER_BATCH])
+        run = self._runs[view.trial_id] = _Run(info.run_id, info.status, steps={})
+        return run
+
+    def _steps(self, run: _Run) -> dict[str, int]:
+        if run.steps is None:  # a run an earlier driver made: what it has, per key
+            run.steps = {}
+            for key in (*EVAL_METRICS, *FINAL_METRICS):
+                history = self._client.get_metric_history(run.run_id, key)
+                if history:
+                    run.steps[key] = max(m.step for m in history)
+        return run.steps
+
+    def _log_checkpoint(self, run: _Run, read: Callable[[], Optional[bytes]]) -> None:
+        data = read()
+        if data is None:
+            return
+        if len(data) > self._max_bytes:
+            self._client.set_tag(run.run_id, "checkpoint_artifact",
+                                 f"not logged: {len(data) / 1e6:.1f} MB is over the "
+                                 f"{self._max_bytes / 1e6:g} MB cap (tracking.mlflow_artifact_max_mb)")
+            return
+        with tempfile.TemporaryDirectory(prefix="rnn-mlflow-") as tmp:
+            path = Path(tmp, "best.pt")
+            path.write_bytes(data)
+            self._client.log_artifact(run.run_id, str(path), "checkpoint")
+
+
+def _canonical(uri: str) -> str:
+    """A relative ``sqlite:///`` path made absolute, so the URI names one database wherever the
+    driver runs from (the job folder keys its run by it)."""
+    path = sqlite_path(uri)
+    if path is None or os.path.isabs(path):
+        return uri
+    return "sqlite:///" + os.path.abspath(path)
+
+
+def _parse(text: Optional[str]) -> dict[str, Any]:
+    try:
+        state = json.loads(text) if text else {}
+    except ValueError:
+        log.warning("mlflow: tracking.json in the job folder is not JSON; its runs are made again")
+        state = {}
+    return state if isinstance(state, dict) else {}
+
+
+def _text(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    return text if len(text) <= _MAX_VALUE else text[:_MAX_VALUE - 3] + "..."
