@@ -351,6 +351,60 @@ def _add_repair(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_repair)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a job folder's trials to TensorBoard and/or MLflow."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from orchestrator.results import ResultsError, is_job_folder
+    from orchestrator.spec.tracking import TrackingSpec
+    from orchestrator.track.export import export_job
+
+    if args.tensorboard is None and args.mlflow is None:
+        return _fail(args.dir, "say where to export: --tensorboard [LOGDIR] and/or --mlflow URI")
+    if not Path(args.dir).is_dir() or not is_job_folder(args.dir):
+        return _fail(args.dir, "not a job folder (no trials.parquet or parts/)")
+    try:
+        tracking = TrackingSpec(tensorboard=args.tensorboard is not None, mlflow=args.mlflow,
+                                mlflow_experiment=args.experiment, mlflow_artifact_max_mb=args.artifact_max_mb)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = {"tensorboard": "--tensorboard", "mlflow": "--mlflow", "mlflow_experiment": "--experiment",
+                "mlflow_artifact_max_mb": "--artifact-max-mb"}.get(str(err["loc"][0]) if err["loc"] else "", "export")
+        return _fail(flag, err["msg"])
+    try:
+        done = export_job(args.dir, tracking, args.tensorboard or None)
+    except ResultsError as e:
+        return results_failure(args.dir, e)
+    where = []
+    if args.tensorboard is not None:
+        where.append(f"TensorBoard ({args.tensorboard or Path(args.dir, 'tensorboard')})")
+    if args.mlflow is not None:
+        where.append(f"MLflow ({args.mlflow})")
+    if done.failed:
+        print_error(f"{args.dir}: could not write to {', '.join(done.failed)} (see the warning above)")
+        return ExitCode.FAILED
+    print(f"{args.dir}: {done.trials} trials written to {' and '.join(where)}")
+    return ExitCode.OK
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = _job_dir_command(sub, "export", "write a job folder's results to TensorBoard and/or MLflow",
+                         "Write every trial of a job folder (its config, each evaluation's metrics against the step, "
+                         "its final metrics and status; for MLflow also its best checkpoint and the report) to "
+                         "TensorBoard event files and/or an MLflow tracking store, as a run with `tracking:` does. "
+                         "What a tracker already holds is not written again: an export can be repeated.")
+    p.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="LOGDIR",
+                   help="write event files, one folder per trial, under LOGDIR (default: DIR/tensorboard)")
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="an MLflow tracking URI: http://host:port or sqlite:///path/mlflow.db")
+    p.add_argument("--experiment", default=None, metavar="NAME", help="the MLflow experiment (default: the job's name)")
+    p.add_argument("--artifact-max-mb", type=float, default=100.0, metavar="MB",
+                   help="log a trial's best checkpoint as an MLflow artifact up to this size (0: never; default 100)")
+    p.set_defaults(func=cmd_export)
+
+
 def _job_dir_command(
     sub: argparse._SubParsersAction, name: str, help: str, description: str
 ) -> argparse.ArgumentParser:
@@ -403,9 +457,10 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
 #: Every subcommand's parser builder, in the order ``--help`` lists them.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run, _add_validate, _add_plan, _add_report, _add_best, _add_devices, _add_sample, _add_clean, _add_repair,
+    _add_export,
 ]
 #: Commands whose progress lines are their output: they log at INFO by default.
-_CHATTY = {"run", "report", "clean"}
+_CHATTY = {"run", "report", "clean", "export"}
 
 
 def build_parser() -> argparse.ArgumentParser:

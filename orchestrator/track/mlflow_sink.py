@@ -57,6 +57,10 @@ class MlflowSink:
             os.environ.setdefault(key, value)
         from mlflow import MlflowClient
 
+        # MLflow logs its own INFO lines ("View run ... at", database set-up) through a handler of its
+        # own, and urllib3 one line per retry: the driver's log says once what went wrong (Tracker).
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.uri = _canonical(uri)
         self._client = MlflowClient(tracking_uri=self.uri)
         self._job_dir = job_dir

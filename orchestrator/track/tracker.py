@@ -53,6 +53,7 @@ class Tracker:
 
     def __init__(self, open_sinks: Iterable[Callable[[], Sink]]) -> None:
         self._sinks: list[Sink] = []
+        self.failed: list[str] = []  # the sinks that could not open or were turned off (read after close)
         self._queue: queue.Queue[Optional[Callable[[Sink], None]]] = queue.Queue()
         self._pending: dict[str, dict[int, EvalRecord]] = {}  # evaluations not yet safe to write
         self._views: dict[str, TrialView] = {}
@@ -112,14 +113,14 @@ class Tracker:
     def finish(self, report_files: list[Path]) -> None:
         self._submit(lambda sink: sink.finish(report_files))
 
-    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+    def close(self, timeout: Optional[float] = CLOSE_TIMEOUT_S) -> bool:
         """Write what is queued (waiting up to ``timeout`` seconds), then close the sinks; False
         when the wait ran out (what was left is in the job folder for the next run or ``export``)."""
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("tracking: the trackers did not finish writing in %.0f s; left unwritten (the job folder "
-                        "has it all: rerun, or `python -m orchestrator export DIR`, writes the rest)", timeout)
+                        "has it all: rerun, or `python -m orchestrator export DIR`, writes the rest)", timeout or 0)
             return False
         return True
 
@@ -142,8 +143,10 @@ class Tracker:
             try:
                 self._sinks.append(opener())
             except Exception as e:  # noqa: BLE001  (never fatal: the job folder is the truth)
-                log.warning("tracking: could not open %s (%s: %s); the sweep goes on without it",
-                            getattr(opener, "sink_name", "a tracker"), type(e).__name__, _first_line(e))
+                name = getattr(opener, "sink_name", "a tracker")
+                self.failed.append(name)
+                log.warning("tracking: could not open %s (%s: %s); going on without it",
+                            name, type(e).__name__, _first_line(e))
         while True:
             write = self._queue.get()
             if write is None:
@@ -161,6 +164,7 @@ class Tracker:
 
     def _drop(self, sink: Sink, error: BaseException) -> None:
         self._sinks.remove(sink)
+        self.failed.append(sink.name)
         log.warning("tracking: %s failed (%s: %s); it is off for the rest of this run. The job folder has "
                     "every result: the next run, or `python -m orchestrator export DIR`, writes what it lacks",
                     sink.name, type(error).__name__, _first_line(error))
@@ -190,4 +194,5 @@ def _varying(configs: list[dict[str, Any]]) -> list[str]:
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0][:300] if text else "no message"
+    line = text.splitlines()[0] if text else "no message"
+    return line if len(line) <= 200 else line[:197] + "..."
