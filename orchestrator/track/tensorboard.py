@@ -51,7 +51,6 @@ class TensorBoardSink:
         self._api, self._meta, self._plugin_data = api_pb2, metadata, plugin_data_pb2
         self.root = Path(root)
         self._trials: dict[str, _Trial] = {}
-        self._opened = 0
 
     # --- what a tracker calls -------------------------------------------------------------
 
@@ -137,9 +136,11 @@ class TensorBoardSink:
 
             folder = self.root / trial_id
             folder.mkdir(parents=True, exist_ok=True)
-            self._opened += 1
-            name = f"{_FILE_PREFIX}{int(time.time())}.{socket.gethostname()}.{os.getpid()}.{self._opened}"
-            trial.file = open(folder / name, "wb")  # noqa: SIM115  (closed by _close)
+            # TensorBoard reads a run's files in name order: the time, then how many came before
+            # (so two files of one second sort as written); "x" never replaces a file.
+            earlier = sum(1 for name in os.listdir(folder) if _FILE_PREFIX in name)
+            name = f"{_FILE_PREFIX}{int(time.time()):010d}.{earlier:06d}.{socket.gethostname()}.{os.getpid()}"
+            trial.file = open(folder / name, "xb")  # noqa: SIM115  (closed by _close)
             trial.writer = RecordWriter(trial.file)
             trial.writer.write(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
         for event in events:

@@ -1,0 +1,304 @@
+"""``tracking:``: TensorBoard event files and MLflow runs written by the driver, and ``export``.
+
+Everything is read back with the trackers' own readers (TensorBoard's ``EventAccumulator``,
+MLflow's ``MlflowClient``) and compared with the job folder's ``evals.parquet``. The real MLflow
+server (started, killed mid-sweep) is in ``test_tracking_server.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, TINY_SPEC
+from orchestrator.cli import main
+from orchestrator.errors import SpecError
+from orchestrator.results import ResultsStore
+from orchestrator.run import LocalBackend, run_job
+from orchestrator.run.events import Checkpointed, Evaluated
+from orchestrator.spec import build_job
+from orchestrator.track import Tracker
+from orchestrator.track.tensorboard import TensorBoardSink
+from orchestrator.track.views import Point, TrialEnd, TrialView
+from rnn.events import EvalRecord
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
+OLD_JOB = REPO / "tests" / "data" / "job_001d89b" / "old-train"
+
+
+def _spec(tmp_path: Path, name: str = "tracked", **tracking: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(name=name, output=str(tmp_path / "results"))
+    if tracking:
+        spec["tracking"] = tracking
+    return spec
+
+
+def _scalars(folder: Path, tag: str = "val_loss") -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def _hparams(folder: Path) -> dict[str, Any]:
+    """The HParams summaries of a run folder: {"start": hparams, "ends": [status, ...]}."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out: dict[str, Any] = {"start": None, "starts": 0, "ends": []}
+    for file in sorted(folder.iterdir()):
+        for event in EventFileLoader(str(file)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                if data.HasField("session_start_info"):
+                    out["starts"] += 1
+                    out["start"] = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+                                    for k, v in data.session_start_info.hparams.items()}
+                elif data.HasField("session_end_info"):
+                    out["ends"].append(data.session_end_info.status)
+    return out
+
+
+def _evals(job: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in ResultsStore(str(job)).read_evals().to_pylist():  # the tables and any trial parts
+        out.setdefault(r["trial_id"], []).append((r["step"], r["val_loss"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _close(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
+    if [s for s, _ in a] != [s for s, _ in b]:
+        return False
+    return all(abs(x - y) < 1e-5 for (_, x), (_, y) in zip(a, b, strict=True))
+
+
+def _mlflow_runs(uri: str, experiment: str) -> tuple[Any, dict[str, Any], Any]:
+    """(client, trial runs by trial id, the job's run) of ``experiment``; fails on a trial with two runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    trials: dict[str, Any] = {}
+    jobs = []
+    for run in runs:
+        tid = run.data.tags.get("trial_id")
+        if tid is None:
+            jobs.append(run)
+            continue
+        assert tid not in trials, f"trial {tid} has two MLflow runs"
+        trials[tid] = run
+    assert len(jobs) == 1, [r.info.run_name for r in jobs]
+    return client, trials, jobs[0]
+
+
+def _history(client: Any, run: Any, key: str = "val_loss") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+
+# --- the spec -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.org/path", "sqlite:///mlflow.db",
+                                 "postgresql+psycopg2://u:p@db/mlflow"])
+def test_tracking_accepts_mlflow_uris_of_a_server_or_a_database(tmp_path: Path, uri: str) -> None:
+    job = build_job(_spec(tmp_path, mlflow=uri))
+    assert job.spec.tracking is not None and job.spec.tracking.mlflow == uri
+
+
+@pytest.mark.parametrize(("uri", "says"), [
+    ("file:///tmp/mlruns", "MLflow 3 refuses a plain folder"),
+    ("mlruns", "should be an MLflow tracking URI"),
+    ("sqlite://", "sqlite:///relative/path.db"),
+    ("sqlite:////no/such/folder/mlflow.db", "/no/such/folder, does not exist"),
+    ("ftp://host/x", "should be a URI of one of"),
+    ("http://", "should be http://host[:port][/path]"),
+])
+def test_tracking_refuses_a_malformed_mlflow_uri_naming_the_field(tmp_path: Path, uri: str, says: str) -> None:
+    with pytest.raises(SpecError) as e:
+        build_job(_spec(tmp_path, mlflow=uri), source="t.yaml")
+    lines = e.value.lines("t.yaml")
+    assert len(lines) == 1 and lines[0].startswith("t.yaml: tracking.mlflow: ") and says in lines[0], lines
+
+
+def test_a_tracker_that_is_not_installed_is_refused_with_the_line_that_installs_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.spec.tracking._missing", lambda module: module == "tensorboard")
+    with pytest.raises(SpecError) as e:
+        build_job(_spec(tmp_path, tensorboard=True), source="t.yaml")
+    assert e.value.lines("t.yaml") == [
+        "t.yaml: tracking.tensorboard: needs the tensorboard package: pip install 'rnn-orchestrator[tracking]' "
+        "(or: pip install tensorboard mlflow) (got true)"]
+
+
+def test_tracking_is_not_part_of_a_trial_and_cannot_be_swept(tmp_path: Path) -> None:
+    plain = build_job(_spec(tmp_path))
+    tracked = build_job(_spec(tmp_path, tensorboard=True, mlflow="sqlite:///x.db"))
+    assert [t.trial_id for t in plain.trials] == [t.trial_id for t in tracked.trials]
+    spec = _spec(tmp_path)
+    spec["sweep"]["grid"]["tracking.tensorboard"] = [True, False]
+    with pytest.raises(SpecError, match="tracking apply to the whole job"):
+        build_job(spec)
+
+
+# --- TensorBoard, and when a point is safe to write -----------------------------------------------
+
+
+def test_tensorboard_writes_each_step_once_when_a_trial_is_reopened(tmp_path: Path) -> None:
+    view = TrialView("t1", {"model.cell": "lstm", "train.lr": 0.01, "model.tie_weights": False}, {})
+    first = TensorBoardSink(str(tmp_path))
+    first.log(view, [Point(10, {"val_loss": 3.0}, 1000.0), Point(20, {"val_loss": 2.5}, 1001.0)])
+    first.end(view, None)  # paused at a rung: the file is closed, the trial not ended
+    again = TensorBoardSink(str(tmp_path))  # a resumed driver: it knows the folder only from its files
+    again.log(view, [Point(10, {"val_loss": 9.0}, 0.0), Point(20, {"val_loss": 9.0}, 0.0),
+                     Point(30, {"val_loss": 2.0}, 1002.0)])
+    again.end(view, TrialEnd("completed", 30, {"best_val_loss": 2.0}))
+    again.end(view, TrialEnd("completed", 30, {"best_val_loss": 2.0}))  # told twice: written once
+    again.close()
+    assert _scalars(tmp_path / "t1") == [(10, 3.0), (20, 2.5), (30, 2.0)]
+    assert _scalars(tmp_path / "t1", "best_val_loss") == [(30, 2.0)]
+    hp = _hparams(tmp_path / "t1")
+    assert hp["starts"] == 1 and hp["start"] == {"model.cell": "lstm", "train.lr": 0.01, "model.tie_weights": False}
+    assert hp["ends"] == [1]  # one session end: STATUS_SUCCESS
+    assert len(list((tmp_path / "t1").iterdir())) == 2  # the second sink's own file beside the first
+
+
+def _record(step: int, val: float) -> EvalRecord:
+    return EvalRecord(step=step, epoch=0.1, train_loss=val + 0.1, val_loss=val, val_bpc=val * 1.44,
+                      val_perplexity=2.0, val_accuracy=0.3, lr=1e-3, grad_norm=1.0, samples_per_s=100.0,
+                      tokens_per_s=1600.0, elapsed_s=1.0)
+
+
+def test_an_evaluation_is_written_once_a_checkpoint_covers_it_so_a_retry_replaces_it(tmp_path: Path) -> None:
+    trial = build_job(_spec(tmp_path)).trials[0]
+    tracker = Tracker([lambda: TensorBoardSink(str(tmp_path / "tb"))])
+    tracker.on_event(trial, Evaluated(_record(10, 3.0)))
+    tracker.on_event(trial, Checkpointed(10, b""))  # step 10 can no longer be redone
+    tracker.on_event(trial, Evaluated(_record(20, 2.9)))  # no better: no checkpoint; then the worker is lost
+    tracker.on_event(trial, Evaluated(_record(20, 2.8)))  # the retry, from step 10, evaluates step 20 again
+    tracker.on_event(trial, Checkpointed(20, b""))
+    tracker.on_event(trial, Evaluated(_record(30, 2.85)))  # not covered by a checkpoint yet
+    assert tracker.close()
+    assert _scalars(tmp_path / "tb" / trial.trial_id) == [(10, 3.0), (20, pytest.approx(2.8))]
+    assert _hparams(tmp_path / "tb" / trial.trial_id)["start"]["model.cell"] == "lstm"
+
+
+def test_a_tracker_that_fails_warns_once_and_the_others_go_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trial = build_job(_spec(tmp_path)).trials[0]
+    (tmp_path / "blocked").write_text("a file where the folder would go")
+    tracker = Tracker([lambda: TensorBoardSink(str(tmp_path / "blocked")),
+                       lambda: TensorBoardSink(str(tmp_path / "fine"))])
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        for step in (10, 20, 30):
+            tracker.on_event(trial, Evaluated(_record(step, 3.0 - step / 100)))
+            tracker.on_event(trial, Checkpointed(step, b""))
+        assert tracker.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("tracking: tensorboard failed"), warnings
+    assert tracker.failed == ["tensorboard"]
+    assert [s for s, _ in _scalars(tmp_path / "fine" / trial.trial_id)] == [10, 20, 30]
+
+
+# --- a tracked sweep, end to end on the real trainer and the job folder ---------------------------
+
+
+@pytest.mark.slow
+def test_a_tracked_sweep_writes_tensorboard_and_mlflow_as_evals_parquet_and_a_rerun_adds_nothing(
+        tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = build_job(_spec(tmp_path, tensorboard=True, mlflow=uri))
+    assert run_job(job, backend=LocalBackend()).exit_code == 0
+    folder = tmp_path / "results" / "tracked"
+    want = _evals(folder)
+    assert len(want) == 4
+    files = {}
+    for tid, series in want.items():
+        assert _close(_scalars(folder / "tensorboard" / tid), series), tid
+        hp = _hparams(folder / "tensorboard" / tid)
+        assert hp["starts"] == 1 and hp["ends"] == [1] and hp["start"]["data.seq_len"] == 16
+        files[tid] = sorted(p.name for p in (folder / "tensorboard" / tid).iterdir())
+    client, trials, job_run = _mlflow_runs(uri, "tracked")
+    assert set(trials) == set(want)
+    for tid, run in trials.items():
+        assert run.info.run_name == tid and run.info.status == "FINISHED"
+        assert run.data.tags["status"] == "completed" and run.data.tags["mlflow.parentRunId"] == job_run.info.run_id
+        assert {"model.cell", "train.seed"} <= set(run.data.tags)  # the swept values
+        assert run.data.params["model.hidden_size"] == "32" and run.data.params["train.lr"] == "0.002"
+        assert _close(_history(client, run), want[tid])
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
+    assert {a.path for a in client.list_artifacts(job_run.info.run_id, "report")} == {
+        "report/report.md", "report/report.html"}
+
+    assert run_job(job, backend=LocalBackend()).exit_code == 0  # all finished: the trackers get nothing new
+    client, again, _ = _mlflow_runs(uri, "tracked")
+    assert {t: r.info.run_id for t, r in again.items()} == {t: r.info.run_id for t, r in trials.items()}
+    for tid, run in again.items():
+        assert _close(_history(client, run), want[tid])
+        assert sorted(p.name for p in (folder / "tensorboard" / tid).iterdir()) == files[tid]
+
+
+@pytest.mark.slow
+def test_a_tensorboard_folder_that_cannot_be_written_warns_once_and_the_sweep_succeeds(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "results" / "blocked"
+    folder.mkdir(parents=True)
+    (folder / "tensorboard").write_text("not a folder")
+    job = build_job(_spec(tmp_path, "blocked", tensorboard=True))
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        assert run_job(job, backend=LocalBackend()).exit_code == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "tracking" in r.getMessage()]
+    assert len(warnings) == 1 and "tensorboard failed" in warnings[0], warnings
+    assert len(_evals(folder)) == 4
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_export_writes_an_old_job_folder_once_however_often_it_runs(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "old-train"
+    shutil.copytree(OLD_JOB, folder)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for _ in range(2):
+        assert main(["export", str(folder), "--tensorboard", "--mlflow", uri, "--experiment", "old"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{folder}: 3 trials written to TensorBoard ({folder / 'tensorboard'}) and MLflow ({uri})")
+    want = _evals(folder)  # the old folder's two compacted trials and one left as a part
+    assert len(want) == 3
+    client, trials, _ = _mlflow_runs(uri, "old")
+    assert set(trials) == set(want)
+    for tid, series in want.items():
+        assert _close(_scalars(folder / "tensorboard" / tid), series)
+        assert _close(_history(client, trials[tid]), series)
+        assert trials[tid].data.tags["model.cell"] in ("lstm", "gru")  # the swept value, found from the table
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--mlflow", "file:///x"], "--mlflow: should be an MLflow tracking URI"),
+    ([], "say where to export: --tensorboard [LOGDIR] and/or --mlflow URI"),
+])
+def test_export_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                             says: str) -> None:
+    folder = tmp_path / "old-train"
+    shutil.copytree(OLD_JOB, folder)
+    assert main(["export", str(folder), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not (folder / "tensorboard").exists() and not (folder / "tracking.json").exists()
+
+
+def test_export_of_a_folder_that_is_not_a_job_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(tmp_path), "--tensorboard"]) == 2
+    assert "not a job folder" in capsys.readouterr().err
