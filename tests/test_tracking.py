@@ -18,7 +18,6 @@ import pytest
 from conftest import REPO, TINY_SPEC
 from orchestrator.cli import main
 from orchestrator.errors import SpecError
-from orchestrator.results import ResultsStore
 from orchestrator.run import LocalBackend, run_job
 from orchestrator.run.events import Checkpointed, Evaluated
 from orchestrator.spec import build_job
@@ -26,6 +25,7 @@ from orchestrator.track import Tracker
 from orchestrator.track.tensorboard import TensorBoardSink
 from orchestrator.track.views import Point, TrialEnd, TrialView
 from rnn.events import EvalRecord
+from trackers import evals_by_trial, metric_history, mlflow_runs, same_series, tb_hparams, tb_scalars
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -38,73 +38,6 @@ def _spec(tmp_path: Path, name: str = "tracked", **tracking: Any) -> dict[str, A
     if tracking:
         spec["tracking"] = tracking
     return spec
-
-
-def _scalars(folder: Path, tag: str = "val_loss") -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
-
-
-def _hparams(folder: Path) -> dict[str, Any]:
-    """The HParams summaries of a run folder: {"start": hparams, "ends": [status, ...]}."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    out: dict[str, Any] = {"start": None, "starts": 0, "ends": []}
-    for file in sorted(folder.iterdir()):
-        for event in EventFileLoader(str(file)).Load():
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name != "hparams":
-                    continue
-                data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                if data.HasField("session_start_info"):
-                    out["starts"] += 1
-                    out["start"] = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
-                                    for k, v in data.session_start_info.hparams.items()}
-                elif data.HasField("session_end_info"):
-                    out["ends"].append(data.session_end_info.status)
-    return out
-
-
-def _evals(job: Path) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {}
-    for r in ResultsStore(str(job)).read_evals().to_pylist():  # the tables and any trial parts
-        out.setdefault(r["trial_id"], []).append((r["step"], r["val_loss"]))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def _close(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
-    if [s for s, _ in a] != [s for s, _ in b]:
-        return False
-    return all(abs(x - y) < 1e-5 for (_, x), (_, y) in zip(a, b, strict=True))
-
-
-def _mlflow_runs(uri: str, experiment: str) -> tuple[Any, dict[str, Any], Any]:
-    """(client, trial runs by trial id, the job's run) of ``experiment``; fails on a trial with two runs."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    trials: dict[str, Any] = {}
-    jobs = []
-    for run in runs:
-        tid = run.data.tags.get("trial_id")
-        if tid is None:
-            jobs.append(run)
-            continue
-        assert tid not in trials, f"trial {tid} has two MLflow runs"
-        trials[tid] = run
-    assert len(jobs) == 1, [r.info.run_name for r in jobs]
-    return client, trials, jobs[0]
-
-
-def _history(client: Any, run: Any, key: str = "val_loss") -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
 # --- the spec -------------------------------------------------------------------------------------
@@ -166,9 +99,9 @@ def test_tensorboard_writes_each_step_once_when_a_trial_is_reopened(tmp_path: Pa
     again.end(view, TrialEnd("completed", 30, {"best_val_loss": 2.0}))
     again.end(view, TrialEnd("completed", 30, {"best_val_loss": 2.0}))  # told twice: written once
     again.close()
-    assert _scalars(tmp_path / "t1") == [(10, 3.0), (20, 2.5), (30, 2.0)]
-    assert _scalars(tmp_path / "t1", "best_val_loss") == [(30, 2.0)]
-    hp = _hparams(tmp_path / "t1")
+    assert tb_scalars(tmp_path / "t1") == [(10, 3.0), (20, 2.5), (30, 2.0)]
+    assert tb_scalars(tmp_path / "t1", "best_val_loss") == [(30, 2.0)]
+    hp = tb_hparams(tmp_path / "t1")
     assert hp["starts"] == 1 and hp["start"] == {"model.cell": "lstm", "train.lr": 0.01, "model.tie_weights": False}
     assert hp["ends"] == [1]  # one session end: STATUS_SUCCESS
     assert len(list((tmp_path / "t1").iterdir())) == 2  # the second sink's own file beside the first
@@ -190,8 +123,8 @@ def test_an_evaluation_is_written_once_a_checkpoint_covers_it_so_a_retry_replace
     tracker.on_event(trial, Checkpointed(20, b""))
     tracker.on_event(trial, Evaluated(_record(30, 2.85)))  # not covered by a checkpoint yet
     assert tracker.close()
-    assert _scalars(tmp_path / "tb" / trial.trial_id) == [(10, 3.0), (20, pytest.approx(2.8))]
-    assert _hparams(tmp_path / "tb" / trial.trial_id)["start"]["model.cell"] == "lstm"
+    assert tb_scalars(tmp_path / "tb" / trial.trial_id) == [(10, 3.0), (20, pytest.approx(2.8))]
+    assert tb_hparams(tmp_path / "tb" / trial.trial_id)["start"]["model.cell"] == "lstm"
 
 
 def test_a_tracker_that_fails_warns_once_and_the_others_go_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -207,7 +140,7 @@ def test_a_tracker_that_fails_warns_once_and_the_others_go_on(tmp_path: Path, ca
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("tracking: tensorboard failed"), warnings
     assert tracker.failed == ["tensorboard"]
-    assert [s for s, _ in _scalars(tmp_path / "fine" / trial.trial_id)] == [10, 20, 30]
+    assert [s for s, _ in tb_scalars(tmp_path / "fine" / trial.trial_id)] == [10, 20, 30]
 
 
 # --- a tracked sweep, end to end on the real trainer and the job folder ---------------------------
@@ -220,31 +153,31 @@ def test_a_tracked_sweep_writes_tensorboard_and_mlflow_as_evals_parquet_and_a_re
     job = build_job(_spec(tmp_path, tensorboard=True, mlflow=uri))
     assert run_job(job, backend=LocalBackend()).exit_code == 0
     folder = tmp_path / "results" / "tracked"
-    want = _evals(folder)
+    want = evals_by_trial(folder)
     assert len(want) == 4
     files = {}
     for tid, series in want.items():
-        assert _close(_scalars(folder / "tensorboard" / tid), series), tid
-        hp = _hparams(folder / "tensorboard" / tid)
+        assert same_series(tb_scalars(folder / "tensorboard" / tid), series), tid
+        hp = tb_hparams(folder / "tensorboard" / tid)
         assert hp["starts"] == 1 and hp["ends"] == [1] and hp["start"]["data.seq_len"] == 16
         files[tid] = sorted(p.name for p in (folder / "tensorboard" / tid).iterdir())
-    client, trials, job_run = _mlflow_runs(uri, "tracked")
+    client, trials, job_run = mlflow_runs(uri, "tracked")
     assert set(trials) == set(want)
     for tid, run in trials.items():
         assert run.info.run_name == tid and run.info.status == "FINISHED"
         assert run.data.tags["status"] == "completed" and run.data.tags["mlflow.parentRunId"] == job_run.info.run_id
         assert {"model.cell", "train.seed"} <= set(run.data.tags)  # the swept values
         assert run.data.params["model.hidden_size"] == "32" and run.data.params["train.lr"] == "0.002"
-        assert _close(_history(client, run), want[tid])
+        assert same_series(metric_history(client, run), want[tid])
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
     assert {a.path for a in client.list_artifacts(job_run.info.run_id, "report")} == {
         "report/report.md", "report/report.html"}
 
     assert run_job(job, backend=LocalBackend()).exit_code == 0  # all finished: the trackers get nothing new
-    client, again, _ = _mlflow_runs(uri, "tracked")
+    client, again, _ = mlflow_runs(uri, "tracked")
     assert {t: r.info.run_id for t, r in again.items()} == {t: r.info.run_id for t, r in trials.items()}
     for tid, run in again.items():
-        assert _close(_history(client, run), want[tid])
+        assert same_series(metric_history(client, run), want[tid])
         assert sorted(p.name for p in (folder / "tensorboard" / tid).iterdir()) == files[tid]
 
 
@@ -259,7 +192,7 @@ def test_a_tensorboard_folder_that_cannot_be_written_warns_once_and_the_sweep_su
         assert run_job(job, backend=LocalBackend()).exit_code == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "tracking" in r.getMessage()]
     assert len(warnings) == 1 and "tensorboard failed" in warnings[0], warnings
-    assert len(_evals(folder)) == 4
+    assert len(evals_by_trial(folder)) == 4
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -275,13 +208,13 @@ def test_export_writes_an_old_job_folder_once_however_often_it_runs(tmp_path: Pa
         assert main(["export", str(folder), "--tensorboard", "--mlflow", uri, "--experiment", "old"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"{folder}: 3 trials written to TensorBoard ({folder / 'tensorboard'}) and MLflow ({uri})")
-    want = _evals(folder)  # the old folder's two compacted trials and one left as a part
+    want = evals_by_trial(folder)  # the old folder's two compacted trials and one left as a part
     assert len(want) == 3
-    client, trials, _ = _mlflow_runs(uri, "old")
+    client, trials, _ = mlflow_runs(uri, "old")
     assert set(trials) == set(want)
     for tid, series in want.items():
-        assert _close(_scalars(folder / "tensorboard" / tid), series)
-        assert _close(_history(client, trials[tid]), series)
+        assert same_series(tb_scalars(folder / "tensorboard" / tid), series)
+        assert same_series(metric_history(client, trials[tid]), series)
         assert trials[tid].data.tags["model.cell"] in ("lstm", "gru")  # the swept value, found from the table
 
 

@@ -101,11 +101,15 @@ class Recorder:
             # a paused trial resumes from its rung (last.pt); anything else from its best checkpoint
             saved = (self.store.read_checkpoint_bytes(trial_id, RESUME_CHECKPOINT) if ledger.has_resume_point
                      else self.store.read_checkpoint_bytes(trial_id))
-            step = _checkpoint_step(saved) if saved is not None else None
-            if saved is not None and step is None:
+            point = _checkpoint_point(saved) if saved is not None else None
+            if saved is not None and point is None:
                 log.warning("[%s] its saved checkpoint is unreadable; starting it over", attempt.tag)
-            elif saved is not None:
-                ledger.resume, ledger.resume_step = saved, step
+            elif saved is not None and point is not None:
+                ledger.resume, (ledger.resume_step, before) = saved, point
+                for record in before:  # what an earlier run saw of it: its row holds them all
+                    ledger.evals.setdefault(record.step, record)
+                if self.tracker is not None:
+                    self.tracker.resumed(attempt.trial, before)
         return ledger
 
     def on_event(self, attempt: Attempt, event: Event) -> bool:
@@ -308,11 +312,13 @@ def _best_line(rows: list[Any]) -> str:
     return text + (f"; out of memory at {ooms}" if ooms else "")
 
 
-def _checkpoint_step(data: bytes) -> Optional[int]:
+def _checkpoint_point(data: bytes) -> Optional[tuple[int, list[EvalRecord]]]:
+    """A checkpoint's step and the evaluations up to it (None: unreadable)."""
     from rnn.checkpoint import load_checkpoint
     from rnn.errors import CheckpointError
 
     try:
-        return int(load_checkpoint(data)["step"])
+        ckpt = load_checkpoint(data)
+        return int(ckpt["step"]), [EvalRecord(**r) for r in ckpt.get("evals", ())]
     except (CheckpointError, KeyError, TypeError, ValueError):
         return None

@@ -27,10 +27,11 @@ from orchestrator.track.views import EVAL_METRICS, FINAL_METRICS, Point, TrialEn
 
 log = logging.getLogger(__name__)
 
-#: MLflow's client retries an unreachable server for minutes by default; a driver's tracker gives
-#: up sooner (these are defaults: a value already in the environment is kept).
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+#: MLflow's client retries an unreachable server for minutes by default, where a driver's tracker
+#: gives up sooner, and it writes two "View run" lines to stdout (the driver's progress log) per run
+#: it ends. Defaults only: a value already in the environment is kept.
+CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
 _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 _MAX_VALUE = 6000  # MLflow's longest param value
@@ -53,7 +54,7 @@ class MlflowSink:
 
     def __init__(self, uri: str, experiment: str, job_name: str, job_dir: str,
                  state: tuple[Callable[[], Optional[str]], Callable[[str], Any]], artifact_max_mb: float) -> None:
-        for key, value in HTTP_DEFAULTS.items():
+        for key, value in CLIENT_DEFAULTS.items():
             os.environ.setdefault(key, value)
         from mlflow import MlflowClient
 

@@ -75,6 +75,14 @@ class Tracker:
                 view = self._view(trial)
                 self._submit(lambda sink: sink.log(view, points))
 
+    def resumed(self, trial: Any, evals: list[EvalRecord]) -> None:
+        """A trial resumes from a checkpoint an earlier run saved: the evaluations up to it are safe,
+        and a killed driver may not have written them (they go before the trial's new ones)."""
+        if evals:
+            now, view = time.time(), self._view(trial)
+            points = [eval_point(r, now) for r in evals]
+            self._submit(lambda sink: sink.log(view, points))
+
     def committed(self, trial: Any, row: Mapping[str, Any], evals: list[EvalRecord],
                   checkpoint: Callable[[], Optional[bytes]]) -> None:
         """A trial's row was committed: its evaluations, then its end (nothing more for a pause)."""
