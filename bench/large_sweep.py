@@ -30,8 +30,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
-def spec(trials: int, corpus: Path, output: Path) -> dict[str, Any]:
-    return {
+def spec(trials: int, corpus: Path, output: Path, tracking: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    extra = {"tracking": tracking} if tracking else {}
+    return {**extra, 
         "name": "large-sweep",
         "data": {"corpus": str(corpus), "level": "char", "seq_len": 8, "val_fraction": 0.05},
         "model": {"cell": "lstm", "embedding_dim": 8, "hidden_size": 8, "num_layers": 1, "dropout": 0.0},
@@ -60,6 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    p.add_argument("--tracking", choices=("off", "tensorboard", "mlflow", "both"), default="off",
+                   help="also write the trials to TensorBoard and/or MLflow (a SQLite database beside the results)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -74,7 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         corpus = root / "corpus.txt"
         corpus.write_text("".join(pydoc_data.topics.topics.values())[:20_000], encoding="utf-8")
         spec_path = root / "large.yaml"
-        spec_path.write_text(yaml.safe_dump(spec(args.trials, corpus, root / "results")), encoding="utf-8")
+        tracking = {"tensorboard": args.tracking in ("tensorboard", "both"),
+                    "mlflow": f"sqlite:///{root / 'mlflow.db'}" if args.tracking in ("mlflow", "both") else None}
+        spec_path.write_text(yaml.safe_dump(spec(args.trials, corpus, root / "results", tracking)), encoding="utf-8")
         cluster = Cluster(initialize_head=True, connect=False,
                           head_node_args={"num_cpus": 0, "include_dashboard": False})
         try:
@@ -100,13 +105,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
         rows = pq.read_table(root / "results" / "large-sweep" / "trials.parquet",
                              columns=["status", "finished_at"]).to_pylist()
+        tracked = _tracked(root, args.tracking)
+        warnings = sum("WARNING" in line for line in log.read_text().splitlines())
     finished = [r["finished_at"].timestamp() for r in rows]
     rates = window_rates(finished, args.windows)
     statuses = sorted({r["status"] for r in rows})
     figures = {
         "trials": len(rows), "statuses": statuses, "nodes": args.nodes, "wall_s": round(wall, 1),
         "rates_per_s": [round(r, 2) for r in rates], "last_over_first": round(rates[-1] / rates[0], 3),
-        "driver_peak_rss_mb": round(peak_mb, 1),
+        "driver_peak_rss_mb": round(peak_mb, 1), "tracking": args.tracking, "tracked": tracked,
+        "driver_warnings": warnings,
     }
     print(f"large sweep: {len(rows)} trials ({', '.join(statuses)}) on {args.nodes} nodes x 1 CPU, "
           f"end to end {wall:.0f} s")
@@ -114,9 +122,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verdict = "ok" if rates[-1] >= 0.9 * rates[0] else "BELOW TARGET"
     print(f"  last window / first window: {rates[-1] / rates[0]:.2f}x (target >= 0.9: {verdict})")
     print(f"  driver peak memory (max RSS): {peak_mb:.0f} MB")
+    if args.tracking != "off":
+        print(f"  tracking {args.tracking}: " + ", ".join(f"{k} {v}" for k, v in tracked.items())
+              + f"; {warnings} warnings in the driver's log")
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
+
+
+def _tracked(root: Path, tracking: str) -> dict[str, int]:
+    """How many trials each tracker holds: TensorBoard run folders, MLflow trial runs."""
+    out: dict[str, int] = {}
+    if tracking in ("tensorboard", "both"):
+        folder = root / "results" / "large-sweep" / "tensorboard"
+        out["tensorboard_runs"] = len(list(folder.iterdir())) if folder.is_dir() else 0
+    if tracking in ("mlflow", "both"):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("large-sweep")
+        runs, token = 0, None
+        while exp is not None:
+            page = client.search_runs([exp.experiment_id], filter_string="tags.trial_id != ''",
+                                      max_results=1000, page_token=token)
+            runs += len(page)
+            token = page.token
+            if not token:
+                break
+        out["mlflow_runs"] = runs
+    return out
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from rnn.events import EvalRecord, TrialStatus
 
 log = logging.getLogger(__name__)
 
-#: How long the end of a run waits for the trackers to write what is queued.
+#: How long the end of a run waits for trackers that have stopped writing what is queued.
 CLOSE_TIMEOUT_S = 60.0
 _CONFIG_ROOTS = ("data.", "model.", "train.", "throughput.")
 
@@ -122,15 +122,26 @@ class Tracker:
         self._submit(lambda sink: sink.finish(report_files))
 
     def close(self, timeout: Optional[float] = CLOSE_TIMEOUT_S) -> bool:
-        """Write what is queued (waiting up to ``timeout`` seconds), then close the sinks; False
-        when the wait ran out (what was left is in the job folder for the next run or ``export``)."""
+        """Write what is queued, then close the sinks. The wait lasts while the trackers make
+        progress, and gives up after ``timeout`` seconds without any (None: never); False then
+        (what was left is in the job folder for the next run or ``export``)."""
         self._queue.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("tracking: the trackers did not finish writing in %.0f s; left unwritten (the job folder "
-                        "has it all: rerun, or `python -m orchestrator export DIR`, writes the rest)", timeout or 0)
-            return False
-        return True
+        left = self._queue.qsize()
+        if left > 100:
+            log.info("tracking: writing the last %d updates to the trackers", left)
+        still = 0.0
+        while True:
+            self._thread.join(5.0)
+            if not self._thread.is_alive():
+                return True
+            now_left = self._queue.qsize()
+            still = 0.0 if now_left < left else still + 5.0
+            left = now_left
+            if timeout is not None and still >= timeout:
+                log.warning("tracking: the trackers wrote nothing for %.0f s; %d updates left unwritten (the job "
+                            "folder has it all: rerun, or `python -m orchestrator export DIR`, writes the rest)",
+                            still, left)
+                return False
 
     # --- the tracker's thread -------------------------------------------------------------
 
