@@ -8,7 +8,8 @@ The time estimate is a deliberately simple heuristic, good to an order of magnit
   a GPU :data:`GPU_FLOPS` (recurrent nets use a GPU poorly: small sequential matmuls);
 - recurrence: every timestep of every layer and direction pays a fixed overhead
   (:data:`CPU_STEP_OVERHEAD_S` / :data:`GPU_STEP_OVERHEAD_S`), ten times more for the layer-norm
-  LSTM, whose cell runs step by step instead of in a fused kernel;
+  LSTM, whose cell runs step by step instead of in a fused kernel; the min cells' parallel scan
+  pays it once per layer, not per timestep;
 - evaluation: where the corpus size is known, every evaluation is a forward pass over the
   held-out split (or its first ``data.val_max_chars``) at a third of a training step's cost per
   token; where it is not, evaluation adds :data:`EVAL_OVERHEAD`; ``max_time_s`` caps a trial (with ``schedule_by: time``
@@ -34,7 +35,7 @@ from orchestrator.spec import Job, ResourcesSpec, Trial, allowed_concurrency, jo
 from orchestrator.spec.rules import estimate_parameters, vocab_estimate
 from orchestrator.spec.rungs import asha_rungs, budget_steps, promotion_caps, worst_budget_steps
 from orchestrator.spec.sweep import ChoiceDist
-from rnn.config import RunConfig, ThroughputConfig
+from rnn.config import MIN_CELLS, RunConfig, ThroughputConfig
 
 # nn.LSTM/GRU training measured 24-30 GFLOP/s on one core of the 2-core dev VM (B 32-64, H 128-512);
 # linear in cpus_per_trial, which is optimistic past a few cores.
@@ -83,7 +84,9 @@ def estimate_step_seconds(run: RunConfig, resources: ResourcesSpec, batch_size: 
     if model.layer_norm:
         per_timestep *= LAYER_NORM_OVERHEAD_FACTOR
     directions = 2 if model.bidirectional else 1
-    overhead = 3 * data.seq_len * model.num_layers * directions * per_timestep
+    # The min cells' scan runs over all timesteps at once: a handful of ops per layer, not per step.
+    timesteps = 1 if model.cell in MIN_CELLS else data.seq_len
+    overhead = 3 * timesteps * model.num_layers * directions * per_timestep
     return flops / rate + overhead
 
 

@@ -102,9 +102,10 @@ def decide(
 ) -> tuple[bool, str]:
     """Whether ``train.compile: setting`` compiles, and why.
 
-    ``recurrence`` is the layer-norm LSTM's path (``fused-cpu``, ``triton``, ``torch``) or None for
-    the ``nn.LSTM``/``nn.GRU``/``nn.RNN`` cells. ``total_steps`` (None: unbounded, as in a
-    throughput trial, whose figure stands for a long run) and ``max_time_s`` size the run.
+    ``recurrence`` is the layer-norm LSTM's path (``fused-cpu``, ``triton``, ``torch``), the min
+    cells' scan (``parallel-scan``, ``sequential-scan``), or None for the ``nn.LSTM``/``nn.GRU``/
+    ``nn.RNN`` cells. ``total_steps`` (None: unbounded, as in a throughput trial, whose figure
+    stands for a long run) and ``max_time_s`` size the run.
     """
     if setting == "off":
         return False, "train.compile is off"
@@ -112,6 +113,8 @@ def decide(
         return True, "train.compile is on"
     if setting != "auto":
         raise ValueError(f"train.compile: expected one of {', '.join(COMPILE_SETTINGS)} (got {setting!r})")
+    if recurrence in ("parallel-scan", "sequential-scan"):
+        return False, "auto: the min cells run eagerly (compiling them has not been measured)"
     if recurrence != "torch":
         what = "the fused recurrence runs eagerly inside a compiled graph" if recurrence else \
             "dynamo does not trace the oneDNN/cuDNN recurrent op"

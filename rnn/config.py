@@ -26,7 +26,9 @@ except ImportError:  # pragma: no cover - the engine without pydantic (and so wi
 
     Ge = Gt = Le = Lt = MaxLen = MinLen = _Bound  # type: ignore[assignment,misc]
 
-Cell = Literal["lstm", "gru", "rnn"]
+Cell = Literal["lstm", "gru", "rnn", "mingru", "minlstm"]
+#: ``model.dropout_mode``: a fresh mask per element (standard) or one per sequence, the same at every step (locked).
+DropoutMode = Literal["standard", "locked"]
 Level = Literal["char", "bpe", "word"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "plateau", "step", "constant"]
@@ -46,7 +48,10 @@ def compile_setting(value: Any) -> Any:
         return "on" if value else "off"
     return value
 
-CELLS: tuple[str, ...] = ("lstm", "gru", "rnn")
+CELLS: tuple[str, ...] = ("lstm", "gru", "rnn", "mingru", "minlstm")
+#: The cells of Feng et al. 2024 ("Were RNNs All We Needed?"): gates from the input only, a parallel scan over time.
+MIN_CELLS: tuple[str, ...] = ("mingru", "minlstm")
+DROPOUT_MODES: tuple[str, ...] = ("standard", "locked")
 LEVELS: tuple[str, ...] = ("char", "bpe", "word")
 
 #: Default vocabulary sizes when a spec leaves ``vocab_size`` out (ignored for char).
@@ -128,6 +133,12 @@ class ModelConfig:
     layer_norm: bool = False  # lstm only: the Ba et al. 2016 layer-norm LSTM
     bidirectional: bool = False  # ELMo-style: separate forward and backward stacks
     tie_weights: bool = False  # needs embedding_dim == hidden_size
+    # DropConnect on the hidden-to-hidden weights, one mask per forward pass, in training (lstm, gru, rnn)
+    weight_drop: Fraction = 0.0
+    # standard: a new mask per element; locked: one mask per sequence, the same at every step
+    dropout_mode: DropoutMode = "standard"
+    embedding_dropout: Fraction = 0.0  # drops whole rows (tokens) of the embedding matrix, in training
+    min_mlp: bool = False  # mingru/minlstm only: a pre-norm residual MLP (H -> 4H -> H) after each layer's cell
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ ACTIVATION_SAFETY = 1.25
 #: Floats kept for backward per token, per layer, in units of hidden_size. Measured on the CPU
 #: (torch 2.13, peak RSS of one AdamW step, E=192/H=384 and E=128/H=512): LSTM ~12H, GRU ~10H,
 #: tanh RNN ~4.2H, layer-norm LSTM ~24H (its Python-level recurrence keeps every
-#: intermediate). cuDNN keeps less, so these are upper bounds on CUDA.
-LAYER_FLOATS_PER_H = {"lstm": 12.5, "gru": 10.5, "rnn": 4.5, "lnlstm": 25.0}
+#: intermediate); minGRU and minLSTM with min_mlp ~28.5H (E=128/H=512, B 16 against 128; the
+#: MLP's 4H hidden layer is kept twice; without min_mlp they keep less). cuDNN keeps less, so
+#: these are upper bounds on CUDA.
+LAYER_FLOATS_PER_H = {"lstm": 12.5, "gru": 10.5, "rnn": 4.5, "lnlstm": 25.0, "mingru": 31.5, "minlstm": 32.0}
 
 def estimate_step_memory(
     cfg: ModelConfig, vocab_size: int, batch_size: int, seq_len: int, num_params: int
@@ -40,7 +42,7 @@ def estimate_step_memory(
     of the initial weights :func:`rnn.throughput.iter_throughput` restores between sizes. Mixed precision
     needs less; the estimate ignores that.
     """
-    kind = "lnlstm" if cfg.layer_norm else cfg.cell
+    kind = "lnlstm" if cfg.layer_norm else cfg.cell  # mingru/minlstm: their block, MLP included
     directions = 2 if cfg.bidirectional else 1
     tokens = batch_size * seq_len
     per_token = 2 * cfg.embedding_dim + directions * (

@@ -1,7 +1,10 @@
 """Recurrent language models: embedding -> dropout -> recurrent stack -> dropout -> linear head.
 
-Cells are ``lstm``, ``gru`` and ``rnn`` (tanh), as fused cuDNN/oneDNN modules, or the layer-norm
-LSTM from :mod:`rnn.lnlstm`. A bidirectional model is ELMo-style: two separate unidirectional
+Cells are ``lstm``, ``gru`` and ``rnn`` (tanh), as fused cuDNN/oneDNN modules, the layer-norm
+LSTM from :mod:`rnn.lnlstm`, or ``mingru``/``minlstm`` (Feng et al. 2024), a parallel scan in
+training and evaluation and step by step in :meth:`LanguageModel.step` (:mod:`rnn.minstack`).
+Regularisation (``weight_drop``, ``dropout_mode``, ``embedding_dropout``) is :mod:`rnn.regularize`.
+A bidirectional model is ELMo-style: two separate unidirectional
 stacks, the backward one reading the sequence reversed, sharing the embedding and the head.
 (A stacked ``nn.LSTM(bidirectional=True)`` would feed layer 1's backward states, which have
 read the future, into layer 2's forward direction.)
@@ -16,13 +19,15 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from rnn.config import CELLS, ModelConfig
+from rnn.config import CELLS, DROPOUT_MODES, MIN_CELLS, ModelConfig
 from rnn.device import autocast_dtype
 from rnn.lnlstm import LayerNormLSTM, LNLSTMPath
+from rnn.minstack import MinStack
+from rnn.regularize import embedding_dropout, fused_rnn_forward, sequence_dropout
 
 logger = logging.getLogger(__name__)
 
-#: A stack's recurrent state: ``(h, c)`` for LSTMs, ``h`` for GRU/RNN; each ``[num_layers, B, H]``.
+#: A stack's recurrent state: ``(h, c)`` for LSTMs, ``h`` for GRU/RNN and the min cells; each ``[num_layers, B, H]``.
 RecurrentState = Union[Tensor, tuple[Tensor, Tensor]]
 
 _FUSED: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -63,8 +68,24 @@ def _validate(cfg: ModelConfig, vocab_size: int) -> None:
         value = getattr(cfg, name)
         if value < 1:
             raise ValueError(f"model.{name}: must be >= 1 (got {value})")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"model.dropout: must be in [0, 1) (got {cfg.dropout})")
+    for name in ("dropout", "weight_drop", "embedding_dropout"):
+        value = getattr(cfg, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"model.{name}: must be in [0, 1) (got {value})")
+    if cfg.dropout_mode not in DROPOUT_MODES:
+        raise ValueError(
+            f"model.dropout_mode: unknown mode {cfg.dropout_mode!r}; expected one of {', '.join(DROPOUT_MODES)}"
+        )
+    if cfg.min_mlp and cfg.cell not in MIN_CELLS:
+        raise ValueError(
+            f"model.min_mlp: the MLP block is part of the min cells' layers only (got cell {cfg.cell!r}); set "
+            "min_mlp: false or cell: mingru or minlstm"
+        )
+    if cfg.weight_drop > 0.0 and cfg.cell in MIN_CELLS:
+        raise ValueError(
+            f"model.weight_drop: cell {cfg.cell!r} has no hidden-to-hidden weights to drop (its gates read the "
+            f"input only; got weight_drop={cfg.weight_drop}); set weight_drop: 0 or use lstm, gru or rnn"
+        )
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1 (got {vocab_size}); is the tokenizer empty?")
 
@@ -89,8 +110,13 @@ def _init_fused(rnn: nn.RNNBase, cell: str) -> None:
 
 def _make_stack(cfg: ModelConfig, path: Optional[LNLSTMPath]) -> nn.Module:
     """One unidirectional recurrent stack, ``batch_first``, returning ``(output, state)``."""
+    locked = cfg.dropout_mode == "locked"
+    if cfg.cell in MIN_CELLS:
+        return MinStack(cfg.cell, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, cfg.dropout, locked,
+                        mlp=cfg.min_mlp)
     if cfg.layer_norm:
-        return LayerNormLSTM(cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, _between(cfg), path=path)
+        return LayerNormLSTM(cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, _between(cfg), path=path,
+                             weight_drop=cfg.weight_drop, locked=locked)
     kwargs = {"nonlinearity": "tanh"} if cfg.cell == "rnn" else {}
     rnn = _FUSED[cfg.cell](
         cfg.embedding_dim,
@@ -126,6 +152,7 @@ class LanguageModel(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
+        self.locked = cfg.dropout_mode == "locked"
         self.forward_rnn = _make_stack(cfg, path)
         self.backward_rnn = _make_stack(cfg, path) if cfg.bidirectional else None
         self.head = nn.Linear(cfg.hidden_size, vocab_size)
@@ -142,6 +169,29 @@ class LanguageModel(nn.Module):
     def bidirectional(self) -> bool:
         return self.backward_rnn is not None
 
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """Embedding (``embedding_dropout``), then dropout: ``[B, T] -> [B, T, E]``."""
+        p = self.cfg.embedding_dropout
+        emb = embedding_dropout(self.embedding, tokens, p, self.training) if p else self.embedding(tokens)
+        return self._dropout(emb)
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        """``model.dropout`` on ``x`` ``[B, T, C]`` in ``model.dropout_mode``."""
+        return sequence_dropout(x, self.cfg.dropout, self.training, locked=True) if self.locked else self.drop(x)
+
+    def _run(self, stack: nn.Module, x: Tensor, state: Optional[RecurrentState] = None,
+             sequential: bool = False) -> tuple[Tensor, RecurrentState]:
+        """One stack over ``x`` ``[B, T, E]``: ``(out [B, T, H], state)``. ``nn.LSTM``/``nn.GRU``/``nn.RNN``
+        with weight drop or locked dropout between layers go through the fused op with their weights
+        passed in (:func:`rnn.regularize.fused_rnn_forward`); ``sequential``: a min stack's
+        step-by-step form."""
+        if isinstance(stack, MinStack):
+            return stack(x, state, "sequential" if sequential else None)
+        if isinstance(stack, nn.RNNBase) and stack.training and (self.cfg.weight_drop > 0.0 or self.locked):
+            return fused_rnn_forward(stack, x, state, weight_drop=self.cfg.weight_drop, locked=self.locked)
+        out, state = stack(x, state)
+        return out, state
+
     def forward(self, window: Tensor, backward: bool = True) -> LMOutput:
         """Logits for a window ``[B, L]`` of token ids (``L >= 2``); see :class:`LMOutput`.
 
@@ -152,17 +202,17 @@ class LanguageModel(nn.Module):
             raise ValueError(
                 f"window must be [batch, length >= 2] token ids (got {tuple(window.shape)})"
             )
-        emb = self.drop(self.embedding(window))  # [B, L, E]
+        emb = self._embed(window)  # [B, L, E]
 
-        out, _ = self.forward_rnn(emb[:, :-1])  # [B, L-1, H]; step t has read window[:, :t+1]
-        logits = self.head(self.drop(out))  # [B, L-1, V]
+        out, _ = self._run(self.forward_rnn, emb[:, :-1])  # [B, L-1, H]; step t has read window[:, :t+1]
+        logits = self.head(self._dropout(out))  # [B, L-1, V]
 
         backward_logits = None
         if self.backward_rnn is not None and backward:
             # Reversed, the backward stack reads window[:, L-1], window[:, L-2], ...; after
             # flipping back, position t has read window[:, t+1:] and predicts window[:, t].
-            rev, _ = self.backward_rnn(emb[:, 1:].flip(1))  # [B, L-1, H], reversed time
-            backward_logits = self.head(self.drop(rev.flip(1)))  # [B, L-1, V]
+            rev, _ = self._run(self.backward_rnn, emb[:, 1:].flip(1))  # [B, L-1, H], reversed time
+            backward_logits = self.head(self._dropout(rev.flip(1)))  # [B, L-1, V]
         return LMOutput(logits, backward_logits)
 
     def step(
@@ -171,16 +221,20 @@ class LanguageModel(nn.Module):
         """Run the forward direction over ``tokens`` ``[B, T]`` from ``state``, for sampling.
 
         Returns ``(logits [B, T, V], state)``, where ``logits[:, t]`` predicts the token after
-        ``tokens[:, t]`` and ``state`` continues the sequence on the next call.
+        ``tokens[:, t]`` and ``state`` continues the sequence on the next call. A min cell runs its
+        sequential form here (one step at a time), the parallel scan in :meth:`forward`.
         """
-        emb = self.drop(self.embedding(tokens))  # [B, T, E]
-        out, state = self.forward_rnn(emb, state)  # [B, T, H]
-        return self.head(self.drop(out)), state  # [B, T, V]
+        emb = self._embed(tokens)  # [B, T, E]
+        out, state = self._run(self.forward_rnn, emb, state, sequential=True)  # [B, T, H]
+        return self.head(self._dropout(out)), state  # [B, T, V]
 
     def recurrence_path(self, device: torch.device, precision: str = "fp32") -> Optional[str]:
         """Which recurrence a layer-norm model runs on ``device`` at ``precision``:
-        ``fused-cpu``, ``triton`` or ``torch`` (see :mod:`rnn.lnlstm.path`); None for the
+        ``fused-cpu``, ``triton`` or ``torch`` (see :mod:`rnn.lnlstm.path`); ``parallel-scan`` or
+        ``sequential-scan`` for ``mingru``/``minlstm`` (see :mod:`rnn.mincells`); None for the
         ``nn.LSTM``/``nn.GRU``/``nn.RNN`` cells, which run cuDNN or oneDNN."""
+        if isinstance(self.forward_rnn, MinStack):
+            return self.forward_rnn.scan_path(device)
         if not isinstance(self.forward_rnn, LayerNormLSTM):
             return None
         dtype = autocast_dtype(precision) or torch.float32
@@ -200,7 +254,8 @@ def build_model(cfg: ModelConfig, vocab_size: int, path: Optional[LNLSTMPath] = 
     Raises:
         ValueError: unknown ``cell`` (the message lists the valid ones); ``layer_norm`` with a
             cell other than ``lstm``; ``tie_weights`` with ``embedding_dim != hidden_size``;
-            non-positive sizes or dropout outside [0, 1).
+            non-positive sizes, a dropout rate outside [0, 1), an unknown ``dropout_mode``, or
+            ``weight_drop`` on a min cell (it has no recurrent weights).
     """
     model = LanguageModel(cfg, vocab_size, path)
     logger.debug(

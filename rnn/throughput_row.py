@@ -53,7 +53,8 @@ class ThroughputRow:
     torch_version: str
     error: Optional[str]
     is_best: bool = False
-    #: The layer-norm LSTM's recurrence path (``fused-cpu``, ``triton``, ``torch``); None for other cells.
+    #: The recurrence path: the layer-norm LSTM's (``fused-cpu``, ``triton``, ``torch``), ``parallel-scan`` for
+    #: mingru/minlstm; None for other cells.
     recurrence: Optional[str] = None
     #: ``train.compile``: whether this size's steps ran compiled, and the seconds the compile took
     #: (before the warm-up steps, untimed); None when the size did not run.

@@ -100,7 +100,8 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
     ("nan-lr", with_(("train.lr", float("nan"))), ["train.lr: should be a finite number"]),
     # --- closed sets
     ("bad-kind", with_(("kind", "trian")), ["kind: should be 'train' or 'throughput' (got 'trian')"]),
-    ("bad-cell", with_(("model.cell", "transformer")), ["model.cell: should be 'lstm', 'gru' or 'rnn'"]),
+    ("bad-cell", with_(("model.cell", "transformer")),
+     ["model.cell: should be 'lstm', 'gru', 'rnn', 'mingru' or 'minlstm'"]),
     ("bad-optimizer", with_(("train.optimizer", "lion")), ["train.optimizer:"]),
     ("bad-scheduler", with_(("train.scheduler", "linear")), ["train.scheduler:"]),
     ("bad-amp", with_(("train.amp", "fp8")), ["train.amp:"]),
@@ -168,7 +169,7 @@ CASES: list[tuple[str, Union[str, bytes], list[str]]] = [
     ("sweep-throughput-in-train", with_(("sweep.grid", {"throughput.warmup_steps": [1, 2]})),
      ["sweep.grid.throughput.warmup_steps: throughput settings can only be swept in a kind: throughput job"]),
     ("swept-value-invalid", with_(("sweep.grid", {"model.cell": ["lstm", "transformer"]})),
-     ["sweep.grid.model.cell[1]: should be 'lstm', 'gru' or 'rnn' (got 'transformer')"]),
+     ["sweep.grid.model.cell[1]: should be 'lstm', 'gru', 'rnn', 'mingru' or 'minlstm' (got 'transformer')"]),
     ("swept-value-breaks-cross-rule",
      with_(("model.layer_norm", True), ("sweep.grid", {"model.cell": ["lstm", "gru"]})),
      ["sweep.grid.model.cell[1]: makes model.layer_norm invalid"]),

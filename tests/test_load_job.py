@@ -78,7 +78,7 @@ def test_each_point_is_validated_once_and_untouched_sections_not_again(monkeypat
 
 def test_a_swept_problem_is_pinned_on_the_swept_value() -> None:
     assert lines({**BASE, "sweep": {"grid": {"model.cell": ["lstm", "gru", "transformer"]}}}) == [
-        "s.yaml: sweep.grid.model.cell[2]: should be 'lstm', 'gru' or 'rnn' (got 'transformer')"]
+        "s.yaml: sweep.grid.model.cell[2]: should be 'lstm', 'gru', 'rnn', 'mingru' or 'minlstm' (got 'transformer')"]
 
 
 def test_widening_a_sweep_keeps_ids_and_seed_copies_keep_everything_else() -> None:

@@ -11,14 +11,15 @@ from torch import nn
 
 from rnn.config import ModelConfig
 from rnn.lnlstm import LayerNormLSTM
+from rnn.minstack import MinStack
 from rnn.models import LanguageModel, LMOutput, build_model
 
 V, B, L = 11, 3, 7
 TINY = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, dropout=0.1)
 
 #: (cell, layer_norm) pairs the engine can build.
-VARIANTS = [("lstm", False), ("gru", False), ("rnn", False), ("lstm", True)]
-VARIANT_IDS = ["lstm", "gru", "rnn", "ln-lstm"]
+VARIANTS = [("lstm", False), ("gru", False), ("rnn", False), ("lstm", True), ("mingru", False), ("minlstm", False)]
+VARIANT_IDS = ["lstm", "gru", "rnn", "ln-lstm", "mingru", "minlstm"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,7 +50,8 @@ def test_output_shapes(cell, layer_norm, bidirectional):
         assert out.backward_logits is not None and out.backward_logits.shape == (B, L - 1, V)
     else:
         assert out.backward_logits is None
-    stack = LayerNormLSTM if layer_norm else {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+    stack = LayerNormLSTM if layer_norm else {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN, "mingru": MinStack,
+                                              "minlstm": MinStack}[cell]
     assert type(model.forward_rnn) is stack
     if cell == "rnn":
         assert model.forward_rnn.nonlinearity == "tanh"

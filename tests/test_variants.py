@@ -64,7 +64,8 @@ def test_each_variant_is_validated_with_its_own_path() -> None:
         "variants": [{"model.cell": "lstm", "model.layer_norm": True}, {"model.cell": "transformer"},
                      {"model.cell": "gru", "model.layer_norm": True}, {"model.cel": "gru"}],
     }))
-    assert "s.yaml: sweep.variants[1].model.cell: should be 'lstm', 'gru' or 'rnn' (got 'transformer')" in text
+    assert ("s.yaml: sweep.variants[1].model.cell: should be 'lstm', 'gru', 'rnn', 'mingru' or 'minlstm' "
+            "(got 'transformer')") in text
     assert "s.yaml: sweep.variants[2].model.layer_norm: the layer-norm cell exists for lstm only" in text
     assert "s.yaml: sweep.variants[3].model.cel: no such setting; did you mean model.cell?" in text
     assert "variants[0]" not in text

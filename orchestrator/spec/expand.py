@@ -126,6 +126,10 @@ HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (
     ("train", "compile", "auto"),
     ("train", "schedule_by", "steps"),
     ("data", "val_max_chars", None),
+    ("model", "weight_drop", 0.0),
+    ("model", "dropout_mode", "standard"),
+    ("model", "embedding_dropout", 0.0),
+    ("model", "min_mlp", False),
 )
 
 

@@ -1,5 +1,6 @@
 """The rules of one trial config: field values as pydantic checked them, then the rules that
-read several fields at once (``layer_norm`` only with ``lstm``, ``tie_weights`` needs equal
+read several fields at once (``layer_norm`` only with ``lstm``, ``weight_drop`` not with the
+min cells, ``tie_weights`` needs equal
 sizes, a training budget, a corpus file that exists, a vocabulary no smaller than the
 tokenizer's floor, a model under :data:`~orchestrator.spec.schema.MAX_PARAMETERS`).
 
@@ -27,6 +28,9 @@ from rnn.paths import not_a_file
 CHAR_VOCAB_ESTIMATE = 256
 BUILTIN_CORPORA = ("builtin", "shakespeare")
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+#: minGRU/minLSTM: projections of the input per layer (rnn.mincells.GATES) and the block's MLP width (rnn.minstack).
+_MIN_GATES = {"mingru": 2, "minlstm": 3}
+_MLP_RATIO = 4
 
 
 def vocab_estimate(level: str, vocab_size: Optional[int]) -> int:
@@ -41,10 +45,18 @@ def estimate_parameters(model: Mapping[str, Any], vocab_size: int) -> int:
     PyTorch-style cells with two bias vectors; layer norm adds gains and biases; a bidirectional
     model has two stacks and two heads. Close enough to refuse absurd sizes and to estimate cost.
     """
-    gates = _GATES[model["cell"]]
     emb, hidden, layers = model["embedding_dim"], model["hidden_size"], model["num_layers"]
-    # per layer: weight_ih [gates*H, in], weight_hh [gates*H, H], bias_ih and bias_hh [gates*H]
-    stack = sum(gates * hidden * ((emb if i == 0 else hidden) + hidden + 2) for i in range(layers))
+    if model["cell"] in _MIN_GATES:
+        # per layer: RMSNorm, the input projection [G*H, in] + bias, W_o [H, H] + bias; with min_mlp an RMSNorm and
+        # an MLP H -> 4H -> H; a final RMSNorm
+        gates, mlp = _MIN_GATES[model["cell"]], _MLP_RATIO * hidden
+        block_mlp = hidden + 2 * hidden * mlp + mlp + hidden if model.get("min_mlp") else 0
+        stack = hidden + sum((emb if i == 0 else hidden) * (gates * hidden + 1) + gates * hidden + hidden * (hidden + 1)
+                             + block_mlp for i in range(layers))
+    else:
+        gates = _GATES[model["cell"]]
+        # per layer: weight_ih [gates*H, in], weight_hh [gates*H, H], bias_ih and bias_hh [gates*H]
+        stack = sum(gates * hidden * ((emb if i == 0 else hidden) + hidden + 2) for i in range(layers))
     if model.get("layer_norm"):
         stack += layers * (2 * gates * hidden + 2 * hidden)
     directions = 2 if model.get("bidirectional") else 1
@@ -89,6 +101,15 @@ def cross_problems(v: Mapping[str, Mapping[str, Any]], kind: str, res: Mapping[s
         out.append(Problem(
             "model.layer_norm", f"the layer-norm cell exists for lstm only (got cell {model['cell']!r}); "
             "set layer_norm: false or cell: lstm", involves=("model.layer_norm", "model.cell")))
+    if _ok(model["weight_drop"], model["cell"]) and model["weight_drop"] and model["cell"] in _MIN_GATES:
+        out.append(Problem(
+            "model.weight_drop", f"cell {model['cell']} has no hidden-to-hidden weights to drop (its gates read the "
+            "input only); set weight_drop: 0 or use lstm, gru or rnn", got=model["weight_drop"],
+            involves=("model.weight_drop", "model.cell")))
+    if _ok(model["min_mlp"], model["cell"]) and model["min_mlp"] and model["cell"] not in _MIN_GATES:
+        out.append(Problem(
+            "model.min_mlp", f"the MLP block is part of the min cells' layers only (got cell {model['cell']!r}); set "
+            "min_mlp: false or cell: mingru or minlstm", involves=("model.min_mlp", "model.cell")))
     tie = (model["tie_weights"], model["embedding_dim"], model["hidden_size"])
     if _ok(*tie) and tie[0] and tie[1] != tie[2]:
         out.append(Problem(

@@ -10,7 +10,7 @@ built from those validated sections (:func:`~orchestrator.spec.expand.make_trial
 
 Every problem is collected before anything is raised. A problem caused by a swept value is
 reported where that value was written, e.g.
-``sweep.grid.model.cell[2]: should be 'lstm', 'gru' or 'rnn' (got 'transformer')``.
+``sweep.grid.model.cell[2]: should be 'lstm', 'gru', 'rnn', 'mingru' or 'minlstm' (got 'transformer')``.
 """
 
 from __future__ import annotations

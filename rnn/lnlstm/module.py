@@ -27,12 +27,12 @@ from __future__ import annotations
 from typing import Optional, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnn.lnlstm.loop_graphs import LoopGraphs
 from rnn.lnlstm.path import LNLSTMPath, RecurrencePath
 from rnn.lnlstm.reference import LSTMState, ln_lstm_recurrence_reference
+from rnn.regularize import drop_connect, sequence_dropout
 
 
 def ln_lstm_recurrence(
@@ -72,11 +72,16 @@ class LayerNormLSTMLayer(nn.Module):
     """One layer of :class:`LayerNormLSTM`: parameters plus the batched input projection.
 
     ``path``: the implementations it may run (default :meth:`LNLSTMPath.from_env`, ``auto``).
+    ``weight_drop``: DropConnect on ``W_h`` in training, one mask per forward pass
+    (:func:`rnn.regularize.drop_connect`): the masked copy is what every path's recurrence receives,
+    and autograd carries its gradient back to ``W_h``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5, path: Optional[LNLSTMPath] = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5, path: Optional[LNLSTMPath] = None,
+                 weight_drop: float = 0.0) -> None:
         super().__init__()
         self.path = LNLSTMPath.from_env() if path is None else path
+        self.weight_drop = weight_drop
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.eps = eps
@@ -115,7 +120,7 @@ class LayerNormLSTMLayer(nn.Module):
             xg,
             h0,
             c0,
-            self.w_h.weight,
+            drop_connect(self.w_h.weight, self.weight_drop, self.training),
             self.ln_h.weight,
             self.ln_h.bias,
             self.bias,
@@ -140,6 +145,8 @@ class LayerNormLSTM(nn.Module):
             ``torch`` (always the PyTorch loop). It changes no parameter.
         path: the implementations the layers may run, in place of ``recurrence`` (default
             ``LNLSTMPath.from_env(recurrence)``); it too changes no parameter.
+        weight_drop: DropConnect on each layer's ``W_h`` in training (see :class:`LayerNormLSTMLayer`).
+        locked: the dropout between layers uses one mask per sequence, the same at every step.
 
     ``forward(x [B, T, C], state=None)`` returns ``(output [B, T, H], (h, c))`` with ``h`` and
     ``c`` each ``[num_layers, B, H]``; ``state`` is an optional ``(h0, c0)`` of the same shape
@@ -157,6 +164,8 @@ class LayerNormLSTM(nn.Module):
         eps: float = 1e-5,
         recurrence: str = "auto",
         path: Optional[LNLSTMPath] = None,
+        weight_drop: float = 0.0,
+        locked: bool = False,
     ) -> None:
         super().__init__()
         if path is not None and recurrence != "auto":
@@ -169,9 +178,10 @@ class LayerNormLSTM(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.dropout = dropout
+        self.locked = locked
         path = LNLSTMPath.from_env(recurrence) if path is None else path
         self.layers = nn.ModuleList(
-            LayerNormLSTMLayer(input_size if k == 0 else hidden_size, hidden_size, eps, path)
+            LayerNormLSTMLayer(input_size if k == 0 else hidden_size, hidden_size, eps, path, weight_drop)
             for k in range(num_layers)
         )
 
@@ -206,7 +216,7 @@ class LayerNormLSTM(nn.Module):
         c_n: list[Tensor] = []
         for k, layer in enumerate(self.layers):
             if k > 0 and self.dropout > 0.0:
-                out = F.dropout(out, self.dropout, self.training)
+                out = sequence_dropout(out, self.dropout, self.training, self.locked)
             out, (h, c) = layer(out, (h0[k], c0[k]))  # out: [B, T, H]
             h_n.append(h)
             c_n.append(c)
