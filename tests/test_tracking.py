@@ -8,6 +8,7 @@ server (started, killed mid-sweep) is in ``test_tracking_server.py``.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -15,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, TINY_SPEC
+from conftest import REPO, TINY_SPEC, ray_env, run_cli
 from orchestrator.cli import main
 from orchestrator.errors import SpecError
+from orchestrator.results import ResultsStore
 from orchestrator.run import LocalBackend, run_job
 from orchestrator.run.events import Checkpointed, Evaluated
 from orchestrator.spec import build_job
@@ -235,3 +237,40 @@ def test_export_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Cap
 def test_export_of_a_folder_that_is_not_a_job_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(tmp_path), "--tensorboard"]) == 2
     assert "not a job folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_successive_halving_keeps_one_run_per_trial_across_pauses_and_promotions(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = _spec(tmp_path, "asha", tensorboard=True, mlflow=uri)
+    spec["train"].update(max_steps=40, eval_every=10)
+    spec["sweep"] = {"grid": {"train.lr": [0.03, 0.01, 0.003, 0.0001]}, "seeds": [0],
+                     "scheduler": {"type": "asha", "metric": "val_loss", "grace_steps": 10, "reduction_factor": 2}}
+    assert run_job(build_job(spec), backend=LocalBackend(), live_report_s=0).exit_code == 0
+    folder = tmp_path / "results" / "asha"
+    rows = {r["trial_id"]: r["status"] for r in ResultsStore(str(folder)).read_trials().to_pylist()}
+    assert {"completed", "pruned"} <= set(rows.values())
+    client, trials, _ = mlflow_runs(uri, "asha")  # one run per trial, paused and promoted or not
+    want = evals_by_trial(folder)
+    assert set(trials) == set(rows) == set(want)
+    for tid, series in want.items():
+        assert same_series(metric_history(client, trials[tid]), series), tid
+        assert same_series(tb_scalars(folder / "tensorboard" / tid), series), tid
+        assert trials[tid].data.tags["status"] == rows[tid] and trials[tid].info.status == "FINISHED"
+
+
+@pytest.mark.ray
+def test_a_tracked_sweep_on_ray_writes_the_trackers_from_the_driver(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec_path = tmp_path / "ray.yaml"
+    spec_path.write_text(json.dumps(_spec(tmp_path, "onray", tensorboard=True, mlflow=uri)))
+    done = run_cli(["run", str(spec_path)], ray_env(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WARNING" not in done.stdout + done.stderr
+    folder = tmp_path / "results" / "onray"
+    client, trials, _ = mlflow_runs(uri, "onray")
+    want = evals_by_trial(folder)
+    assert set(trials) == set(want) and len(want) == 4
+    for tid, series in want.items():
+        assert same_series(metric_history(client, trials[tid]), series), tid
+        assert same_series(tb_scalars(folder / "tensorboard" / tid), series), tid

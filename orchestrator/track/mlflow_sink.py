@@ -45,6 +45,7 @@ class _Run:
     status: str
     steps: Optional[dict[str, int]] = None  # the last step of each metric key, read on first use
     params: list[Any] = field(default_factory=list)  # params not logged yet (they go with the next batch)
+    status_tag: Optional[str] = None  # the trial's status as the run's ``status`` tag says
 
 
 class MlflowSink:
@@ -100,12 +101,18 @@ class MlflowSink:
             self._client.log_batch(run.run_id, metrics=batch, params=params if first else [],
                                    tags=run_tags if first else [])
 
+    def holds(self, trial_id: str, status: str) -> bool:
+        """Whether the trial's run has ended with this status (so it has everything)."""
+        run = self._runs.get(trial_id)
+        return run is not None and run.status in _TERMINAL and run.status_tag == status
+
     def end(self, view: TrialView, end: Optional[TrialEnd]) -> None:
         run = self._run(view)
         if end is None:  # paused at a rung: the run stays open for its promotion
             self._client.set_tag(run.run_id, "status", "paused")
             return
         self.log(view, [Point(end.step, end.metrics, time.time())], {"status": end.status})
+        run.status_tag = end.status
         if run.status in _TERMINAL:
             return  # ended before with its artifact (a resumed job, an export run twice)
         if end.checkpoint is not None and self._max_bytes > 0:
@@ -173,7 +180,7 @@ class MlflowSink:
             for run in page:
                 tid = run.data.tags.get("trial_id")
                 if tid and tid not in runs:
-                    runs[tid] = _Run(run.info.run_id, run.info.status)
+                    runs[tid] = _Run(run.info.run_id, run.info.status, status_tag=run.data.tags.get("status"))
             token = page.token
             if not token:
                 return runs

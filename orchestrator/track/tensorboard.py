@@ -65,6 +65,18 @@ class TensorBoardSink:
                     trial.steps[k] = point.step
         self._flush(trial)
 
+    def holds(self, trial_id: str, status: str) -> bool:
+        """Whether the trial's folder says it ended, as well (success or failure) as ``status`` says
+        (so it has everything)."""
+        trial = self._trials.get(trial_id)
+        if trial is None:
+            trial = self._trials[trial_id] = self._read(self.root / trial_id)
+        return trial.status is not None and trial.status == self._end_status(status)
+
+    def _end_status(self, status: str) -> int:
+        succeeded = TrialEnd(status, 0, {}).succeeded
+        return int(self._api.Status.Value("STATUS_SUCCESS" if succeeded else "STATUS_FAILURE"))
+
     def end(self, view: TrialView, end: Optional[TrialEnd]) -> None:
         """The trial ended (``end``) or paused (None): its final metrics and session end, then its
         file is closed (a promoted trial opens a new one)."""
@@ -75,7 +87,7 @@ class TensorBoardSink:
                 self._write(view.trial_id, trial, self._scalars(end.step, final, time.time()))
                 for k in final:
                     trial.steps[k] = end.step
-            status = self._api.Status.Value("STATUS_SUCCESS" if end.succeeded else "STATUS_FAILURE")
+            status = self._end_status(end.status)
             if trial.status != status:
                 info = self._plugin_data.SessionEndInfo(status=status, end_time_secs=time.time())
                 self._write(view.trial_id, trial, self._hparams_event(

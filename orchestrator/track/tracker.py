@@ -41,6 +41,7 @@ _CONFIG_ROOTS = ("data.", "model.", "train.", "throughput.")
 class Sink(Protocol):
     name: str
 
+    def holds(self, trial_id: str, status: str) -> bool: ...
     def log(self, view: TrialView, points: list[Point]) -> None: ...
     def end(self, view: TrialView, end: Optional[TrialEnd]) -> None: ...
     def finish(self, report_files: list[Path]) -> None: ...
@@ -115,7 +116,7 @@ class Tracker:
             points = [eval_point(r, base + float(r.get("elapsed_s") or 0.0)) for r in by_trial.get(tid, [])]
             status = str(row["status"])
             end = None if status == TrialStatus.PAUSED.value else end_of(row, checkpoint(tid))
-            self._submit(functools.partial(_write_trial, view=view, points=points, end=end))
+            self._submit(functools.partial(_sync_trial, view=view, points=points, end=end))
         return len(rows)
 
     def finish(self, report_files: list[Path]) -> None:
@@ -196,6 +197,13 @@ class Tracker:
 def _write_trial(sink: Sink, view: TrialView, points: list[Point], end: Optional[TrialEnd]) -> None:
     sink.log(view, points)
     sink.end(view, end)
+
+
+def _sync_trial(sink: Sink, view: TrialView, points: list[Point], end: Optional[TrialEnd]) -> None:
+    """A committed trial from the job folder: nothing to do where the sink holds its end already
+    (a finished job run again: no reading back of every trial's history)."""
+    if end is None or not sink.holds(view.trial_id, end.status):
+        _write_trial(sink, view, points, end)
 
 
 def _params(row: Mapping[str, Any]) -> dict[str, Any]:
