@@ -58,7 +58,7 @@ def test_only_real_subcommands_are_registered() -> None:
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
     assert set(sub.choices) == {"run", "validate", "plan", "report", "best", "devices", "sample", "clean",
-                                  "repair"}
+                                  "repair", "export"}
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

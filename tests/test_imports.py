@@ -17,8 +17,8 @@ import pytest
 from conftest import REPO
 
 #: orchestrator/spec's modules in import order: each may import only those before it.
-SPEC_ORDER = ("yamlio", "base", "rungs", "sweep", "schema", "problems", "sections", "expand", "rules", "location",
-              "proposals", "validate")
+SPEC_ORDER = ("yamlio", "base", "rungs", "sweep", "tracking", "schema", "problems", "sections", "expand", "rules",
+              "location", "proposals", "validate")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -66,6 +66,17 @@ def test_only_a_searching_driver_imports_optuna() -> None:
     loaded = loaded_after("import orchestrator.run, orchestrator.run.actor, orchestrator.cli")
     assert "optuna" not in loaded
     assert "optuna" in loaded_after("import orchestrator.run.search")
+
+
+@pytest.mark.slow
+def test_trackers_are_imported_by_the_driver_only_when_a_spec_asks(tmp_path: Path) -> None:
+    """A spec with ``tracking:`` validates without importing TensorBoard or MLflow; the workers'
+    modules never import them (only the driver writes)."""
+    spec = tmp_path / "tracked.yaml"
+    spec.write_text("name: t\ntracking: {tensorboard: true, mlflow: 'sqlite:///mlflow.db'}\n")
+    loaded = loaded_after(f"from orchestrator.spec import load_job\nload_job({str(spec)!r})\n"
+                          "import orchestrator.run, orchestrator.run.actor, orchestrator.cli, rnn.train")
+    assert not {"tensorboard", "mlflow"} & set(loaded)
 
 
 def _orchestrator_imports(path: Path) -> list[tuple[str, bool]]:

@@ -3,7 +3,7 @@
 ``load_job(path) -> Job`` is the one way in: it reads the file once, validates every trial
 once and gives each its typed :class:`rnn.config.RunConfig` (the engine's dataclasses are the
 spec's sections: there is no second schema for them). The modules import one way:
-``yamlio`` → ``schema`` → ``problems`` → ``sections`` → ``expand`` / ``rules`` → ``validate``
+``yamlio`` → ``tracking`` → ``schema`` → ``problems`` → ``sections`` → ``expand`` / ``rules`` → ``validate``
 (and ``location`` on ``schema``). Imports neither torch nor ray, so ``validate`` and ``plan``
 answer in a fraction of a second.
 """
