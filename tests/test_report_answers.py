@@ -292,3 +292,49 @@ def test_float_labels_are_short_unless_that_merges_configurations() -> None:
     assert config_labels(rows, ["train.lr"]) == {"a": "train.lr=0.02587", "b": "train.lr=0.001"}
     close = [{"trial_id": "a", "train.lr": 0.0100001}, {"trial_id": "b", "train.lr": 0.0100002}]
     assert config_labels(close, ["train.lr"]) == {"a": "train.lr=0.0100001", "b": "train.lr=0.0100002"}
+
+
+def test_the_recorder_keeps_each_running_trials_latest_heartbeat_and_forgets_it_when_it_ends(tmp_path: Path) -> None:
+    from conftest import TINY_SPEC
+    from orchestrator.run.attempt import Attempt
+    from orchestrator.run.events import Beat, Evaluated, Started
+    from orchestrator.run.progress import Progress
+    from orchestrator.run.recorder import Recorder
+    from orchestrator.spec import build_job
+
+    trial = build_job(TINY_SPEC).trials[0]
+    recorder = Recorder(ResultsStore(tmp_path), Progress(1, 1))
+    attempt = Attempt(trial=trial, tag="[1/1 t]", started_at=None)
+    recorder.on_event(attempt, Started({"host": "h", "pid": 1}))
+    recorder.on_event(attempt, Beat(12, "training", steps_per_s=4.0, train_loss=2.5))
+    version, (now,) = recorder.board.snapshot()
+    assert (now.label, now.step, now.total, now.phase, now.train_loss) == ("[1/1 t]", 12, 20, "training", 2.5)
+    assert now.eta_s == pytest.approx(2.0)  # 8 steps left at 4 steps/s
+    recorder.on_event(attempt, Evaluated(eval_curve(2.0, steps=(10,))[0]))
+    later, (now,) = recorder.board.snapshot()
+    assert later > version and now.step == 10 and now.val_loss == pytest.approx(2.1)
+    recorder.finish(attempt, TrialStatus.FAILED, error="boom")
+    assert recorder.board.snapshot()[1] == []
+
+
+def test_a_live_report_shows_the_running_trials_and_rebuilds_on_their_heartbeats(tmp_path: Path) -> None:
+    from orchestrator.run.board import Board
+
+    store = ResultsStore(tmp_path)
+    _commit(store, "a", 1.0, _cfg("gru", 0))
+    board = Board()
+    seen: list[list] = []
+
+    def build(job_dir: object, live: bool, running: list) -> None:
+        seen.append(running)
+        build_report(job_dir, live=live, running=running)  # type: ignore[arg-type]
+
+    with LiveReport(tmp_path, interval_s=0.05, poll_s=0.01, build=build, board=board):
+        board.update("b", "[2/3 b model.cell=lstm]", step=120, total=600, phase="training", train_loss=2.25,
+                     steps_per_s=4.0, eta_s=120.0)  # no trial finished: the heartbeat alone rebuilds
+        assert eventually(lambda: bool(seen), 10)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Running now" in md
+    row = next(line for line in md.splitlines() if "[2/3 b model.cell=lstm]" in line)
+    assert "120 / 600" in row and "2.2500" in row and "4.0" in row and "2m00s" in row, row
+    assert "Running now" not in build_report(tmp_path)[0].read_text()  # the final report has none

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 
@@ -30,7 +30,15 @@ from orchestrator.report.conclusion import best_configuration, best_trial_of, co
 from orchestrator.report.importance import at_common_step, importance_section
 from orchestrator.report.sample import sample_section
 from orchestrator.report.search import search_section
-from orchestrator.report.sections import failures, header, job_kind, overview, provenance, throughput_section
+from orchestrator.report.sections import (
+    failures,
+    header,
+    job_kind,
+    overview,
+    provenance,
+    running_section,
+    throughput_section,
+)
 from orchestrator.report.stats import config_labels
 from orchestrator.report.training import best_trials, by_config, curves, summarize
 from orchestrator.results import (
@@ -50,7 +58,8 @@ __all__ = ["LIVE_RELOAD_S", "build_report", "md_escape", "to_html", "to_markdown
 LIVE_RELOAD_S = 30
 
 
-def build_report(job_dir: str | os.PathLike[str] | ResultsStore, *, live: bool = False) -> tuple[Path, Path]:
+def build_report(job_dir: str | os.PathLike[str] | ResultsStore, *, live: bool = False,
+                 running: Sequence[Any] = ()) -> tuple[Path, Path]:
     """Rebuild ``report.md`` and ``report.html`` in ``job_dir``; returns their paths.
 
     ``job_dir`` is the job folder, or a store open on it (the run's own, say), which the report
@@ -58,6 +67,7 @@ def build_report(job_dir: str | os.PathLike[str] | ResultsStore, *, live: bool =
 
     ``live``: a refresh while the sweep runs: a banner says so, the page reloads itself, and the
     text sample (a model load and generation on the driver) waits for the final report.
+    ``running``: for a live report, what each running trial is doing (``orchestrator.run.board.RunningTrial``).
     Raises :class:`ResultsError` when the folder holds no results at all.
     """
     store = job_dir if isinstance(job_dir, ResultsStore) else ResultsStore(job_dir)
@@ -76,6 +86,8 @@ def build_report(job_dir: str | os.PathLike[str] | ResultsStore, *, live: bool =
     # best so far would be a moving target, and a file that changes under a user misleads).
     best_file = None if live else write_best_spec(store)
     blocks = header(name, live=live, job_dir=store.job_dir)
+    if live and running:
+        blocks += running_section(running)
     if kind == "throughput":  # no validation metrics: only failures are worth listing
         label = config_labels(rows, varying_columns(rows, config_cols))
         blocks += overview(kind, rows) + failures(rows, label)

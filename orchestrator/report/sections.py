@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any, Optional
 
+from orchestrator.durations import format_duration
 from orchestrator.report import plots
 from orchestrator.report.blocks import (
     SCHEDULER_STATUSES,
@@ -28,7 +31,7 @@ from orchestrator.report.stats import config_label
 from orchestrator.results import FAILURE_STATUSES, manifest_runs
 from orchestrator.results.ranking import varying_columns
 
-__all__ = ["failures", "header", "job_kind", "overview", "provenance", "throughput_section"]
+__all__ = ["failures", "header", "job_kind", "overview", "provenance", "running_section", "throughput_section"]
 
 
 def job_kind(manifest: Optional[dict], has_throughput: bool) -> str:
@@ -49,6 +52,23 @@ def header(name: str, live: bool = False, job_dir: str = "DIR") -> list[Block]:
                            "not changed for minutes, the run may have stopped: rebuild it with "
                            f"`python -m orchestrator report {job_dir}`.", box="live"))
     return blocks
+
+
+def running_section(running: Sequence[Any]) -> list[Block]:
+    """A live report's running trials, from their latest heartbeat or evaluation: where each is, its
+    pace and when it was last heard from (``orchestrator.run.board.RunningTrial`` objects)."""
+    now = time.time()
+    rows = []
+    for r in running:
+        step = f"{r.step:,}" + (f" / {r.total:,}" if r.total else "")
+        eta = format_duration(r.eta_s) if r.eta_s is not None else ""
+        pace = f"{r.steps_per_s:,.1f}" if r.steps_per_s else ""
+        rows.append([r.label, r.phase, step, fmt_num(r.train_loss), fmt_num(r.val_loss), pace, eta,
+                     f"{format_duration(max(0.0, now - r.heard_at))} ago"])
+    return [Heading(2, "Running now"),
+            Para("Each running trial's latest heartbeat (sent every 15 s while it trains) or evaluation; the "
+                 "train loss is the mean since its last evaluation. Finished trials are in the sections below."),
+            Table(["trial", "phase", "step", "train loss", "last val loss", "steps/s", "ETA", "heard"], rows)]
 
 
 def overview(kind: str, rows: list[dict]) -> list[Block]:

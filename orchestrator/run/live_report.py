@@ -2,8 +2,10 @@
 
 :class:`LiveReport` runs a daemon thread beside the driver's dispatch loop. Every
 ``poll_s`` it lists the job folder's trial parts (one directory listing, nothing opened); when
-a trial was committed since its last build and at least ``interval_s`` has passed, it rebuilds
-``report.md`` and ``report.html`` with ``live=True`` (a banner, a self-reload, no text sample).
+a trial was committed, or a running trial's heartbeat or evaluation arrived (its :class:`Board`),
+since its last build and at least ``interval_s`` has passed, it rebuilds ``report.md`` and
+``report.html`` with ``live=True`` (a banner, what each running trial is doing, a self-reload, no
+text sample).
 The dispatch loop never waits for it: the report's import and each build happen on this
 thread (sharing the GIL, not waiting on it), and a failed build is logged and tried again at
 the next commit. The runner closes it before it compacts the parts and builds the final
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from orchestrator.results import ResultsStore
+from orchestrator.run.board import Board
 
 __all__ = ["BUILD_SHARE", "LIVE_REPORT_S", "LiveReport"]
 
@@ -47,6 +50,7 @@ class LiveReport:
         interval_s: float = LIVE_REPORT_S,
         poll_s: float = 2.0,
         build: Optional[Callable[..., Any]] = None,
+        board: Optional[Board] = None,
     ) -> None:
         self._store = job_dir if isinstance(job_dir, ResultsStore) else ResultsStore(job_dir)
         self.job_dir = self._store.job_dir
@@ -54,6 +58,7 @@ class LiveReport:
         self.poll_s = min(poll_s, interval_s)
         self.builds = 0
         self._build = build
+        self._board = board  # the running trials' latest heartbeats: shown, and a reason to rebuild
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="live-report", daemon=True)
 
@@ -88,6 +93,7 @@ class LiveReport:
 
             self._build = build_report
         built = self._marker()  # what is there at the start is what the last report showed
+        seen = 0  # a board's version before its first update: any running trial is news
         last, spent = time.monotonic(), 0.0
         while not self._stop.wait(self.poll_s):
             # A build reads every trial, so it grows with the sweep; waiting at least
@@ -96,13 +102,17 @@ class LiveReport:
             if time.monotonic() - last < max(self.interval_s, BUILD_SHARE * spent):
                 continue
             marker = self._marker()
-            if marker in (built, -1):
+            version, running = self._board.snapshot() if self._board is not None else (seen, [])
+            if marker == -1 or (marker == built and version == seen):
                 continue
             t0 = time.monotonic()
             try:
-                self._build(self._store, live=True)
+                if self._board is not None:
+                    self._build(self._store, live=True, running=running)
+                else:
+                    self._build(self._store, live=True)
                 self.builds += 1
             except Exception as e:  # noqa: BLE001  (the sweep matters more than a live page)
                 log.warning("live report: could not rebuild the report of %s: %s", self.job_dir, e)
-            built, last = marker, time.monotonic()
+            built, seen, last = marker, version, time.monotonic()
             spent = last - t0

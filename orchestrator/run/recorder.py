@@ -22,6 +22,7 @@ from orchestrator.durations import format_duration
 from orchestrator.results import ResultsStore, trial_row
 from orchestrator.results.store import RESUME_CHECKPOINT
 from orchestrator.run.attempt import Attempt
+from orchestrator.run.board import Board
 from orchestrator.run.events import Beat, Checkpointed, Ended, Evaluated, Event, Measured, Paused, Raised, Started
 from orchestrator.run.faults import Fault, raise_commit_fault
 from orchestrator.run.progress import Progress
@@ -70,6 +71,7 @@ class Recorder:
     ) -> None:
         self.store = store
         self.tracker = tracker  # told each event and each commit (TensorBoard, MLflow)
+        self.board = Board()  # what the running trials are doing now (the live report reads it)
         self.faults = faults
         self.progress = progress
         self.on_finished = on_finished  # told each trial that ended: id, status, its row and evaluations
@@ -122,6 +124,8 @@ class Recorder:
         elif isinstance(event, Evaluated):
             r = event.record
             ledger.evals[r.step] = r
+            self.board.update(attempt.trial_id, attempt.tag, step=r.step, phase="training", train_loss=r.train_loss,
+                              val_loss=r.val_loss)
             self.progress.line(
                 attempt.tag,
                 f"step {r.step}: train {r.train_loss:.4f}, val {r.val_loss:.4f} ({r.val_bpc:.3f} bpc, "
@@ -190,6 +194,7 @@ class Recorder:
         if ledger.has_resume_point:  # a successive-halving trial has ended: its resume point is not needed
             self.store.delete_checkpoint(tid, RESUME_CHECKPOINT)
         del self._ledgers[tid]  # the bytes are on disk; hold nothing for a finished trial
+        self.board.remove(tid)
         self.statuses[status.value] = self.statuses.get(status.value, 0) + 1
         duration = attempt.running_s()
         if summary is not None:
@@ -218,23 +223,28 @@ class Recorder:
                      list(event.result.evals), [])
         best = event.result.best_val_loss
         how = f"best val {best:.4f} at step {event.result.best_step}" if best is not None else "no evaluation"
+        self.board.remove(tid)
         self.progress.trial_paused(attempt.tag, f"paused at step {event.step} ({how})")
 
     def _beat(self, attempt: Attempt, ledger: Ledger, beat: Beat) -> None:
         """A training heartbeat: a progress line with the step, the train loss and the pace, at
         most every :data:`BEAT_LINE_S` per trial (an evaluation says the rest)."""
+        total = attempt.trial.run_config.train.max_steps
+        eta = (total - beat.step) / beat.steps_per_s if total and beat.steps_per_s and total > beat.step else None
+        fields = {"train_loss": beat.train_loss, "steps_per_s": beat.steps_per_s, "eta_s": eta}
+        self.board.update(attempt.trial_id, attempt.tag, step=beat.step, phase=beat.phase, total=total,
+                          **{k: v for k, v in fields.items() if v is not None})
         now = time.monotonic()
         if beat.phase != "training" or now - ledger.beat_logged_mono < BEAT_LINE_S:
             return
         ledger.beat_logged_mono = now
-        total = attempt.trial.run_config.train.max_steps
         text = f"step {beat.step}" + (f"/{total}" if total else "")
         if beat.train_loss is not None:
             text += f": train {beat.train_loss:.4f}"
         if beat.steps_per_s:
             text += f", {beat.steps_per_s:,.1f} steps/s"
-            if total and total > beat.step:
-                text += f", ETA {format_duration((total - beat.step) / beat.steps_per_s)}"
+            if eta is not None:
+                text += f", ETA {format_duration(eta)}"
         budget = attempt.trial.run_config.train.max_time_s
         if beat.trained_s is not None and budget:  # schedule_by: time: the budget is training time
             text += (f", {format_duration(beat.trained_s)} of {format_duration(budget)} trained, "
@@ -268,6 +278,9 @@ class Recorder:
 
     def _started(self, attempt: Attempt, ledger: Ledger, info: dict[str, Any]) -> None:
         ledger.info.update(info)
+        if attempt.trial.kind == "train":
+            self.board.update(attempt.trial_id, attempt.tag, phase="started",
+                              total=attempt.trial.run_config.train.max_steps)
         if "corpus" in info:
             self.corpora[info["corpus"]] = info["corpus_sha256"]
         if "device" in info:

@@ -210,7 +210,7 @@ def _run_locked(
                 total=total, faults=tuple(faults_from_env()), stop=stop, scheduler=scheduler, tracker=tracker,
             )
             interval = LIVE_REPORT_S if live_report_s is None else live_report_s
-            live = LiveReport(store, interval) if interval > 0 else None
+            live = LiveReport(store, interval, board=dispatcher.recorder.board) if interval > 0 else None
             try:
                 with stop_on_signals(dispatcher.stop):
                     if live is not None:
