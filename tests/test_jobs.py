@@ -72,5 +72,5 @@ def test_throughput_jobs() -> None:
     m = spec.model
     assert (m.embedding_dim, m.hidden_size, m.num_layers, m.layer_norm) == (192, 384, 2, True)
     cells = load_job(JOBS / "throughput_cells.yaml").trials
-    assert [t.run_config.model.cell for t in cells] == ["lstm", "gru", "rnn"]
+    assert [t.run_config.model.cell for t in cells] == ["lstm", "gru", "rnn", "mingru", "minlstm"]
     assert all(not t.run_config.model.layer_norm for t in cells)

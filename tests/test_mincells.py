@@ -10,10 +10,12 @@ import torch
 
 from conftest import TINY_RUN, tiny_run
 from rnn.checkpoint import load_checkpoint
-from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from rnn.config import DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
+from rnn.memory import estimate_step_memory
 from rnn.mincells import MinCell, g, parallel_scan_log, sequential_scan
 from rnn.minstack import MinStack
 from rnn.models import build_model
+from rnn.throughput import measure_throughput
 from rnn.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -164,3 +166,15 @@ def test_learns_shakespeare(tmp_path: Path, shakespeare_path: Path, cell: str) -
     )
     result = Trainer(cfg, tmp_path).fit()
     assert result.evals[-1].val_bpc <= 3.0, result.evals[-1]
+
+
+@pytest.mark.parametrize("cell", MIN_CELLS)
+def test_a_throughput_sweep_measures_a_min_cell_and_names_its_scan(tmp_path: Path, cell: str) -> None:
+    cfg = replace(TINY_RUN, model=replace(TINY_RUN.model, cell=cell, min_mlp=True),
+                  train=replace(TINY_RUN.train, device="cpu"))
+    rows = measure_throughput(cfg, ThroughputConfig(batch_sizes=(4, 8), warmup_steps=1, measure_steps=2),
+                              cache_dir=tmp_path)
+    assert [r.status for r in rows] == ["ok", "ok"] and {r.recurrence for r in rows} == {"sequential-scan"}
+    # the memory estimate has a per-layer figure for it, above the plain GRU's
+    plain = replace(cfg.model, cell="gru", min_mlp=False)
+    assert estimate_step_memory(cfg.model, 65, 64, 100, 10**6) > estimate_step_memory(plain, 65, 64, 100, 10**6)
