@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +145,29 @@ def test_corpus_file_is_resolved_against_the_working_directory(tmp_path: Path, m
     assert f"data.corpus: no such file ({tmp_path / 'text.txt'};" in str(info.value)
 
 
-def test_vocab_size_is_ignored_for_char_but_validated() -> None:
-    assert spec_of({"name": "x", "data": {"vocab_size": 300}}).data.vocab_size == 300
+def test_vocab_size_is_ignored_for_char_but_validated(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        assert spec_of({"name": "x", "data": {"vocab_size": 300}}).data.vocab_size == 300
+    assert [r.getMessage() for r in caplog.records] == [
+        "x: data.vocab_size (300) is ignored at level char (its vocabulary is the training split's characters)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):  # swept levels: said by the sweep itself
+        spec_of({"name": "x", "data": {"vocab_size": 300}, "sweep": {"grid": {"data.level": ["char", "bpe"]}}})
+    assert not caplog.records
     assert problems({"name": "x", "data": {"vocab_size": 10**7}}) == [
         "s.yaml: data.vocab_size: should be less than or equal to 1048576 (got 10000000)"]
+
+
+def test_an_evaluation_interval_beyond_the_step_budget_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        spec_of({"name": "x", "train": {"max_steps": 100}, "sweep": {"seeds": [0, 1, 2]}})
+    assert [r.getMessage() for r in caplog.records] == [
+        "x: train.eval_every (250) is more than max_steps (100): each trial is evaluated once, at its end (no "
+        "checkpoint, early stopping or rung before it); set eval_every <= max_steps to evaluate along the way"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        spec_of({"name": "x", "train": {"max_steps": 100, "eval_every": 100}})
+    assert not caplog.records
 
 
 def test_cross_field_rules_are_reported_alongside_field_errors() -> None:

@@ -398,9 +398,34 @@ def build_job(raw: Mapping[str, Any], source: str = "<spec>", text: Optional[str
         spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"scheduler": sweep.scheduler})})
     if text is None:
         text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
+    if spec.kind == "train":
+        _note_late_evaluation(spec.name, [sections["train"] for _, sections in checked])
+    if "data.level" not in _declared_paths(raw.get("sweep")):
+        _note_char_vocabulary(spec.name, [sections["data"] for _, sections in checked])
     if spec.sweep is not None and spec.sweep.tpe is not None:
         return Job(spec, (), source, text, search=_proposals(spec, checker, checked))
     return Job(spec, _trials(spec, checked), source, text)
+
+
+def _note_char_vocabulary(name: str, data: list[DataConfig]) -> None:
+    """Warn (once) where ``vocab_size`` is set at level char, which ignores it; a sweep over the
+    level sets it for its bpe or word points, so this is said only where the level is not swept."""
+    ignored = sorted({d.vocab_size for d in data if d.level == "char" and d.vocab_size is not None})
+    if ignored:
+        log.warning("%s: data.vocab_size (%s) is ignored at level char (its vocabulary is the training split's "
+                    "characters)", name, ", ".join(map(str, ignored)))
+
+
+def _note_late_evaluation(name: str, trains: list[TrainConfig]) -> None:
+    """Warn (once per pair) where ``eval_every`` exceeds ``max_steps``: valid, since a trial is always
+    evaluated at its end, but then only there, which the default eval_every makes easy to miss."""
+    seen: set[tuple[int, int]] = set()
+    for t in trains:
+        if t.max_steps is not None and t.eval_every > t.max_steps and (t.eval_every, t.max_steps) not in seen:
+            seen.add((t.eval_every, t.max_steps))
+            log.warning("%s: train.eval_every (%d) is more than max_steps (%d): each trial is evaluated once, at its "
+                        "end (no checkpoint, early stopping or rung before it); set eval_every <= max_steps to "
+                        "evaluate along the way", name, t.eval_every, t.max_steps)
 
 
 def _corpus_problems(data: list[DataConfig]) -> list[Problem]:
