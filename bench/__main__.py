@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-PARTS = ("cells", "trainer", "dispatch", "end-to-end", "via-run", "bookkeeping", "compile")
+PARTS = ("cells", "trainer", "min-cells", "weight-drop", "dispatch", "end-to-end", "via-run", "bookkeeping", "compile")
 #: What runs without --only: "compile" (eager vs torch.compile, minutes of cold compiles) only on request.
 DEFAULT_PARTS = tuple(p for p in PARTS if p != "compile")
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
 
     ratios = []
-    for base in (QUICK_SHAPES if args.quick else SHAPES) if {"cells", "trainer"} & set(parts) else ():
+    for base in (QUICK_SHAPES if args.quick else SHAPES) if {"cells", "trainer", "weight-drop"} & set(parts) else ():
         shape = base.on(device, args.full_shapes)
         if shape.batch_size != base.batch_size:
             print(f"  {shape.name}: batch {base.batch_size} -> {shape.batch_size} on the CPU "
@@ -115,9 +115,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           windows=TRAINER_WINDOWS, rounds=max(1, rounds - 1)))
             ratios.append(compare_heartbeat(shape, device, data, amp=args.amp, window=2 * block,
                                             windows=TRAINER_WINDOWS, rounds=max(1, rounds - 1)))
+        if "weight-drop" in parts:
+            from bench.weight_drop import compare_weight_drop
+
+            ratios.append(compare_weight_drop(shape, device, data, amp=args.amp, warmup=warmup, block=block,
+                                              rounds=rounds))
         del data
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if "min-cells" in parts:
+        from bench.min_cells import compare_min_cells
+
+        # The char-rnn shape (E 128, H 512, 2 layers, B 8 on the CPU) at T 100 and 256.
+        shape = (QUICK_SHAPES[0] if args.quick else SHAPES[1]).on(device, args.full_shapes)
+        ratios += compare_min_cells(shape, device, amp=args.amp, warmup=warmup, block=block, rounds=rounds,
+                                    seq_lens=(8, 16) if args.quick else (100, 256))
     if ratios:
         print()
         print(format_table(ratios))

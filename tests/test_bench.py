@@ -65,9 +65,12 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep
     ratios = payload["ratios"]
     assert [r["measure"] for r in ratios] == [
         "engine LSTM / bare nn.LSTM", "engine LN-LSTM / bare nn.LSTM", "Trainer / bare loop (same model)",
-        "Trainer, beat each step / none",
+        "Trainer, beat each step / none", "LSTM weight_drop 0.5 / none",
+        *(["minGRU / nn.GRU", "minLSTM / nn.GRU", "minGRU+MLP / nn.GRU"] * 2),
     ]
-    beat = ratios[-1]
+    assert [r["shape"] for r in ratios[-6:]] == ["T8"] * 3 + ["T16"] * 3  # --quick: T 8 and 16 for 100 and 256
+    assert [r["target"] for r in ratios[-6:]] == [None] * 3 + [2.0, 2.0, None]  # the target is at the longest T
+    beat = ratios[3]
     assert beat["target"] is None and 0 <= beat["extra"]["cost_at_15s"] == pytest.approx(
         beat["extra"]["heartbeat_added_s"] / 15.0)
     for r in ratios:
