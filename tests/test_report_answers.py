@@ -338,3 +338,24 @@ def test_a_live_report_shows_the_running_trials_and_rebuilds_on_their_heartbeats
     row = next(line for line in md.splitlines() if "[2/3 b model.cell=lstm]" in line)
     assert "120 / 600" in row and "2.2500" in row and "4.0" in row and "2m00s" in row, row
     assert "Running now" not in build_report(tmp_path)[0].read_text()  # the final report has none
+
+
+@pytest.mark.parametrize(("pruned_values", "verdict"), [((2.05, 2.30), "within seed noise"),
+                                                        ((3.0, 3.1), "beyond seed noise")])
+def test_a_rung_cut_smaller_than_the_seed_spread_is_called_undecided(pruned_values: tuple, verdict: str) -> None:
+    from orchestrator.report.rung_noise import rung_decisions
+
+    rows = [{"trial_id": t, "status": "completed", "steps": 40} for t in ("a0", "a1")]
+    rows += [{"trial_id": t, "status": "pruned", "steps": 10} for t in ("b0", "b1")]
+    label = {"a0": "lr=0.01", "a1": "lr=0.01", "b0": "lr=0.1", "b1": "lr=0.1"}
+    at_10 = {"a0": 2.0, "a1": 2.2, "b0": pruned_values[0], "b1": pruned_values[1]}
+    evals = [{"trial_id": t, "step": 10, "val_loss": v} for t, v in at_10.items()]
+    evals += [{"trial_id": t, "step": 40, "val_loss": 1.5} for t in ("a0", "a1")]
+    blocks = rung_decisions(rows, evals, label, "val_loss")
+    table = next(b for b in blocks if hasattr(b, "rows"))
+    (row,) = table.rows
+    assert row[:4] == ["10", "4", "2", "2"] and row[-1] == verdict
+    assert float(row[4]) == pytest.approx(pruned_values[0] - 2.2)
+    said = " ".join(b.text for b in blocks if hasattr(b, "text"))
+    assert ("a different seed could have promoted a pruned trial" in said) == (verdict == "within seed noise")
+    assert rung_decisions([{**r, "status": "completed"} for r in rows], evals, label, "val_loss") == []

@@ -28,6 +28,7 @@ from orchestrator.report.best import write_best_spec
 from orchestrator.report.blocks import SCHEDULER_STATUSES, SEED, Block, Code, Figure, Heading, Link, Para, Table
 from orchestrator.report.conclusion import best_configuration, best_trial_of, conclusion
 from orchestrator.report.importance import at_common_step, importance_section
+from orchestrator.report.rung_noise import rung_decisions
 from orchestrator.report.sample import sample_section
 from orchestrator.report.search import search_section
 from orchestrator.report.sections import (
@@ -151,6 +152,8 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
     statuses = {r["trial_id"]: r["status"] for r in rows}
     blocks += curves(evals, label, metric.evals_column, colors, statuses, [s.name for s in stats])
     blocks += by_config(stats, col, colors)
+    if stopped:
+        blocks += rung_decisions(rows, evals, label, metric.evals_column)
     blocks += _importance(rows, ranked, evals, params, col, metric.evals_column, stopped)
     blocks += best_trials(ranked, params, col)
     if live:
