@@ -69,9 +69,12 @@ def test_models_that_learned_nothing_beyond_token_frequencies_are_not_ranked_as_
     for seed, (g, lstm) in enumerate(((3.245, 3.286), (3.250, 3.280))):  # all near the unigram 3.30
         store.commit_trial(completed_row(f"g{seed}", g, _cfg("gru", seed), unigram_loss=3.30), eval_curve(g))
         store.commit_trial(completed_row(f"l{seed}", lstm, _cfg("lstm", seed), unigram_loss=3.30), eval_curve(lstm))
-    text = _conclusion(build_report(tmp_path)[0].read_text())
+    md, html = build_report(tmp_path)
+    text = _conclusion(md.read_text())
     assert text.index("No configuration has learned much beyond how often each token occurs") < text.index("Best:")
     assert "within 1.6% of the unigram baseline 3.3000" in text and "train longer" in text
+    assert "dotted: the unigram baseline, 3.3000" in md.read_text()  # drawn beside the curves it dwarfs
+    assert "unigram baseline (token frequencies alone)" in html.read_text()  # the plot's legend
     learned = tmp_path / "learned"
     store = ResultsStore(learned)
     for seed in (0, 1):

@@ -142,10 +142,12 @@ def _legend(ax, handles_by_label: dict) -> None:
 
 
 def validation_curves_svg(
-    curves: Sequence[Curve], ylabel: str, colors: Optional[Mapping[str, Any]] = None
+    curves: Sequence[Curve], ylabel: str, colors: Optional[Mapping[str, Any]] = None,
+    baseline: Optional[float] = None,
 ) -> str:
     """One line per trial, metric against step; colour = configuration (``colors``, by label,
-    keeps colours the same across plots)."""
+    keeps colours the same across plots). ``baseline``: the unigram loss, drawn as a dotted line,
+    so a plot zoomed onto near-identical curves still shows how far they are from learning nothing."""
     fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot()
     colors = colors or config_colors([c.config for c in curves])
@@ -159,6 +161,8 @@ def validation_curves_svg(
     if any(c.pruned for c in curves):
         handles["pruned (stopped at a rung)"] = ax.plot([], [], marker="X", ms=7, color="gray", mec="black",
                                                        ls="none")[0]
+    if baseline is not None and math.isfinite(baseline):
+        handles["unigram baseline (token frequencies alone)"] = ax.axhline(baseline, color="gray", ls=":", lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel(_text(ylabel))
     ax.grid(alpha=0.3)

@@ -150,7 +150,8 @@ def _training(store: ResultsStore, rows: list[dict], config_cols: list[str], eva
         answer += best_configuration(stats[0], top, params, col, store.job_dir, best_file)
     blocks: list[Block] = [Para(metric.why), *search]
     statuses = {r["trial_id"]: r["status"] for r in rows}
-    blocks += curves(evals, label, metric.evals_column, colors, statuses, [s.name for s in stats])
+    baseline = min(floors) if floors and metric.evals_column == "val_loss" else None
+    blocks += curves(evals, label, metric.evals_column, colors, statuses, [s.name for s in stats], baseline)
     blocks += by_config(stats, col, colors)
     if stopped:
         blocks += rung_decisions(rows, evals, label, metric.evals_column)

@@ -86,8 +86,9 @@ def compare_with_best(stats: Sequence[ConfigStat]) -> list[tuple[ConfigStat, Opt
 
 
 def curves(evals: list[dict], label: Mapping[str, str], col: str, colors: dict, statuses: Mapping[str, str],
-           order: Sequence[str]) -> list[Block]:
-    """All validation curves in one plot, then train and validation loss together per configuration."""
+           order: Sequence[str], baseline: Optional[float] = None) -> list[Block]:
+    """All validation curves in one plot (with the unigram loss ``baseline``, when ``col`` is the
+    loss), then train and validation loss together per configuration."""
     blocks: list[Block] = [Heading(2, "Validation curves")]
     by_trial: dict[str, list[dict]] = defaultdict(list)
     for e in evals:
@@ -110,7 +111,9 @@ def curves(evals: list[dict], label: Mapping[str, str], col: str, colors: dict, 
         drawn = plots.thin(sorted(val, key=_lowest), plots.MAX_LINES)[::-1]
         pruned_note += (f"; {len(drawn):,} of {len(val):,} trials drawn, at evenly spaced ranks of their "
                         f"lowest {col} (the best and the worst included)")
-    blocks.append(Figure(plots.validation_curves_svg(drawn, col, colors),
+    if baseline is not None:
+        pruned_note += f"; dotted: the unigram baseline, {baseline:.4f}"
+    blocks.append(Figure(plots.validation_curves_svg(drawn, col, colors, baseline),
                          f"{col} against step, one line per trial, coloured by configuration{pruned_note}"))
     panels, thinned = [], False
     for name in order[:_MAX_PANELS]:
