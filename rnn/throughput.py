@@ -239,13 +239,18 @@ def iter_throughput(
     yield from _auto(session, tp, batch_hook)
 
 
+#: ``batch_sizes: auto`` stops after this many sizes in a row without a gain over the best so far.
+AUTO_PATIENCE = 2
+
+
 def _auto(
     session: _Session, tp: ThroughputConfig, batch_hook: Optional[Callable[[int], None]]
 ) -> Iterator[ThroughputRow]:
     """Double from ``auto_start`` until a stop rule fires; every size measured is yielded."""
     start = time.monotonic()
-    b = max(1, min(tp.auto_start, tp.auto_max_batch_size))
-    previous: Optional[ThroughputRow] = None
+    b = first = max(1, min(tp.auto_start, tp.auto_max_batch_size))
+    best: Optional[ThroughputRow] = None
+    misses = 0
     while True:
         row = session.measure(b, batch_hook)
         yield row
@@ -253,11 +258,14 @@ def _auto(
             reason = f"batch {b} ended {row.status.value}"
             break
         assert row.samples_per_s is not None and row.step_time_ms is not None
-        before = previous.samples_per_s if previous is not None else None
-        if before is not None and row.samples_per_s < before * (1 + tp.auto_min_gain):
-            reason = f"gain below {tp.auto_min_gain:.0%} at batch {b}"
-            break
-        previous, nxt = row, b * 2
+        if best is not None and row.samples_per_s < (best.samples_per_s or 0.0) * (1 + tp.auto_min_gain):
+            misses += 1  # one short measurement can be noise: stop after AUTO_PATIENCE in a row
+            if misses >= AUTO_PATIENCE:
+                reason = f"gain below {tp.auto_min_gain:.0%} over the best at {AUTO_PATIENCE} sizes in a row"
+                break
+        else:
+            best, misses = row, 0
+        nxt = b * 2
         if nxt > tp.auto_max_batch_size:
             reason = f"next batch {nxt} is past auto_max_batch_size {tp.auto_max_batch_size}"
             break
@@ -269,6 +277,9 @@ def _auto(
             break
         b = nxt
     log.info("auto batch sizes stopped: %s", reason)
+    if best is not None and best.batch_size == first and b > first:
+        log.info("the best batch size is the smallest tried (%d): the optimum may lie below it; lower "
+                 "throughput.auto_start to look", first)
 
 
 def measure_throughput(
@@ -286,8 +297,8 @@ def measure_throughput(
     Builds the data and the model once; each batch size gets a fresh optimiser and GradScaler
     and starts from the same initial weights. Explicit sizes run in the order given; after an
     OOM, larger sizes are recorded as ``"oom"`` without running. ``batch_sizes="auto"`` doubles
-    from ``auto_start`` until a size does not end ``ok``, the gain over the previous size
-    falls below ``auto_min_gain``, the next size passes ``auto_max_batch_size``, or the next
+    from ``auto_start`` until a size does not end ``ok``, :data:`AUTO_PATIENCE` sizes in a row
+    fail to beat the best so far by ``auto_min_gain``, the next size passes ``auto_max_batch_size``, or the next
     size would overrun ``auto_time_budget_s`` (measured from the first step, excluding set-up).
 
     Args:
