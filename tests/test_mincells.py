@@ -15,6 +15,7 @@ from rnn.memory import estimate_step_memory
 from rnn.mincells import MinCell, g, parallel_scan_log, sequential_scan
 from rnn.minstack import MinStack
 from rnn.models import build_model
+from rnn.sample import generate
 from rnn.throughput import measure_throughput
 from rnn.train import Trainer
 
@@ -153,6 +154,10 @@ def test_a_min_cell_trains_and_records_its_recurrence(tmp_path: Path) -> None:
     assert events[0].info["recurrence"] == "sequential-scan"
     result = events[-1].result
     assert result.status.is_success() and result.evals[-1].val_loss < result.evals[0].val_loss
+    # sampling from its checkpoint runs the step-by-step form, the state carried from call to call
+    text = generate(result.best_checkpoint, prompt="The ", length=20, temperature=0.8, seed=1)
+    assert text.startswith("The ") and len(text) == 24
+    assert text == generate(result.best_checkpoint, prompt="The ", length=20, temperature=0.8, seed=1)
 
 
 @pytest.mark.slow
