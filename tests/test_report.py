@@ -79,7 +79,7 @@ def test_training_report(train_job: Path) -> None:
     assert "<svg" not in md and "![" not in md and "see report.html" in md
     # best-trials table: gru-0 first, with its varying config value and metrics
     best_rows = [ln for ln in md.splitlines() if ln.startswith("| 1 |")]
-    assert best_rows == ["| 1 | gru-0 | gru | 0 | 1.0000 | 1.4427 | 0.5500 | 4,321 | 40 | 1.5 |"]
+    assert best_rows == ["| 1 | gru-0 | gru | 0 | 1.0000 | 1.4427 | 0.5500 | 4,321 | 40 | — | 1.5 |"]
     assert list(train_job.glob(".*.tmp")) == []
 
 
@@ -186,3 +186,15 @@ def test_user_strings_cannot_break_a_markdown_table() -> None:
     row = next(ln for ln in lines if ln.startswith("| spec"))
     assert row == "| spec | jobs/a\\|b\\`c\\`.yaml # title |"  # mid-line, # is literal
     assert len(re.findall(r"(?<!\\)\|", row)) == 3  # two cells: the pipe in the path is escaped
+
+
+def test_best_trials_give_training_tokens_per_second_without_the_evaluations() -> None:
+    from orchestrator.report.training import best_trials, tokens_per_s
+
+    row = {"trial_id": "t1", "steps": 40, "train.batch_size": 32, "data.seq_len": 100, "train_time_s": 30.0,
+           "eval_time_s": 10.0, "best_val_loss": 2.0, "best_val_bpc": 2.9, "best_val_accuracy": 0.3, "params": 10}
+    assert tokens_per_s(row) == pytest.approx(40 * 32 * 100 / 20.0)
+    assert tokens_per_s({**row, "eval_time_s": float("nan")}) == pytest.approx(40 * 32 * 100 / 30.0)  # older rows
+    assert tokens_per_s({**row, "data.seq_len": None}) is None and tokens_per_s({**row, "steps": 0}) is None
+    table = best_trials([row], [], "val_loss")[1]
+    assert isinstance(table, Table) and "tokens/s" in table.headers and "6,400" in table.rows[0]

@@ -194,8 +194,24 @@ def _paired(stats: Sequence[ConfigStat], col: str) -> list[Block]:
     ]
 
 
+def tokens_per_s(row: Mapping[str, Any]) -> Optional[float]:
+    """A trial's training speed: ``steps * train.batch_size * data.seq_len`` tokens over its training time
+    less its evaluations (``eval_time_s``); None where a figure is missing."""
+    figures: list[float] = []
+    for key in ("steps", "train.batch_size", "data.seq_len", "train_time_s"):
+        x = row.get(key)
+        if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+            return None
+        figures.append(float(x))
+    steps, batch, seq_len, seconds = figures
+    evaluating = row.get("eval_time_s")
+    if isinstance(evaluating, (int, float)) and math.isfinite(evaluating):
+        seconds -= evaluating
+    return steps * batch * seq_len / seconds if seconds > 0 else None
+
+
 def best_trials(ranked: Sequence[Mapping[str, Any]], varying: Sequence[str], col: str) -> list[Block]:
-    """The top trials by the ranking metric with what varies, their metrics, size and time."""
+    """The top trials by the ranking metric with what varies, their metrics, size, speed and time."""
     blocks: list[Block] = [Heading(2, f"Best trials (top {_TOP_N} by {col})")]
     if not ranked:
         return blocks + [Para("No completed trial has a finite validation metric yet.")]
@@ -203,8 +219,8 @@ def best_trials(ranked: Sequence[Mapping[str, Any]], varying: Sequence[str], col
     table = [
         [str(i), r["trial_id"], *(fmt_num(r.get(c), "") for c in cols), fmt_num(r["best_val_loss"]),
          fmt_num(r["best_val_bpc"]), fmt_num(r["best_val_accuracy"]), fmt_num(r["params"], ","),
-         fmt_num(r["steps"], "d"), fmt_num(r["train_time_s"], ".1f")]
+         fmt_num(r["steps"], "d"), fmt_num(tokens_per_s(r), ",.0f"), fmt_num(r["train_time_s"], ".1f")]
         for i, r in enumerate(ranked[:_TOP_N], 1)
     ]
-    headers = ["#", "trial", *cols, "val loss", "val bpc", "val acc", "params", "steps", "time (s)"]
+    headers = ["#", "trial", *cols, "val loss", "val bpc", "val acc", "params", "steps", "tokens/s", "time (s)"]
     return blocks + [Table(headers, table)]
