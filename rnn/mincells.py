@@ -164,8 +164,15 @@ class MinCell(nn.Module):
 
     def forward(self, x: Tensor, h0: Optional[Tensor] = None, scan: str = "auto") -> Tensor:
         """``h`` ``[B, T, H]`` for ``x`` ``[B, T, C]`` from ``h0`` ``[B, H]`` (None: zero), by the
-        ``scan`` :func:`resolve_scan` picks for ``x``'s device (the same function either way)."""
-        k = self.proj(x)  # [B, T, G*H]
-        if resolve_scan(scan, x.device) == "parallel":
-            return parallel_scan_log(*self.log_coefficients(k), h0)
-        return sequential_scan(*self.coefficients(k), h0)
+        ``scan`` :func:`resolve_scan` picks for ``x``'s device (the same function either way); in
+        float32 at least, under autocast too."""
+        k = self.proj(x)  # [B, T, G*H]; under autocast in its dtype
+        # The scan runs in at least float32, autocast off: a cumulative sum of log gates in bfloat16
+        # (8 bits of mantissa) would be off by whole units after a few hundred steps.
+        dtype = torch.promote_types(k.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            k = k.to(dtype)
+            h0 = None if h0 is None else h0.to(dtype)
+            if resolve_scan(scan, x.device) == "parallel":
+                return parallel_scan_log(*self.log_coefficients(k), h0)
+            return sequential_scan(*self.coefficients(k), h0)

@@ -183,3 +183,15 @@ def test_a_throughput_sweep_measures_a_min_cell_and_names_its_scan(tmp_path: Pat
     # the memory estimate has a per-layer figure for it, above the plain GRU's
     plain = replace(cfg.model, cell="gru", min_mlp=False)
     assert estimate_step_memory(cfg.model, 65, 64, 100, 10**6) > estimate_step_memory(plain, 65, 64, 100, 10**6)
+
+
+@pytest.mark.parametrize("scan", ["parallel", "sequential"])
+def test_the_scan_runs_in_float32_under_bf16_autocast(scan: str) -> None:
+    torch.manual_seed(0)
+    layer = MinCell("mingru", 8, 16)
+    x = torch.randn(2, 300, 8)
+    want = layer(x, None, scan)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x, None, scan)
+    assert got.dtype == torch.float32  # only the projection ran in bfloat16
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.02)
