@@ -32,6 +32,9 @@ from orchestrator.report.rung_noise import rung_decisions
 from orchestrator.report.sample import sample_section
 from orchestrator.report.search import search_section
 from orchestrator.report.sections import (
+    LIVE_BANNER,
+    RUNNING_HEADING,
+    ended_banner,
     failures,
     header,
     job_kind,
@@ -53,7 +56,7 @@ from orchestrator.results import (
 )
 from orchestrator.results.ranking import rank_trials, ranking_metric, varying_columns
 
-__all__ = ["LIVE_RELOAD_S", "build_report", "md_escape", "to_html", "to_markdown"]
+__all__ = ["LIVE_RELOAD_S", "build_report", "end_live_report", "md_escape", "to_html", "to_markdown"]
 
 #: A live report asks the browser to reload it this often.
 LIVE_RELOAD_S = 30
@@ -105,6 +108,50 @@ def build_report(job_dir: str | os.PathLike[str] | ResultsStore, *, live: bool =
     refresh = LIVE_RELOAD_S if live else None
     html_path = store.write_text("report.html", to_html(blocks, f"{name} report", refresh_s=refresh))
     return Path(md_path), Path(html_path)
+
+
+def end_live_report(job_dir: str | os.PathLike[str] | ResultsStore) -> bool:
+    """Turn a live report left in ``job_dir`` into a stopped one; True when a page was changed.
+
+    The run calls this as its sweep ends, before the final report: that report takes seconds to
+    minutes, and a run killed meanwhile (SIGKILL, the OOM killer) would otherwise leave a page that
+    says the sweep is still running and reloads itself forever. Only the live parts change (the
+    banner says the sweep stopped, the self-reload and the running trials go); nothing is read but
+    the two pages, each rewritten atomically. Call it only while no sweep writes to the folder.
+    """
+    store = job_dir if isinstance(job_dir, ResultsStore) else ResultsStore(job_dir)
+    banner = ended_banner(store.job_dir)
+    changed = False
+    md = store.read_text("report.md")
+    if md is not None and LIVE_BANNER in md:
+        store.write_text("report.md", _end_live_markdown(md, banner.text))
+        changed = True
+    page = store.read_text("report.html")
+    if page is not None and LIVE_BANNER in page:
+        store.write_text("report.html", _end_live_html(page, banner.text))
+        changed = True
+    return changed
+
+
+def _end_live_markdown(text: str, banner: str) -> str:
+    out: list[str] = []
+    skipping = False
+    for line in text.split("\n"):
+        if line.startswith("## ") or line.startswith("# "):
+            skipping = line == f"## {md_escape(RUNNING_HEADING)}"
+        if skipping:
+            continue
+        out.append(f"**{md_escape(banner)}**" if line.startswith(f"**{md_escape(LIVE_BANNER)}") else line)
+    return "\n".join(out)
+
+
+def _end_live_html(text: str, banner: str) -> str:
+    text = re.sub(r'<meta http-equiv="refresh" content="\d+">\n', "", text)
+    # Block text is escaped, so no "</p>" or "<h" occurs inside a paragraph or a table cell.
+    text = re.sub(rf'<p class="live">{re.escape(html.escape(LIVE_BANNER))}.*?</p>',
+                  lambda _: f'<p class="live">{html.escape(banner)}</p>', text, count=1, flags=re.DOTALL)
+    return re.sub(rf"<h2>{re.escape(html.escape(RUNNING_HEADING))}</h2>.*?(?=<h[12]>|</body>)", "", text,
+                  count=1, flags=re.DOTALL)
 
 
 def _importance(rows: list[dict], ranked: list, evals: list[dict], params: list[str], col: str, evals_col: str,

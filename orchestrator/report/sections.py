@@ -31,7 +31,23 @@ from orchestrator.report.stats import config_label
 from orchestrator.results import FAILURE_STATUSES, manifest_runs
 from orchestrator.results.ranking import varying_columns
 
-__all__ = ["failures", "header", "job_kind", "overview", "provenance", "running_section", "throughput_section"]
+__all__ = [
+    "LIVE_BANNER",
+    "RUNNING_HEADING",
+    "ended_banner",
+    "failures",
+    "header",
+    "job_kind",
+    "overview",
+    "provenance",
+    "running_section",
+    "throughput_section",
+]
+
+#: How a live report's banner begins (:func:`orchestrator.report.render.end_live_report` finds it by this).
+LIVE_BANNER = "Live: the sweep is still running"
+#: The heading of a live report's running trials.
+RUNNING_HEADING = "Running now"
 
 
 def job_kind(manifest: Optional[dict], has_throughput: bool) -> str:
@@ -47,11 +63,20 @@ def header(name: str, live: bool = False, job_dir: str = "DIR") -> list[Block]:
     blocks: list[Block] = [Heading(1, f"Report: {name}")]
     if live:
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        blocks.append(Para(f"Live: the sweep is still running (as of {now}). This page shows the trials finished "
+        blocks.append(Para(f"{LIVE_BANNER} (as of {now}). This page shows the trials finished "
                            "so far; it is rebuilt as more finish and the browser reloads it every 30 s. If it has "
                            "not changed for minutes, the run may have stopped: rebuild it with "
                            f"`python -m orchestrator report {job_dir}`.", box="live"))
     return blocks
+
+
+def ended_banner(job_dir: str = "DIR") -> Para:
+    """The banner that replaces a live one once its run has stopped updating the page (the sweep
+    ended; the final report, which drops the banner, is written next unless the run is killed first)."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Para(f"Stopped: the sweep is no longer running (it ended or was stopped at {now}) and this page was not "
+                "rebuilt after that, so it shows the trials finished by then and no text sample. Rebuild the full "
+                f"report with `python -m orchestrator report {job_dir}`.", box="live")
 
 
 def running_section(running: Sequence[Any]) -> list[Block]:
@@ -65,7 +90,7 @@ def running_section(running: Sequence[Any]) -> list[Block]:
         pace = f"{r.steps_per_s:,.1f}" if r.steps_per_s else ""
         rows.append([r.label, r.phase, step, fmt_num(r.train_loss), fmt_num(r.val_loss), pace, eta,
                      f"{format_duration(max(0.0, now - r.heard_at))} ago"])
-    return [Heading(2, "Running now"),
+    return [Heading(2, RUNNING_HEADING),
             Para("Each running trial's latest heartbeat (sent every 15 s while it trains) or evaluation; the "
                  "train loss is the mean since its last evaluation. Finished trials are in the sections below."),
             Table(["trial", "phase", "step", "train loss", "last val loss", "steps/s", "ETA", "heard"], rows)]

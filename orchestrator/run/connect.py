@@ -215,8 +215,10 @@ def gcs_client() -> Any:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt).
+def stop_on_signals(stop: threading.Event,
+                    doing: str = "stopping running trials, keeping what finished") -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt); ``doing`` says
+    what the first one does, in the warning logged.
 
     The same signal again within :data:`REPEAT_WINDOW_S` counts once: one Ctrl-C, or one
     ``ray job stop``, reaches the driver twice, directly and forwarded by the supervisor
@@ -233,8 +235,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             return
         if stop.is_set():
             raise KeyboardInterrupt
-        log.warning("%s received: stopping running trials, keeping what finished (again to force)",
-                    signal.Signals(signum).name)
+        log.warning("%s received: %s (again to force)", signal.Signals(signum).name, doing)
         stop.set()
 
     if threading.current_thread() is not threading.main_thread():

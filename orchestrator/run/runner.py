@@ -150,9 +150,15 @@ def run_job(
                 backend.shutdown()
                 log.info("no trial was recorded in %s: no report written", job_dir)
             else:
-                report = _Background(_build_report, store)
-                backend.shutdown()
-                md, html = report.join()
+                # A first SIGINT/SIGTERM here lets the report finish (seconds); a second, or one after
+                # the sweep was already stopped by a signal, ends the run at once.
+                ending = threading.Event()
+                if summary is not None and summary.interrupted:
+                    ending.set()
+                with stop_on_signals(ending, doing="the sweep has ended: finishing its report first"):
+                    report = _Background(_build_report, store)
+                    backend.shutdown()
+                    md, html = report.join()
                 log.info("results: %s", job_dir)
                 log.info("report:  %s", html)
                 if tracker is not None:
@@ -307,8 +313,11 @@ class RunRecord:
 
 
 def _build_report(store: ResultsStore) -> tuple[Path, Path]:
-    from orchestrator.report.render import build_report
+    from orchestrator.report.render import build_report, end_live_report
 
+    # First the live page loses its "still running" banner: a run killed during the final report
+    # (SIGKILL, the OOM killer) must not leave a page that says the sweep runs and reloads forever.
+    end_live_report(store)
     return build_report(store)
 
 
