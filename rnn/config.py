@@ -98,6 +98,12 @@ def resolved_vocab_size(level: str, vocab_size: Optional[int]) -> Optional[int]:
     return vocab_size or DEFAULT_VOCAB_SIZE[level]
 
 
+#: ``data.val_max_chars``'s default: what an evaluation reads of a big corpus's held-out split, so
+#: that at the default ``eval_every`` and batch shape it costs a small share of training time
+#: (docs/benchmarks.md, "A 100 MB corpus"). Tiny Shakespeare's whole split is far below it.
+DEFAULT_VAL_MAX_CHARS = 500_000
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which text, how it is tokenized, and how it is cut into windows."""
@@ -111,8 +117,9 @@ class DataConfig:
     seq_len: Annotated[int, Ge(1), Le(100_000)] = 100
     val_fraction: Fraction = 0.1
     # Evaluate only the first this-many characters of the held-out split (None: all of it): on a
-    # big corpus a full pass dominates the run. The split itself does not move.
-    val_max_chars: Optional[Annotated[int, Ge(1), Le(10**12)]] = None
+    # big corpus a full pass dominates the run. The split itself does not move. The default is
+    # more than Tiny Shakespeare's whole held-out split (111,540 characters).
+    val_max_chars: Optional[Annotated[int, Ge(1), Le(10**12)]] = DEFAULT_VAL_MAX_CHARS
 
     def resolved_vocab_size(self) -> Optional[int]:
         """The vocabulary cap for bpe/word, or None for char (see :func:`resolved_vocab_size`)."""

@@ -50,6 +50,15 @@ class CorpusError(ValueError):
 
 
 @dataclass(frozen=True)
+class CorpusInfo:
+    """Which text, without the text: what a run keeps once the text is encoded."""
+
+    name: str
+    source: str  # where the text came from: a file path or a description
+    sha256: str  # the hex digest of the text's UTF-8 bytes
+
+
+@dataclass(frozen=True)
 class Corpus:
     """A loaded text. ``sha256`` is the hex digest of ``text.encode("utf-8")``."""
 
@@ -57,6 +66,9 @@ class Corpus:
     source: str  # where the text came from: a file path or a description
     text: str
     sha256: str
+
+    def info(self) -> CorpusInfo:
+        return CorpusInfo(self.name, self.source, self.sha256)
 
 
 def cache_root() -> Path:

@@ -4,9 +4,12 @@ The corpus is split contiguously at a character position (nanoGPT's convention):
 ``train = text[:int(n * (1 - val_fraction))]``, ``val`` the rest. The tokenizer is
 trained on the training text only, and the two splits are encoded separately.
 
-Each split is held as one 1-D ``torch.long`` tensor on the device. Training windows are
-gathered from it with device ops and a device ``torch.Generator`` (no DataLoader, no host
-copy or sync per step); validation windows are precomputed once.
+Each split is held as one 1-D tensor of token ids on the device, in the narrowest integer type
+that holds the vocabulary (int16, else int32: :func:`rnn.ids.id_dtype`). On the CPU a corpus's
+ids are a copy-on-write map of the node's id cache (:mod:`rnn.ids`), so the trials of a node share
+one copy. Training windows are gathered from it with device ops and a device ``torch.Generator``
+(no DataLoader, no host copy or sync per step) and widened to ``torch.long`` per batch;
+validation windows are precomputed once. The corpus text itself is not kept.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import Tensor
 
 from rnn.bpc import bits_per_char, unknown_piece_bits
 from rnn.config import DataConfig
-from rnn.corpus import Corpus, load_corpus
+from rnn.corpus import Corpus, CorpusInfo, load_corpus
 from rnn.ids import encoded
 from rnn.tokenizer import Tokenizer, build_tokenizer
 
@@ -46,13 +49,15 @@ class LMData:
     (``num_val_targets``), not by batch.
     """
 
-    train: Tensor = field(repr=False)  # (N_train,) long, on the device
-    val: Tensor = field(repr=False)  # (N_val,) long, same device; empty without validation
+    train: Tensor = field(repr=False)  # (N_train,) int16/int32 ids, on the device
+    val: Tensor = field(repr=False)  # (N_val,) same type and device; empty without validation
     tokenizer: Tokenizer
-    corpus: Corpus = field(repr=False)
+    corpus: CorpusInfo = field(repr=False)
     seq_len: int
-    val_chars: int  # characters in the validation text
+    val_chars: int  # characters in the validation text (what each evaluation reads)
     train_chars: int  # characters in the training text
+    #: characters in the whole held-out split (``val_chars`` is its head under data.val_max_chars)
+    heldout_chars: Optional[int] = None
     val_unknown_bits: float = 0.0  # bits to spell out the validation targets' [UNK] pieces (rnn.bpc)
     _offsets: Tensor = field(init=False, repr=False)
     _val_windows: Tensor = field(init=False, repr=False)
@@ -61,6 +66,10 @@ class LMData:
     def __post_init__(self) -> None:
         if self.train.dim() != 1 or self.val.dim() != 1:
             raise ValueError("LMData.train and LMData.val must be 1-D token streams")
+        if self.train.is_floating_point() or self.val.is_floating_point():
+            raise ValueError("LMData.train and LMData.val must hold integer token ids")
+        if self.heldout_chars is None:
+            self.heldout_chars = self.val_chars
         if self.train.numel() < self.seq_len + 1:
             raise DataError(f"the training stream has {self.train.numel()} tokens; one window needs {self.seq_len + 1}")
         L = self.seq_len + 1
@@ -79,6 +88,12 @@ class LMData:
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
+
+    @property
+    def val_coverage(self) -> float:
+        """The share of the held-out split's characters each evaluation reads: 1.0 for all of
+        it, less under ``data.val_max_chars`` (NaN without validation)."""
+        return self.val_chars / self.heldout_chars if self.heldout_chars else math.nan
 
     @property
     def tokens_per_char_val(self) -> float:
@@ -101,9 +116,9 @@ class LMData:
         without validation."""
         if self.num_val_targets == 0:
             return math.nan
-        counts = torch.bincount(self.train, minlength=self.vocab_size).double() + 1.0
+        counts = torch.bincount(self.train.long(), minlength=self.vocab_size).double() + 1.0
         log_p = (counts / counts.sum()).log()
-        return float(-log_p[self.val[1:]].mean())
+        return float(-log_p[self.val[1:].long()].mean())
 
     @property
     def num_val_targets(self) -> int:
@@ -119,7 +134,7 @@ class LMData:
 
         ``generator`` must live on the data's device (``torch.Generator(device=...)``), so the
         draw stays on the device and the sequence of batches is reproducible from its seed.
-        Returns ``(batch_size, seq_len + 1)`` long.
+        Returns ``(batch_size, seq_len + 1)`` long (the ids are stored narrower).
         """
         device = self.train.device
         if generator.device.type != device.type:
@@ -132,7 +147,7 @@ class LMData:
             0, self.train.numel() - L + 1, (batch_size,), generator=generator, device=device
         )  # (B,)
         index = starts[:, None] + self._offsets[None, :]  # (B, L)
-        return self.train[index]  # (B, L): one gather
+        return self.train[index].long()  # (B, L): one gather, then widened
 
     def val_batches(self, batch_size: int) -> Iterator[Tensor]:
         """Fixed validation windows in order: ``(b, seq_len + 1)`` batches of at most
@@ -141,9 +156,9 @@ class LMData:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         for start in range(0, self._val_windows.shape[0], batch_size):
-            yield self._val_windows[start : start + batch_size]  # (b, L)
+            yield self._val_windows[start : start + batch_size].long()  # (b, L)
         if self._val_tail is not None:
-            yield self._val_tail[None, :]  # (1, tail + 1)
+            yield self._val_tail[None, :].long()  # (1, tail + 1)
 
 
 #: A training split this many characters per window long has a window's worth of tokens at any
@@ -175,7 +190,8 @@ def check_data(
 
 
 def _split(cfg: DataConfig, data_dir: Optional[Union[str, Path]]) -> tuple[Corpus, str, str]:
-    """The corpus and its two texts: the training split, and the held-out split's evaluated part."""
+    """The corpus and its two texts: the training split, and the held-out split's evaluated part
+    (its head under ``data.val_max_chars``)."""
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be in [0, 1) (got {cfg.val_fraction})")
     if cfg.seq_len < 1:
@@ -189,7 +205,7 @@ def _split(cfg: DataConfig, data_dir: Optional[Union[str, Path]]) -> tuple[Corpu
     return corpus, train_text, val_text
 
 
-def _check_lengths(cfg: DataConfig, corpus: Corpus, n_train: int, n_val: int) -> None:
+def _check_lengths(cfg: DataConfig, corpus: Union[Corpus, CorpusInfo], n_train: int, n_val: int) -> None:
     window = cfg.seq_len + 1
     if n_train < window:
         raise DataError(
@@ -227,7 +243,7 @@ def prepare_data(
     """
     device = torch.device(device)
     corpus, train_text, val_text = _split(cfg, data_dir)
-    text = corpus.text
+    n_chars = len(corpus.text)
 
     t0 = time.perf_counter()
     tokenizer = build_tokenizer(cfg.level, train_text, cfg.resolved_vocab_size(), cache_dir=cache_dir)
@@ -238,7 +254,7 @@ def prepare_data(
     logger.info(
         "corpus %s (%d chars, sha256 %s...): %s vocab %d, %d train / %d val tokens "
         "(tokenizer %.2fs, %s %.2fs)",
-        corpus.name, len(text), corpus.sha256[:12], cfg.level, tokenizer.vocab_size,
+        corpus.name, n_chars, corpus.sha256[:12], cfg.level, tokenizer.vocab_size,
         train.numel(), val.numel(), t1 - t0,
         "ids from the cache" if train_cached and val_cached else "encode", time.perf_counter() - t1,
     )
@@ -248,9 +264,10 @@ def prepare_data(
         train=train,
         val=val,
         tokenizer=tokenizer,
-        corpus=corpus,
+        corpus=corpus.info(),
         seq_len=cfg.seq_len,
         val_chars=len(val_text),
         train_chars=len(train_text),
+        heldout_chars=n_chars - len(train_text),
         val_unknown_bits=unknown_piece_bits(tokenizer, train_text, val_text),
     )

@@ -200,6 +200,7 @@ class Trainer:
                 "corpus": run.data.corpus.name,
                 "corpus_sha256": run.data.corpus.sha256,
                 "unigram_loss": run.data.unigram_loss,
+                "val_coverage": run.data.val_coverage,
                 "total_steps": run.total_steps,
                 "resumed_from_step": run.st.step if resumed else None,
             },

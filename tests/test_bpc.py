@@ -18,9 +18,9 @@ from rnn.train import Trainer
 def unigram_bpc(level: str, vocab_size: int | None, cache: Path) -> float:
     """Validation bpc of an add-one unigram model over the training tokens, through the engine's bpc."""
     data = prepare_data(DataConfig(corpus="builtin", level=level, vocab_size=vocab_size, seq_len=16), cache_dir=cache)
-    counts = torch.bincount(data.train, minlength=data.vocab_size).double() + 1
+    counts = torch.bincount(data.train.long(), minlength=data.vocab_size).double() + 1
     logp = (counts / counts.sum()).log()  # (V,)
-    return data.val_bpc(float(-logp[data.val[1:]].mean()))
+    return data.val_bpc(float(-logp[data.val[1:].long()].mean()))
 
 
 def test_unigram_levels_order_sensibly_and_a_tiny_vocabulary_does_not_win(tmp_path: Path) -> None:

@@ -6,10 +6,12 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from rnn.config import DataConfig
+from rnn.corpus import load_corpus
 from rnn.data import DataError, LMData, check_data, prepare_data
 from rnn.tokenizer import build_tokenizer
 
@@ -39,11 +41,11 @@ def test_streams_live_on_the_device(tmp_path: Path, device: str) -> None:
     data = prepare_data(cfg, device, cache_dir=tmp_path / "tok")
     for stream in (data.train, data.val):
         assert stream.device.type == device
-        assert stream.dtype == torch.long and stream.dim() == 1
+        assert stream.dtype == torch.int16 and stream.dim() == 1  # the narrowest type for the vocabulary
     g = torch.Generator(device=device).manual_seed(0)
     batch = data.sample_batch(4, g)
-    assert batch.device.type == device and batch.shape == (4, 17)
-    assert all(w.device.type == device for w in data.val_batches(8))
+    assert batch.device.type == device and batch.shape == (4, 17) and batch.dtype == torch.long
+    assert all(w.device.type == device and w.dtype == torch.long for w in data.val_batches(8))
 
 
 def test_val_max_chars_evaluates_the_held_out_splits_head_and_moves_no_split(tmp_path: Path) -> None:
@@ -52,11 +54,13 @@ def test_val_max_chars_evaluates_the_held_out_splits_head_and_moves_no_split(tmp
     head = prepare_data(cfg, "cpu", cache_dir=tmp_path / "tok")
     assert head.val_chars == 100 and head.val.tolist() == whole.val[:100].tolist()
     assert head.train.tolist() == whole.train.tolist()
+    assert whole.val_coverage == 1.0 and head.val_coverage == pytest.approx(100 / whole.val_chars)
+    assert head.heldout_chars == whole.val_chars
 
 
 def test_the_unigram_baseline_is_the_validation_cross_entropy_of_training_frequencies(tmp_path: Path) -> None:
     data = _char_data(tmp_path)
-    counts = torch.bincount(data.train, minlength=data.vocab_size).double() + 1
+    counts = torch.bincount(data.train.long(), minlength=data.vocab_size).double() + 1
     p = counts / counts.sum()
     expected = float(-sum(math.log(p[t]) for t in data.val[1:].tolist()) / (data.val.numel() - 1))
     assert data.unigram_loss == pytest.approx(expected)
@@ -74,12 +78,42 @@ def test_token_ids_are_encoded_once_and_keyed_by_tokenizer_and_text(tmp_path: Pa
     assert len(cached) == 2  # the training split's and the validation split's
     again = prepare_data(cfg, cache_dir=tmp_path / "tok")
     assert torch.equal(first.train, again.train) and torch.equal(first.val, again.val)
-    assert again.train.dtype == torch.long
+    assert again.train.dtype == torch.int16
     assert sorted((tmp_path / "tok").glob("ids-*.npy")) == cached  # read back, not written again
     other = prepare_data(replace(cfg, val_fraction=0.2), cache_dir=tmp_path / "tok")  # other texts: other files
     assert len(list((tmp_path / "tok").glob("ids-*.npy"))) == 4 and other.val.numel() > first.val.numel()
     cached[0].write_bytes(b"not numpy")  # a damaged file is encoded again
     assert torch.equal(prepare_data(cfg, cache_dir=tmp_path / "tok").train, first.train)
+
+
+def test_cached_ids_are_one_shared_map_of_the_cache_file(tmp_path: Path) -> None:
+    """Trials on a node share the ids: each maps the cache file (the writer too) rather than
+    holding a copy, and nothing a trial does to its tensor reaches the file (copy-on-write)."""
+    from rnn.ids import MIN_CACHED_CHARS
+
+    text = TEXT * (11 * MIN_CACHED_CHARS // len(TEXT))
+    cfg = DataConfig(corpus=_corpus_file(tmp_path, text), level="char", seq_len=16)
+    first = prepare_data(cfg, cache_dir=tmp_path / "tok")
+    second = prepare_data(cfg, cache_dir=tmp_path / "tok")
+    train_file = max((tmp_path / "tok").glob("ids-*.npy"), key=lambda p: p.stat().st_size)
+    maps = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(train_file))]
+    assert len(maps) >= 2  # both runs map the file; neither read it into its own memory
+    on_disk = np.load(train_file)
+    assert on_disk.dtype == np.int16 and on_disk.tolist() == first.train.tolist()
+    second.train[:10] = 0  # a private page: the file and the first run's view are untouched
+    assert np.load(train_file)[:10].tolist() == on_disk[:10].tolist() == first.train[:10].tolist()
+    assert not hasattr(first.corpus, "text")  # the text is not kept once encoded
+
+
+def test_char_ids_match_the_list_encoder(tmp_path: Path) -> None:
+    """The vectorised char encoder (used for every cached text) gives ``encode``'s ids exactly,
+    unknown characters and characters past the vocabulary's largest code point included."""
+    from rnn.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_text("hello world\nÄé😀")
+    for text in ["", "hello", "héllo😀xyz\n\U0010ffff", "ab\udc80c", "Ä" * 3_000_000]:
+        assert tok.encode_array(text, np.int16).tolist() == tok.encode(text)
+    assert CharTokenizer([]).encode_array("abc").tolist() == [0, 0, 0]
 
 
 def test_contiguous_split_and_train_only_vocab(tmp_path: Path) -> None:
@@ -219,7 +253,7 @@ def test_word_level_tokens_per_char(tmp_path: Path) -> None:
 def test_builtin_default_config(tmp_path: Path) -> None:
     data = prepare_data(DataConfig(seq_len=32), cache_dir=tmp_path / "tok")
     assert data.corpus.name == "builtin"
-    assert data.train_chars + data.val_chars == len(data.corpus.text)
+    assert data.train_chars + data.val_chars == len(load_corpus("builtin").text)
     assert data.val.numel() == data.val_chars and data.train.numel() == data.train_chars
 
 

@@ -83,6 +83,20 @@ def test_models_that_learned_nothing_beyond_token_frequencies_are_not_ranked_as_
     assert "unigram" not in _conclusion(build_report(learned)[0].read_text())
 
 
+def test_validation_on_part_of_the_held_out_split_is_said_plainly(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    for seed in (0, 1):
+        store.commit_trial(completed_row(f"g{seed}", 1.5, _cfg("gru", seed), val_coverage=0.0498), eval_curve(1.5))
+    text = build_report(tmp_path)[0].read_text()
+    assert "Validation figures are measured on the first 5.0% of the held-out split, not all of it" in text
+    assert "set data.val_max_chars to null to evaluate all of it" in text
+    whole = tmp_path / "whole"
+    store = ResultsStore(whole)
+    for seed in (0, 1):
+        store.commit_trial(completed_row(f"g{seed}", 1.5, _cfg("gru", seed), val_coverage=1.0), eval_curve(1.5))
+    assert "held-out split, not all of it" not in build_report(whole)[0].read_text()
+
+
 def test_importance_is_the_between_group_share_of_variance() -> None:
     # 2 x 2 grid, 2 seeds: cell moves the loss by 1.0, bidirectional by 0.2, seeds by ±0.05.
     rows = [{"model.cell": c, "model.bidirectional": b, "m": 1.0 + (c == "rnn") + 0.2 * b + s}

@@ -369,3 +369,17 @@ def test_a_time_schedule_needs_a_time_budget(tmp_path: Path) -> None:
     cfg = _time_run(60.0)
     with pytest.raises(ValueError, match="schedule_by: time needs train.max_time_s"):
         Trainer(replace(cfg, train=replace(cfg.train, max_time_s=None, max_steps=10)), tmp_path).fit()
+
+
+def test_the_start_event_and_the_trial_row_say_how_much_of_the_held_out_split_is_evaluated(tmp_path: Path) -> None:
+    from conftest import trial_of
+    from orchestrator.results.tables import trial_row
+
+    whole = next(iter(Trainer(tiny_run(max_steps=2, eval_every=2), tmp_path / "whole").iter_fit()))
+    assert whole.kind == "start" and whole.info["val_coverage"] == 1.0  # the builtin split is under the default cap
+    cfg = tiny_run(max_steps=2, eval_every=2)
+    cfg = replace(cfg, data=replace(cfg.data, val_max_chars=200))
+    head = next(iter(Trainer(cfg, tmp_path / "head").iter_fit()))
+    assert 0 < head.info["val_coverage"] < 1
+    row = trial_row(trial_of("t1", {}), status="completed", info=head.info)
+    assert row["val_coverage"] == head.info["val_coverage"]

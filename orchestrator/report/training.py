@@ -223,4 +223,18 @@ def best_trials(ranked: Sequence[Mapping[str, Any]], varying: Sequence[str], col
         for i, r in enumerate(ranked[:_TOP_N], 1)
     ]
     headers = ["#", "trial", *cols, "val loss", "val bpc", "val acc", "params", "steps", "tokens/s", "time (s)"]
-    return blocks + [Table(headers, table)]
+    return blocks + [Table(headers, table), *_partial_validation(ranked)]
+
+
+def _partial_validation(rows: Sequence[Mapping[str, Any]]) -> list[Block]:
+    """A plain word when the validation figures come from part of the held-out split only
+    (``data.val_max_chars``): nothing when every trial evaluated all of it."""
+    shares = sorted({float(r["val_coverage"]) for r in rows if r.get("val_coverage") is not None})
+    if not shares or shares[0] >= 1.0:
+        return []
+    share = f"{shares[0]:.1%}" if len(shares) == 1 else f"{shares[0]:.1%} to {shares[-1]:.1%}"
+    return [Para(
+        f"Validation figures are measured on the first {share} of the held-out split, not all of it "
+        "(data.val_max_chars; the same text for every trial, so trials compare fairly). They estimate the "
+        "whole split's; set data.val_max_chars to null to evaluate all of it."
+    )]

@@ -101,6 +101,9 @@ class TrialRecord:
     unigram_loss: Optional[float] = None
     #: Of ``train_time_s``, the seconds spent evaluating (None: written before it existed).
     eval_time_s: Optional[float] = None
+    #: The share of the held-out split's characters each evaluation read
+    #: (``rnn.data.LMData.val_coverage``: 1.0 all of it, less under ``data.val_max_chars``).
+    val_coverage: Optional[float] = None
 
 
 def config_to_json(config: Mapping[str, Any]) -> str:
@@ -174,7 +177,8 @@ THROUGHPUT_FIXED: pa.Schema = pa.schema([_TRIAL_ID, *arrow_fields(ThroughputRow)
 #: read with it null, and the next compaction writes it, instead of being refused as another
 #: version's. Add a column here when you add a field to ``TrialRecord``, ``EvalRecord`` or ``ThroughputRow``.
 ADDED_COLUMNS: frozenset[str] = frozenset(
-    {"train_objective", "recurrence", "compiled", "compile_s", "tf32", "config_json", "unigram_loss", "eval_time_s"}
+    {"train_objective", "recurrence", "compiled", "compile_s", "tf32", "config_json", "unigram_loss", "eval_time_s",
+     "val_coverage"}
 )
 
 

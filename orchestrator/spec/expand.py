@@ -42,7 +42,7 @@ from orchestrator.spec.sweep import (
     SweepSpec,
     UniformDist,
 )
-from rnn.config import DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
+from rnn.config import DEFAULT_VAL_MAX_CHARS, DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def canonical_json(obj: Any) -> str:
 HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (
     ("train", "compile", "auto"),
     ("train", "schedule_by", "steps"),
-    ("data", "val_max_chars", None),
+    ("data", "val_max_chars", DEFAULT_VAL_MAX_CHARS),
     ("model", "weight_drop", 0.0),
     ("model", "dropout_mode", "standard"),
     ("model", "embedding_dropout", 0.0),
