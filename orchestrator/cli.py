@@ -336,6 +336,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
         return ExitCode.OK
     for rel, why in report.set_aside.items():
         print(f"set aside {rel}: {why}")
+    for line in report.rebuilt:
+        print(line)
     for line in report.lost:
         print(f"lost: {line}")
     print(f"{args.dir}: repaired; the damaged files are kept under {Path(args.dir) / 'damaged'}")

@@ -239,7 +239,9 @@ def test_repair_sets_a_damaged_table_aside_and_keeps_the_rest(
     assert main(["repair", str(job)]) == 0
     out = capsys.readouterr().out
     assert "set aside damaged/evals.parquet." in out
-    assert "lost: the evaluations (curves) of 2 trial(s); their rows are kept" in out
+    for tid in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):  # their checkpoints are not real ones: nothing to rebuild from
+        assert f"lost: trial {tid}'s evaluations (checkpoints/{tid}/best.pt cannot be read" in out
+        assert "its row is kept" in out
     (aside,) = (job / "damaged").iterdir()
     assert aside.name.startswith("evals.parquet.")  # kept, never deleted
     assert main(["report", str(job)]) == 0  # usable again, both rows kept
@@ -256,7 +258,9 @@ def test_repair_says_which_trials_a_damaged_trials_table_loses(
     _truncate(job / "trials.parquet")
     assert main(["repair", str(job)]) == 0
     out = capsys.readouterr().out
-    assert "lost: the rows of 2 trial(s) (aaaaaaaaaaaa, bbbbbbbbbbbb): they run again" in out
+    for tid in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):
+        assert f"lost: trial {tid}'s row (checkpoints/{tid}/best.pt cannot be read" in out
+        assert "it runs again at the next run, from scratch" in out
     assert ResultsStore(job).read_trials()["trial_id"].to_pylist() == ["cccccccccccc"]  # the part's trial is kept
 
 

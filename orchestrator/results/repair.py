@@ -2,14 +2,19 @@
 
 Each file the tool reads is tried as its readers read it: the three tables, every trial part,
 the manifest and a search's records. What cannot be read is moved, never deleted, to
-``<job>/damaged/<name>.<timestamp>``; then the parts are folded into the tables again. What
-that loses is said, trial by trial:
+``<job>/damaged/<name>.<timestamp>``; then the parts are folded into the tables again, and what
+the trials' checkpoints still hold is rebuilt. What is rebuilt and what is lost is said, trial by
+trial:
 
-- a damaged ``trials.parquet``: the rows of the trials it held (their evaluations, if
-  ``evals.parquet`` is sound, stay on disk but no report shows a trial without a row); those
-  trials run again at the next ``run``;
-- a damaged ``evals.parquet`` or ``throughput.parquet``: those rows (curves and speeds); the
+- a damaged ``trials.parquet``: the rows of the trials it held that no part holds. A trial whose
+  best checkpoint was written at the end of its full step budget gets its row back from it
+  (:mod:`~orchestrator.results.rebuild`: status ``completed``, its metrics, steps and times; what
+  no checkpoint holds, such as the device, left empty); every other one runs again at the next
+  ``run``, from its best checkpoint where one is kept;
+- a damaged ``evals.parquet``: the curves, rebuilt for each trial from its checkpoint's
+  evaluations (complete when the checkpoint is from the trial's last step, else up to it); the
   trials' rows stay, so they are not run again;
+- a damaged ``throughput.parquet``: those rows (speeds);
 - a damaged part: that trial's result (it runs again);
 - a damaged manifest: the spec and run records (``best`` needs the spec: the next ``run``
   writes a new manifest);
@@ -43,9 +48,11 @@ DAMAGED_DIR = "damaged"
 
 @dataclass
 class RepairReport:
-    """What ``repair`` set aside (relative path -> why) and what that lost, one line each."""
+    """What ``repair`` set aside (relative path -> why), what it rebuilt from checkpoints and what
+    was lost, one line each."""
 
     set_aside: dict[str, str] = field(default_factory=dict)
+    rebuilt: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
 
     @property
@@ -94,22 +101,59 @@ def repair_job(job_dir: str | os.PathLike[str]) -> RepairReport:
         _search(store, root, stamp, report)
         fresh = ResultsStore(root)  # nothing of the damaged files cached
         fresh.compact()
-        rows = set(fresh.read_trials()["trial_id"].to_pylist())
-        evals = set(fresh.read_evals()["trial_id"].to_pylist())
-        gone = sorted(before - rows)
-        if gone:
-            named = ", ".join(gone[:5]) + (", ..." if len(gone) > 5 else "")
-            report.lost.append(f"the rows of {len(gone)} trial(s) ({named}): they run again at the next run (from "
-                               "their best checkpoint where one is kept)")
-        if report.moved(EVALS_FILE):
-            missing = sorted(rows - evals)
-            report.lost.append(f"the evaluations (curves) of {len(missing)} trial(s); their rows are kept, so they "
-                               "are not run again")
+        if report.changed:
+            _rebuild(fresh, before, report)
         if report.moved(THROUGHPUT_FILE):
             report.lost.append("the throughput rows of the trials compacted into throughput.parquet")
     for rel, why in report.set_aside.items():
         log.info("repair %s: set aside %s (%s)", root, rel, why)
     return report
+
+
+def _rebuild(store: ResultsStore, before: set[str], report: RepairReport) -> None:
+    """What the checkpoints give back of the rows and evaluations lost (:mod:`.rebuild`), then the
+    parts that made folded in; every trial still without a row or evaluations said as lost."""
+    from orchestrator.results.rebuild import evals_by_trial, rebuild_evals, rebuild_rows
+
+    rows = store.read_trials().to_pylist()
+    have = {r["trial_id"] for r in rows}
+    evals = evals_by_trial(store.read_evals().to_pylist())
+    if report.moved(EVALS_FILE):
+        lines = rebuild_evals(store, [r for r in rows if r["trial_id"] not in evals])
+        report.rebuilt += [line for line in lines if line.startswith("rebuilt")]
+        report.lost += [line.removeprefix("lost: ") for line in lines if line.startswith("lost")]
+    gone = before - have
+    if gone:
+        rebuilt, lost = rebuild_rows(store, gone, evals, scheduled=_scheduled(store.job_dir))
+        report.rebuilt += rebuilt
+        report.lost += lost
+    store.compact()
+
+
+def _scheduled(root: str) -> bool:
+    """Whether the job's spec (the manifest's, when it can be read) schedules successive halving;
+    True when it cannot be told (a row is then not rebuilt)."""
+    try:
+        manifest = read_manifest(root)
+    except DamagedFolderError:
+        return True
+    if manifest is None:
+        return True
+    texts = [r.get("spec_text") for r in manifest.get("runs") or [] if isinstance(r, dict) and r.get("spec_text")]
+    text = texts[-1] if texts else manifest.get("spec_text")
+    if not isinstance(text, str):
+        return True
+    from orchestrator.errors import SpecError
+    from orchestrator.spec.yamlio import parse_yaml
+
+    try:
+        raw = parse_yaml(text, "manifest.json spec_text")
+    except SpecError:
+        return True
+    if not isinstance(raw, dict):
+        return True
+    sweep = raw.get("sweep")
+    return isinstance(sweep, dict) and sweep.get("scheduler") is not None
 
 
 def _why(error: BaseException) -> str:
