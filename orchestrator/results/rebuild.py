@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
+from orchestrator.results.records import TRIAL_FIXED
 from orchestrator.results.store import BEST_CHECKPOINT, RESUME_CHECKPOINT, ResultsStore
 from orchestrator.results.tables import trial_row
 from orchestrator.spec.expand import Trial, config_dict, trial_id_for
@@ -38,10 +39,6 @@ from rnn.events import EvalRecord, TrialStatus
 __all__ = ["Saved", "evals_by_trial", "read_saved", "rebuild_evals", "rebuild_rows"]
 
 log = logging.getLogger(__name__)
-
-#: The row's columns a checkpoint cannot fill, as said to the user.
-UNKNOWN_COLUMNS = "device, precision, attempts, started_at, finished_at, recurrence, compiled, tf32, unigram_loss"
-
 
 @dataclass(frozen=True)
 class Saved:
@@ -152,9 +149,10 @@ def rebuild_rows(store: ResultsStore, trial_ids: Iterable[str], evals: Mapping[s
         row["attempts"] = None
         store.commit_trial(row, history)
         source = "evals.parquet" if history is kept else saved.relpath
+        unknown = ", ".join(n for n in TRIAL_FIXED.names if row.get(n) is None and n != "error")
         rebuilt.append(f"rebuilt trial {tid}'s row from {saved.relpath}: completed at step {saved.step}, the end of "
                        f"its step budget, val_loss {best.val_loss:.4f}; {len(history)} evaluation(s) from {source}; "
-                       f"unknown, left empty: {UNKNOWN_COLUMNS}")
+                       f"unknown, left empty: {unknown}")
     return rebuilt, lost
 
 
