@@ -17,6 +17,11 @@ parent, which never imports Ray, waits for it and speaks when it could not.
   :data:`orchestrator.run.connect.REPEAT_WINDOW_S` as one.
 - A driver whose supervisor is gone (``kill -9`` of the supervisor alone) ends itself at once:
   it watches a pipe whose write end only the supervisor holds.
+- On Linux the supervisor is a child subreaper: the processes the driver's descendants leave
+  orphaned (an embedded Ray's agents and workers, whose GCS and raylet die with the driver) are
+  re-parented to it, and once the driver has ended it ends them (SIGTERM, then SIGKILL after 2 s)
+  instead of leaving them to linger (:mod:`orchestrator.processes`). A SIGKILL of the supervisor
+  itself leaves them to init, as before.
 
 Where ``os.fork`` does not exist, the command runs in this process, as before.
 """
@@ -30,6 +35,7 @@ import threading
 from collections.abc import Callable
 
 from orchestrator.errors import ExitCode
+from orchestrator.processes import become_subreaper, children, end_orphans
 
 #: The signals the supervisor passes on to the driver.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -47,6 +53,10 @@ def supervise(command: Callable[[], int], say: Callable[[str], None]) -> int:
         return command()
     chosen_r, chosen_w = os.pipe()
     alive_r, alive_w = os.pipe()
+    # What the driver's descendants leave orphaned (an embedded Ray's agents and workers, after a
+    # SIGKILL of the driver) is re-parented here and ended once the driver has ended.
+    subreaper = become_subreaper()
+    before = set(children(os.getpid())) if subreaper else set()
     sys.stdout.flush()
     sys.stderr.flush()
     # Signals wait until each side has its own handlers: the forwarding ones are the parent's only.
@@ -66,7 +76,11 @@ def supervise(command: Callable[[], int], say: Callable[[str], None]) -> int:
             os.close(chosen_w)
     os.close(chosen_w)
     os.close(alive_r)
-    return _wait_for_driver(pid, chosen_r, blocked, say)
+    try:
+        return _wait_for_driver(pid, chosen_r, blocked, say)
+    finally:
+        if subreaper:
+            end_orphans(exclude=before)
 
 
 def _end_with_supervisor(alive_r: int) -> None:
