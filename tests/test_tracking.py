@@ -145,6 +145,86 @@ def test_a_tracker_that_fails_warns_once_and_the_others_go_on(tmp_path: Path, ca
     assert [s for s, _ in tb_scalars(tmp_path / "fine" / trial.trial_id)] == [10, 20, 30]
 
 
+# --- MLflow: a database written directly reads back as MLflow's client writes it ----------------
+
+
+def _mlflow_story(tmp_path: Path, direct: bool) -> str:
+    """Two drivers, one after the other, tell an MLflow sink about four trials: finished, paused then
+    promoted, failed then run again, and one with 150 params. Returns the database's URI."""
+    from orchestrator.track.mlflow_sink import MlflowSink
+
+    uri, state = f"sqlite:///{tmp_path / 'mlflow.db'}", {}
+
+    def sink() -> MlflowSink:
+        return MlflowSink(uri, "story", "story", "results/story", (lambda: state.get("t"), lambda t: state.update(t=t)),
+                          artifact_max_mb=1.0, direct=direct)
+
+    def view(tid: str, n: int = 3) -> TrialView:
+        return TrialView(tid, {"model.cell": "lstm", "train.lr": 0.01, "x.none": None,
+                               **{f"p.{i:03d}": i for i in range(n)}}, {"train.lr": "0.01"})
+
+    def pts(*steps: int, val: float = 2.0) -> list[Point]:
+        return [Point(s, {"val_loss": val - s / 100, "train_loss": val, "lr": 1e-3}, 1000.0 + s) for s in steps]
+
+    first = sink()
+    first.log(view("done"), pts(10, 20))
+    first.log(view("done"), [Point(30, {"val_loss": float("nan"), "grad_norm": float("inf")}, 1030.0)])
+    first.end(view("done"), TrialEnd("completed", 20, {"best_val_loss": 1.8}, lambda: b"weights"))
+    first.flush()  # what follows lands in a second flush, onto runs already written
+    first.log(view("asha"), pts(10))
+    first.end(view("asha"), None)  # paused at a rung
+    first.log(view("crash"), pts(10))
+    first.end(view("crash"), TrialEnd("failed", 10, {}))
+    first.log(view("big", 150), pts(*range(10, 60, 10)))
+    first.end(view("big", 150), TrialEnd("completed", 50, {"best_val_loss": 1.5}, lambda: b"x" * 2_000_000))
+    first.flush()
+    first.close()
+
+    again = sink()  # a resumed driver: the same runs, each step once
+    assert again.holds("done", "completed") and not again.holds("asha", "completed")
+    again.log(view("done"), pts(10, 20))  # all held: nothing written
+    again.log(view("asha"), pts(10, 20, val=1.0))  # step 10 held, step 20 new
+    again.end(view("asha"), TrialEnd("completed", 20, {"best_val_loss": 0.8}))
+    again.log(view("crash"), pts(10, 20))  # run again after a failure: the run goes on
+    again.end(view("crash"), TrialEnd("completed", 20, {"best_val_loss": 1.7}))
+    again.finish([])
+    again.close()
+    return uri
+
+
+def _mlflow_contents(uri: str) -> dict[str, Any]:
+    client, trials, job_run = mlflow_runs(uri, "story")
+    out: dict[str, Any] = {"job": (job_run.info.status, job_run.data.tags.get("rnn.role"))}
+    for tid, run in trials.items():
+        assert run.data.tags.pop("mlflow.parentRunId") == job_run.info.run_id
+        assert run.info.start_time and (run.info.end_time is not None) == (run.info.status != "RUNNING")
+        history = {k: [(m.step, repr(m.value), m.timestamp if m.timestamp < 2_000_000 else None)
+                       for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
+                   for k in run.data.metrics}
+        artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        out[tid] = (run.info.run_name, run.info.status, run.info.lifecycle_stage, run.data.tags, run.data.params,
+                    {k: repr(v) for k, v in run.data.metrics.items()}, history, artifacts)
+    # what MLflow's searches read: the latest value of a metric, params, tags
+    found = client.search_runs([job_run.info.experiment_id], "metrics.val_loss < 1.9 and params.`p.149` = '149' "
+                               "and tags.status = 'completed'")
+    out["search"] = [r.data.tags["trial_id"] for r in found]
+    return out
+
+
+def test_mlflow_written_directly_to_its_database_reads_back_as_its_client_writes_it(tmp_path: Path) -> None:
+    direct = _mlflow_contents(_mlflow_story(tmp_path / "direct", direct=True))
+    client = _mlflow_contents(_mlflow_story(tmp_path / "client", direct=False))
+    assert direct == client
+    assert direct["done"][1] == "FINISHED" and direct["done"][3]["status"] == "completed"
+    assert direct["done"][6]["val_loss"] == [(10, "1.9", 1_010_000), (20, "1.8", 1_020_000),
+                                              (30, "nan", 1_030_000)]
+    assert direct["done"][7] == {"checkpoint/best.pt": 7}
+    assert direct["asha"][6]["val_loss"] == [(10, "1.9", 1_010_000), (20, "0.8", 1_020_000)]
+    assert direct["crash"][1] == "FINISHED" and direct["big"][3]["checkpoint_artifact"].startswith("not logged: 2.0 MB")
+    assert len(direct["big"][4]) == 153 and direct["big"][4]["x.none"] == "null"
+    assert direct["search"] == ["big"] and direct["job"] == ("FINISHED", "job")
+
+
 # --- a tracked sweep, end to end on the real trainer and the job folder ---------------------------
 
 

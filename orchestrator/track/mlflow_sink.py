@@ -8,6 +8,11 @@ their step, then its final metrics, its ``status`` tag and its best checkpoint a
 (under ``checkpoint/``, up to ``artifact_max_mb``; over it, a ``checkpoint_artifact`` tag says why
 not). The job's run gets the report's files at the end. Metrics already in a run (per key, by
 step) are not logged again.
+
+What the sink is told is buffered, per run, until :meth:`MlflowSink.flush` (the tracker calls it
+about once a second), then written by :mod:`~orchestrator.track.mlflow_write`: a trial's whole
+run in one ``log_batch`` and one update through a server, or every run with something new in one
+transaction of a database.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.spec.tracking import sqlite_path
+from orchestrator.track.mlflow_write import MAX_PARAM, MAX_TAG, ClientWriter, SqlWriter, Writes
 from orchestrator.track.views import EVAL_METRICS, FINAL_METRICS, Point, TrialEnd, TrialView
 
 log = logging.getLogger(__name__)
@@ -35,16 +41,14 @@ CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_
                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                    "MLFLOW_DISABLE_TELEMETRY": "true"}
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
-_PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
-_MAX_VALUE = 6000  # MLflow's longest param value
 
 
 @dataclass
 class _Run:
     run_id: str
-    status: str
+    status: str  # as the store will have it once what is buffered is written
+    artifact_uri: str
     steps: Optional[dict[str, int]] = None  # the last step of each metric key, read on first use
-    params: list[Any] = field(default_factory=list)  # params not logged yet (they go with the next batch)
     status_tag: Optional[str] = None  # the trial's status as the run's ``status`` tag says
 
 
@@ -52,12 +56,14 @@ class MlflowSink:
     """Writes a job's trials to the MLflow tracking store at ``uri`` (see the module docstring).
 
     ``state``: reads and writes the job folder's ``tracking.json`` text (None: absent).
+    ``direct``: write a database's tables directly (default: for a database URI, not a server's).
     """
 
     name = "mlflow"
 
     def __init__(self, uri: str, experiment: str, job_name: str, job_dir: str,
-                 state: tuple[Callable[[], Optional[str]], Callable[[str], Any]], artifact_max_mb: float) -> None:
+                 state: tuple[Callable[[], Optional[str]], Callable[[str], Any]], artifact_max_mb: float,
+                 direct: Optional[bool] = None) -> None:
         for key, value in CLIENT_DEFAULTS.items():
             os.environ.setdefault(key, value)
         from mlflow import MlflowClient
@@ -70,36 +76,33 @@ class MlflowSink:
         self._client = MlflowClient(tracking_uri=self.uri)
         self._job_dir = job_dir
         self._max_bytes = int(artifact_max_mb * 1_000_000)
-        self._experiment_id = self._experiment(experiment)
+        self._experiment_id, location = self._experiment(experiment)
         self._job_run = self._job(job_name, *state)
         self._runs = self._children()
+        if direct is None:
+            direct = not self.uri.lower().startswith(("http:", "https:"))
+        self._writer = SqlWriter(self.uri, self._experiment_id, location) if direct else ClientWriter(self._client)
+        self._writes: dict[str, Writes] = {}  # by run id: what the next flush writes
 
     # --- what a tracker calls -------------------------------------------------------------
 
     def log(self, view: TrialView, points: list[Point], tags: Optional[dict[str, str]] = None) -> None:
-        """The points' metrics at steps the run does not have yet (and ``tags``), in one call."""
+        """The points' metrics at steps the run does not have yet (and ``tags``), at the next flush."""
         run = self._run(view)
         steps = self._steps(run)
-        from mlflow.entities import Metric, RunTag
-
-        metrics = []
+        writes = self._pending(run)
+        added = False
         for point in sorted(points, key=lambda p: p.step):
             stamp = int(point.wall_time * 1000)
             for key, value in point.metrics.items():
                 if point.step > steps.get(key, -1):
-                    metrics.append(Metric(key, value, stamp, point.step))
+                    writes.metrics.append((key, value, stamp, point.step))
                     steps[key] = point.step
-        if metrics and run.status in _TERMINAL:  # a failed trial run again: its run goes on
-            self._client.update_run(run.run_id, status="RUNNING")
+                    added = True
+        if added and run.status in _TERMINAL:  # a failed trial run again: its run goes on
+            writes.status = ("RUNNING", None)
             run.status = "RUNNING"
-        run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
-        params, run.params = run.params, []
-        # 900 metrics with up to 100 params: within log_batch's 1,000 entities
-        for i in range(0, max(len(metrics), len(run_tags), len(params)), _METRICS_PER_BATCH - _PARAMS_PER_BATCH):
-            batch = metrics[i:i + _METRICS_PER_BATCH - _PARAMS_PER_BATCH]
-            first = i == 0
-            self._client.log_batch(run.run_id, metrics=batch, params=params if first else [],
-                                   tags=run_tags if first else [])
+        writes.tags.update({k: _text(v, MAX_TAG) for k, v in (tags or {}).items()})
 
     def holds(self, trial_id: str, status: str) -> bool:
         """Whether the trial's run has ended with this status (so it has everything)."""
@@ -109,7 +112,7 @@ class MlflowSink:
     def end(self, view: TrialView, end: Optional[TrialEnd]) -> None:
         run = self._run(view)
         if end is None:  # paused at a rung: the run stays open for its promotion
-            self._client.set_tag(run.run_id, "status", "paused")
+            self._pending(run).tags["status"] = "paused"
             return
         self.log(view, [Point(end.step, end.metrics, time.time())], {"status": end.status})
         run.status_tag = end.status
@@ -118,38 +121,49 @@ class MlflowSink:
         if end.checkpoint is not None and self._max_bytes > 0:
             self._log_checkpoint(run, end.checkpoint)
         status = "FINISHED" if end.succeeded else ("KILLED" if end.status == "timeout" else "FAILED")
-        self._client.set_terminated(run.run_id, status)
+        self._pending(run).status = (status, int(time.time() * 1000))
         run.status = status
 
+    def flush(self) -> None:
+        """Write what is buffered (the tracker calls this about once a second, and before closing)."""
+        writes = [w for w in self._writes.values() if w.create or w.params or w.metrics or w.tags or w.status]
+        self._writes = {}
+        self._writer.write(writes)
+
     def finish(self, report_files: list[Path]) -> None:
-        """The report's files go to the job's run, which is then finished."""
+        """What is buffered, then the report's files to the job's run, which is then finished."""
+        self.flush()
         for path in report_files:
             if path.is_file() and path.stat().st_size <= self._max_bytes:
                 self._client.log_artifact(self._job_run, str(path), "report")
         self._client.set_terminated(self._job_run, "FINISHED")
 
     def close(self) -> None:
-        """Nothing is held open between calls."""
+        """Let go of the database's connections (what is still buffered is dropped: flush first)."""
+        self._writer.close()
 
     # --- pieces ---------------------------------------------------------------------------
 
-    def _experiment(self, name: str) -> str:
+    def _experiment(self, name: str) -> tuple[str, str]:
+        """The experiment's id and artifact location (made if need be)."""
         found = self._client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 raise RuntimeError(f"the MLflow experiment {name!r} is deleted; restore it or name another "
                                    "(tracking.mlflow_experiment)")
-            return str(found.experiment_id)
+            return str(found.experiment_id), str(found.artifact_location)
         db = sqlite_path(self.uri)
         # a local database keeps its artifacts beside it, not in the driver's working directory
         location = Path(os.path.abspath(db)).parent.joinpath("mlartifacts").as_uri() if db else None
+        error: Optional[Exception] = None
         try:
-            return str(self._client.create_experiment(name, artifact_location=location))
-        except Exception:  # noqa: BLE001  (created meanwhile by another job: use it)
-            again = self._client.get_experiment_by_name(name)
-            if again is None:
-                raise
-            return str(again.experiment_id)
+            self._client.create_experiment(name, artifact_location=location)
+        except Exception as e:  # noqa: BLE001  (created meanwhile by another job: use it)
+            error = e
+        made = self._client.get_experiment_by_name(name)
+        if made is None:
+            raise error or RuntimeError(f"the MLflow experiment {name!r} is not in {self.uri} once made")
+        return str(made.experiment_id), str(made.artifact_location)
 
     def _job(self, job_name: str, read: Callable[[], Optional[str]], write: Callable[[str], Any]) -> str:
         """The job's run: the one ``tracking.json`` names for this URI if it still exists, else a new one."""
@@ -180,7 +194,8 @@ class MlflowSink:
             for run in page:
                 tid = run.data.tags.get("trial_id")
                 if tid and tid not in runs:
-                    runs[tid] = _Run(run.info.run_id, run.info.status, status_tag=run.data.tags.get("status"))
+                    runs[tid] = _Run(run.info.run_id, run.info.status, run.info.artifact_uri,
+                                     status_tag=run.data.tags.get("status"))
             token = page.token
             if not token:
                 return runs
@@ -189,18 +204,21 @@ class MlflowSink:
         run = self._runs.get(view.trial_id)
         if run is not None:
             return run
-        from mlflow.entities import Param
-
-        tags = {**view.tags, "mlflow.parentRunId": self._job_run, "trial_id": view.trial_id, "job_dir": self._job_dir}
-        info = self._client.create_run(self._experiment_id, run_name=view.trial_id, tags=tags).info
-        params = [Param(k, _text(v)) for k, v in view.params.items()]
-        run = self._runs[view.trial_id] = _Run(info.run_id, info.status, steps={})
-        # The first params ride with the first metrics (one call fewer per trial: a SQL store's
-        # call costs about 10 ms of the driver's CPU); the rest, if any, on their own.
-        run.params, rest = params[:_PARAMS_PER_BATCH], params[_PARAMS_PER_BATCH:]
-        for i in range(0, len(rest), _PARAMS_PER_BATCH):
-            self._client.log_batch(info.run_id, params=rest[i:i + _PARAMS_PER_BATCH])
+        tags = {k: _text(v, MAX_TAG) for k, v in {**view.tags, "mlflow.parentRunId": self._job_run,
+                                                   "trial_id": view.trial_id, "job_dir": self._job_dir}.items()}
+        start = int(time.time() * 1000)
+        run_id, artifact_uri, later = self._writer.create(self._experiment_id, view.trial_id, tags, start)
+        run = self._runs[view.trial_id] = _Run(run_id, "RUNNING", artifact_uri, steps={})
+        writes = self._pending(run)
+        writes.create = (view.trial_id, tags, start) if later else None
+        writes.params = [(k, _text(v, MAX_PARAM)) for k, v in view.params.items()]
         return run
+
+    def _pending(self, run: _Run) -> Writes:
+        writes = self._writes.get(run.run_id)
+        if writes is None:
+            writes = self._writes[run.run_id] = Writes(run.run_id)
+        return writes
 
     def _steps(self, run: _Run) -> dict[str, int]:
         if run.steps is None:  # a run an earlier driver made: what it has, per key
@@ -216,14 +234,27 @@ class MlflowSink:
         if data is None:
             return
         if len(data) > self._max_bytes:
-            self._client.set_tag(run.run_id, "checkpoint_artifact",
-                                 f"not logged: {len(data) / 1e6:.1f} MB is over the "
-                                 f"{self._max_bytes / 1e6:g} MB cap (tracking.mlflow_artifact_max_mb)")
+            self._pending(run).tags["checkpoint_artifact"] = (
+                f"not logged: {len(data) / 1e6:.1f} MB is over the "
+                f"{self._max_bytes / 1e6:g} MB cap (tracking.mlflow_artifact_max_mb)")
             return
+        if run.artifact_uri.startswith("file:"):  # a local store (a database's default): written in place
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            folder = Path(local_file_uri_to_path(run.artifact_uri), "checkpoint")
+            folder.mkdir(parents=True, exist_ok=True)
+            part = folder / ".best.pt.part"  # renamed once whole, as MLflow's local store does
+            part.write_bytes(data)
+            os.replace(part, folder / "best.pt")
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        # the run's artifact store, as MlflowClient.log_artifact finds it (without reading the run)
+        repo = get_artifact_repository(run.artifact_uri, tracking_uri=self.uri)
         with tempfile.TemporaryDirectory(prefix="rnn-mlflow-") as tmp:
             path = Path(tmp, "best.pt")
             path.write_bytes(data)
-            self._client.log_artifact(run.run_id, str(path), "checkpoint")
+            repo.log_artifact(str(path), "checkpoint")
 
 
 def _canonical(uri: str) -> str:
@@ -244,6 +275,6 @@ def _parse(text: Optional[str]) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, limit: int) -> str:
     text = "null" if value is None else str(value)
-    return text if len(text) <= _MAX_VALUE else text[:_MAX_VALUE - 3] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -98,6 +98,9 @@ class TensorBoardSink:
     def finish(self, report_files: list[Path]) -> None:
         """Nothing to add at the job's end: the report is the job folder's."""
 
+    def flush(self) -> None:
+        """Nothing is buffered: each trial's writer is flushed as it is written."""
+
     def close(self) -> None:
         for trial in self._trials.values():
             self._close(trial)

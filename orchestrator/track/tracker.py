@@ -11,6 +11,10 @@ evaluates the later steps again, which then replace the earlier attempt's), when
 rung, or when it ends (its committed evaluations, the job folder's truth). So a trial whose
 validation stops improving shows its later points when it ends.
 
+**When it is written.** A sink may buffer what it is told (MLflow does: a database write costs
+per call, not per row); the tracker flushes the sinks about once a second (:data:`FLUSH_S`) while
+there is something new, and before it closes them.
+
 **Never fatal.** A sink that raises (a server gone, a locked database, a full disk) is logged once
 and turned off for the rest of the run; the job folder keeps everything, and ``run`` (at its
 start) or ``export`` writes what a tracker lacks.
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: How long the end of a run waits for trackers that have stopped writing what is queued.
 CLOSE_TIMEOUT_S = 60.0
+#: How long what a sink buffers may wait before it is written.
+FLUSH_S = 1.0
 _CONFIG_ROOTS = ("data.", "model.", "train.", "throughput.")
 
 
@@ -45,6 +51,7 @@ class Sink(Protocol):
     def log(self, view: TrialView, points: list[Point]) -> None: ...
     def end(self, view: TrialView, end: Optional[TrialEnd]) -> None: ...
     def finish(self, report_files: list[Path]) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -167,20 +174,35 @@ class Tracker:
                 self.failed.append(name)
                 log.warning("tracking: could not open %s (%s: %s); going on without it",
                             name, type(e).__name__, _first_line(e))
+        due: Optional[float] = None  # when what the sinks buffer is to be flushed (monotonic seconds)
         while True:
-            write = self._queue.get()
+            try:
+                write = self._queue.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
+            except queue.Empty:  # nothing new for a while: write what is buffered
+                self._each(_flush)
+                due = None
+                continue
             if write is None:
                 break
-            for sink in list(self._sinks):
-                try:
-                    write(sink)
-                except Exception as e:  # noqa: BLE001
-                    self._drop(sink, e)
+            self._each(write)
+            if due is None:
+                due = time.monotonic() + FLUSH_S
+            elif time.monotonic() >= due:
+                self._each(_flush)
+                due = None
+        self._each(_flush)
         for sink in self._sinks:
             try:
                 sink.close()
             except Exception as e:  # noqa: BLE001
                 log.debug("tracking: closing %s: %s", sink.name, e)
+
+    def _each(self, write: Callable[[Sink], Any]) -> None:
+        for sink in list(self._sinks):
+            try:
+                write(sink)
+            except Exception as e:  # noqa: BLE001
+                self._drop(sink, e)
 
     def _drop(self, sink: Sink, error: BaseException) -> None:
         self._sinks.remove(sink)
@@ -192,6 +214,10 @@ class Tracker:
             sink.close()
         except Exception as e:  # noqa: BLE001
             log.debug("tracking: closing %s: %s", sink.name, e)
+
+
+def _flush(sink: Sink) -> None:
+    sink.flush()
 
 
 def _write_trial(sink: Sink, view: TrialView, points: list[Point], end: Optional[TrialEnd]) -> None:
