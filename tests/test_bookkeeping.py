@@ -376,7 +376,8 @@ def test_records_round_trip_through_parts_and_parquet(tmp_path: Path) -> None:
                         train_time_s=2.5, started_at=T0, finished_at=T0 + dt.timedelta(seconds=3), error="late",
                         checkpoint="checkpoints/r1/best.pt", attempts=2, corpus_sha256="ab" * 32, vocab_size=65,
                         recurrence="triton", compiled=True, compile_s=12.5, tf32=False,
-                        config_json=config_to_json(_config()), unigram_loss=3.3, eval_time_s=0.4)
+                        config_json=config_to_json(_config()), unigram_loss=3.3, eval_time_s=0.4,
+                        val_coverage=0.5)
     assert all(getattr(trial, f.name) != f.default for f in dataclasses.fields(TrialRecord))
     evals = [dataclasses.replace(e, train_objective=e.train_loss + 0.05) for e in _evals(4)]
     rows = mark_best([throughput_row(8, 100.0, recurrence="triton", compiled=True, compile_s=1.5, tf32=True),
