@@ -18,7 +18,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from orchestrator.errors import ExitCode, SpecError, UsageError
 
@@ -244,8 +244,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from rnn.errors import CheckpointError
     from rnn.sample import generate
 
-    checkpoint = args.checkpoint
-    if os.path.isdir(checkpoint):  # a job folder: its best trial's checkpoint
+    checkpoint: Union[str, bytes] = args.checkpoint
+    if checkpoint == "-":  # the checkpoint's bytes on stdin (how a report samples without importing torch)
+        checkpoint = sys.stdin.buffer.read()
+    elif os.path.isdir(checkpoint):  # a job folder: its best trial's checkpoint
         try:
             checkpoint = best_checkpoint(checkpoint)
         except UsageError as e:
@@ -285,7 +287,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                        description="Continue a prompt with text sampled from a trained checkpoint "
                                    "(e.g. results/quickstart/checkpoints/<trial_id>/best.pt), or from a job "
                                    "folder's best trial (e.g. results/quickstart).")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a job folder")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, a job folder, or - (read the "
+                   "checkpoint from stdin)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--length", type=int, default=500, help="tokens to generate (default 500)")
     p.add_argument("--temperature", type=_non_negative, default=0.8, help="0 is greedy (default 0.8)")

@@ -27,15 +27,12 @@ from torch import Tensor
 
 from rnn.bpc import bits_per_char, unknown_piece_bits
 from rnn.config import DataConfig
-from rnn.corpus import Corpus, CorpusInfo, load_corpus
+from rnn.corpus import CorpusInfo
+from rnn.data_check import DataError, check_lengths, split_texts
 from rnn.ids import encoded
 from rnn.tokenizer import Tokenizer, build_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """The corpus and data settings cannot produce training (or validation) windows."""
 
 
 @dataclass(eq=False)  # tensors have no useful ==
@@ -161,67 +158,6 @@ class LMData:
             yield self._val_tail[None, :].long()  # (1, tail + 1)
 
 
-#: A training split this many characters per window long has a window's worth of tokens at any
-#: level (no tokenizer here makes tokens that long on average): ``check_data`` need not count.
-_CHARS_PER_TOKEN_BOUND = 64
-
-
-def check_data(
-    cfg: DataConfig, cache_dir: Optional[Union[str, Path]] = None, data_dir: Optional[Union[str, Path]] = None,
-) -> None:
-    """What :func:`prepare_data` would refuse, found without holding the token streams: the corpus
-    loads, the tokenizer trains (into the cache the workers on this machine then read), and each
-    split has a window's worth of tokens (the validation split is encoded, and a short training
-    split, into the id cache the workers then read; the ids are dropped at once). The driver's
-    check before anything is dispatched.
-
-    Raises:
-        CorpusError, DataError: as :func:`prepare_data` would.
-    """
-    corpus, train_text, val_text = _split(cfg, data_dir)
-    tokenizer = build_tokenizer(cfg.level, train_text, cfg.resolved_vocab_size(), cache_dir=cache_dir)
-    window = cfg.seq_len + 1
-    if cfg.level == "char" or len(train_text) >= _CHARS_PER_TOKEN_BOUND * window:
-        n_train = len(train_text) if cfg.level == "char" else window
-    else:
-        n_train = len(encoded(tokenizer, train_text, cache_dir)[0])
-    n_val = len(encoded(tokenizer, val_text, cache_dir)[0]) if cfg.val_fraction > 0 else 0
-    _check_lengths(cfg, corpus, n_train, n_val)
-
-
-def _split(cfg: DataConfig, data_dir: Optional[Union[str, Path]]) -> tuple[Corpus, str, str]:
-    """The corpus and its two texts: the training split, and the held-out split's evaluated part
-    (its head under ``data.val_max_chars``)."""
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise DataError(f"data.val_fraction must be in [0, 1) (got {cfg.val_fraction})")
-    if cfg.seq_len < 1:
-        raise DataError(f"data.seq_len must be >= 1 (got {cfg.seq_len})")
-    corpus = load_corpus(cfg.corpus, data_dir)
-    text = corpus.text
-    n_train_chars = int(len(text) * (1.0 - cfg.val_fraction))
-    train_text, val_text = text[:n_train_chars], text[n_train_chars:]
-    if cfg.val_max_chars is not None:  # evaluate the held-out split's head only (the split does not move)
-        val_text = val_text[: cfg.val_max_chars]
-    return corpus, train_text, val_text
-
-
-def _check_lengths(cfg: DataConfig, corpus: Union[Corpus, CorpusInfo], n_train: int, n_val: int) -> None:
-    window = cfg.seq_len + 1
-    if n_train < window:
-        raise DataError(
-            f"corpus {corpus.name!r} ({corpus.source}): the training split has {n_train} "
-            f"{cfg.level} tokens but one window needs seq_len + 1 = {window}; lower data.seq_len "
-            f"or use a bigger corpus"
-        )
-    if cfg.val_fraction > 0 and n_val < window:
-        raise DataError(
-            f"corpus {corpus.name!r} ({corpus.source}): the validation split "
-            f"(val_fraction {cfg.val_fraction}) has {n_val} {cfg.level} tokens but one "
-            f"window needs seq_len + 1 = {window}; lower data.seq_len, raise data.val_fraction, "
-            f"or use a bigger corpus (val_fraction 0 turns validation off)"
-        )
-
-
 def prepare_data(
     cfg: DataConfig,
     device: Union[torch.device, str] = "cpu",
@@ -242,7 +178,7 @@ def prepare_data(
         DataError: a split is too short for one window of ``seq_len + 1`` tokens.
     """
     device = torch.device(device)
-    corpus, train_text, val_text = _split(cfg, data_dir)
+    corpus, train_text, val_text = split_texts(cfg, data_dir)
     n_chars = len(corpus.text)
 
     t0 = time.perf_counter()
@@ -259,7 +195,7 @@ def prepare_data(
         "ids from the cache" if train_cached and val_cached else "encode", time.perf_counter() - t1,
     )
 
-    _check_lengths(cfg, corpus, train.numel(), val.numel())
+    check_lengths(cfg, corpus, train.numel(), val.numel())
     return LMData(
         train=train,
         val=val,

@@ -12,7 +12,8 @@ import torch
 
 from rnn.config import DataConfig
 from rnn.corpus import load_corpus
-from rnn.data import DataError, LMData, check_data, prepare_data
+from rnn.data import DataError, LMData, prepare_data
+from rnn.data_check import check_data
 from rnn.tokenizer import build_tokenizer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -4,19 +4,22 @@ importance, a text sample, scheduler statuses, and the live refresh while a swee
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import completed_row, eval_curve, eventually, tiny_run
+from conftest import REPO, completed_row, eval_curve, eventually, tiny_run
 from orchestrator.report.importance import importance_section, parameter_importance
 from orchestrator.report.render import build_report
 from orchestrator.report.training import curves, summarize
 from orchestrator.results import ResultsStore
 from orchestrator.run.live_report import BUILD_SHARE, LiveReport
 from rnn.events import TrialStatus
+from rnn.sample import generate
 from rnn.train import Trainer
 
 HAS_PRUNED = "pruned" in {s.value for s in TrialStatus}
@@ -216,10 +219,39 @@ def test_a_text_sample_comes_from_the_best_checkpoint(tmp_path: Path) -> None:
     assert re.search(r"Trial best: \d+ characters generated on the CPU \(seed 0", first)
     assert "--length 200 --temperature 0.8 --top-k 20 --seed 0" in first
     assert section() == first  # the same text on a rebuild: fixed seed, CPU
+    # generated in a child process, it is the text the engine gives in this one
+    text = generate(data, prompt="\n", length=200, temperature=0.8, top_k=20, seed=0, device="cpu")
+    assert f"```\n{text.lstrip()[:400]}\n```" in first
+    # a damaged checkpoint: the child's reason, in one line
+    damaged = tmp_path / "damaged"
+    _commit(ResultsStore(damaged), "d", 1.0, _cfg("gru", 0), checkpoint=data[: len(data) // 2])
+    said = build_report(damaged)[0].read_text()
+    assert re.search(r"No sample: the checkpoint of d could not be used \(checkpoint \\?<bytes\\?> cannot be loaded "
+                     r"safely \([^\n]*\); it is truncated, corrupted or not a checkpoint written by this tool\)\.",
+                     said), said
     # no checkpoint: one line, no crash
     bare = tmp_path / "bare"
     _commit(ResultsStore(bare), "x", 1.0, _cfg("gru", 0))
     assert "No sample: trial x has no checkpoint" in build_report(bare)[0].read_text()
+
+
+def test_the_final_report_never_imports_torch_in_the_driver(tmp_path: Path) -> None:
+    """The driver checks the corpus and writes the final report, its text sample included, without
+    importing torch (about 270 MB of resident memory for the rest of the process's life)."""
+    result = Trainer(TINY, tmp_path / "run").fit()
+    _commit(ResultsStore(tmp_path / "job"), "best", 1.0, _cfg("gru", 0),
+            checkpoint=Path(str(result.best_checkpoint)).read_bytes())
+    probe = ("import sys\n"
+             "from orchestrator.report.render import build_report\n"
+             "from orchestrator.run.runner import preflight_data\n"
+             "from orchestrator.spec import load_job\n"
+             "preflight_data(load_job('jobs/quickstart.yaml').trials)\n"
+             f"md = build_report({str(tmp_path / 'job')!r})[0].read_text()\n"
+             "assert 'Trial best: ' in md and 'characters generated on the CPU' in md, md\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.slow

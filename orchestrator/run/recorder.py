@@ -293,7 +293,7 @@ class Recorder:
             self.progress.line(attempt.tag, f"running on {info.get('host')} (pid {info.get('pid')})")
 
     def _finish_throughput(self, attempt: Attempt) -> None:
-        from rnn.throughput import mark_best
+        from rnn.throughput_row import mark_best
 
         rows = mark_best(self.ledger(attempt.trial_id).rows)
         errors = [r for r in rows if r.status == "error"]

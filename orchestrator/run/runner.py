@@ -61,7 +61,7 @@ def preflight_data(trials: Sequence[Trial]) -> None:
     N failed trials later; trained tokenizers land in the cache the workers on this node share.
     """
     from rnn.corpus import CorpusError
-    from rnn.data import DataError, check_data
+    from rnn.data_check import DataError, check_data
 
     seen = set()
     for trial in trials:
