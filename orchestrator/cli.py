@@ -249,7 +249,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         checkpoint = sys.stdin.buffer.read()
     elif os.path.isdir(checkpoint):  # a job folder: its best trial's checkpoint
         try:
-            checkpoint = best_checkpoint(checkpoint)
+            checkpoint = best_checkpoint(args.checkpoint)
         except UsageError as e:
             return _fail(args.checkpoint, e)
         except ResultsError as e:  # a damaged folder
