@@ -196,3 +196,24 @@ def test_end_of_run_times_compaction_and_report_in_fresh_processes(tmp_path: Pat
     assert "end of run over 30 trials:" in out
     assert "compact(): " in out and "report:    " in out and "report.html" in out
     assert not list(tmp_path.iterdir())  # the temporary job folder is gone
+
+
+def test_big_corpus_writes_its_corpus_and_reads_first_steps_from_the_log(tmp_path: Path) -> None:
+    from bench.big_corpus import first_step_s, spec, write_corpus
+
+    source = tmp_path / "lines.txt"
+    source.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n")
+    corpus = tmp_path / "big.txt"
+    chars = write_corpus(corpus, 1, source)
+    text = corpus.read_text(encoding="utf-8")
+    assert len(text) == chars >= 1_000_000
+    assert set(text) == set(source.read_text())  # the source's characters, nothing else
+    assert write_corpus(tmp_path / "again.txt", 1, source) == chars and (tmp_path / "again.txt").read_text() == text
+    log = tmp_path / "run.log"
+    log.write_text("23:59:50 INFO    [1/2 aaaaaaaaaaaa seed=0] started (attempt 1)\n"
+                   "23:59:52 INFO    [2/2 bbbbbbbbbbbb seed=1] started (attempt 1)\n"
+                   "23:59:58 INFO    [1/2 aaaaaaaaaaaa seed=0] running on vm (pid 1, cpu, fp32, 10 params)\n"
+                   "00:00:03 INFO    [2/2 bbbbbbbbbbbb seed=1] running on vm (pid 2, cpu, fp32, 10 params)\n")
+    assert first_step_s(log) == [8.0, 11.0]  # across midnight too
+    s = spec("warm", str(corpus), 250, tmp_path / "results")
+    assert s["sweep"] == {"seeds": [0, 1]} and s["resources"]["max_concurrent"] == 2

@@ -47,11 +47,11 @@ def test_bad_corpus_file_is_refused_before_dispatch(
 
 
 @pytest.mark.ray
-def test_bad_corpus_is_refused_while_ray_starts_and_ray_is_stopped(
+def test_bad_corpus_is_refused_before_ray_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On the default backend the preflight overlaps Ray's start: its refusal still wins, and the
-    embedded Ray started beside it is shut down."""
+    """On the default backend the preflight runs before Ray starts: a bad corpus is refused and no
+    embedded Ray is left behind."""
     import ray
 
     for key, value in ray_env(tmp_path).items():

@@ -17,7 +17,7 @@ import os
 import posixpath
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -95,6 +95,21 @@ class Storage:
             return None
         except OSError as e:
             raise ResultsError(f"cannot read {path}: {e}") from e
+
+    @contextlib.contextmanager
+    def open_input(self, rel: str) -> Iterator[Optional[pa.NativeFile]]:
+        """A file's input stream, to read in chunks (nothing of it held here), or None when it
+        does not exist."""
+        path = self.location(rel)
+        try:
+            stream = (self.fs or _LOCAL_FS).open_input_stream(path)
+        except (FileNotFoundError, NotADirectoryError):
+            yield None
+            return
+        except OSError as e:
+            raise ResultsError(f"cannot read {path}: {e}") from e
+        with stream:
+            yield stream
 
     def read_text(self, rel: str) -> Optional[str]:
         """A UTF-8 text file's content, or None when it does not exist."""

@@ -36,6 +36,7 @@ package's public names are in :mod:`orchestrator.results`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -304,6 +305,13 @@ class ResultsStore:
     def read_checkpoint_bytes(self, trial_id: str, name: str = BEST_CHECKPOINT) -> Optional[bytes]:
         """A trial's stored checkpoint, or None when it has none (resume starts over)."""
         return self._storage.read_bytes(self.checkpoint_relpath(trial_id, name))
+
+    def open_checkpoint(
+        self, trial_id: str, name: str = BEST_CHECKPOINT
+    ) -> contextlib.AbstractContextManager[Optional[pa.NativeFile]]:
+        """A trial's stored checkpoint as a stream to read in chunks, or None when it has none: how
+        a checkpoint is handed on (to the report's sampler) without holding it in this process."""
+        return self._storage.open_input(self.checkpoint_relpath(trial_id, name))
 
     def delete_checkpoint(self, trial_id: str, name: str) -> bool:
         """Delete one of a trial's checkpoints; False when it was not there."""
