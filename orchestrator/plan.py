@@ -10,6 +10,11 @@ The time estimate is a deliberately simple heuristic, good to an order of magnit
   (:data:`CPU_STEP_OVERHEAD_S` / :data:`GPU_STEP_OVERHEAD_S`), ten times more for the layer-norm
   LSTM, whose cell runs step by step instead of in a fused kernel; the min cells' parallel scan
   pays it once per layer, not per timestep;
+- data preparation: where the corpus size is known, the first trial on a machine trains the
+  tokenizer and encodes both splits into the id cache (:data:`PREP_ENCODE_S_PER_MB`, by level), and
+  every trial reads, decodes and splits the corpus and maps the cached ids
+  (:data:`PREP_READ_S_PER_MB`): each trial's estimate includes the second, the job's the first once
+  per distinct corpus and tokenizer;
 - evaluation: where the corpus size is known, every evaluation is a forward pass over the
   held-out split (or its first ``data.val_max_chars``) at a third of a training step's cost per
   token; where it is not, evaluation adds :data:`EVAL_OVERHEAD`; ``max_time_s`` caps a trial (with ``schedule_by: time``
@@ -47,6 +52,14 @@ LAYER_NORM_OVERHEAD_FACTOR = 10.0
 EVAL_OVERHEAD = 0.10
 SHAKESPEARE_CHARS = 1_115_394  # tiny-shakespeare
 CHARS_PER_TOKEN = {"char": 1.0, "bpe": 3.5, "word": 5.5}
+#: Data preparation on the 2-core Intel dev VM, seconds per MB of corpus, by level (``prepare_data``
+#: on a 10 MB corpus, docs/benchmarks.md, "A 100 MB corpus"): the first encode (the tokenizer and
+#: the ids, once per machine), and what every later trial pays to read, decode and split the corpus,
+#: rebuild or load its tokenizer and map the cached ids (the word level trains its vocabulary again).
+PREP_ENCODE_S_PER_MB = {"char": 0.023, "bpe": 0.30, "word": 0.66}
+PREP_READ_S_PER_MB = {"char": 0.012, "bpe": 0.004, "word": 0.43}
+#: ``plan`` names data preparation when its first encode would take at least this long.
+PREP_SHOWN_S = 5.0
 
 
 def local_gpu_count() -> int:
@@ -110,8 +123,21 @@ def _throughput_sizes(tp: ThroughputConfig) -> list[int]:
     return sizes
 
 
+def prep_seconds(run: RunConfig) -> tuple[float, float]:
+    """Data preparation's seconds: the first encode of the corpus on a machine, and what each
+    trial pays to read it and map its ids (both 0 where the corpus size is not known)."""
+    chars = _corpus_chars(run.data.corpus)
+    mb = chars / 1e6 if chars else 0.0
+    return PREP_ENCODE_S_PER_MB[run.data.level] * mb, PREP_READ_S_PER_MB[run.data.level] * mb
+
+
 def estimate_trial_seconds(trial: Trial, resources: ResourcesSpec) -> Optional[float]:
     """A rough wall-clock estimate for one trial (see the module docstring), None if unknowable."""
+    seconds = _trial_seconds(trial, resources)
+    return None if seconds is None else seconds + prep_seconds(trial.run_config)[1]
+
+
+def _trial_seconds(trial: Trial, resources: ResourcesSpec) -> Optional[float]:
     run, tp = trial.run_config, trial.throughput_config
     if tp is not None:
         steps = tp.warmup_steps + tp.measure_steps
@@ -199,11 +225,13 @@ def render_plan(job: Job, total_cpus: float, total_gpus: float) -> str:
     if any(e is None for e in estimates):
         total = "unknown (an epoch budget on a corpus of unknown size)"
     else:
-        total = format_duration(makespan([e or 0.0 for e in estimates], slots))
+        total = format_duration(makespan([e or 0.0 for e in estimates], slots)
+                                + sum(prep_seconds(run)[0] for run in _corpora(job)))
     where = "GPU" if res.gpus_per_trial > 0 else "CPU"
     lines.append(f"rough time ({where} heuristic, see orchestrator/plan.py; measure before trusting): "
                  f"about {total} for the job" + (" without successive halving" if _asha_line(job) else ""))
     lines += _asha_line(job)
+    lines += _prep_lines(job)
     lines += _time_budget_lines(job, res)
     lines += _evaluation_lines(job, res)
     return "\n".join(lines)
@@ -239,6 +267,28 @@ def _search_lines(job: Job) -> list[str]:
     if base:
         out.append(f"  the time estimate below takes every trial to cost what the spec's own settings cost "
                    f"(trial {base[0].trial_id}); proposals that change the model's size change it")
+    return out
+
+
+def _corpora(job: Job) -> list[RunConfig]:
+    """One trained trial's config per distinct corpus and tokenizer: each is encoded once per machine."""
+    seen: dict[tuple[str, str, Optional[int]], RunConfig] = {}
+    for trial in _known_trials(job):
+        data = trial.run_config.data
+        if trial.throughput_config is None:
+            seen.setdefault((data.corpus, data.level, data.vocab_size), trial.run_config)
+    return list(seen.values())
+
+
+def _prep_lines(job: Job) -> list[str]:
+    """Data preparation, where encoding a corpus takes long enough to notice."""
+    out = []
+    for run in _corpora(job):
+        encode, read = prep_seconds(run)
+        if encode >= PREP_SHOWN_S:
+            out.append(f"data preparation: {run.data.corpus} at {run.data.level} level, about "
+                       f"{format_duration(encode)} to train the tokenizer and encode it, once per machine (the ids "
+                       f"are cached), then about {format_duration(read)} per trial to read it and map them")
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 from orchestrator import cli
-from orchestrator.plan import estimate_trial_seconds, local_gpu_count, makespan
+from orchestrator.plan import estimate_trial_seconds, local_gpu_count, makespan, prep_seconds
 from orchestrator.spec import ResourcesSpec, allowed_concurrency, load_job
 
 QUICKSTART = "jobs/quickstart.yaml"
@@ -96,6 +96,27 @@ def test_plan_warns_when_evaluation_would_dominate_and_names_the_cap(
     spec.write_text(spec.read_text().replace("seq_len: 64}", "seq_len: 64, val_max_chars: 20000}"))
     assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
     assert "evaluation: about" not in capsys.readouterr().out
+
+
+def test_plan_counts_data_preparation_and_names_a_slow_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 200_000)  # 8.8 MB
+    spec = tmp_path / "prep.yaml"
+    spec.write_text(f"name: prep\ndata: {{corpus: {corpus}, level: word}}\nmodel: {{hidden_size: 64, num_layers: 1}}\n"
+                    "train: {max_steps: 20, device: cpu}\nsweep: {grid: {model.hidden_size: [32, 64]}}\n")
+    assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("data preparation:"))
+    assert f"{corpus} at word level" in line and "once per machine" in line and "per trial" in line
+    assert out.count("data preparation:") == 1  # two trials, one corpus and tokenizer: one encode
+    job = load_job(str(spec))
+    encode, read = prep_seconds(job.trials[0].run_config)
+    assert encode > read > 0  # the first encode costs more than a cached read
+    with_prep = estimate_trial_seconds(job.trials[0], job.spec.resources)
+    assert with_prep is not None and with_prep >= read
+    spec.write_text(spec.read_text().replace("level: word", "level: char"))  # char: too fast to name
+    assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
+    assert "data preparation:" not in capsys.readouterr().out
 
 
 def test_plan_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
