@@ -12,6 +12,11 @@ times as a user would, each with 2 trials at once (1 CPU each) of the default mo
 3. **baseline**: the same trials on the 1 MB builtin corpus: what the model, PyTorch and Ray
    cost a trainer without a big corpus.
 
+With ``--prep`` it instead times data preparation in this process, per level (char, BPE, word):
+``rnn.data.prepare_data`` on the ``--mb`` MB corpus with an empty cache (the tokenizer trained and
+both splits encoded, what the first trial on a machine pays) and again (what every later trial
+pays); ``plan``'s per-MB rates come from it.
+
 Each process's peak resident memory is the kernel's high-water mark (``VmHWM`` in
 ``/proc/<pid>/status``), read every 0.2 s while the run lasts. It prints, against the issue's
 targets: the driver's peak (the orchestrator's processes; target <= 500 MB); each trainer's peak
@@ -153,6 +158,23 @@ def first_step_s(log: Path) -> list[float]:
     return out
 
 
+def prep_seconds(corpus: Path, cache: Path) -> dict[str, tuple[float, float]]:
+    """Per level, seconds of ``prepare_data`` with an empty cache, then with it filled."""
+    from rnn.config import DataConfig
+    from rnn.data import prepare_data
+
+    out = {}
+    for level in ("char", "bpe", "word"):
+        cfg = DataConfig(corpus=str(corpus), level=level)
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            prepare_data(cfg, cache_dir=cache / level)
+            times.append(time.perf_counter() - start)
+        out[level] = (times[0], times[1])
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.big_corpus", description=__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=int, default=100, help="corpus size in MB (default 100, enwik8's)")
@@ -161,7 +183,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--source", type=Path, default=REPO.parent / "shared" / "data" / "tinyshakespeare.txt",
                    help="the text whose lines make the corpus (default ../shared/data/tinyshakespeare.txt)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    p.add_argument("--prep", action="store_true", help="time data preparation per level instead (in this process)")
     args = p.parse_args(argv)
+    if args.prep:
+        with tempfile.TemporaryDirectory(prefix="bench-big-corpus-") as tmp:
+            corpus = Path(tmp) / "big.txt"
+            write_corpus(corpus, args.mb, args.source)
+            for level, (first, later) in prep_seconds(corpus, Path(tmp) / "cache").items():
+                print(f"{level}: first encode {first:.2f} s ({first / args.mb:.3f} s/MB), each later trial "
+                      f"{later:.2f} s ({later / args.mb:.3f} s/MB)")
+        return 0
 
     import pyarrow.parquet as pq
 

@@ -52,12 +52,13 @@ LAYER_NORM_OVERHEAD_FACTOR = 10.0
 EVAL_OVERHEAD = 0.10
 SHAKESPEARE_CHARS = 1_115_394  # tiny-shakespeare
 CHARS_PER_TOKEN = {"char": 1.0, "bpe": 3.5, "word": 5.5}
-#: Data preparation on the 2-core Intel dev VM, seconds per MB of corpus, by level (``prepare_data``
-#: on a 10 MB corpus, docs/benchmarks.md, "A 100 MB corpus"): the first encode (the tokenizer and
-#: the ids, once per machine), and what every later trial pays to read, decode and split the corpus,
-#: rebuild or load its tokenizer and map the cached ids (the word level trains its vocabulary again).
-PREP_ENCODE_S_PER_MB = {"char": 0.023, "bpe": 0.30, "word": 0.66}
-PREP_READ_S_PER_MB = {"char": 0.012, "bpe": 0.004, "word": 0.43}
+#: Data preparation on the 2-core Intel dev VM, seconds per MB of corpus, by level
+#: (``python -m bench.big_corpus --prep --mb 10``; docs/benchmarks.md, "A 100 MB corpus"): the first
+#: encode (the tokenizer and the ids, once per machine), and what every later trial pays to read,
+#: decode and split the corpus, rebuild or load its tokenizer and map the cached ids (the word
+#: level counts its vocabulary again).
+PREP_ENCODE_S_PER_MB = {"char": 0.031, "bpe": 0.32, "word": 0.69}
+PREP_READ_S_PER_MB = {"char": 0.013, "bpe": 0.004, "word": 0.43}
 #: ``plan`` names data preparation when its first encode would take at least this long.
 PREP_SHOWN_S = 5.0
 
