@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,7 +26,7 @@ import numpy as np
 from rnn.atomic import atomic_write
 from rnn.tokenizer import Tokenizer, default_tokenizer_cache_dir
 
-__all__ = ["MIN_CACHED_CHARS", "encoded", "id_dtype"]
+__all__ = ["MIN_CACHED_CHARS", "cached_figure", "encoded", "id_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,39 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int16 if vocab_size <= np.iinfo(np.int16).max else np.int32)
 
 
-def _key(tokenizer: Tokenizer, text: str) -> str:
+def _key(tokenizer: Tokenizer, *texts: str) -> str:
     digest = hashlib.sha256(json.dumps(tokenizer.to_state(), sort_keys=True, default=str).encode("utf-8"))
-    digest.update(b"\0")
-    for start in range(0, len(text), _HASH_SLICE_CHARS):
-        digest.update(text[start : start + _HASH_SLICE_CHARS].encode("utf-8"))
+    for text in texts:
+        digest.update(b"\0")
+        for start in range(0, len(text), _HASH_SLICE_CHARS):
+            digest.update(text[start : start + _HASH_SLICE_CHARS].encode("utf-8"))
     return digest.hexdigest()[:32]
+
+
+def cached_figure(name: str, tokenizer: Tokenizer, texts: Sequence[str], compute: Callable[[], float],
+                  cache_dir: Optional[Union[str, Path]] = None) -> float:
+    """``compute()``, a number that depends only on ``tokenizer`` and ``texts``, kept beside the ids
+    as ``<name>-<key>.json`` (keyed as the ids are) when the texts are long enough for their ids to
+    be cached: what every later trial on the machine would otherwise compute again. An unreadable
+    or unwritable file costs a computation, nothing more."""
+    if sum(len(t) for t in texts) < MIN_CACHED_CHARS:
+        return compute()
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_tokenizer_cache_dir()
+    path = directory / f"{name}-{_key(tokenizer, *texts)}-f{_FORMAT}.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["value"]
+        if isinstance(value, (int, float)):
+            return float(value)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable cache file %s (%s); computing again", path, e)
+    value = compute()
+    try:
+        atomic_write(path, lambda f: f.write(json.dumps({"value": value}).encode("utf-8")))
+    except OSError as e:
+        log.warning("could not cache %s at %s (%s)", name, path, e)
+    return value
 
 
 def encoded(tokenizer: Tokenizer, text: str, cache_dir: Optional[Union[str, Path]] = None) -> tuple[np.ndarray, bool]:

@@ -82,32 +82,37 @@ def test_plan_shows_trials_resources_concurrency_and_time(
     assert "rough time" in out and "for the job" in out
 
 
-def test_plan_warns_when_evaluation_would_dominate_and_names_the_cap(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _big_corpus_spec(tmp_path: Path, data: str, rest: str) -> Path:
+    """A spec over an 8.8 MB corpus file: ``data`` adds to its data section, ``rest`` ends the spec."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 200_000)  # 8.8 MB
     spec = tmp_path / "big.yaml"
-    spec.write_text(f"name: big\ndata: {{corpus: {corpus}, seq_len: 64}}\nmodel: {{hidden_size: 64, num_layers: 1}}\n"
-                    "train: {max_steps: 200, eval_every: 20, device: cpu}\n")
+    spec.write_text(f"name: big\ndata: {{corpus: {corpus}, {data}}}\nmodel: {{hidden_size: 64, num_layers: 1}}\n"
+                    + rest)
+    return spec
+
+
+def _plan(spec: Path, capsys: pytest.CaptureFixture[str]) -> str:
     assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_plan_warns_when_evaluation_would_dominate_and_names_the_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _big_corpus_spec(tmp_path, "seq_len: 64", "train: {max_steps: 200, eval_every: 20, device: cpu}\n")
+    out = _plan(spec, capsys)
     assert "evaluation: about" in out and "data.val_max_chars" in out
     spec.write_text(spec.read_text().replace("seq_len: 64}", "seq_len: 64, val_max_chars: 20000}"))
-    assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
-    assert "evaluation: about" not in capsys.readouterr().out
+    assert "evaluation: about" not in _plan(spec, capsys)
 
 
 def test_plan_counts_data_preparation_and_names_a_slow_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 200_000)  # 8.8 MB
-    spec = tmp_path / "prep.yaml"
-    spec.write_text(f"name: prep\ndata: {{corpus: {corpus}, level: word}}\nmodel: {{hidden_size: 64, num_layers: 1}}\n"
-                    "train: {max_steps: 20, device: cpu}\nsweep: {grid: {model.hidden_size: [32, 64]}}\n")
-    assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
-    out = capsys.readouterr().out
+    spec = _big_corpus_spec(tmp_path, "level: word", "train: {max_steps: 20, device: cpu}\n"
+                            "sweep: {grid: {model.hidden_size: [32, 64]}}\n")
+    out = _plan(spec, capsys)
     line = next(x for x in out.splitlines() if x.startswith("data preparation:"))
-    assert f"{corpus} at word level" in line and "once per machine" in line and "per trial" in line
+    assert f"{tmp_path / 'corpus.txt'} at word level" in line and "once per machine" in line and "per trial" in line
     assert out.count("data preparation:") == 1  # two trials, one corpus and tokenizer: one encode
     job = load_job(str(spec))
     encode, read = prep_seconds(job.trials[0].run_config)
@@ -115,8 +120,7 @@ def test_plan_counts_data_preparation_and_names_a_slow_one(tmp_path: Path, capsy
     with_prep = estimate_trial_seconds(job.trials[0], job.spec.resources)
     assert with_prep is not None and with_prep >= read
     spec.write_text(spec.read_text().replace("level: word", "level: char"))  # char: too fast to name
-    assert cli.main(["plan", str(spec), "--cpus", "2", "--gpus", "0"]) == 0
-    assert "data preparation:" not in capsys.readouterr().out
+    assert "data preparation:" not in _plan(spec, capsys)
 
 
 def test_plan_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -87,6 +87,25 @@ def test_token_ids_are_encoded_once_and_keyed_by_tokenizer_and_text(tmp_path: Pa
     assert torch.equal(prepare_data(cfg, cache_dir=tmp_path / "tok").train, first.train)
 
 
+def test_word_levels_unknown_piece_bits_are_computed_once_per_machine(tmp_path: Path) -> None:
+    from rnn.bpc import unknown_piece_bits
+
+    rng = np.random.default_rng(0)
+    text = " ".join(f"w{i}" for i in rng.integers(0, 3000, 60_000))  # 3,000 words against a vocabulary of 500
+    cfg = DataConfig(corpus=_corpus_file(tmp_path, text), level="word", vocab_size=500, seq_len=16)
+    first = prepare_data(cfg, cache_dir=tmp_path / "tok")
+    n = int(len(text) * (1 - cfg.val_fraction))
+    assert first.val_unknown_bits > 0
+    assert first.val_unknown_bits == pytest.approx(unknown_piece_bits(first.tokenizer, text[:n], text[n:]))
+    (saved,) = (tmp_path / "tok").glob("unknown-bits-*.json")
+    saved.write_text('{"value": 12.5}')  # a later trial reads it back instead of computing it
+    assert prepare_data(cfg, cache_dir=tmp_path / "tok").val_unknown_bits == 12.5
+    saved.write_text("not json")  # a damaged file is computed again
+    assert prepare_data(cfg, cache_dir=tmp_path / "tok").val_unknown_bits == pytest.approx(first.val_unknown_bits)
+    other = prepare_data(replace(cfg, val_fraction=0.2), cache_dir=tmp_path / "tok")  # other texts: another file
+    assert len(list((tmp_path / "tok").glob("unknown-bits-*.json"))) == 2 and other.val_unknown_bits > 0
+
+
 def test_cached_ids_are_one_shared_map_of_the_cache_file(tmp_path: Path) -> None:
     """Trials on a node share the ids: each maps the cache file (the writer too) rather than
     holding a copy, and nothing a trial does to its tensor reaches the file (copy-on-write)."""

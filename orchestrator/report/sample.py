@@ -2,7 +2,7 @@
 
 Generation runs on the CPU with a fixed seed (the same text every rebuild) through
 :func:`rnn.sample.generate`, in a short-lived child process (``python -m orchestrator sample -``,
-the checkpoint's bytes on its stdin): the driver that writes the final report never imports torch,
+the checkpoint streamed to its stdin): the driver that writes the final report never imports torch,
 whose import alone holds about 270 MB for as long as the process lives.
 """
 
@@ -76,7 +76,7 @@ def _generate(checkpoint: BinaryIO, prompt: str, length: int) -> str:
     process never holds it). Its own session, so a Ctrl-C meant for the driver (which lets the
     report finish) does not reach it; its output goes to temporary files, so no pipe can fill
     while the checkpoint is written. Raises :class:`_SampleError` with the child's one-line reason."""
-    argv = [sys.executable, "-m", "orchestrator", "sample", "-", "--prompt", prompt, "--length", str(length),
+    argv = [sys.executable, "-m", "orchestrator", "sample", "-", f"--prompt={prompt}", "--length", str(length),
             "--temperature", str(SAMPLE_TEMPERATURE), "--top-k", str(SAMPLE_TOP_K), "--seed", str(SAMPLE_SEED),
             "--device", "cpu"]
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
@@ -88,10 +88,12 @@ def _generate(checkpoint: BinaryIO, prompt: str, length: int) -> str:
             raise _SampleError(f"could not start the sampler: {e}") from e
         try:
             assert child.stdin is not None
-            with contextlib.suppress(BrokenPipeError):  # the child ended early: its status and stderr say why
-                with child.stdin:
+            try:  # a BrokenPipeError: the child ended early, and its status and stderr say why
+                with contextlib.suppress(BrokenPipeError), child.stdin:
                     while chunk := checkpoint.read(_CHUNK):
                         child.stdin.write(chunk)
+            except OSError as e:  # the job folder's file could not be read
+                raise _SampleError(f"cannot read it: {e}") from e
             code = child.wait(timeout=_CHILD_TIMEOUT_S)
         except subprocess.TimeoutExpired as e:
             raise _SampleError(f"sampling took over {_CHILD_TIMEOUT_S:.0f} s") from e
