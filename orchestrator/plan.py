@@ -55,10 +55,9 @@ CHARS_PER_TOKEN = {"char": 1.0, "bpe": 3.5, "word": 5.5}
 #: Data preparation on the 2-core Intel dev VM, seconds per MB of corpus, by level
 #: (``python -m bench.big_corpus --prep --mb 10``; docs/benchmarks.md, "A 100 MB corpus"): the first
 #: encode (the tokenizer and the ids, once per machine), and what every later trial pays to read,
-#: decode and split the corpus, rebuild or load its tokenizer and map the cached ids (the word
-#: level counts its vocabulary again).
-PREP_ENCODE_S_PER_MB = {"char": 0.031, "bpe": 0.32, "word": 0.69}
-PREP_READ_S_PER_MB = {"char": 0.013, "bpe": 0.004, "word": 0.43}
+#: decode and split the corpus, rebuild or load its tokenizer and map the cached ids.
+PREP_ENCODE_S_PER_MB = {"char": 0.028, "bpe": 0.30, "word": 0.67}
+PREP_READ_S_PER_MB = {"char": 0.013, "bpe": 0.004, "word": 0.005}
 #: ``plan`` names data preparation when its first encode would take at least this long.
 PREP_SHOWN_S = 5.0
 
