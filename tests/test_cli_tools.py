@@ -110,6 +110,7 @@ def test_report_with_a_manifest_that_is_not_an_object_is_one_line(tmp_path: Path
     assert "manifest.json is not a JSON object" in _one_line_error(capsys, job)
 
 
+@pytest.mark.slow  # trains, then a report with its sampler child
 def test_report_survives_odd_manifest_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, job = _job(tmp_path)
     (job / "manifest.json").write_text(json.dumps({"versions": [1], "host": "x", "devices": 3, "spec_text": 5}))

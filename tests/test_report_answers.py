@@ -204,6 +204,7 @@ def test_successive_halving_is_concluded_and_compared_at_the_common_step(tmp_pat
 TINY = tiny_run(max_steps=10)
 
 
+@pytest.mark.slow  # a sampler child process per report: seconds of torch import each
 def test_a_text_sample_comes_from_the_best_checkpoint(tmp_path: Path) -> None:
     result = Trainer(TINY, tmp_path / "run").fit()
     data = Path(str(result.best_checkpoint)).read_bytes()
@@ -235,6 +236,7 @@ def test_a_text_sample_comes_from_the_best_checkpoint(tmp_path: Path) -> None:
     assert "No sample: trial x has no checkpoint" in build_report(bare)[0].read_text()
 
 
+@pytest.mark.slow  # a sampler child process per report: seconds of torch import each
 def test_the_final_report_never_imports_torch_in_the_driver(tmp_path: Path) -> None:
     """The driver checks the corpus and writes the final report, its text sample included, without
     importing torch (about 270 MB of resident memory for the rest of the process's life)."""
