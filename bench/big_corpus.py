@@ -45,6 +45,8 @@ from typing import Any, Optional
 
 import yaml
 
+from orchestrator.processes import children
+
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"driver_mb": 500.0, "trainer_over_budget": 1.5, "eval_share": 0.20, "first_step_s": 30.0}
 _LINE = re.compile(r"^(\d\d:\d\d:\d\d) \w+ +\[\d+/\d+ (\w+) [^\]]*\] (started|running on)")
@@ -115,18 +117,11 @@ def _read(path: str) -> str:
 
 
 def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _read(f"/proc/{entry}/stat")
-            if stat:
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
         out.append(pid)
-        todo.extend(children.get(pid, []))
+        todo.extend(children(pid))
     return out
 
 

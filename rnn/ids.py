@@ -42,6 +42,12 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int16 if vocab_size <= np.iinfo(np.int16).max else np.int32)
 
 
+def _cache_file(cache_dir: Optional[Union[str, Path]], name: str) -> Path:
+    """``name`` in the cache folder (default: the tokenizers')."""
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_tokenizer_cache_dir()
+    return directory / name
+
+
 def _key(tokenizer: Tokenizer, *texts: str) -> str:
     digest = hashlib.sha256(json.dumps(tokenizer.to_state(), sort_keys=True, default=str).encode("utf-8"))
     for text in texts:
@@ -59,8 +65,7 @@ def cached_figure(name: str, tokenizer: Tokenizer, texts: Sequence[str], compute
     or unwritable file costs a computation, nothing more."""
     if sum(len(t) for t in texts) < MIN_CACHED_CHARS:
         return compute()
-    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_tokenizer_cache_dir()
-    path = directory / f"{name}-{_key(tokenizer, *texts)}-f{_FORMAT}.json"
+    path = _cache_file(cache_dir, f"{name}-{_key(tokenizer, *texts)}-f{_FORMAT}.json")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))["value"]
         if isinstance(value, (int, float)):
@@ -85,8 +90,7 @@ def encoded(tokenizer: Tokenizer, text: str, cache_dir: Optional[Union[str, Path
     dtype = id_dtype(tokenizer.vocab_size)
     if len(text) < MIN_CACHED_CHARS:
         return tokenizer.encode_array(text, dtype), False
-    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_tokenizer_cache_dir()
-    path = directory / f"ids-{_key(tokenizer, text)}-f{_FORMAT}.npy"
+    path = _cache_file(cache_dir, f"ids-{_key(tokenizer, text)}-f{_FORMAT}.npy")
     if path.is_file():
         ids = _mapped(path, dtype)
         if ids is not None:
