@@ -8,7 +8,11 @@ seed) and runs ``python -m orchestrator run SPEC --address CLUSTER`` against it 
 It prints trials finished per second in equal windows of finished trials (from the first trial's
 finish, so actor start-up is outside), the ratio of the last window's rate to the first one's
 (target >= 0.9: nothing in the driver grows with the sweep), the end-to-end wall time, and the
-driver process's peak resident memory. Only the Cluster this script started is stopped.
+driver process's peak resident memory and CPU time. Only the Cluster this script started is stopped.
+
+``--tracking off,tensorboard,mlflow,both --rounds 3`` runs the settings in turn on the same
+cluster, three times over, and prints each setting's medians against the first's: the trackers'
+cost, against a baseline timed in the same run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,73 +66,131 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
-    p.add_argument("--tracking", choices=("off", "tensorboard", "mlflow", "both"), default="off",
-                   help="also write the trials to TensorBoard and/or MLflow (a SQLite database beside the results)")
+    p.add_argument("--tracking", type=_settings, default=["off"], metavar="SETTING[,SETTING...]",
+                   help="off, tensorboard, mlflow (a SQLite database beside the results) or both; several, "
+                        "comma-separated, are run in turn on the same cluster and compared with the first")
+    p.add_argument("--rounds", type=int, default=1, help="run the settings in turn this many times (medians)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import pyarrow.parquet as pq
     from ray.cluster_utils import Cluster
 
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-large-sweep-") as tmp:
         root = Path(tmp)
         import pydoc_data.topics
 
         corpus = root / "corpus.txt"
         corpus.write_text("".join(pydoc_data.topics.topics.values())[:20_000], encoding="utf-8")
-        spec_path = root / "large.yaml"
-        tracking = {"tensorboard": args.tracking in ("tensorboard", "both"),
-                    "mlflow": f"sqlite:///{root / 'mlflow.db'}" if args.tracking in ("mlflow", "both") else None}
-        spec_path.write_text(yaml.safe_dump(spec(args.trials, corpus, root / "results", tracking)), encoding="utf-8")
         cluster = Cluster(initialize_head=True, connect=False,
                           head_node_args={"num_cpus": 0, "include_dashboard": False})
         try:
             for _ in range(args.nodes):
                 cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
-            env = dict(os.environ, RNN_CACHE_DIR=str(root / "cache"), PYTHONUNBUFFERED="1")
-            env.pop("RAY_ADDRESS", None)
-            log = root / "driver.log"
-            start = time.monotonic()
-            with open(log, "w") as out:
-                code = subprocess.call([sys.executable, "-m", "orchestrator", "run", str(spec_path),
-                                        "--address", cluster.address],
-                                       env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-            wall = time.monotonic() - start
-            # the driver: the largest descendant waited for (run's supervisor waits for its driver)
-            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            for n in range(args.rounds):
+                for tracking in args.tracking:
+                    figures = _one_run(root / f"{n}-{tracking}", corpus, cluster.address, args.trials, tracking,
+                                       args.windows)
+                    if figures is None:
+                        return 1
+                    runs.append(figures)
+                    _print_run(figures, args.nodes)
         finally:
             cluster.shutdown()
-        if code != 0:
-            print(log.read_text()[-4000:], file=sys.stderr)
-            print(f"the run exited with status {code}", file=sys.stderr)
-            return 1
-        rows = pq.read_table(root / "results" / "large-sweep" / "trials.parquet",
-                             columns=["status", "finished_at"]).to_pylist()
-        tracked = _tracked(root, args.tracking)
-        warnings = sum("WARNING" in line for line in log.read_text().splitlines())
-    finished = [r["finished_at"].timestamp() for r in rows]
-    rates = window_rates(finished, args.windows)
-    statuses = sorted({r["status"] for r in rows})
-    figures = {
-        "trials": len(rows), "statuses": statuses, "nodes": args.nodes, "wall_s": round(wall, 1),
-        "rates_per_s": [round(r, 2) for r in rates], "last_over_first": round(rates[-1] / rates[0], 3),
-        "driver_peak_rss_mb": round(peak_mb, 1), "tracking": args.tracking, "tracked": tracked,
-        "driver_warnings": warnings,
+    if len(runs) > 1:
+        _print_comparison(runs, args.tracking)
+    if args.out:
+        args.out.write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2) + "\n")
+    return 0
+
+
+def _settings(text: str) -> list[str]:
+    settings = [t.strip() for t in text.split(",")]
+    for t in settings:
+        if t not in ("off", "tensorboard", "mlflow", "both"):
+            raise argparse.ArgumentTypeError(f"{t!r}: not one of off, tensorboard, mlflow, both")
+    return settings
+
+
+def _one_run(root: Path, corpus: Path, address: str, trials: int, tracking: str,
+             windows: int) -> Optional[dict[str, Any]]:
+    """One ``run`` of the sweep against the cluster, in a folder of its own: its figures (None: it failed)."""
+    import pyarrow.parquet as pq
+
+    root.mkdir()
+    spec_path = root / "large.yaml"
+    trackers = {"tensorboard": tracking in ("tensorboard", "both"),
+                "mlflow": f"sqlite:///{root / 'mlflow.db'}" if tracking in ("mlflow", "both") else None}
+    spec_path.write_text(yaml.safe_dump(spec(trials, corpus, root / "results", trackers)), encoding="utf-8")
+    env = dict(os.environ, RNN_CACHE_DIR=str(root.parent / "cache"), PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    log = root / "driver.log"
+    start = time.monotonic()
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(spec_path), "--address", address],
+                                  env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        # the driver's own usage: run's supervisor waits for its driver, the driver for its trackers' process
+        _, status, usage = os.wait4(driver.pid, 0)
+    wall = time.monotonic() - start
+    driver.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        print(f"the run exited with status {code}", file=sys.stderr)
+        return None
+    rows = pq.read_table(root / "results" / "large-sweep" / "trials.parquet",
+                         columns=["status", "finished_at"]).to_pylist()
+    lines = log.read_text().splitlines()
+    tracker_cpu = [float(m.group(1)) for line in lines
+                   if (m := re.search(r"trackers' process used ([0-9.]+) s of CPU", line))]
+    rates = window_rates([r["finished_at"].timestamp() for r in rows], windows)
+    return {
+        "trials": len(rows), "statuses": sorted({r["status"] for r in rows}), "wall_s": round(wall, 1),
+        "rates_per_s": [round(r, 2) for r in rates], "mean_rate_per_s": round(statistics.fmean(rates), 2),
+        "last_over_first": round(rates[-1] / rates[0], 3),
+        "driver_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),  # with its children's (the trackers')
+        "tracking": tracking, "tracked": _tracked(root, tracking),
+        "driver_warnings": sum("WARNING" in line for line in lines),
+        "tracker_cpu_s": tracker_cpu[0] if tracker_cpu else None,
     }
-    print(f"large sweep: {len(rows)} trials ({', '.join(statuses)}) on {args.nodes} nodes x 1 CPU, "
-          f"end to end {wall:.0f} s")
+
+
+def _print_run(f: dict[str, Any], nodes: int) -> None:
+    rates = f["rates_per_s"]
+    print(f"large sweep: {f['trials']} trials ({', '.join(f['statuses'])}) on {nodes} nodes x 1 CPU, "
+          f"tracking {f['tracking']}, end to end {f['wall_s']:.0f} s")
     print("  trials finished per second, by window of finishes: " + "  ".join(f"{r:.2f}" for r in rates))
     verdict = "ok" if rates[-1] >= 0.9 * rates[0] else "BELOW TARGET"
-    print(f"  last window / first window: {rates[-1] / rates[0]:.2f}x (target >= 0.9: {verdict})")
-    print(f"  driver peak memory (max RSS): {peak_mb:.0f} MB")
-    if args.tracking != "off":
-        print(f"  tracking {args.tracking}: " + ", ".join(f"{k} {v}" for k, v in tracked.items())
-              + f"; {warnings} warnings in the driver's log")
-    if args.out:
-        args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    print(f"  last window / first window: {f['last_over_first']:.2f}x (target >= 0.9: {verdict})")
+    print(f"  driver peak memory (max RSS): {f['driver_peak_rss_mb']:.0f} MB; "
+          f"CPU time {f['driver_cpu_s']:.1f} s (with its children's)")
+    if f["tracking"] != "off":
+        cpu = f["tracker_cpu_s"]
+        print(f"  tracking {f['tracking']}: " + ", ".join(f"{k} {v}" for k, v in f["tracked"].items())
+              + f"; the trackers' process used {cpu if cpu is not None else float('nan'):.1f} s of CPU"
+              + f"; {f['driver_warnings']} warnings in the driver's log")
+
+
+def _print_comparison(runs: list[dict[str, Any]], settings: list[str]) -> None:
+    """Medians per setting, and each against the first setting's (the baseline, timed in the same rounds)."""
+    base = settings[0]
+
+    def median(setting: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs if r["tracking"] == setting)
+
+    rounds = sum(r["tracking"] == base for r in runs)
+    print(f"\nmedians of {rounds} rounds, each setting against {base} (run in turn on the same cluster):")
+    print(f"  {'tracking':12} {'end to end':>10} {'trials/s':>9} {'last/first':>10} {'driver CPU':>10} "
+          f"{'trackers CPU':>12}   against {base}")
+    for setting in settings:
+        wall, rate = median(setting, "wall_s"), median(setting, "mean_rate_per_s")
+        cpu = [r["tracker_cpu_s"] for r in runs if r["tracking"] == setting and r["tracker_cpu_s"] is not None]
+        against = "" if setting == base else (f"{wall / median(base, 'wall_s') - 1:+.1%} time, "
+                                             f"{rate / median(base, 'mean_rate_per_s') - 1:+.1%} trials/s")
+        print(f"  {setting:12} {wall:>9.1f}s {rate:>9.1f} {median(setting, 'last_over_first'):>10.2f} "
+              f"{median(setting, 'driver_cpu_s'):>9.1f}s {statistics.median(cpu) if cpu else 0.0:>11.1f}s   {against}")
 
 
 def _tracked(root: Path, tracking: str) -> dict[str, int]:

@@ -8,9 +8,13 @@ server (started, killed mid-sweep) is in ``test_tracking_server.py``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +113,20 @@ def test_tensorboard_writes_each_step_once_when_a_trial_is_reopened(tmp_path: Pa
     assert len(list((tmp_path / "t1").iterdir())) == 2  # the second sink's own file beside the first
 
 
+def test_tensorboard_records_are_framed_byte_for_byte_as_tensorboards_own_writer_frames_them(tmp_path: Path) -> None:
+    import io
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    sink = TensorBoardSink(str(tmp_path))
+    for data in (b"", b"x", bytes(range(256)) * 40):
+        theirs = io.BytesIO()
+        RecordWriter(theirs).write(data)
+        assert sink._record(data) == theirs.getvalue()
+        assert sink._crc(data) == masked_crc32c(data)  # google-crc32c's C code, TensorBoard's answer
+
+
 def _record(step: int, val: float) -> EvalRecord:
     return EvalRecord(step=step, epoch=0.1, train_loss=val + 0.1, val_loss=val, val_bpc=val * 1.44,
                       val_perplexity=2.0, val_accuracy=0.3, lr=1e-3, grad_norm=1.0, samples_per_s=100.0,
@@ -117,7 +135,7 @@ def _record(step: int, val: float) -> EvalRecord:
 
 def test_an_evaluation_is_written_once_a_checkpoint_covers_it_so_a_retry_replaces_it(tmp_path: Path) -> None:
     trial = build_job(_spec(tmp_path)).trials[0]
-    tracker = Tracker([lambda: TensorBoardSink(str(tmp_path / "tb"))])
+    tracker = Tracker([functools.partial(TensorBoardSink, str(tmp_path / "tb"))])
     tracker.on_event(trial, Evaluated(_record(10, 3.0)))
     tracker.on_event(trial, Checkpointed(10, b""))  # step 10 can no longer be redone
     tracker.on_event(trial, Evaluated(_record(20, 2.9)))  # no better: no checkpoint; then the worker is lost
@@ -132,8 +150,8 @@ def test_an_evaluation_is_written_once_a_checkpoint_covers_it_so_a_retry_replace
 def test_a_tracker_that_fails_warns_once_and_the_others_go_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     trial = build_job(_spec(tmp_path)).trials[0]
     (tmp_path / "blocked").write_text("a file where the folder would go")
-    tracker = Tracker([lambda: TensorBoardSink(str(tmp_path / "blocked")),
-                       lambda: TensorBoardSink(str(tmp_path / "fine"))])
+    tracker = Tracker([functools.partial(TensorBoardSink, str(tmp_path / "blocked")),
+                       functools.partial(TensorBoardSink, str(tmp_path / "fine"))])
     with caplog.at_level(logging.WARNING, logger="orchestrator"):
         for step in (10, 20, 30):
             tracker.on_event(trial, Evaluated(_record(step, 3.0 - step / 100)))
@@ -143,6 +161,57 @@ def test_a_tracker_that_fails_warns_once_and_the_others_go_on(tmp_path: Path, ca
     assert len(warnings) == 1 and warnings[0].startswith("tracking: tensorboard failed"), warnings
     assert tracker.failed == ["tensorboard"]
     assert [s for s, _ in tb_scalars(tmp_path / "fine" / trial.trial_id)] == [10, 20, 30]
+
+
+def test_the_sinks_are_written_by_a_process_of_their_own_not_the_driver(tmp_path: Path) -> None:
+    trial = build_job(_spec(tmp_path)).trials[0]
+    tracker = Tracker([functools.partial(TensorBoardSink, str(tmp_path / "tb"))])
+    tracker.on_event(trial, Evaluated(_record(10, 3.0)))
+    tracker.on_event(trial, Checkpointed(10, b""))
+    assert tracker.close()
+    (name,) = [p.name for p in (tmp_path / "tb" / trial.trial_id).iterdir()]
+    assert tracker.pid is not None and tracker.pid != os.getpid()
+    assert name.endswith(f".{tracker.pid}")  # the event file is named by the process that wrote it
+    assert tracker.cpu_s is not None and tracker.cpu_s > 0  # what it cost, counted apart from the driver
+
+
+def test_a_trackers_process_killed_mid_run_costs_one_warning_and_the_driver_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trial = build_job(_spec(tmp_path)).trials[0]
+    tracker = Tracker([functools.partial(TensorBoardSink, str(tmp_path / "tb"))])
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        tracker.on_event(trial, Evaluated(_record(10, 3.0)))
+        tracker.on_event(trial, Checkpointed(10, b""))
+        time.sleep(0.5)
+        assert tracker.pid is not None
+        os.kill(tracker.pid, signal.SIGKILL)
+        for step in (20, 30):  # told after it died: dropped, not an error
+            tracker.on_event(trial, Evaluated(_record(step, 2.0)))
+            tracker.on_event(trial, Checkpointed(step, b""))
+        started = time.monotonic()
+        assert tracker.close()
+    assert time.monotonic() - started < 10
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("tracking: the trackers' process ended"), warnings
+    assert "tensorboard off for the rest of this run" in warnings[0]
+    assert tracker.failed == ["tensorboard"]
+
+
+def test_a_hung_trackers_process_is_given_up_after_the_timeout_and_ended(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trial = build_job(_spec(tmp_path)).trials[0]
+    tracker = Tracker([functools.partial(TensorBoardSink, str(tmp_path / "tb"))])
+    tracker.on_event(trial, Evaluated(_record(10, 3.0)))
+    assert tracker.pid is not None
+    pid = tracker.pid
+    os.kill(pid, signal.SIGSTOP)  # as a sink stuck in a call that never returns
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        tracker.on_event(trial, Checkpointed(10, b""))
+        assert not tracker.close(timeout=2.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "the trackers wrote nothing for" in warnings[0], warnings
+    with pytest.raises(ProcessLookupError):  # ended and reaped, not left behind
+        os.kill(pid, 0)
 
 
 # --- MLflow: a database written directly reads back as MLflow's client writes it ----------------

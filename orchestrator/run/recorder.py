@@ -307,7 +307,9 @@ class Recorder:
         raise_commit_fault(self.faults, tid, row["attempts"], self.store.job_dir)
         self.store.commit_trial(row, evals=evals, throughput=throughput)
         if self.tracker is not None:
-            self.tracker.committed(attempt.trial, row, evals, lambda: self.store.read_checkpoint_bytes(tid))
+            from orchestrator.track.views import StoredCheckpoint
+
+            self.tracker.committed(attempt.trial, row, evals, StoredCheckpoint(self.store.job_dir, tid))
 
 
 def _evals_seen(ledger: Ledger) -> list[EvalRecord]:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Optional
 
 from orchestrator.results import ResultsStore
 from orchestrator.spec.tracking import TrackingSpec
 from orchestrator.track.tracker import Sink, Tracker
+from orchestrator.track.views import StoredCheckpoint
 
 __all__ = ["Sink", "Tracker", "TENSORBOARD_DIR", "TRACKING_STATE", "sink_openers", "sync_folder"]
 
@@ -20,31 +22,33 @@ TRACKING_STATE = "tracking.json"
 
 def sink_openers(tracking: TrackingSpec, job_name: str, store: ResultsStore,
                  tensorboard_dir: Optional[str] = None) -> list[Callable[[], Sink]]:
-    """What opens each sink ``tracking`` asks for (called on the tracker's thread)."""
+    """What opens each sink ``tracking`` asks for: called in the trackers' process, so each is a
+    picklable ``functools.partial`` (its ``sink_name`` says which)."""
     openers: list[Callable[[], Sink]] = []
     if tracking.tensorboard:
-        def tensorboard() -> Sink:
-            from orchestrator.track.tensorboard import TensorBoardSink
+        from orchestrator.track.tensorboard import TensorBoardSink
 
-            return TensorBoardSink(tensorboard_dir or store.location(TENSORBOARD_DIR))
-
+        tensorboard = functools.partial(TensorBoardSink, tensorboard_dir or store.location(TENSORBOARD_DIR))
         tensorboard.sink_name = "tensorboard"  # type: ignore[attr-defined]
         openers.append(tensorboard)
     uri = tracking.mlflow
     if uri is not None:
-        def mlflow() -> Sink:
-            from orchestrator.track.mlflow_sink import MlflowSink
-
-            return MlflowSink(uri, tracking.mlflow_experiment or job_name, job_name, store.job_dir,
-                              (lambda: store.read_text(TRACKING_STATE), lambda t: store.write_text(TRACKING_STATE, t)),
-                              tracking.mlflow_artifact_max_mb)
-
+        mlflow = functools.partial(_open_mlflow, uri, tracking.mlflow_experiment or job_name, job_name, store.job_dir,
+                                   tracking.mlflow_artifact_max_mb)
         mlflow.sink_name = f"mlflow ({uri})"  # type: ignore[attr-defined]
         openers.append(mlflow)
     return openers
 
 
+def _open_mlflow(uri: str, experiment: str, job_name: str, job_dir: str, artifact_max_mb: float) -> Sink:
+    from orchestrator.track.mlflow_sink import MlflowSink
+
+    store = ResultsStore(job_dir)
+    state = (functools.partial(store.read_text, TRACKING_STATE), functools.partial(store.write_text, TRACKING_STATE))
+    return MlflowSink(uri, experiment, job_name, job_dir, state, artifact_max_mb)
+
+
 def sync_folder(tracker: Tracker, store: ResultsStore) -> int:
     """Queue a job folder's committed trials and evaluations for ``tracker``; the number of trials."""
     return tracker.sync(store.read_trials().to_pylist(), store.read_evals().to_pylist(),
-                        lambda tid: lambda: store.read_checkpoint_bytes(tid))
+                        lambda tid: StoredCheckpoint(store.job_dir, tid))

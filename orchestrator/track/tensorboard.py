@@ -1,11 +1,14 @@
-"""TensorBoard: one run folder per trial, ``<root>/<trial_id>/``, written with TensorBoard's own
-record writer and protos (no TensorFlow, no torch).
+"""TensorBoard: one run folder per trial, ``<root>/<trial_id>/``, of TensorBoard's own protos
+(no TensorFlow, no torch).
 
 Each step's metrics are one event (one record, checksummed), so a write cut short by a kill loses
 that step whole; the event files already on disk say which steps a trial has, and only later ones
 are written (a resumed job continues the same folder, each (trial, step) once). A folder that is
 reopened gets a new event file beside the old ones: TensorBoard reads a run's files in name order.
-The trial's config goes to the HParams dashboard (an experiment and a session start when its
+Records are framed as TensorFlow's record writer frames them (length, data, each with its masked
+CRC-32C), the checksums by ``google-crc32c``'s C code where it is installed (the ``tracking``
+extra): TensorBoard's own pure-Python CRC took most of this sink's CPU time, 45 us for 300 bytes
+against 0.3 us. The trial's config goes to the HParams dashboard (an experiment and a session start when its
 folder is new; a session end with its status when it ends). Tags are the ``evals.parquet`` column
 names, with no prefix.
 """
@@ -15,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
@@ -29,13 +34,14 @@ _FILE_PREFIX = "events.out.tfevents."
 
 @dataclass
 class _Trial:
-    """What one trial's folder holds: the last step of each tag, its last session status, its open file."""
+    """What one trial's folder holds: the last step of each tag, its last session status, its
+    event files (how many, the one open)."""
 
     steps: dict[str, int] = field(default_factory=dict)
     started: bool = False
     status: Optional[int] = None  # the last session end's api_pb2.Status
+    files: Optional[int] = None  # event files in its folder (None: no folder yet)
     file: Optional[BinaryIO] = None
-    writer: Any = None  # a RecordWriter on ``file``
 
 
 class TensorBoardSink:
@@ -51,6 +57,7 @@ class TensorBoardSink:
         self._api, self._meta, self._plugin_data = api_pb2, metadata, plugin_data_pb2
         self.root = Path(root)
         self._trials: dict[str, _Trial] = {}
+        self._crc = _masked_crc32c()
 
     # --- what a tracker calls -------------------------------------------------------------
 
@@ -99,7 +106,7 @@ class TensorBoardSink:
         """Nothing to add at the job's end: the report is the job folder's."""
 
     def flush(self) -> None:
-        """Nothing is buffered: each trial's writer is flushed as it is written."""
+        """Nothing is buffered: each trial's file is flushed as it is written."""
 
     def close(self) -> None:
         for trial in self._trials.values():
@@ -124,9 +131,9 @@ class TensorBoardSink:
         trial = _Trial()
         if not folder.is_dir():
             return trial
-        for name in sorted(os.listdir(folder)):
-            if _FILE_PREFIX not in name:
-                continue
+        names = sorted(name for name in os.listdir(folder) if _FILE_PREFIX in name)
+        trial.files = len(names)
+        for name in names:
             try:
                 for event in EventFileLoader(str(folder / name)).Load():
                     self._note(trial, event)
@@ -146,29 +153,35 @@ class TensorBoardSink:
                 trial.steps[value.tag] = max(trial.steps.get(value.tag, -1), event.step)
 
     def _write(self, trial_id: str, trial: _Trial, *events: Any) -> None:
-        if trial.writer is None:
-            from tensorboard.summary.writer.record_writer import RecordWriter
-
+        records = [self._record(event.SerializeToString()) for event in events]
+        if trial.file is None:
             folder = self.root / trial_id
-            folder.mkdir(parents=True, exist_ok=True)
+            if trial.files is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                trial.files = 0
             # TensorBoard reads a run's files in name order: the time, then how many came before
             # (so two files of one second sort as written); "x" never replaces a file.
-            earlier = sum(1 for name in os.listdir(folder) if _FILE_PREFIX in name)
-            name = f"{_FILE_PREFIX}{int(time.time()):010d}.{earlier:06d}.{socket.gethostname()}.{os.getpid()}"
+            name = f"{_FILE_PREFIX}{int(time.time()):010d}.{trial.files:06d}.{socket.gethostname()}.{os.getpid()}"
             trial.file = open(folder / name, "xb")  # noqa: SIM115  (closed by _close)
-            trial.writer = RecordWriter(trial.file)
-            trial.writer.write(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
-        for event in events:
-            trial.writer.write(event.SerializeToString())
+            trial.files += 1
+            records.insert(0, self._record(self._event(wall_time=time.time(), file_version="brain.Event:2")
+                                           .SerializeToString()))
+        trial.file.write(b"".join(records))
+
+    def _record(self, data: bytes) -> bytes:
+        """One record as TensorFlow's record writer frames it (little-endian): the length (uint64),
+        its masked CRC (uint32), the data, the data's masked CRC."""
+        header = struct.pack("<Q", len(data))
+        return header + struct.pack("<I", self._crc(header)) + data + struct.pack("<I", self._crc(data))
 
     def _flush(self, trial: _Trial) -> None:
-        if trial.writer is not None:
-            trial.writer.flush()  # TensorBoard sees the points now, not when the file closes
+        if trial.file is not None:
+            trial.file.flush()  # TensorBoard sees the points now, not when the file closes
 
     def _close(self, trial: _Trial) -> None:
-        if trial.writer is not None:
-            writer, trial.writer, trial.file = trial.writer, None, None
-            writer.close()
+        if trial.file is not None:
+            file, trial.file = trial.file, None
+            file.close()
 
     def _scalars(self, step: int, values: dict[str, float], wall_time: float) -> Any:
         summary = self._summary(value=[self._summary.Value(tag=k, simple_value=v) for k, v in values.items()])
@@ -205,3 +218,20 @@ class TensorBoardSink:
 
         return SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
             plugin_name=self._meta.PLUGIN_NAME, content=data.SerializeToString()))
+
+
+def _masked_crc32c() -> Callable[[bytes], int]:
+    """TensorFlow's masked CRC-32C of a record's parts: google-crc32c's C code where it is
+    installed, else TensorBoard's own (pure Python, about 150 times slower)."""
+    try:
+        from google_crc32c import value
+    except ImportError:
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+        return masked_crc32c
+
+    def masked(data: bytes) -> int:
+        crc = value(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    return masked

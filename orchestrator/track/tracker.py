@@ -1,9 +1,10 @@
 """The driver's trackers: what the job folder gets, also written to TensorBoard and MLflow.
 
 A :class:`Tracker` is told what the recorder sees (each event, each commit) on the dispatcher's
-thread and writes on a thread of its own, so a slow or unreachable server never slows the sweep.
-Its sinks (:mod:`~orchestrator.track.tensorboard`, :mod:`~orchestrator.track.mlflow_sink`) write
-each (trial, metric, step) once: a point they already hold is skipped.
+thread and hands it to a process of its own (:mod:`~orchestrator.track.writer`), which writes the
+sinks (:mod:`~orchestrator.track.tensorboard`, :mod:`~orchestrator.track.mlflow_sink`), so a slow
+or unreachable server, or a sink's own CPU time, never slows the sweep. Its sinks write each
+(trial, metric, step) once: a point they already hold is skipped.
 
 **When a point is written.** An evaluation is written once no retry can redo it: when the trial
 saves a checkpoint at or after its step (a retried attempt resumes from its latest checkpoint and
@@ -11,25 +12,35 @@ evaluates the later steps again, which then replace the earlier attempt's), when
 rung, or when it ends (its committed evaluations, the job folder's truth). So a trial whose
 validation stops improving shows its later points when it ends.
 
-**When it is written.** A sink may buffer what it is told (MLflow does: a database write costs
-per call, not per row); the tracker flushes the sinks about once a second (:data:`FLUSH_S`) while
-there is something new, and before it closes them.
+**When it is written.** What the dispatcher tells goes to the trackers' process in batches, at
+most :data:`SEND_S` after it happened. A sink may buffer what it is told (MLflow does: a database
+write costs per call, not per row); the trackers' process flushes the sinks about once a second
+(:data:`FLUSH_S`) while there is something new, and before it closes them.
 
 **Never fatal.** A sink that raises (a server gone, a locked database, a full disk) is logged once
-and turned off for the rest of the run; the job folder keeps everything, and ``run`` (at its
-start) or ``export`` writes what a tracker lacks.
+and turned off for the rest of the run; a trackers' process that ends early is logged once and
+the run goes on without it. The job folder keeps everything, and ``run`` (at its start) or
+``export`` writes what a tracker lacks.
+
+The sinks' openers, the checkpoints' readers (``TrialEnd.checkpoint``) and what they are told
+are pickled to the trackers' process: openers are ``functools.partial`` objects of importable
+callables (:func:`orchestrator.track.sink_openers`), a checkpoint a
+:class:`~orchestrator.track.views.StoredCheckpoint`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
+import pickle
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import IO, Any, Optional, Protocol
 
 from orchestrator.run.events import Checkpointed, Evaluated, Event
 from orchestrator.track.views import Point, TrialEnd, TrialView, end_of, eval_point, flatten
@@ -41,6 +52,9 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 60.0
 #: How long what a sink buffers may wait before it is written.
 FLUSH_S = 1.0
+#: How long what the dispatcher tells may wait before it goes to the trackers' process (one
+#: write a batch: the driver's thread that sends it wakes a few times a second, not per event).
+SEND_S = 0.2
 _CONFIG_ROOTS = ("data.", "model.", "train.", "throughput.")
 
 
@@ -56,17 +70,43 @@ class Sink(Protocol):
 
 
 class Tracker:
-    """Feeds the sinks ``open_sinks()`` makes (on the tracker's thread: an MLflow client's start-up
+    """Feeds the sinks ``open_sinks()`` makes (in the trackers' process: an MLflow client's start-up
     takes seconds) from the recorder's events and commits; see the module docstring."""
 
     def __init__(self, open_sinks: Iterable[Callable[[], Sink]]) -> None:
-        self._sinks: list[Sink] = []
+        openers = list(open_sinks)
+        self._names = [sink_name(o) for o in openers]
         self.failed: list[str] = []  # the sinks that could not open or were turned off (read after close)
-        self._queue: queue.Queue[Optional[Callable[[Sink], None]]] = queue.Queue()
+        self.cpu_s: Optional[float] = None  # the trackers' process's CPU time, once it has closed the sinks
+        self._queue: queue.Queue[Optional[tuple[Callable[..., Any], tuple[Any, ...]]]] = queue.Queue()
         self._pending: dict[str, dict[int, EvalRecord]] = {}  # evaluations not yet safe to write
         self._views: dict[str, TrialView] = {}
-        self._thread = threading.Thread(target=self._work, args=(list(open_sinks),), name="trackers", daemon=True)
-        self._thread.start()
+        self._sent = self._done = 0  # writes sent to the trackers' process, and done there
+        self._heard = time.monotonic()  # when the trackers' process last answered
+        self._closed = threading.Event()  # its last answer, or its end, has been read
+        self._given_up = False  # close() ended it (a hung sink)
+        replies_r, replies_w = os.pipe()
+        try:
+            self._process: Optional[subprocess.Popen[bytes]] = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.track.writer", str(replies_w)], stdin=subprocess.PIPE,
+                pass_fds=(replies_w,), env=_child_env(), start_new_session=True)
+        except OSError as e:
+            os.close(replies_r)
+            self._process = None
+            self._lost(f"could not start ({e})")
+            self._closed.set()
+        finally:
+            os.close(replies_w)
+        if self._process is not None:
+            threading.Thread(target=self._read, args=(os.fdopen(replies_r, "rb"),), name="tracker-replies",
+                             daemon=True).start()
+        self._sender = threading.Thread(target=self._send, args=(openers,), name="trackers", daemon=True)
+        self._sender.start()
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The trackers' process (None: it could not start)."""
+        return self._process.pid if self._process is not None else None
 
     # --- the dispatcher's thread ----------------------------------------------------------
 
@@ -81,7 +121,7 @@ class Tracker:
                 now = time.time()
                 points = [eval_point(pending.pop(s), now) for s in safe]
                 view = self._view(trial)
-                self._submit(lambda sink: sink.log(view, points))
+                self._submit(_log, view, points)
 
     def resumed(self, trial: Any, evals: list[EvalRecord]) -> None:
         """A trial resumes from a checkpoint an earlier run saved: the evaluations up to it are safe,
@@ -89,7 +129,7 @@ class Tracker:
         if evals:
             now, view = time.time(), self._view(trial)
             points = [eval_point(r, now) for r in evals]
-            self._submit(lambda sink: sink.log(view, points))
+            self._submit(_log, view, points)
 
     def committed(self, trial: Any, row: Mapping[str, Any], evals: list[EvalRecord],
                   checkpoint: Callable[[], Optional[bytes]]) -> None:
@@ -101,7 +141,7 @@ class Tracker:
         points = [eval_point(r, now) for r in evals]
         status = getattr(row["status"], "value", row["status"])
         end = None if status == TrialStatus.PAUSED.value else end_of({**row, "status": status}, checkpoint)
-        self._submit(lambda sink: _write_trial(sink, view, points, end))
+        self._submit(_write_trial, view, points, end)
         if end is not None:
             self._views.pop(trial.trial_id, None)
 
@@ -123,35 +163,34 @@ class Tracker:
             points = [eval_point(r, base + float(r.get("elapsed_s") or 0.0)) for r in by_trial.get(tid, [])]
             status = str(row["status"])
             end = None if status == TrialStatus.PAUSED.value else end_of(row, checkpoint(tid))
-            self._submit(functools.partial(_sync_trial, view=view, points=points, end=end))
+            self._submit(_sync_trial, view, points, end)
         return len(rows)
 
     def finish(self, report_files: list[Path]) -> None:
-        self._submit(lambda sink: sink.finish(report_files))
+        self._submit(_finish, report_files)
 
     def close(self, timeout: Optional[float] = CLOSE_TIMEOUT_S) -> bool:
         """Write what is queued, then close the sinks. The wait lasts while the trackers make
         progress, and gives up after ``timeout`` seconds without any (None: never); False then
         (what was left is in the job folder for the next run or ``export``)."""
         self._queue.put(None)
-        left = self._queue.qsize()
-        if left > 100:
-            log.info("tracking: writing the last %d updates to the trackers", left)
-        still = 0.0
-        while True:
-            self._thread.join(5.0)
-            if not self._thread.is_alive():
-                return True
-            now_left = self._queue.qsize()
-            still = 0.0 if now_left < left else still + 5.0
-            left = now_left
+        self._sender.join()
+        if self._sent - self._done > 100:
+            log.info("tracking: writing the last %d updates to the trackers", self._sent - self._done)
+        while not self._closed.wait(1.0):
+            still = time.monotonic() - self._heard
             if timeout is not None and still >= timeout:
                 log.warning("tracking: the trackers wrote nothing for %.0f s; %d updates left unwritten (the job "
                             "folder has it all: rerun, or `python -m orchestrator export DIR`, writes the rest)",
-                            still, left)
+                            still, self._sent - self._done)
+                self._end_process(kill=True)
                 return False
+        self._end_process()
+        if self.cpu_s is not None:
+            log.info("tracking: written; the trackers' process used %.1f s of CPU", self.cpu_s)
+        return True
 
-    # --- the tracker's thread -------------------------------------------------------------
+    # --- the tracker's threads ------------------------------------------------------------
 
     def _view(self, trial: Any) -> TrialView:
         view = self._views.get(trial.trial_id)
@@ -162,62 +201,99 @@ class Tracker:
                 trial.trial_id, flatten(trial_config(trial)), {k: str(v) for k, v in trial.overrides.items()})
         return view
 
-    def _submit(self, write: Callable[[Sink], Any]) -> None:
-        self._queue.put(write)
+    def _submit(self, function: Callable[..., Any], *args: Any) -> None:
+        self._queue.put((function, args))
 
-    def _work(self, openers: list[Callable[[], Sink]]) -> None:
-        for opener in openers:
-            try:
-                self._sinks.append(opener())
-            except Exception as e:  # noqa: BLE001  (never fatal: the job folder is the truth)
-                name = getattr(opener, "sink_name", "a tracker")
-                self.failed.append(name)
-                log.warning("tracking: could not open %s (%s: %s); going on without it",
-                            name, type(e).__name__, _first_line(e))
-        due: Optional[float] = None  # when what the sinks buffer is to be flushed (monotonic seconds)
-        while True:
-            try:
-                write = self._queue.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
-            except queue.Empty:  # nothing new for a while: write what is buffered
-                self._each(_flush)
-                due = None
-                continue
-            if write is None:
-                break
-            self._each(write)
-            if due is None:
-                due = time.monotonic() + FLUSH_S
-            elif time.monotonic() >= due:
-                self._each(_flush)
-                due = None
-        self._each(_flush)
-        for sink in self._sinks:
-            try:
-                sink.close()
-            except Exception as e:  # noqa: BLE001
-                log.debug("tracking: closing %s: %s", sink.name, e)
+    def _send(self, openers: list[Callable[[], Sink]]) -> None:
+        """Hands the openers, then what is queued, to the trackers' process in batches."""
+        stream = self._write(self._process.stdin if self._process is not None else None, [openers], 0)
+        ended = False
+        while not ended:
+            batch = [self._queue.get()]
+            time.sleep(SEND_S)  # what follows it within SEND_S goes in the same write
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:
+                batch, ended = batch[:batch.index(None)], True
+            frames = ([batch] if batch else []) + ([None] if ended else [])
+            stream = self._write(stream, frames, len(batch), close=ended)
 
-    def _each(self, write: Callable[[Sink], Any]) -> None:
-        for sink in list(self._sinks):
-            try:
-                write(sink)
-            except Exception as e:  # noqa: BLE001
-                self._drop(sink, e)
-
-    def _drop(self, sink: Sink, error: BaseException) -> None:
-        self._sinks.remove(sink)
-        self.failed.append(sink.name)
-        log.warning("tracking: %s failed (%s: %s); it is off for the rest of this run. The job folder has "
-                    "every result: the next run, or `python -m orchestrator export DIR`, writes what it lacks",
-                    sink.name, type(error).__name__, _first_line(error))
+    def _write(self, stream: Optional[IO[bytes]], frames: list[Any], writes: int,
+               close: bool = False) -> Optional[IO[bytes]]:
+        """``frames`` to the trackers' process; None once it is gone (what is told then is dropped:
+        the job folder has it)."""
+        if stream is None:
+            return None
         try:
-            sink.close()
-        except Exception as e:  # noqa: BLE001
-            log.debug("tracking: closing %s: %s", sink.name, e)
+            for frame in frames:
+                pickle.dump(frame, stream, protocol=pickle.HIGHEST_PROTOCOL)
+            stream.flush()
+            self._sent += writes
+            if close:
+                stream.close()
+            return stream
+        except (OSError, pickle.PicklingError) as e:
+            self._lost(f"stopped reading ({type(e).__name__}: {first_line(e)})")
+            return None
+
+    def _read(self, replies: IO[bytes]) -> None:
+        """The trackers' process's answers: its log lines, failed sinks, progress and its end."""
+        with replies:
+            while True:
+                try:
+                    message = pickle.load(replies)
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    break
+                self._heard = time.monotonic()
+                kind = message[0]
+                if kind == "log":
+                    logging.getLogger(message[2]).log(message[1], "%s", message[3])
+                elif kind == "failed":
+                    self.failed.append(message[1])
+                elif kind == "done":
+                    self._done = message[1]
+                elif kind == "closed":
+                    self.cpu_s = message[1]
+                    self._closed.set()
+                    return
+        process = self._process
+        code = process.wait() if process is not None else None
+        self._lost(f"ended (exit status {code})")
+        self._closed.set()
+
+    def _lost(self, how: str) -> None:
+        """The trackers' process is gone before its end: every sink not already failed is off."""
+        if self._given_up:
+            return  # ended by close(), which said so
+        off = [n for n in self._names if n not in self.failed]
+        if off:
+            self.failed.extend(off)
+            log.warning("tracking: the trackers' process %s; %s off for the rest of this run. The job folder "
+                        "has every result: the next run, or `python -m orchestrator export DIR`, writes what "
+                        "they lack", how, ", ".join(off))
+
+    def _end_process(self, kill: bool = False) -> None:
+        """Waits for the trackers' process to exit (it has closed its sinks), or kills it."""
+        process = self._process
+        if process is None:
+            return
+        self._given_up = kill
+        try:
+            process.wait(0.0 if kill else 5.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
-def _flush(sink: Sink) -> None:
-    sink.flush()
+def _log(sink: Sink, view: TrialView, points: list[Point]) -> None:
+    sink.log(view, points)
+
+
+def _finish(sink: Sink, report_files: list[Path]) -> None:
+    sink.finish(report_files)
 
 
 def _write_trial(sink: Sink, view: TrialView, points: list[Point], end: Optional[TrialEnd]) -> None:
@@ -245,7 +321,21 @@ def _varying(configs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
 
-def _first_line(error: BaseException) -> str:
+def sink_name(opener: Callable[[], Sink]) -> str:
+    """What a sink's opener says it opens (its ``sink_name``, else the sink class's ``name``)."""
+    name = getattr(opener, "sink_name", None) or getattr(getattr(opener, "func", opener), "name", None)
+    return name if isinstance(name, str) else "a tracker"
+
+
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     line = text.splitlines()[0] if text else "no message"
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _child_env() -> dict[str, str]:
+    """The driver's environment, with this package importable wherever the trackers' process starts."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

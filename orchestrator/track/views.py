@@ -3,6 +3,7 @@ from a finished job folder (its tables): one form, so ``run`` and ``export`` wri
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,25 @@ class Point:
     step: int
     metrics: dict[str, float]
     wall_time: float
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A trial's best checkpoint in its job folder, read when a tracker wants it: picklable (the
+    trackers' process reads it), unlike a reader bound to a :class:`ResultsStore`."""
+
+    job_dir: str
+    trial_id: str
+
+    def __call__(self) -> Optional[bytes]:
+        return _store(self.job_dir).read_checkpoint_bytes(self.trial_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(job_dir: str) -> Any:
+    from orchestrator.results import ResultsStore
+
+    return ResultsStore(job_dir)
 
 
 @dataclass(frozen=True)
