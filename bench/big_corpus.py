@@ -103,7 +103,8 @@ class PeakMemory:
                 if hwm is None:
                     continue
                 kind = ("trainer" if cmd.startswith("ray::Trainer") else
-                        "driver" if "orchestrator run" in cmd else "other")
+                        "driver" if "orchestrator run" in cmd else
+                        "trackers" if "orchestrator.track.writer" in cmd else "other")
                 self.peaks[pid] = (kind, max(int(hwm.group(1)) / 1024, self.peaks.get(pid, ("", 0.0))[1]))
             self._stop.wait(self.period_s)
 

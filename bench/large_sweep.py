@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 import yaml
 
+from bench.big_corpus import PeakMemory
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -131,8 +133,11 @@ def _one_run(root: Path, corpus: Path, address: str, trials: int, tracking: str,
     with open(log, "w") as out:
         driver = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(spec_path), "--address", address],
                                   env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        # the driver's own usage: run's supervisor waits for its driver, the driver for its trackers' process
+        memory = PeakMemory(driver.pid)  # the high-water marks, from /proc: a child's ru_maxrss starts at
+        # this process's size when it was forked, which can be more than the driver's (MLflow imported here)
+        # the CPU time: run's supervisor waits for its driver, the driver for its trackers' process
         _, status, usage = os.wait4(driver.pid, 0)
+        memory.stop()
     wall = time.monotonic() - start
     driver.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -149,7 +154,8 @@ def _one_run(root: Path, corpus: Path, address: str, trials: int, tracking: str,
         "trials": len(rows), "statuses": sorted({r["status"] for r in rows}), "wall_s": round(wall, 1),
         "rates_per_s": [round(r, 2) for r in rates], "mean_rate_per_s": round(statistics.fmean(rates), 2),
         "last_over_first": round(rates[-1] / rates[0], 3),
-        "driver_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "driver_peak_rss_mb": round(max(memory.of("driver"), default=0.0), 1),
+        "trackers_peak_rss_mb": round(max(memory.of("trackers"), default=0.0), 1),
         "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),  # with its children's (the trackers')
         "tracking": tracking, "tracked": _tracked(root, tracking),
         "driver_warnings": sum("WARNING" in line for line in lines),
@@ -164,12 +170,13 @@ def _print_run(f: dict[str, Any], nodes: int) -> None:
     print("  trials finished per second, by window of finishes: " + "  ".join(f"{r:.2f}" for r in rates))
     verdict = "ok" if rates[-1] >= 0.9 * rates[0] else "BELOW TARGET"
     print(f"  last window / first window: {f['last_over_first']:.2f}x (target >= 0.9: {verdict})")
-    print(f"  driver peak memory (max RSS): {f['driver_peak_rss_mb']:.0f} MB; "
+    print(f"  driver peak memory (VmHWM): {f['driver_peak_rss_mb']:.0f} MB; "
           f"CPU time {f['driver_cpu_s']:.1f} s (with its children's)")
     if f["tracking"] != "off":
         cpu = f["tracker_cpu_s"]
         print(f"  tracking {f['tracking']}: " + ", ".join(f"{k} {v}" for k, v in f["tracked"].items())
               + f"; the trackers' process used {cpu if cpu is not None else float('nan'):.1f} s of CPU"
+              + f" and {f['trackers_peak_rss_mb']:.0f} MB at its peak"
               + f"; {f['driver_warnings']} warnings in the driver's log")
 
 
