@@ -13,8 +13,12 @@ parent, which never imports Ray, waits for it and speaks when it could not.
   is written whole before it counts as finished, and the next run folds the parts in.
 - Signals sent to the supervisor alone (``kill PID``, ``Popen.send_signal``) are forwarded to
   the driver: SIGINT, SIGTERM, SIGHUP. Both share one process group, so a terminal's Ctrl-C or
-  ``ray job stop`` reaches each; the driver counts the same signal twice within
-  :data:`orchestrator.run.connect.REPEAT_WINDOW_S` as one.
+  ``ray job stop`` reaches each, and the driver gets it twice: directly, and the supervisor's
+  copy. Where the system has real-time signals (Linux), the copy is sent as one of its own
+  (:data:`FORWARDED_AS`), so the driver pairs each copy with the signal it got directly, however
+  late either arrives (:class:`orchestrator.run.connect.SignalCounts`); elsewhere the copy is the
+  same signal, and the same signal twice within :data:`orchestrator.run.connect.REPEAT_WINDOW_S`
+  counts as one. Outside the driver's stop handlers, a copy acts as the signal it stands for.
 - A driver whose supervisor is gone (``kill -9`` of the supervisor alone) ends itself at once:
   it watches a pipe whose write end only the supervisor holds.
 - On Linux the supervisor is a child subreaper: the processes the driver's descendants leave
@@ -39,6 +43,11 @@ from orchestrator.processes import become_subreaper, children, end_orphans
 
 #: The signals the supervisor passes on to the driver.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The signal each is forwarded as, where real-time signals exist (empty: forwarded as itself).
+FORWARDED_AS: dict[int, int] = (
+    {int(sig): signal.SIGRTMIN + i for i, sig in enumerate(FORWARDED)} if hasattr(signal, "SIGRTMIN") else {})
+#: The signal a forwarded copy stands for.
+ORIGINAL: dict[int, int] = {copy: sig for sig, copy in FORWARDED_AS.items()}
 
 
 def supervise(command: Callable[[], int], say: Callable[[str], None]) -> int:
@@ -60,11 +69,13 @@ def supervise(command: Callable[[], int], say: Callable[[str], None]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     # Signals wait until each side has its own handlers: the forwarding ones are the parent's only.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (*FORWARDED, *ORIGINAL))
     pid = os.fork()
     if pid == 0:
         os.close(chosen_r)
         os.close(alive_w)
+        for copy in ORIGINAL:
+            signal.signal(copy, _act_as_original)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         threading.Thread(target=_end_with_supervisor, args=(alive_r,), name="supervisor-watch", daemon=True).start()
         code = int(ExitCode.FAILED)
@@ -83,6 +94,11 @@ def supervise(command: Callable[[], int], say: Callable[[str], None]) -> int:
             end_orphans(exclude=before)
 
 
+def _act_as_original(signum: int, frame: object) -> None:
+    """A forwarded copy, outside the driver's stop handlers: the signal it stands for."""
+    signal.raise_signal(ORIGINAL[signum])
+
+
 def _end_with_supervisor(alive_r: int) -> None:
     os.read(alive_r, 1)  # returns (EOF) only once the supervisor's process is gone
     os.kill(os.getpid(), signal.SIGKILL)
@@ -94,7 +110,7 @@ def _wait_for_driver(pid: int, chosen_r: int, blocked: set[int | signal.Signals]
     def forward(signum: int, frame: object) -> None:
         forwarded.add(signum)
         try:
-            os.kill(pid, signum)
+            os.kill(pid, FORWARDED_AS.get(signum, signum))
         except ProcessLookupError:
             pass  # it has just ended; waitpid reports how
 
@@ -114,7 +130,7 @@ def _wait_for_driver(pid: int, chosen_r: int, blocked: set[int | signal.Signals]
     if chosen:
         return chosen[-1]
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
+        sig = ORIGINAL.get(os.WTERMSIG(status), os.WTERMSIG(status))
         if sig in forwarded:  # it ended by the signal it was sent, before it could handle it
             return 128 + sig
         cause = " (the system's out-of-memory killer, or a kill -9)" if sig == signal.SIGKILL else ""

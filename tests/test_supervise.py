@@ -9,11 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, eventually
+from orchestrator.run.connect import SignalCounts
+from orchestrator.supervise import FORWARDED_AS
 
 _PROGRAM = """
 import os, signal, sys, threading, time
@@ -23,7 +26,7 @@ from orchestrator.run.connect import stop_on_signals
 
 def driver():
     how = sys.argv[1]
-    if how not in ("stop", "forever"):
+    if how not in ("stop", "forever", "stop-slowly"):
         print("driver", os.getpid(), flush=True)
     if how == "choose":
         return 3
@@ -31,13 +34,13 @@ def driver():
         os._exit(1)  # what Ray's QuickExit does
     if how == "oom":
         os.kill(os.getpid(), signal.SIGKILL)
-    if how in ("stop", "forever"):
+    if how in ("stop", "forever", "stop-slowly"):
         stop = threading.Event()
         with stop_on_signals(stop):
             print("driver", os.getpid(), flush=True)  # its handlers are in place
             while not stop.is_set():
                 time.sleep(0.02)
-            time.sleep(1.5)  # a second signal now would raise KeyboardInterrupt
+            time.sleep(4.0 if how == "stop-slowly" else 1.5)  # a second signal now would raise KeyboardInterrupt
         print("stopped once", flush=True)
         if how == "forever":
             time.sleep(60)
@@ -117,6 +120,31 @@ def test_a_signal_to_the_whole_group_counts_once_in_the_driver() -> None:
     out = _finish(proc)
     assert proc.returncode == 130, out
     assert out.count("SIGINT received") == 1 and "stopped once" in out and "KeyboardInterrupt" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FORWARDED_AS, reason="no real-time signals: a forwarded copy is the signal itself")
+def test_a_forwarded_copy_however_late_is_not_a_second_signal() -> None:
+    # A loaded machine: the supervisor's copy of a group Ctrl-C arrives seconds after the driver's own.
+    proc, driver = _start("stop-slowly")
+    os.kill(driver, signal.SIGINT)
+    time.sleep(2.0)  # longer than any window a repeat could be merged within
+    os.kill(driver, FORWARDED_AS[signal.SIGINT])
+    out = _finish(proc)
+    assert proc.returncode == 130, out
+    assert out.count("SIGINT received") == 1 and "stopped once" in out and "KeyboardInterrupt" not in out
+
+
+@pytest.mark.skipif(not FORWARDED_AS, reason="no real-time signals: a forwarded copy is the signal itself")
+def test_each_signal_pairs_with_its_forwarded_copy_in_either_order() -> None:
+    copy = FORWARDED_AS[signal.SIGINT]
+    for order, events in ([[signal.SIGINT, copy], [signal.SIGINT]],
+                          [[copy, signal.SIGINT], [signal.SIGINT]],
+                          [[signal.SIGINT, signal.SIGINT, copy, copy], [signal.SIGINT, signal.SIGINT]],
+                          [[copy, copy], [signal.SIGINT, signal.SIGINT]],  # to the supervisor alone, twice
+                          [[signal.SIGTERM, copy, signal.SIGINT], [signal.SIGTERM, signal.SIGINT]]):
+        counts = SignalCounts()
+        assert [s for s in map(counts.arrived, order) if s is not None] == events, order
 
 
 def test_the_driver_ends_when_its_supervisor_is_killed() -> None:

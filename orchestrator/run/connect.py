@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 #: How long an address may take to accept a TCP connection before it counts as unreachable.
 PROBE_TIMEOUT_S = 15.0
-#: A signal repeated within this many seconds is one signal delivered twice (see stop_on_signals).
+#: Where signals are forwarded as themselves (no real-time signals): the same signal again within
+#: this many seconds is one signal delivered twice (see :class:`SignalCounts`).
 REPEAT_WINDOW_S = 1.0
 
 
@@ -214,34 +215,71 @@ def gcs_client() -> Any:
     return ray._private.worker.global_worker.gcs_client
 
 
+class SignalCounts:
+    """Which SIGINTs and SIGTERMs are new: one Ctrl-C, or one ``ray job stop``, reaches the driver
+    twice, directly and as the supervisor's forwarded copy (:mod:`orchestrator.supervise`).
+
+    Where the copy comes as a signal of its own, each signal is paired with its copy: the n-th
+    event is the n-th of either kind, however late the other arrives. Elsewhere the same signal
+    again within :data:`REPEAT_WINDOW_S` counts once. One instance serves a whole run (its sweep's
+    handlers, then its report's), so a copy that arrives after the sweep stopped is not a second
+    signal to the report.
+    """
+
+    def __init__(self) -> None:
+        self._direct: dict[int, int] = {}
+        self._copies: dict[int, int] = {}
+        self._acted: dict[int, int] = {}
+        self._last: dict[int, float] = {}
+
+    def arrived(self, signum: int) -> Optional[int]:
+        """The signal that ``signum`` (a signal or its forwarded copy) stands for, when it is a new
+        event; None when it is the other half of one already counted."""
+        from orchestrator.supervise import FORWARDED_AS, ORIGINAL
+
+        if not FORWARDED_AS:
+            now = time.monotonic()
+            repeat = now - self._last.get(signum, -math.inf) < REPEAT_WINDOW_S
+            self._last[signum] = now
+            return None if repeat else signum
+        sig = ORIGINAL.get(signum, signum)
+        seen = self._copies if signum in ORIGINAL else self._direct
+        seen[sig] = seen.get(sig, 0) + 1
+        events = max(self._direct.get(sig, 0), self._copies.get(sig, 0))
+        if events <= self._acted.get(sig, 0):
+            return None
+        self._acted[sig] = events
+        return sig
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: threading.Event,
-                    doing: str = "stopping running trials, keeping what finished") -> Iterator[None]:
+                    doing: str = "stopping running trials, keeping what finished",
+                    counts: Optional[SignalCounts] = None) -> Iterator[None]:
     """SIGINT and SIGTERM set ``stop`` (a second one raises KeyboardInterrupt); ``doing`` says
-    what the first one does, in the warning logged.
-
-    The same signal again within :data:`REPEAT_WINDOW_S` counts once: one Ctrl-C, or one
-    ``ray job stop``, reaches the driver twice, directly and forwarded by the supervisor
-    (:mod:`orchestrator.supervise`). Installed *after* ``ray.init``, which puts in a handler of
-    its own that aborts the process.
+    what the first one does, in the warning logged. ``counts`` tells a signal from its forwarded
+    copy (:class:`SignalCounts`; pass one instance to each block of the same run). Installed
+    *after* ``ray.init``, which puts in a handler of its own that aborts the process.
     """
-    last: dict[int, float] = {}
+    from orchestrator.supervise import FORWARDED_AS
+
+    counts = counts if counts is not None else SignalCounts()
 
     def on_signal(signum: int, frame: object) -> None:
-        now = time.monotonic()
-        repeat = now - last.get(signum, -math.inf) < REPEAT_WINDOW_S
-        last[signum] = now
-        if repeat:
+        sig = counts.arrived(signum)
+        if sig is None:
             return
         if stop.is_set():
             raise KeyboardInterrupt
-        log.warning("%s received: %s (again to force)", signal.Signals(signum).name, doing)
+        log.warning("%s received: %s (again to force)", signal.Signals(sig).name, doing)
         stop.set()
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signals are delivered to the main thread only
         return
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handled: list[int] = [signal.SIGINT, signal.SIGTERM]
+    handled += [FORWARDED_AS[s] for s in handled if s in FORWARDED_AS]
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         yield
     finally:

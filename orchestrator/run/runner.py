@@ -33,7 +33,7 @@ from orchestrator.results import (
     write_manifest,
 )
 from orchestrator.run.backend import Backend
-from orchestrator.run.connect import stop_on_signals
+from orchestrator.run.connect import SignalCounts, stop_on_signals
 from orchestrator.run.faults import faults_from_env
 from orchestrator.run.scheduler import load_scheduler
 from orchestrator.spec import Job, Trial, job_location
@@ -139,8 +139,9 @@ def run_job(
         preflight_data(todo)
         if todo:
             backend.open(spec.resources)
+        signals = SignalCounts()  # the sweep's signal handlers, then the report's: one count
         with _locked(job_dir, fresh) as store, _tracking(job, store) as tracker:
-            summary = _run_locked(job, job_dir, store, backend, stop, live_report_s, tracker)
+            summary = _run_locked(job, job_dir, store, backend, stop, live_report_s, tracker, signals)
             # The report is built while the backend shuts down (Ray's takes seconds): it reads
             # only the job folder. Its import (matplotlib, scipy: about a second) happens in that
             # thread too, off the critical path.
@@ -153,7 +154,7 @@ def run_job(
                 ending = threading.Event()
                 if summary is not None and summary.interrupted:
                     ending.set()
-                with stop_on_signals(ending, doing="the sweep has ended: finishing its report first"):
+                with stop_on_signals(ending, doing="the sweep has ended: finishing its report first", counts=signals):
                     report = _Background(_build_report, store)
                     backend.shutdown()
                     md, html = report.join()
@@ -176,6 +177,7 @@ def _run_locked(
     stop: Optional[threading.Event],
     live_report_s: Optional[float],
     tracker: Optional[Tracker] = None,
+    signals: Optional[SignalCounts] = None,
 ) -> Optional[SweepSummary]:
     """With the folder locked: fold in what a killed run left, skip what is finished, dispatch the
     rest, and keep this invocation's run record in the manifest. Returns the sweep's summary
@@ -216,7 +218,7 @@ def _run_locked(
             interval = LIVE_REPORT_S if live_report_s is None else live_report_s
             live = LiveReport(store, interval, board=dispatcher.recorder.board) if interval > 0 else None
             try:
-                with stop_on_signals(dispatcher.stop):
+                with stop_on_signals(dispatcher.stop, counts=signals):
                     if live is not None:
                         live.start()
                     summary = dispatcher.run()
