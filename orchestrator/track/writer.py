@@ -15,6 +15,7 @@ job folder keeps everything, and ``run`` (at its start) or ``export`` writes wha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -28,6 +29,10 @@ from typing import IO, Any, Optional
 from orchestrator.track.tracker import FLUSH_S, Sink, first_line, sink_name
 
 log = logging.getLogger(__name__)
+
+#: The trackers' process yields the CPU to the driver (nice 0) and Ray's own processes, not to
+#: the trainers (Ray starts its workers at nice 15).
+NICE = 10
 
 Write = tuple[Callable[..., Any], tuple[Any, ...]]
 
@@ -53,6 +58,8 @@ class _Replies(logging.Handler):
 
 
 def main(argv: list[str]) -> int:
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     out = os.fdopen(int(argv[0]), "wb")
     replies = _Replies(out)
     logging.basicConfig(level=logging.INFO, handlers=[replies], force=True)
