@@ -175,6 +175,7 @@ class Tracker:
         (what was left is in the job folder for the next run or ``export``)."""
         self._queue.put(None)
         self._sender.join()
+        self._heard = time.monotonic()  # the wait starts now, however long the trackers had nothing to do
         if self._sent - self._done > 100:
             log.info("tracking: writing the last %d updates to the trackers", self._sent - self._done)
         while not self._closed.wait(1.0):
