@@ -198,6 +198,7 @@ def test_a_trackers_process_killed_mid_run_costs_one_warning_and_the_driver_goes
     assert tracker.failed == ["tensorboard"]
 
 
+@pytest.mark.slow
 def test_trackers_quiet_for_longer_than_the_close_timeout_still_finish_at_the_close(tmp_path: Path) -> None:
     tracker = Tracker([functools.partial(TensorBoardSink, str(tmp_path / "tb"))])
     time.sleep(3.0)  # a sweep with nothing to track for a while: the trackers' process says nothing
@@ -207,6 +208,7 @@ def test_trackers_quiet_for_longer_than_the_close_timeout_still_finish_at_the_cl
     assert tracker.close(timeout=2.0)  # the wait for progress starts at the close, not at its last answer
 
 
+@pytest.mark.slow
 def test_a_hung_trackers_process_is_given_up_after_the_timeout_and_ended(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     trial = build_job(_spec(tmp_path)).trials[0]
