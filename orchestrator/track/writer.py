@@ -87,10 +87,7 @@ def main(argv: list[str]) -> int:
             due = None
     _each(sinks, _flush, replies)
     for sink in sinks:
-        try:
-            sink.close()
-        except Exception as e:  # noqa: BLE001
-            log.debug("tracking: closing %s: %s", sink.name, e)
+        _close(sink)
     replies.send("closed", time.process_time())
     return 0
 
@@ -130,14 +127,19 @@ def _each(sinks: list[Sink], write: Callable[[Sink], Any], replies: _Replies) ->
             log.warning("tracking: %s failed (%s: %s); it is off for the rest of this run. The job folder has "
                         "every result: the next run, or `python -m orchestrator export DIR`, writes what it lacks",
                         sink.name, type(e).__name__, first_line(e))
-            try:
-                sink.close()
-            except Exception as e2:  # noqa: BLE001
-                log.debug("tracking: closing %s: %s", sink.name, e2)
+            _close(sink)
 
 
 def _flush(sink: Sink) -> None:
     sink.flush()
+
+
+def _close(sink: Sink) -> None:
+    """Close a sink; what goes wrong then is only worth a debug line (its writes are over)."""
+    try:
+        sink.close()
+    except Exception as e:  # noqa: BLE001
+        log.debug("tracking: closing %s: %s", sink.name, e)
 
 
 if __name__ == "__main__":
