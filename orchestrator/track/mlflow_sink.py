@@ -242,7 +242,7 @@ class MlflowSink:
             from mlflow.utils.file_utils import local_file_uri_to_path
 
             folder = Path(local_file_uri_to_path(run.artifact_uri), "checkpoint")
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)  # checks the parents before making them: no failed mkdir calls
             part = folder / ".best.pt.part"  # renamed once whole, as MLflow's local store does
             part.write_bytes(data)
             os.replace(part, folder / "best.pt")
