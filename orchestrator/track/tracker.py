@@ -58,14 +58,6 @@ SEND_S = 0.2
 _CONFIG_ROOTS = ("data.", "model.", "train.", "throughput.")
 
 
-#: The trackers' process gets a process group of its own, so a terminal's Ctrl-C (or ``ray job stop``)
-#: reaches the driver, which then closes the trackers in order, not the trackers themselves. It stays
-#: in the driver's session: where Linux groups the CPU by session ("autogroups", the default on most
-#: desktops and many servers), a new session would be a group of its own, weighed against the whole
-#: sweep's and ahead of it whatever its nice value. (Python 3.10 has only ``start_new_session``.)
-_OWN_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-
-
 class Sink(Protocol):
     name: str
 
@@ -97,7 +89,7 @@ class Tracker:
         try:
             self._process: Optional[subprocess.Popen[bytes]] = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator.track.writer", str(replies_w)], stdin=subprocess.PIPE,
-                pass_fds=(replies_w,), env=_child_env(), **_OWN_GROUP)
+                pass_fds=(replies_w,), env=_child_env(), start_new_session=True)
         except OSError as e:
             os.close(replies_r)
             self._process = None

@@ -30,11 +30,9 @@ from orchestrator.track.tracker import FLUSH_S, Sink, first_line, sink_name
 
 log = logging.getLogger(__name__)
 
-#: The trackers' process is background work: it yields the CPU to the driver (nice 0), Ray's own
-#: processes and the trainers (Ray starts its workers at nice 15), and runs on what they leave. The
-#: scheduler still gives it a share (about 15/36 of a trainer's) when they leave nothing, so a sweep
-#: that keeps every core busy is tracked live, only later.
-NICE = 19
+#: The trackers' process yields the CPU to the driver (nice 0) and Ray's own processes, not to
+#: the trainers (Ray starts its workers at nice 15).
+NICE = 10
 
 Write = tuple[Callable[..., Any], tuple[Any, ...]]
 
