@@ -198,6 +198,85 @@ def test_a_trackers_process_killed_mid_run_costs_one_warning_and_the_driver_goes
     assert tracker.failed == ["tensorboard"]
 
 
+def _writer_children() -> list[int]:
+    """This process's children that are trackers' processes (from /proc: they are reaped once ended)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"orchestrator.track.writer" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_tracker_started_before_its_sinks_writes_what_it_was_told_meanwhile(tmp_path: Path) -> None:
+    """A driver starts the trackers' process before Ray, importing the sinks' libraries, and gives
+    it the sinks once the job folder is locked; a module that cannot be imported is no error."""
+    trial = build_job(_spec(tmp_path)).trials[0]
+    tracker = Tracker(preload=["orchestrator.track.tensorboard", "tensorboard.compat.proto.event_pb2",
+                               "no_such_module_for_the_trackers"])
+    tracker.on_event(trial, Evaluated(_record(10, 3.0)))
+    tracker.on_event(trial, Checkpointed(10, b""))
+    tracker.open([functools.partial(TensorBoardSink, str(tmp_path / "tb"))])
+    with pytest.raises(RuntimeError, match="already given"):
+        tracker.open([functools.partial(TensorBoardSink, str(tmp_path / "tb2"))])
+    tracker.on_event(trial, Evaluated(_record(20, 2.5)))
+    tracker.on_event(trial, Checkpointed(20, b""))
+    assert tracker.close() and tracker.close()  # closing twice: the same answer, nothing more
+    assert tb_scalars(tmp_path / "tb" / trial.trial_id) == [(10, 3.0), (20, 2.5)]
+    assert tracker.failed == []
+
+
+def test_a_tracker_never_given_sinks_ends_its_process_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tracker = Tracker(preload=["mlflow"])  # an import of over a second: not waited for
+    pid = tracker.pid
+    assert pid is not None and _writer_children() == [pid]
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        assert tracker.close()
+    assert time.monotonic() - started < 1.0
+    assert _writer_children() == []  # ended and reaped
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_trackers_process_whose_driver_goes_before_giving_sinks_exits_by_itself() -> None:
+    """The end of its input before any sinks (a driver killed during Ray's start-up): it exits."""
+    import pickle
+    import subprocess
+    import sys
+
+    from orchestrator.track.tracker import _child_env
+
+    replies_r, replies_w = os.pipe()
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.track.writer", str(replies_w)],
+                               stdin=subprocess.PIPE, pass_fds=(replies_w,), env=_child_env())
+    os.close(replies_w)
+    assert process.stdin is not None
+    process.stdin.close()
+    assert process.wait(timeout=30) == 0
+    with os.fdopen(replies_r, "rb") as replies:
+        assert pickle.load(replies)[0] == "closed"
+
+
+def test_a_run_refused_at_its_data_check_leaves_no_trackers_process(tmp_path: Path) -> None:
+    from orchestrator.errors import UsageError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question. " * 50)
+    spec = _spec(tmp_path, tensorboard=True)
+    spec["data"] = {**spec["data"], "corpus": str(corpus)}
+    job = build_job(spec)
+    corpus.write_bytes(b"")  # emptied after the spec was checked: the run's data check refuses it
+    with pytest.raises(UsageError, match="empty"):
+        run_job(job, backend=LocalBackend())
+    assert _writer_children() == []
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.slow
 def test_trackers_quiet_for_longer_than_the_close_timeout_still_finish_at_the_close(tmp_path: Path) -> None:
     tracker = Tracker([functools.partial(TensorBoardSink, str(tmp_path / "tb"))])

@@ -130,7 +130,7 @@ def run_job(
     todo = [t for t in trials if t.trial_id not in finished]
     if job.search is not None:  # its trials are proposed as it runs: check the spec's own data
         todo += job.search.base_trials[:1]
-    with _opened(backend):
+    with _opened(backend), _trackers_started(job) as trackers:
         # The data preflight first, then the backend's start-up (Ray's): a bad corpus is refused
         # before Ray starts or anything is written, and what the check reads (a 100 MB corpus: about
         # 200 MB while it is decoded and split, freed when it returns) never adds to Ray's share of
@@ -140,7 +140,7 @@ def run_job(
         if todo:
             backend.open(spec.resources)
         signals = SignalCounts()  # the sweep's signal handlers, then the report's: one count
-        with _locked(job_dir, fresh) as store, _tracking(job, store) as tracker:
+        with _locked(job_dir, fresh) as store, _tracking(trackers, job, store) as tracker:
             summary = _run_locked(job, job_dir, store, backend, stop, live_report_s, tracker, signals)
             # The report is built while the backend shuts down (Ray's takes seconds): it reads
             # only the job folder. Its import (matplotlib, scipy: about a second) happens in that
@@ -245,16 +245,34 @@ def _opened(backend: Backend) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _tracking(job: Job, store: ResultsStore) -> Iterator[Optional[Tracker]]:
-    """The spec's trackers for this run (None without ``tracking``), closed once it is over:
-    what is queued is written first, for up to a minute."""
+def _trackers_started(job: Job) -> Iterator[Optional[Tracker]]:
+    """The trackers' process for the spec's ``tracking`` (None without), started before the data
+    preflight and Ray's start-up so that the sinks' libraries are imported meanwhile (MLflow's:
+    1.5-2.5 s of CPU, otherwise taken from the sweep's first seconds); given its sinks once the job
+    folder is locked (:func:`_tracking`). Ended at once if the run stops before that."""
     tracking = job.spec.tracking
     if tracking is None or not tracking.enabled:
         yield None
         return
-    from orchestrator.track import Tracker, sink_openers
+    from orchestrator.track import Tracker, sink_modules
 
-    tracker = Tracker(sink_openers(tracking, job.spec.name, store))
+    tracker = Tracker(preload=sink_modules(tracking))
+    try:
+        yield tracker
+    finally:
+        tracker.close()  # nothing to do once _tracking has closed it
+
+
+@contextlib.contextmanager
+def _tracking(tracker: Optional[Tracker], job: Job, store: ResultsStore) -> Iterator[Optional[Tracker]]:
+    """``tracker`` given the spec's sinks for this job folder, and closed once the run is over:
+    what is queued is written first, for up to a minute."""
+    if tracker is None or job.spec.tracking is None:
+        yield None
+        return
+    from orchestrator.track import sink_openers
+
+    tracker.open(sink_openers(job.spec.tracking, job.spec.name, store))
     try:
         yield tracker
     finally:

@@ -56,6 +56,11 @@ def mlflow_uri_problem(uri: str) -> Optional[str]:
     return None
 
 
+def is_server(uri: str) -> bool:
+    """Whether an MLflow tracking URI names a server (http or https), not a database."""
+    return uri.lower().startswith(("http:", "https:"))
+
+
 def sqlite_path(uri: str) -> Optional[str]:
     """The file of a ``sqlite:///path`` URI (relative to the current directory; four slashes: an
     absolute path), or None when there is none (``sqlite://`` alone is an in-memory database,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator.spec.tracking import sqlite_path
+from orchestrator.spec.tracking import is_server, sqlite_path
 from orchestrator.track.mlflow_write import MAX_PARAM, MAX_TAG, ClientWriter, SqlWriter, Writes
 from orchestrator.track.views import EVAL_METRICS, FINAL_METRICS, Point, TrialEnd, TrialView
 
@@ -80,7 +80,7 @@ class MlflowSink:
         self._job_run = self._job(job_name, *state)
         self._runs = self._children()
         if direct is None:
-            direct = not self.uri.lower().startswith(("http:", "https:"))
+            direct = not is_server(self.uri)
         self._writer = SqlWriter(self.uri, self._experiment_id, location) if direct else ClientWriter(self._client)
         self._writes: dict[str, Writes] = {}  # by run id: what the next flush writes
 

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Optional, Protocol
 
@@ -73,9 +73,11 @@ class Tracker:
     """Feeds the sinks ``open_sinks()`` makes (in the trackers' process: an MLflow client's start-up
     takes seconds) from the recorder's events and commits; see the module docstring."""
 
-    def __init__(self, open_sinks: Iterable[Callable[[], Sink]]) -> None:
-        openers = list(open_sinks)
-        self._names = [sink_name(o) for o in openers]
+    def __init__(self, open_sinks: Optional[Iterable[Callable[[], Sink]]] = None, preload: Sequence[str] = ()) -> None:
+        """Starts the trackers' process, importing the ``preload`` modules at once, and gives it
+        ``open_sinks`` (None: later, with :meth:`open`, so that a driver can start the process
+        before Ray and have the sinks' libraries imported by the time it has sinks to give)."""
+        self._names: list[str] = []
         self.failed: list[str] = []  # the sinks that could not open or were turned off (read after close)
         self.cpu_s: Optional[float] = None  # the trackers' process's CPU time, once it has closed the sinks
         self._queue: queue.Queue[Optional[tuple[Callable[..., Any], tuple[Any, ...]]]] = queue.Queue()
@@ -84,22 +86,38 @@ class Tracker:
         self._sent = self._done = 0  # writes sent to the trackers' process, and done there
         self._heard = time.monotonic()  # when the trackers' process last answered
         self._closed = threading.Event()  # its last answer, or its end, has been read
-        self._given_up = False  # close() ended it (a hung sink)
+        self._given_up = False  # close() ended it (a hung sink, or never given any)
+        self._sender: Optional[threading.Thread] = None
+        self._closed_as: Optional[bool] = None  # what close() returned
         replies_r, replies_w = os.pipe()
         try:
             self._process: Optional[subprocess.Popen[bytes]] = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.track.writer", str(replies_w)], stdin=subprocess.PIPE,
+                [sys.executable, "-m", "orchestrator.track.writer", str(replies_w), *preload], stdin=subprocess.PIPE,
                 pass_fds=(replies_w,), env=_child_env(), start_new_session=True)
         except OSError as e:
             os.close(replies_r)
             self._process = None
-            self._lost(f"could not start ({e})")
+            self._start_error: Optional[str] = f"could not start ({e})"
             self._closed.set()
+        else:
+            self._start_error = None
         finally:
             os.close(replies_w)
         if self._process is not None:
             threading.Thread(target=self._read, args=(os.fdopen(replies_r, "rb"),), name="tracker-replies",
                              daemon=True).start()
+        if open_sinks is not None:
+            self.open(open_sinks)
+
+    def open(self, open_sinks: Iterable[Callable[[], Sink]]) -> None:
+        """Gives the trackers' process its sinks' openers; what the tracker is told from now on
+        goes to them."""
+        if self._sender is not None:
+            raise RuntimeError("the tracker's sinks are already given")
+        openers = list(open_sinks)
+        self._names = [sink_name(o) for o in openers]
+        if self._start_error is not None:
+            self._lost(self._start_error)
         self._sender = threading.Thread(target=self._send, args=(openers,), name="trackers", daemon=True)
         self._sender.start()
 
@@ -172,9 +190,25 @@ class Tracker:
     def close(self, timeout: Optional[float] = CLOSE_TIMEOUT_S) -> bool:
         """Write what is queued, then close the sinks. The wait lasts while the trackers make
         progress, and gives up after ``timeout`` seconds without any (None: never); False then
-        (what was left is in the job folder for the next run or ``export``)."""
+        (what was left is in the job folder for the next run or ``export``). Closing again returns
+        the same; closing a tracker never given its sinks ends its process at once."""
+        if self._closed_as is not None:
+            return self._closed_as
+        if self._sender is None:  # never given any sinks: nothing to write
+            self._closed_as = True
+            if self._process is not None:
+                self._given_up = True
+                self._process.kill()
+                self._process.wait()
+                if self._process.stdin is not None:
+                    self._process.stdin.close()
+            return True
+        self._closed_as = self._close(timeout)
+        return self._closed_as
+
+    def _close(self, timeout: Optional[float]) -> bool:
         self._queue.put(None)
-        self._sender.join()
+        self._sender.join()  # type: ignore[union-attr]
         self._heard = time.monotonic()  # the wait starts now, however long the trackers had nothing to do
         if self._sent - self._done > 100:
             log.info("tracking: writing the last %d updates to the trackers", self._sent - self._done)

@@ -3,8 +3,11 @@
 database or server) away from the driver, so their CPU time (MLflow's start-up alone is about 2.7 s
 of it) and their waits never take the driver's interpreter lock.
 
-It reads pickled frames on stdin: first the sinks' openers, then lists of writes (a function and
-its arguments, each applied to every sink), then None (or the end of stdin: a driver that died).
+Its arguments after ``FD`` name modules to import before anything else (the sinks' libraries:
+MLflow's import alone is 1-2 s of CPU), so a driver that starts it early has them imported while
+Ray starts. It reads pickled frames on stdin: first the sinks' openers, then lists of writes (a
+function and its arguments, each applied to every sink), then None (or the end of stdin: a driver
+that died or stopped before it had any sinks to give).
 It answers on file descriptor ``FD``: its log records (the driver logs them as its own), each
 sink that could not open or failed, how many writes it has done (the driver's measure of progress
 while it waits at the end), and last its CPU time.
@@ -16,6 +19,7 @@ job folder keeps everything, and ``run`` (at its start) or ``export`` writes wha
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import pickle
@@ -65,7 +69,12 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[replies], force=True)
     writes: queue.Queue[Any] = queue.Queue()  # the openers, then lists of writes, then None
     threading.Thread(target=_read, args=(sys.stdin.buffer, writes), name="tracker-input", daemon=True).start()
-    sinks = _open(writes.get() or [], replies)
+    _preload(argv[1:])
+    openers = writes.get()
+    if openers is None:  # no sinks were ever given: nothing to write
+        replies.send("closed", time.process_time())
+        return 0
+    sinks = _open(openers, replies)
     done, due = 0, None  # due: when what the sinks buffer is to be flushed (monotonic seconds)
     while True:
         try:
@@ -102,6 +111,15 @@ def _read(stream: IO[bytes], writes: queue.Queue[Any]) -> None:
                 return
     except (EOFError, OSError, pickle.UnpicklingError):
         writes.put(None)
+
+
+def _preload(modules: list[str]) -> None:
+    """Imports what the sinks will need; one that cannot be imported is the opener's to report."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001  (an opener says it, as the user's error)
+            log.debug("tracking: preloading %s: %s", name, e)
 
 
 def _open(openers: list[Callable[[], Sink]], replies: _Replies) -> list[Sink]:
