@@ -141,6 +141,15 @@ def test_the_switches_are_read_once_when_the_layer_is_built(monkeypatch) -> None
         LayerNormLSTM(4, 4, recurrence="torch", path=LNLSTMPath())
 
 
+def test_each_checkout_builds_into_a_cache_folder_of_its_own(tmp_path: Path) -> None:
+    """Two checkouts on one machine sharing torch's extension cache would rebuild each other's
+    kernels (ninja sees another compiler command) in every process: 30-40 s each time."""
+    other = tmp_path / "lnlstm_cpu.cpp"
+    other.write_bytes(cpu.SOURCE.read_bytes())
+    assert cpu._build_tag(cpu.SOURCE) == cpu._build_tag(cpu.SOURCE)
+    assert cpu._build_tag(other) != cpu._build_tag(cpu.SOURCE)
+
+
 def test_a_failed_build_falls_back_with_one_warning(tmp_path: Path, monkeypatch, caplog) -> None:
     broken = tmp_path / "lnlstm_cpu.cpp"
     broken.write_text("this is not C++\n", encoding="utf-8")

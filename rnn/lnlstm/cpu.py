@@ -3,9 +3,10 @@
 :func:`load` compiles ``csrc/lnlstm_cpu.cpp`` (next to this file) with
 :func:`torch.utils.cpp_extension.load` (g++ and ninja; about 30-40 s once on the 2-core dev VM)
 into torch's extension cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``),
-keyed by the source's hash, so later processes, Ray actors included, load it in well under a
-second. If it cannot be built (no compiler, no ninja, a read-only cache), :func:`build` logs one
-warning and returns None, and the layer runs the PyTorch loop instead. ``RNN_LNLSTM_CPP=0``
+in a folder of this checkout's, torch's and CPU's (:func:`_build_tag`), so later processes, Ray
+actors included, load it in well under a second. If it cannot be built (no compiler, no ninja, a
+read-only cache), :func:`build` logs one warning and returns None, and the layer runs the PyTorch
+loop instead. ``RNN_LNLSTM_CPP=0``
 (:data:`CPP_SWITCH`, read by :meth:`rnn.lnlstm.LNLSTMPath.from_env`) keeps a layer from asking.
 
 Concurrent first builds (several actors at once) are serialised by the file lock that
@@ -59,15 +60,21 @@ class CppKernels:
         return str(self.extension.gemm_backend())
 
 
-def _cpu_tag() -> str:
-    """A short hash of the CPU's flags: the build uses -march=native, and a cache folder shared by
-    machines with different CPUs (a shared home on a cluster) must not hand one's build to another."""
+def _build_tag(source: Path) -> str:
+    """A short hash of what a build is only good for: the CPU's flags (the build uses -march=native,
+    and a cache folder shared by machines with different CPUs, a shared home on a cluster, must
+    not hand one's build to another), torch (its headers and libraries) and the source's path.
+    Two checkouts or virtual environments on one machine get a folder each: in a shared one, the
+    other's compiler command makes ninja rebuild it (30-40 s) in every process that loads it."""
+    import torch
+
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
     except OSError:
         flags = ""
-    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
+    key = f"{platform.machine()} {flags} {torch.__version__} {Path(torch.__file__).parent} {source.resolve()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def build(source: Path = SOURCE) -> Optional[CppKernels]:
@@ -76,12 +83,12 @@ def build(source: Path = SOURCE) -> Optional[CppKernels]:
     try:
         from torch.utils.cpp_extension import load as cpp_load
 
-        # -O3 and the host's vector ISA (the cache folder is per CPU, see _cpu_tag): the
+        # -O3 and the host's vector ISA (the cache folder is per CPU, see _build_tag): the
         # row loops vectorise. -fno-trapping-math (as PyTorch's own build) lets GCC
         # vectorise floor and the float/int conversions in the exp; no -ffast-math, so
         # NaN and inf propagate as in PyTorch.
         extension = cpp_load(
-            name=f"rnn_lnlstm_cpu_{_cpu_tag()}",
+            name=f"rnn_lnlstm_cpu_{_build_tag(source)}",
             sources=[str(source)],
             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"],
             verbose=False,
