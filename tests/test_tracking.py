@@ -243,6 +243,27 @@ def test_a_tracker_never_given_sinks_ends_its_process_at_once(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_mlflows_environment_is_set_before_the_trackers_process_imports_mlflow(tmp_path: Path) -> None:
+    """MLflow starts its telemetry client when imported: the preload sets its switch first."""
+    import subprocess
+    import sys
+
+    from orchestrator.spec.tracking import TrackingSpec
+    from orchestrator.track import sink_modules
+    from orchestrator.track.mlflow_sink import CLIENT_DEFAULTS
+    from orchestrator.track.tracker import _child_env
+
+    modules = sink_modules(TrackingSpec(mlflow=f"sqlite:///{tmp_path / 'm.db'}"))
+    assert modules.index("orchestrator.track.mlflow_sink") < modules.index("mlflow")
+    env = {k: v for k, v in _child_env().items() if k not in CLIENT_DEFAULTS}
+    code = ("import importlib, os, sys\n"
+            "for m in sys.argv[1:]: importlib.import_module(m)\n"
+            "from mlflow.telemetry.utils import is_telemetry_disabled\n"
+            "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], is_telemetry_disabled())")
+    out = subprocess.run([sys.executable, "-c", code, *modules], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["true", "True"]
+
+
 def test_a_trackers_process_whose_driver_goes_before_giving_sinks_exits_by_itself() -> None:
     """The end of its input before any sinks (a driver killed during Ray's start-up): it exits."""
     import pickle

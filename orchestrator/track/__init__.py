@@ -41,8 +41,10 @@ def sink_openers(tracking: TrackingSpec, job_name: str, store: ResultsStore,
 
 
 def sink_modules(tracking: TrackingSpec) -> list[str]:
-    """The modules the sinks ``tracking`` asks for will import (``Tracker``'s ``preload``): MLflow's
-    client, and for a database its SQLAlchemy store, are 1.5-2.5 s of CPU to import."""
+    """The modules the sinks ``tracking`` asks for will import (``Tracker``'s ``preload``), in order:
+    MLflow's client, and for a database its SQLAlchemy store, are 1.5-2.5 s of CPU to import; the
+    sink's own module comes first (it sets MLflow's environment, telemetry off, before MLflow is
+    imported)."""
     modules = []
     if tracking.tensorboard:
         modules += ["orchestrator.track.tensorboard", "tensorboard.compat.proto.event_pb2",

@@ -43,6 +43,17 @@ CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
+def set_client_defaults() -> None:
+    """:data:`CLIENT_DEFAULTS` into this process's environment, where not set already. MLflow reads
+    some when it is imported (its telemetry client starts then), so this runs when this module is
+    imported: the trackers' process imports it before MLflow (``sink_modules``)."""
+    for key, value in CLIENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+set_client_defaults()
+
+
 @dataclass
 class _Run:
     run_id: str
@@ -64,8 +75,7 @@ class MlflowSink:
     def __init__(self, uri: str, experiment: str, job_name: str, job_dir: str,
                  state: tuple[Callable[[], Optional[str]], Callable[[str], Any]], artifact_max_mb: float,
                  direct: Optional[bool] = None) -> None:
-        for key, value in CLIENT_DEFAULTS.items():
-            os.environ.setdefault(key, value)
+        set_client_defaults()  # again: a variable removed since the import
         from mlflow import MlflowClient
 
         # MLflow logs its own INFO lines ("View run ... at", database set-up) through a handler of its
