@@ -89,6 +89,7 @@ class Tracker:
         self._given_up = False  # close() ended it (a hung sink, or never given any)
         self._sender: Optional[threading.Thread] = None
         self._closed_as: Optional[bool] = None  # what close() returned
+        self._start_error: Optional[str] = None  # why the process could not start, said once sinks are given
         replies_r, replies_w = os.pipe()
         try:
             self._process: Optional[subprocess.Popen[bytes]] = subprocess.Popen(
@@ -97,10 +98,8 @@ class Tracker:
         except OSError as e:
             os.close(replies_r)
             self._process = None
-            self._start_error: Optional[str] = f"could not start ({e})"
+            self._start_error = f"could not start ({e})"
             self._closed.set()
-        else:
-            self._start_error = None
         finally:
             os.close(replies_w)
         if self._process is not None:
@@ -194,7 +193,8 @@ class Tracker:
         the same; closing a tracker never given its sinks ends its process at once."""
         if self._closed_as is not None:
             return self._closed_as
-        if self._sender is None:  # never given any sinks: nothing to write
+        sender = self._sender
+        if sender is None:  # never given any sinks: nothing to write
             self._closed_as = True
             if self._process is not None:
                 self._given_up = True
@@ -203,12 +203,12 @@ class Tracker:
                 if self._process.stdin is not None:
                     self._process.stdin.close()
             return True
-        self._closed_as = self._close(timeout)
+        self._closed_as = self._close(sender, timeout)
         return self._closed_as
 
-    def _close(self, timeout: Optional[float]) -> bool:
+    def _close(self, sender: threading.Thread, timeout: Optional[float]) -> bool:
         self._queue.put(None)
-        self._sender.join()  # type: ignore[union-attr]
+        sender.join()
         self._heard = time.monotonic()  # the wait starts now, however long the trackers had nothing to do
         if self._sent - self._done > 100:
             log.info("tracking: writing the last %d updates to the trackers", self._sent - self._done)

@@ -6,8 +6,8 @@ into torch's extension cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torc
 in a folder of this checkout's, torch's and CPU's (:func:`_build_tag`), so later processes, Ray
 actors included, load it in well under a second. If it cannot be built (no compiler, no ninja, a
 read-only cache), :func:`build` logs one warning and returns None, and the layer runs the PyTorch
-loop instead. ``RNN_LNLSTM_CPP=0``
-(:data:`CPP_SWITCH`, read by :meth:`rnn.lnlstm.LNLSTMPath.from_env`) keeps a layer from asking.
+loop instead. ``RNN_LNLSTM_CPP=0`` (:data:`CPP_SWITCH`, read by
+:meth:`rnn.lnlstm.LNLSTMPath.from_env`) keeps a layer from asking.
 
 Concurrent first builds (several actors at once) are serialised by the file lock that
 ``cpp_extension`` takes in the build folder.
