@@ -253,7 +253,8 @@ def test_mlflows_environment_is_set_before_the_trackers_process_imports_mlflow(t
     from orchestrator.track.mlflow_sink import CLIENT_DEFAULTS
     from orchestrator.track.tracker import _child_env
 
-    modules = sink_modules(TrackingSpec(mlflow=f"sqlite:///{tmp_path / 'm.db'}"))
+    assert "mlflow" not in sink_modules(TrackingSpec(mlflow=f"sqlite:///{tmp_path / 'm.db'}"))  # not needed
+    modules = sink_modules(TrackingSpec(mlflow="http://127.0.0.1:5000"))
     assert modules.index("orchestrator.track.mlflow_sink") < modules.index("mlflow")
     env = {k: v for k, v in _child_env().items() if k not in CLIENT_DEFAULTS}
     code = ("import importlib, os, sys\n"
@@ -368,14 +369,17 @@ def _mlflow_story(tmp_path: Path, direct: bool) -> str:
     again.end(view("asha"), TrialEnd("completed", 20, {"best_val_loss": 0.8}))
     again.log(view("crash"), pts(10, 20))  # run again after a failure: the run goes on
     again.end(view("crash"), TrialEnd("completed", 20, {"best_val_loss": 1.7}))
-    again.finish([])
+    report = tmp_path / "report.md"
+    report.write_text("# story\n")
+    again.finish([report, tmp_path / "absent.html"])
     again.close()
     return uri
 
 
 def _mlflow_contents(uri: str) -> dict[str, Any]:
     client, trials, job_run = mlflow_runs(uri, "story")
-    out: dict[str, Any] = {"job": (job_run.info.status, job_run.data.tags.get("rnn.role"))}
+    report = [(a.path, a.file_size) for a in client.list_artifacts(job_run.info.run_id, "report")]
+    out: dict[str, Any] = {"job": (job_run.info.status, job_run.data.tags.get("rnn.role"), report)}
     for tid, run in trials.items():
         assert run.data.tags.pop("mlflow.parentRunId") == job_run.info.run_id
         assert run.info.start_time and (run.info.end_time is not None) == (run.info.status != "RUNNING")
@@ -403,7 +407,74 @@ def test_mlflow_written_directly_to_its_database_reads_back_as_its_client_writes
     assert direct["asha"][6]["val_loss"] == [(10, "1.9", 1_010_000), (20, "0.8", 1_020_000)]
     assert direct["crash"][1] == "FINISHED" and direct["big"][3]["checkpoint_artifact"].startswith("not logged: 2.0 MB")
     assert len(direct["big"][4]) == 153 and direct["big"][4]["x.none"] == "null"
-    assert direct["search"] == ["big"] and direct["job"] == ("FINISHED", "job")
+    assert direct["search"] == ["big"] and direct["job"] == ("FINISHED", "job", [("report/report.md", 8)])
+
+
+def test_a_database_at_the_installed_mlflows_schema_is_written_without_importing_mlflow(tmp_path: Path) -> None:
+    """MLflow's import is most of what tracking costs a sweep's trackers: a database MLflow has made
+    is read and written with SQLAlchemy alone, and reads back with MLflow's client."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # makes the database
+    code = ("import sys\n"
+            "from orchestrator.track.mlflow_sink import MlflowSink\n"
+            "from orchestrator.track.views import Point, TrialEnd, TrialView\n"
+            "state = {}\n"
+            "for n in range(2):  # a driver, then a resumed one\n"
+            "    sink = MlflowSink(sys.argv[1], 'lean', 'lean', 'results/lean', (lambda: state.get('t'),\n"
+            "                      lambda t: state.update(t=t)), artifact_max_mb=1.0)\n"
+            "    view = TrialView('t1', {'train.lr': 0.01}, {'train.lr': '0.01'})\n"
+            "    sink.log(view, [Point(s, {'val_loss': 2.0 - s / 100}, 1000.0 + s) for s in (10, 20 + 10 * n)])\n"
+            "    sink.end(view, TrialEnd('completed', 20, {'best_val_loss': 1.8}, lambda: b'weights'))\n"
+            "    sink.finish([])\n"
+            "    sink.close()\n"
+            "print(sorted(m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('mlflow', 'alembic')))\n")
+    out = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["[]"], out.stderr
+    client, trials, job_run = mlflow_runs(uri, "lean")
+    assert list(trials) == ["t1"] and job_run.info.status == "FINISHED"
+    run = trials["t1"]
+    assert run.info.status == "FINISHED" and run.data.params == {"train.lr": "0.01"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")] == [
+        (10, 1.9), (20, 1.8), (30, 1.7)]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
+
+
+def test_a_database_of_an_older_mlflow_schema_is_refused_with_mlflows_advice(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from orchestrator.track.mlflow_db import DbStore, schema_head
+
+    assert schema_head() == _get_latest_schema_revision()  # read from the migrations' files, as alembic does
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    with sa.create_engine(uri).begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0584bdc529eb'"))
+    # MLflow's store says so in a new process; this one has its store for the URI already
+    with pytest.raises((MlflowException, RuntimeError), match="mlflow db upgrade"):
+        DbStore(uri)
+    with sa.create_engine(uri).begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dfacecafe'"))
+    with pytest.raises((MlflowException, RuntimeError), match="newer MLflow|unknown"):
+        DbStore(uri)
+
+
+@pytest.mark.parametrize("location", ["file:///data/mlartifacts/3", "file:///data/mlartifacts/3/", "s3://bucket/x/3",
+                                      "mlflow-artifacts:/3", "/plain/path/3", "relative/3",
+                                      "s3://bucket/x/3?versionId=1"])
+def test_a_runs_artifact_uri_is_made_as_mlflow_makes_it(location: str) -> None:
+    from mlflow.utils.uri import append_to_uri_path
+
+    from orchestrator.track.mlflow_store import append_uri
+
+    assert append_uri(location, "abc123", "artifacts") == append_to_uri_path(location, "abc123", "artifacts")
 
 
 # --- a tracked sweep, end to end on the real trainer and the job folder ---------------------------

@@ -41,18 +41,17 @@ def sink_openers(tracking: TrackingSpec, job_name: str, store: ResultsStore,
 
 
 def sink_modules(tracking: TrackingSpec) -> list[str]:
-    """The modules the sinks ``tracking`` asks for will import (``Tracker``'s ``preload``), in order:
-    MLflow's client, and for a database its SQLAlchemy store, are 1.5-2.5 s of CPU to import; the
-    sink's own module comes first (it sets MLflow's environment, telemetry off, before MLflow is
-    imported)."""
+    """The modules the sinks ``tracking`` asks for will import (``Tracker``'s ``preload``), in order.
+    For a server, MLflow's client (1-1.5 s of CPU to import) after the sink's own module, which sets
+    MLflow's environment (telemetry off) before MLflow is imported; a database is written with
+    SQLAlchemy alone (:mod:`~orchestrator.track.mlflow_db`)."""
     modules = []
     if tracking.tensorboard:
         modules += ["orchestrator.track.tensorboard", "tensorboard.compat.proto.event_pb2",
                     "tensorboard.plugins.hparams.api_pb2"]
     if tracking.mlflow is not None:
-        modules += ["orchestrator.track.mlflow_sink", "mlflow"]
-        if not is_server(tracking.mlflow):
-            modules += ["mlflow.store.tracking.sqlalchemy_store"]
+        modules += ["orchestrator.track.mlflow_sink"]
+        modules += ["mlflow"] if is_server(tracking.mlflow) else ["orchestrator.track.mlflow_db", "sqlalchemy"]
     return modules
 
 

@@ -10,9 +10,10 @@ not). The job's run gets the report's files at the end. Metrics already in a run
 step) are not logged again.
 
 What the sink is told is buffered, per run, until :meth:`MlflowSink.flush` (the tracker calls it
-about once a second), then written by :mod:`~orchestrator.track.mlflow_write`: a trial's whole
-run in one ``log_batch`` and one update through a server, or every run with something new in one
-transaction of a database.
+about once a second), then written to the store: through a server, MLflow's client writes a
+trial's whole run in one ``log_batch`` and one update (:mod:`~orchestrator.track.mlflow_store`);
+into a database, every run with something new goes in one transaction, and MLflow is not imported
+at all (:mod:`~orchestrator.track.mlflow_db`).
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.spec.tracking import is_server, sqlite_path
-from orchestrator.track.mlflow_write import MAX_PARAM, MAX_TAG, ClientWriter, SqlWriter, Writes
+from orchestrator.track.mlflow_store import MAX_PARAM, MAX_TAG, ClientStore, RunStore, Writes
 from orchestrator.track.views import EVAL_METRICS, FINAL_METRICS, Point, TrialEnd, TrialView
 
 log = logging.getLogger(__name__)
@@ -67,7 +71,8 @@ class MlflowSink:
     """Writes a job's trials to the MLflow tracking store at ``uri`` (see the module docstring).
 
     ``state``: reads and writes the job folder's ``tracking.json`` text (None: absent).
-    ``direct``: write a database's tables directly (default: for a database URI, not a server's).
+    ``direct``: read and write a database's tables directly (default: for a database URI, not a
+    server's), else through MLflow's client.
     """
 
     name = "mlflow"
@@ -76,22 +81,24 @@ class MlflowSink:
                  state: tuple[Callable[[], Optional[str]], Callable[[str], Any]], artifact_max_mb: float,
                  direct: Optional[bool] = None) -> None:
         set_client_defaults()  # again: a variable removed since the import
-        from mlflow import MlflowClient
-
         # MLflow logs its own INFO lines ("View run ... at", database set-up) through a handler of its
         # own, and urllib3 one line per retry: the driver's log says once what went wrong (Tracker).
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.uri = _canonical(uri)
-        self._client = MlflowClient(tracking_uri=self.uri)
-        self._job_dir = job_dir
-        self._max_bytes = int(artifact_max_mb * 1_000_000)
-        self._experiment_id, location = self._experiment(experiment)
-        self._job_run = self._job(job_name, *state)
-        self._runs = self._children()
         if direct is None:
             direct = not is_server(self.uri)
-        self._writer = SqlWriter(self.uri, self._experiment_id, location) if direct else ClientWriter(self._client)
+        if direct:
+            from orchestrator.track.mlflow_db import DbStore
+
+            self._store: RunStore = DbStore(self.uri)
+        else:
+            self._store = ClientStore(self.uri)
+        self._job_dir = job_dir
+        self._max_bytes = int(artifact_max_mb * 1_000_000)
+        self._experiment_id = self._experiment(experiment)
+        self._job_run, self._job_artifacts = self._job(job_name, *state)
+        self._runs = self._children()
         self._writes: dict[str, Writes] = {}  # by run id: what the next flush writes
 
     # --- what a tracker calls -------------------------------------------------------------
@@ -138,77 +145,73 @@ class MlflowSink:
         """Write what is buffered (the tracker calls this about once a second, and before closing)."""
         writes = [w for w in self._writes.values() if w.create or w.params or w.metrics or w.tags or w.status]
         self._writes = {}
-        self._writer.write(writes)
+        self._store.write(writes)
 
     def finish(self, report_files: list[Path]) -> None:
         """What is buffered, then the report's files to the job's run, which is then finished."""
         self.flush()
         for path in report_files:
             if path.is_file() and path.stat().st_size <= self._max_bytes:
-                self._client.log_artifact(self._job_run, str(path), "report")
-        self._client.set_terminated(self._job_run, "FINISHED")
+                self._put_artifact(self._job_artifacts, path, "report")
+        self._store.write([Writes(self._job_run, status=("FINISHED", int(time.time() * 1000)))])
 
     def close(self) -> None:
         """Let go of the database's connections (what is still buffered is dropped: flush first)."""
-        self._writer.close()
+        self._store.close()
 
     # --- pieces ---------------------------------------------------------------------------
 
-    def _experiment(self, name: str) -> tuple[str, str]:
-        """The experiment's id and artifact location (made if need be)."""
-        found = self._client.get_experiment_by_name(name)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                raise RuntimeError(f"the MLflow experiment {name!r} is deleted; restore it or name another "
-                                   "(tracking.mlflow_experiment)")
-            return str(found.experiment_id), str(found.artifact_location)
-        db = sqlite_path(self.uri)
-        # a local database keeps its artifacts beside it, not in the driver's working directory
-        location = Path(os.path.abspath(db)).parent.joinpath("mlartifacts").as_uri() if db else None
-        error: Optional[Exception] = None
-        try:
-            self._client.create_experiment(name, artifact_location=location)
-        except Exception as e:  # noqa: BLE001  (created meanwhile by another job: use it)
-            error = e
-        made = self._client.get_experiment_by_name(name)
-        if made is None:
-            raise error or RuntimeError(f"the MLflow experiment {name!r} is not in {self.uri} once made")
-        return str(made.experiment_id), str(made.artifact_location)
+    def _experiment(self, name: str) -> str:
+        """The experiment's id (made if need be)."""
+        found = self._store.experiment(name)
+        if found is None:
+            db = sqlite_path(self.uri)
+            # a local database keeps its artifacts beside it, not in the driver's working directory
+            location = Path(os.path.abspath(db)).parent.joinpath("mlartifacts").as_uri() if db else None
+            error: Optional[Exception] = None
+            try:
+                if location is None:  # MLflow's default location for this store: its client knows it
+                    ClientStore(self.uri).create_experiment(name, None)
+                else:
+                    self._store.create_experiment(name, location)
+            except Exception as e:  # noqa: BLE001  (created meanwhile by another job: use it)
+                error = e
+            found = self._store.experiment(name)
+            if found is None:
+                raise error or RuntimeError(f"the MLflow experiment {name!r} is not in {self.uri} once made")
+        if found.deleted:
+            raise RuntimeError(f"the MLflow experiment {name!r} is deleted; restore it or name another "
+                               "(tracking.mlflow_experiment)")
+        return found.experiment_id
 
-    def _job(self, job_name: str, read: Callable[[], Optional[str]], write: Callable[[str], Any]) -> str:
-        """The job's run: the one ``tracking.json`` names for this URI if it still exists, else a new one."""
+    def _job(self, job_name: str, read: Callable[[], Optional[str]], write: Callable[[str], Any]) -> tuple[str, str]:
+        """The job's run and its artifact URI: the run ``tracking.json`` names for this URI if it
+        still exists, else a new one."""
         state = _parse(read())
         known = state.setdefault("mlflow", {}).get(self.uri)
         if isinstance(known, dict) and isinstance(known.get("run_id"), str):
-            try:
-                run = self._client.get_run(known["run_id"])
-                if run.info.lifecycle_stage != "deleted":
-                    if run.info.status in _TERMINAL:
-                        self._client.update_run(run.info.run_id, status="RUNNING")
-                    return str(run.info.run_id)
-            except Exception as e:  # noqa: BLE001  (gone from this store: start a new run)
-                log.info("mlflow: the job's run %s is not in %s (%s); starting a new one", known["run_id"], self.uri, e)
-        run = self._client.create_run(self._experiment_id, run_name=job_name,
-                                      tags={"job_dir": self._job_dir, "rnn.role": "job"})
-        state["mlflow"][self.uri] = {"experiment_id": self._experiment_id, "run_id": run.info.run_id}
+            run = self._store.run(known["run_id"])
+            if run is not None and not run.deleted:
+                if run.status in _TERMINAL:
+                    self._store.write([Writes(run.run_id, status=("RUNNING", None))])
+                return run.run_id, run.artifact_uri
+            log.info("mlflow: the job's run %s is not in %s; starting a new one", known["run_id"], self.uri)
+        tags = {"job_dir": self._job_dir, "rnn.role": "job"}
+        start = int(time.time() * 1000)
+        run_id, artifact_uri, later = self._store.create(self._experiment_id, job_name, tags, start)
+        if later:
+            self._store.write([Writes(run_id, create=(job_name, tags, start))])
+        state["mlflow"][self.uri] = {"experiment_id": self._experiment_id, "run_id": run_id}
         write(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        return str(run.info.run_id)
+        return run_id, artifact_uri
 
     def _children(self) -> dict[str, _Run]:
         runs: dict[str, _Run] = {}
-        token = None
-        while True:
-            page = self._client.search_runs([self._experiment_id],
-                                            filter_string=f"tags.mlflow.parentRunId = '{self._job_run}'",
-                                            max_results=1000, page_token=token)
-            for run in page:
-                tid = run.data.tags.get("trial_id")
-                if tid and tid not in runs:
-                    runs[tid] = _Run(run.info.run_id, run.info.status, run.info.artifact_uri,
-                                     status_tag=run.data.tags.get("status"))
-            token = page.token
-            if not token:
-                return runs
+        for run in self._store.trial_runs(self._experiment_id, self._job_run):
+            tid = run.tags.get("trial_id")
+            if tid and tid not in runs:
+                runs[tid] = _Run(run.run_id, run.status, run.artifact_uri, status_tag=run.tags.get("status"))
+        return runs
 
     def _run(self, view: TrialView) -> _Run:
         run = self._runs.get(view.trial_id)
@@ -217,7 +220,7 @@ class MlflowSink:
         tags = {k: _text(v, MAX_TAG) for k, v in {**view.tags, "mlflow.parentRunId": self._job_run,
                                                    "trial_id": view.trial_id, "job_dir": self._job_dir}.items()}
         start = int(time.time() * 1000)
-        run_id, artifact_uri, later = self._writer.create(self._experiment_id, view.trial_id, tags, start)
+        run_id, artifact_uri, later = self._store.create(self._experiment_id, view.trial_id, tags, start)
         run = self._runs[view.trial_id] = _Run(run_id, "RUNNING", artifact_uri, steps={})
         writes = self._pending(run)
         writes.create = (view.trial_id, tags, start) if later else None
@@ -232,11 +235,7 @@ class MlflowSink:
 
     def _steps(self, run: _Run) -> dict[str, int]:
         if run.steps is None:  # a run an earlier driver made: what it has, per key
-            run.steps = {}
-            for key in (*EVAL_METRICS, *FINAL_METRICS):
-                history = self._client.get_metric_history(run.run_id, key)
-                if history:
-                    run.steps[key] = max(m.step for m in history)
+            run.steps = self._store.last_steps(run.run_id, (*EVAL_METRICS, *FINAL_METRICS))
         return run.steps
 
     def _log_checkpoint(self, run: _Run, read: Callable[[], Optional[bytes]]) -> None:
@@ -248,23 +247,25 @@ class MlflowSink:
                 f"not logged: {len(data) / 1e6:.1f} MB is over the "
                 f"{self._max_bytes / 1e6:g} MB cap (tracking.mlflow_artifact_max_mb)")
             return
-        if run.artifact_uri.startswith("file:"):  # a local store (a database's default): written in place
-            from mlflow.utils.file_utils import local_file_uri_to_path
+        with tempfile.TemporaryDirectory(prefix="rnn-mlflow-") as tmp:
+            path = Path(tmp, "best.pt")
+            path.write_bytes(data)
+            self._put_artifact(run.artifact_uri, path, "checkpoint")
 
-            folder = Path(local_file_uri_to_path(run.artifact_uri), "checkpoint")
-            os.makedirs(folder, exist_ok=True)  # checks the parents before making them: no failed mkdir calls
-            part = folder / ".best.pt.part"  # renamed once whole, as MLflow's local store does
-            part.write_bytes(data)
-            os.replace(part, folder / "best.pt")
+    def _put_artifact(self, artifact_uri: str, path: Path, folder: str) -> None:
+        """A file into a run's artifacts, under ``folder``: in place for a local store (a
+        database's default), else through MLflow's artifact store for the URI."""
+        if artifact_uri.startswith("file:"):
+            target = Path(urllib.request.url2pathname(urllib.parse.urlparse(artifact_uri).path), folder)
+            os.makedirs(target, exist_ok=True)  # checks the parents before making them: no failed mkdir calls
+            part = target / f".{path.name}.part"  # renamed once whole, as MLflow's local store does
+            shutil.copyfile(path, part)
+            os.replace(part, target / path.name)
             return
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         # the run's artifact store, as MlflowClient.log_artifact finds it (without reading the run)
-        repo = get_artifact_repository(run.artifact_uri, tracking_uri=self.uri)
-        with tempfile.TemporaryDirectory(prefix="rnn-mlflow-") as tmp:
-            path = Path(tmp, "best.pt")
-            path.write_bytes(data)
-            repo.log_artifact(str(path), "checkpoint")
+        get_artifact_repository(artifact_uri, tracking_uri=self.uri).log_artifact(str(path), folder)
 
 
 def _canonical(uri: str) -> str:
