@@ -410,6 +410,17 @@ def test_mlflow_written_directly_to_its_database_reads_back_as_its_client_writes
     assert direct["search"] == ["big"] and direct["job"] == ("FINISHED", "job", [("report/report.md", 8)])
 
 
+def test_a_database_driver_with_named_parameters_is_written_alike(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct writes go through the driver's executemany, in its paramstyle: SQLite's default is
+    positional (qmark); PostgreSQL's drivers and others name their parameters."""
+    import sqlalchemy
+
+    positional = _mlflow_contents(_mlflow_story(tmp_path / "qmark", direct=True))
+    monkeypatch.setattr(sqlalchemy, "create_engine", functools.partial(sqlalchemy.create_engine, paramstyle="named"))
+    assert _mlflow_contents(_mlflow_story(tmp_path / "named", direct=True)) == positional
+
+
 def test_a_database_at_the_installed_mlflows_schema_is_written_without_importing_mlflow(tmp_path: Path) -> None:
     """MLflow's import is most of what tracking costs a sweep's trackers: a database MLflow has made
     is read and written with SQLAlchemy alone, and reads back with MLflow's client."""

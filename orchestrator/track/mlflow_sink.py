@@ -152,7 +152,7 @@ class MlflowSink:
         self.flush()
         for path in report_files:
             if path.is_file() and path.stat().st_size <= self._max_bytes:
-                self._put_artifact(self._job_artifacts, path, "report")
+                self._put_artifact(self._job_artifacts, "report", path.name, path)
         self._store.write([Writes(self._job_run, status=("FINISHED", int(time.time() * 1000)))])
 
     def close(self) -> None:
@@ -247,25 +247,30 @@ class MlflowSink:
                 f"not logged: {len(data) / 1e6:.1f} MB is over the "
                 f"{self._max_bytes / 1e6:g} MB cap (tracking.mlflow_artifact_max_mb)")
             return
-        with tempfile.TemporaryDirectory(prefix="rnn-mlflow-") as tmp:
-            path = Path(tmp, "best.pt")
-            path.write_bytes(data)
-            self._put_artifact(run.artifact_uri, path, "checkpoint")
+        self._put_artifact(run.artifact_uri, "checkpoint", "best.pt", data)
 
-    def _put_artifact(self, artifact_uri: str, path: Path, folder: str) -> None:
-        """A file into a run's artifacts, under ``folder``: in place for a local store (a
-        database's default), else through MLflow's artifact store for the URI."""
+    def _put_artifact(self, artifact_uri: str, folder: str, name: str, data: bytes | Path) -> None:
+        """``data`` (bytes, or a file's) as the artifact ``folder/name`` of a run: in place for a
+        local store (a database's default), else through MLflow's artifact store for the URI."""
         if artifact_uri.startswith("file:"):
             target = Path(urllib.request.url2pathname(urllib.parse.urlparse(artifact_uri).path), folder)
             os.makedirs(target, exist_ok=True)  # checks the parents before making them: no failed mkdir calls
-            part = target / f".{path.name}.part"  # renamed once whole, as MLflow's local store does
-            shutil.copyfile(path, part)
-            os.replace(part, target / path.name)
+            part = target / f".{name}.part"  # renamed once whole, as MLflow's local store does
+            if isinstance(data, bytes):
+                part.write_bytes(data)
+            else:
+                shutil.copyfile(data, part)
+            os.replace(part, target / name)
             return
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         # the run's artifact store, as MlflowClient.log_artifact finds it (without reading the run)
-        get_artifact_repository(artifact_uri, tracking_uri=self.uri).log_artifact(str(path), folder)
+        repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+        with tempfile.TemporaryDirectory(prefix="rnn-mlflow-") as tmp:
+            path = data if isinstance(data, Path) else Path(tmp, name)
+            if isinstance(data, bytes):
+                path.write_bytes(data)
+            repo.log_artifact(str(path), folder)
 
 
 def _canonical(uri: str) -> str:
