@@ -79,6 +79,7 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path, capsys, keep
         assert r["meets_target"] is None if r["target"] is None else isinstance(r["meets_target"], bool)
 
 
+@pytest.mark.slow
 def test_bare_baseline_learns_a_fixed_batch() -> None:
     # The baseline must be a real training step, or ratio 1 would compare against nothing.
     torch.manual_seed(0)

@@ -167,6 +167,7 @@ def test_a_batched_compaction_gives_the_same_tables(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.slow
 def test_a_crash_at_any_step_of_a_batched_compaction_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    batch: int) -> None:
     # Every table write and every part deletion of a compaction in passes of `batch` parts, one

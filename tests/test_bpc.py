@@ -23,6 +23,7 @@ def unigram_bpc(level: str, vocab_size: int | None, cache: Path) -> float:
     return data.val_bpc(float(-logp[data.val[1:].long()].mean()))
 
 
+@pytest.mark.slow
 def test_unigram_levels_order_sensibly_and_a_tiny_vocabulary_does_not_win(tmp_path: Path) -> None:
     bpc = {
         name: unigram_bpc(level, size, tmp_path)
@@ -64,6 +65,7 @@ def test_unknown_pieces_are_charged_and_known_ones_are_not(tmp_path: Path) -> No
     assert unknown_piece_bits(char, train, "the zebra sat") == 0.0
 
 
+@pytest.mark.slow
 def test_a_word_model_with_two_ids_reports_an_honest_bpc(tmp_path: Path) -> None:
     # Sixty steps at vocab_size 2 used to report 0.057 bpc and 95% accuracy.
     cfg = RunConfig(

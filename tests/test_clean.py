@@ -102,6 +102,7 @@ def test_a_symlinked_checkpoint_folder_is_refused_and_never_followed(tmp_path: P
     assert len(kept(job)) == 4  # nothing was cleaned
 
 
+@pytest.mark.slow
 def test_a_crafted_trial_id_is_skipped_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -58,6 +58,7 @@ def _job(tmp_path: Path) -> tuple[ResultsStore, Path]:
     return store, job
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, job = _job(tmp_path)
     assert main(["report", str(job)]) == 0

@@ -117,6 +117,7 @@ def test_the_fused_layer_norm_lstm_compiles_around_its_kernels(
     assert not [w for w in recwarn if "does not know how to trace" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_a_failed_compile_warns_once_and_trains_eagerly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A machine without a working C++ compiler: Inductor's CPU code cannot be built. (Caches off:
     # a kernel cached by another test would need no compiler.) Inductor's own config patch undoes it.
@@ -131,6 +132,7 @@ def test_a_failed_compile_warns_once_and_trains_eagerly(tmp_path: Path, caplog: 
     assert done.status.value == "completed" and done.steps == STEPS and math.isfinite(done.best_val_loss)
 
 
+@pytest.mark.slow
 def test_throughput_rows_say_whether_the_step_was_compiled(tmp_path: Path) -> None:
     cfg = tiny_run(device="cpu", compile="on")
     rows = measure_throughput(cfg, ThroughputConfig(batch_sizes=[4], warmup_steps=1, measure_steps=1),

@@ -69,6 +69,7 @@ def test_the_unigram_baseline_is_the_validation_cross_entropy_of_training_freque
 
 
 @pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.slow
 def test_token_ids_are_encoded_once_and_keyed_by_tokenizer_and_text(tmp_path: Path, level: str) -> None:
     from rnn.ids import MIN_CACHED_CHARS
 
@@ -87,6 +88,7 @@ def test_token_ids_are_encoded_once_and_keyed_by_tokenizer_and_text(tmp_path: Pa
     assert torch.equal(prepare_data(cfg, cache_dir=tmp_path / "tok").train, first.train)
 
 
+@pytest.mark.slow
 def test_word_levels_unknown_piece_bits_are_computed_once_per_machine(tmp_path: Path) -> None:
     from rnn.bpc import unknown_piece_bits
 

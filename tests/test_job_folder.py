@@ -230,6 +230,7 @@ def test_a_run_stopped_before_any_trial_was_recorded_writes_no_report(
 # --- repair -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_repair_sets_a_damaged_table_aside_and_keeps_the_rest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     job = _job_folder(tmp_path)

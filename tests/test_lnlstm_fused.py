@@ -122,6 +122,7 @@ def _path_in_subprocess(env_extra: dict[str, str]) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_switched_off_runs_the_loop() -> None:
     assert _path_in_subprocess({cpu.CPP_SWITCH: "0"}) == "torch"
 

@@ -69,6 +69,7 @@ def test_quickstart_runs_on_the_local_backend_without_importing_ray(tmp_path: Pa
     assert (job / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_lost_worker_is_retried_and_unfixable_errors_are_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -112,6 +113,7 @@ def test_lost_worker_is_retried_and_unfixable_errors_are_recorded(
     assert list(scratch.glob("rnn-trial-*")) == []  # every worker's scratch folder removed, the lost one's too
 
 
+@pytest.mark.slow
 def test_local_sweep_writes_results_then_resumes_and_widens(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -160,6 +162,7 @@ def test_local_sweep_writes_results_then_resumes_and_widens(
     assert len(json.loads((folder / "manifest.json").read_text())["runs"]) == 3
 
 
+@pytest.mark.slow
 def test_a_failed_trial_resumes_from_its_checkpoint_on_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -182,6 +185,7 @@ def test_a_failed_trial_resumes_from_its_checkpoint_on_the_next_run(
     assert steps == [10, 20, 30]  # one row per (trial, step) across both runs
 
 
+@pytest.mark.slow
 def test_successive_halving_on_real_training_pauses_promotes_and_prunes(tmp_path: Path) -> None:
     job = _job(tmp_path, "asha", train={"max_steps": 40, "eval_every": 10},
                sweep={"grid": {"train.lr": [0.03, 0.01, 0.003, 0.0001]}, "seeds": [0],

@@ -320,6 +320,7 @@ def test_live_report_waits_longer_after_a_slow_build(tmp_path: Path) -> None:
     assert all(b[0] - a[1] >= BUILD_SHARE * 0.15 for a, b in zip(calls, calls[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_a_random_sweep_over_a_learning_rate_and_a_size(tmp_path: Path) -> None:
     """16 single-seed configurations: a log axis for lr, lr binned into 4 levels, no significance."""
     store = ResultsStore(tmp_path)

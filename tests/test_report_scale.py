@@ -35,6 +35,7 @@ def _lines(svg: str) -> int:
     return svg.count('id="line2d_')
 
 
+@pytest.mark.slow
 def test_the_curves_of_a_large_sweep_draw_a_spread_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     evals, label = _sweep(200)  # 400 trials, 200 per configuration
     colors = {"model.cell=gru": "C0", "model.cell=lstm": "C1"}

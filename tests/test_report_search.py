@@ -150,6 +150,7 @@ def test_running_best_counts_only_proposals_whose_every_seed_ran_the_full_budget
     assert outs[2].running_best == pytest.approx(2.9) and outs[3].running_best == pytest.approx(2.9)
 
 
+@pytest.mark.slow
 def test_a_damaged_search_record_costs_only_its_section(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "job")
     store.write_text("search/study.json", json.dumps({"sampler": "tpe", "metric": "val_loss"}) + "\n")

@@ -200,6 +200,7 @@ def test_auto_stops_at_an_oom_and_records_it(tmp_path: Path) -> None:
     assert sum(r.is_best for r in rows) == 1
 
 
+@pytest.mark.slow
 def test_iter_throughput_streams_rows_as_they_are_measured(tmp_path: Path) -> None:
     attempted: list[int] = []
     rows = iter_throughput(tiny_config(), tp((4, 8)), cache_dir=tmp_path, batch_hook=attempted.append)

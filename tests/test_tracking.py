@@ -243,6 +243,7 @@ def test_a_tracker_never_given_sinks_ends_its_process_at_once(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+@pytest.mark.slow
 def test_mlflows_environment_is_set_before_the_trackers_process_imports_mlflow(tmp_path: Path) -> None:
     """MLflow starts its telemetry client when imported: the preload sets its switch first."""
     import subprocess
@@ -396,6 +397,7 @@ def _mlflow_contents(uri: str) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow
 def test_mlflow_written_directly_to_its_database_reads_back_as_its_client_writes_it(tmp_path: Path) -> None:
     direct = _mlflow_contents(_mlflow_story(tmp_path / "direct", direct=True))
     client = _mlflow_contents(_mlflow_story(tmp_path / "client", direct=False))
@@ -410,6 +412,7 @@ def test_mlflow_written_directly_to_its_database_reads_back_as_its_client_writes
     assert direct["search"] == ["big"] and direct["job"] == ("FINISHED", "job", [("report/report.md", 8)])
 
 
+@pytest.mark.slow
 def test_a_database_driver_with_named_parameters_is_written_alike(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The direct writes go through the driver's executemany, in its paramstyle: SQLite's default is
@@ -421,6 +424,7 @@ def test_a_database_driver_with_named_parameters_is_written_alike(tmp_path: Path
     assert _mlflow_contents(_mlflow_story(tmp_path / "named", direct=True)) == positional
 
 
+@pytest.mark.slow
 def test_a_database_at_the_installed_mlflows_schema_is_written_without_importing_mlflow(tmp_path: Path) -> None:
     """MLflow's import is most of what tracking costs a sweep's trackers: a database MLflow has made
     is read and written with SQLAlchemy alone, and reads back with MLflow's client."""
@@ -455,6 +459,7 @@ def test_a_database_at_the_installed_mlflows_schema_is_written_without_importing
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
 
 
+@pytest.mark.slow
 def test_a_database_of_an_older_mlflow_schema_is_refused_with_mlflows_advice(tmp_path: Path) -> None:
     import sqlalchemy as sa
     from mlflow import MlflowClient

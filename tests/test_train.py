@@ -56,6 +56,7 @@ def test_fit_reports_evals_and_saves_best(tmp_path: Path) -> None:
     assert len(events[0].info["corpus_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(tmp_path: Path) -> None:
     cfg = tiny(max_steps=60, eval_every=20, scheduler="onecycle")
     cfg = replace(cfg, model=replace(cfg.model, dropout=0.1, num_layers=2))  # dropout exercises the RNG state
