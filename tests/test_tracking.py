@@ -482,6 +482,21 @@ def test_a_database_of_an_older_mlflow_schema_is_refused_with_mlflows_advice(tmp
         DbStore(uri)
 
 
+@pytest.mark.slow
+def test_an_experiment_without_a_location_of_ours_is_made_by_mlflow_where_mlflow_puts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that is not a SQLite file has no folder beside it: MLflow's default applies."""
+    from orchestrator.track.mlflow_db import DbStore
+
+    monkeypatch.chdir(tmp_path)
+    store = DbStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.create_experiment("defaults", None)
+    made = store.experiment("defaults")
+    assert made is not None and not made.deleted
+    assert made.artifact_location.rstrip("/").endswith(f"mlruns/{made.experiment_id}")
+    store.close()
+
+
 @pytest.mark.parametrize("location", ["file:///data/mlartifacts/3", "file:///data/mlartifacts/3/", "s3://bucket/x/3",
                                       "mlflow-artifacts:/3", "/plain/path/3", "relative/3",
                                       "s3://bucket/x/3?versionId=1"])

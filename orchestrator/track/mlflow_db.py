@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.spec.tracking import sqlite_path
-from orchestrator.track.mlflow_store import Experiment, StoredRun, Writes, append_uri, sanitize
+from orchestrator.track.mlflow_store import ClientStore, Experiment, StoredRun, Writes, append_uri, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class DbStore:
         import sqlalchemy as sa
 
         self._sa = sa
+        self._uri = uri
         self._engine = sa.create_engine(uri)
         db = sqlite_path(uri)
         if db is not None:
@@ -110,10 +111,11 @@ class DbStore:
         return Experiment(str(row.experiment_id), str(row.artifact_location), row.lifecycle_stage == "deleted")
 
     def create_experiment(self, name: str, artifact_location: Optional[str]) -> None:
-        """A new experiment: where it keeps its artifacts must be given (MLflow's default for a
-        database, ``./mlruns`` under the working directory, is MLflow's client's to make)."""
+        """A new experiment. Without ``artifact_location``, MLflow's client makes it: where MLflow puts
+        a database's artifacts by default (``./mlruns`` under the working directory) is its own rule."""
         if artifact_location is None:
-            raise ValueError("an experiment's artifact location is needed")
+            ClientStore(self._uri).create_experiment(name, None)
+            return
         now = int(time.time() * 1000)
         with self._engine.begin() as conn:
             conn.execute(self._sa.insert(self._t["experiments"]),

@@ -170,10 +170,7 @@ class MlflowSink:
             location = Path(os.path.abspath(db)).parent.joinpath("mlartifacts").as_uri() if db else None
             error: Optional[Exception] = None
             try:
-                if location is None:  # MLflow's default location for this store: its client knows it
-                    ClientStore(self.uri).create_experiment(name, None)
-                else:
-                    self._store.create_experiment(name, location)
+                self._store.create_experiment(name, location)
             except Exception as e:  # noqa: BLE001  (created meanwhile by another job: use it)
                 error = e
             found = self._store.experiment(name)
