@@ -1,18 +1,34 @@
 """Trackers: a job's results also written to TensorBoard and MLflow, by the driver, as they arrive
-(:class:`Tracker`), or afterwards from a job folder (``export``). Workers know nothing of them."""
+(:class:`Tracker`), or afterwards from a job folder (``export``). Workers know nothing of them.
+
+The trackers' process (:mod:`~orchestrator.track.writer`) imports this package too, so it imports
+nothing of the driver's at the top: :class:`Tracker` (and with it ``orchestrator.run``) on first use.
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from orchestrator.results import ResultsStore
-from orchestrator.spec.tracking import TrackingSpec, is_server
-from orchestrator.track.tracker import Sink, Tracker
+from orchestrator.track.sinks import Sink
 from orchestrator.track.views import StoredCheckpoint
 
+if TYPE_CHECKING:
+    from orchestrator.results import ResultsStore
+    from orchestrator.spec.tracking import TrackingSpec
+    from orchestrator.track.tracker import Tracker
+
 __all__ = ["Sink", "Tracker", "TENSORBOARD_DIR", "TRACKING_STATE", "sink_modules", "sink_openers", "sync_folder"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Tracker":
+        from orchestrator.track.tracker import Tracker
+
+        return Tracker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Where a job's TensorBoard run folders go, inside the job folder (one per trial).
 TENSORBOARD_DIR = "tensorboard"
@@ -45,6 +61,8 @@ def sink_modules(tracking: TrackingSpec) -> list[str]:
     For a server, MLflow's client (1-1.5 s of CPU to import) after the sink's own module, which sets
     MLflow's environment (telemetry off) before MLflow is imported; a database is written with
     SQLAlchemy alone (:mod:`~orchestrator.track.mlflow_db`)."""
+    from orchestrator.spec.tracking import is_server
+
     modules = []
     if tracking.tensorboard:
         modules += ["orchestrator.track.tensorboard", "tensorboard.compat.proto.event_pb2",
@@ -56,6 +74,7 @@ def sink_modules(tracking: TrackingSpec) -> list[str]:
 
 
 def _open_mlflow(uri: str, experiment: str, job_name: str, job_dir: str, artifact_max_mb: float) -> Sink:
+    from orchestrator.results import ResultsStore
     from orchestrator.track.mlflow_sink import MlflowSink
 
     store = ResultsStore(job_dir)

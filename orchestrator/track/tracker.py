@@ -15,7 +15,7 @@ validation stops improving shows its later points when it ends.
 **When it is written.** What the dispatcher tells goes to the trackers' process in batches, at
 most :data:`SEND_S` after it happened. A sink may buffer what it is told (MLflow does: a database
 write costs per call, not per row); the trackers' process flushes the sinks about once a second
-(:data:`FLUSH_S`) while there is something new, and before it closes them.
+(:data:`~orchestrator.track.sinks.FLUSH_S`) while there is something new, and before it closes them.
 
 **Never fatal.** A sink that raises (a server gone, a locked database, a full disk) is logged once
 and turned off for the rest of the run; a trackers' process that ends early is logged once and
@@ -40,33 +40,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Optional, Protocol
+from typing import IO, Any, Optional
 
 from orchestrator.run.events import Checkpointed, Evaluated, Event
-from orchestrator.track.views import Point, TrialEnd, TrialView, end_of, eval_point, flatten
+from orchestrator.track.sinks import Sink, finish, first_line, log_points, sink_name, sync_trial, write_trial
+from orchestrator.track.views import TrialView, end_of, eval_point, flatten
 from rnn.events import EvalRecord, TrialStatus
 
 log = logging.getLogger(__name__)
 
 #: How long the end of a run waits for trackers that have stopped writing what is queued.
 CLOSE_TIMEOUT_S = 60.0
-#: How long what a sink buffers may wait before it is written.
-FLUSH_S = 1.0
 #: How long what the dispatcher tells may wait before it goes to the trackers' process (one
 #: write a batch: the driver's thread that sends it wakes a few times a second, not per event).
 SEND_S = 0.2
 _CONFIG_ROOTS = ("data.", "model.", "train.", "throughput.")
-
-
-class Sink(Protocol):
-    name: str
-
-    def holds(self, trial_id: str, status: str) -> bool: ...
-    def log(self, view: TrialView, points: list[Point]) -> None: ...
-    def end(self, view: TrialView, end: Optional[TrialEnd]) -> None: ...
-    def finish(self, report_files: list[Path]) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
 
 
 class Tracker:
@@ -138,7 +126,7 @@ class Tracker:
                 now = time.time()
                 points = [eval_point(pending.pop(s), now) for s in safe]
                 view = self._view(trial)
-                self._submit(_log, view, points)
+                self._submit(log_points, view, points)
 
     def resumed(self, trial: Any, evals: list[EvalRecord]) -> None:
         """A trial resumes from a checkpoint an earlier run saved: the evaluations up to it are safe,
@@ -146,7 +134,7 @@ class Tracker:
         if evals:
             now, view = time.time(), self._view(trial)
             points = [eval_point(r, now) for r in evals]
-            self._submit(_log, view, points)
+            self._submit(log_points, view, points)
 
     def committed(self, trial: Any, row: Mapping[str, Any], evals: list[EvalRecord],
                   checkpoint: Callable[[], Optional[bytes]]) -> None:
@@ -158,7 +146,7 @@ class Tracker:
         points = [eval_point(r, now) for r in evals]
         status = getattr(row["status"], "value", row["status"])
         end = None if status == TrialStatus.PAUSED.value else end_of({**row, "status": status}, checkpoint)
-        self._submit(_write_trial, view, points, end)
+        self._submit(write_trial, view, points, end)
         if end is not None:
             self._views.pop(trial.trial_id, None)
 
@@ -180,11 +168,11 @@ class Tracker:
             points = [eval_point(r, base + float(r.get("elapsed_s") or 0.0)) for r in by_trial.get(tid, [])]
             status = str(row["status"])
             end = None if status == TrialStatus.PAUSED.value else end_of(row, checkpoint(tid))
-            self._submit(_sync_trial, view, points, end)
+            self._submit(sync_trial, view, points, end)
         return len(rows)
 
     def finish(self, report_files: list[Path]) -> None:
-        self._submit(_finish, report_files)
+        self._submit(finish, report_files)
 
     def close(self, timeout: Optional[float] = CLOSE_TIMEOUT_S) -> bool:
         """Write what is queued, then close the sinks. The wait lasts while the trackers make
@@ -323,26 +311,6 @@ class Tracker:
             process.wait()
 
 
-def _log(sink: Sink, view: TrialView, points: list[Point]) -> None:
-    sink.log(view, points)
-
-
-def _finish(sink: Sink, report_files: list[Path]) -> None:
-    sink.finish(report_files)
-
-
-def _write_trial(sink: Sink, view: TrialView, points: list[Point], end: Optional[TrialEnd]) -> None:
-    sink.log(view, points)
-    sink.end(view, end)
-
-
-def _sync_trial(sink: Sink, view: TrialView, points: list[Point], end: Optional[TrialEnd]) -> None:
-    """A committed trial from the job folder: nothing to do where the sink holds its end already
-    (a finished job run again: no reading back of every trial's history)."""
-    if end is None or not sink.holds(view.trial_id, end.status):
-        _write_trial(sink, view, points, end)
-
-
 def _params(row: Mapping[str, Any]) -> dict[str, Any]:
     """A trials row's config, from its dotted columns."""
     return {k: v for k, v in row.items() if k.startswith(_CONFIG_ROOTS)}
@@ -354,18 +322,6 @@ def _varying(configs: list[dict[str, Any]]) -> list[str]:
         return ["train.seed"] if configs else []
     keys = sorted({k for c in configs for k in c})
     return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-
-
-def sink_name(opener: Callable[[], Sink]) -> str:
-    """What a sink's opener says it opens (its ``sink_name``, else the sink class's ``name``)."""
-    name = getattr(opener, "sink_name", None) or getattr(getattr(opener, "func", opener), "name", None)
-    return name if isinstance(name, str) else "a tracker"
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else "no message"
-    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _child_env() -> dict[str, str]:

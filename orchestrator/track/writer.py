@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, Optional
 
-from orchestrator.track.tracker import FLUSH_S, Sink, first_line, sink_name
+from orchestrator.track.sinks import FLUSH_S, Sink, first_line, sink_name
 
 log = logging.getLogger(__name__)
 
