@@ -11,10 +11,11 @@ finish, so actor start-up is outside), the ratio of the last window's rate to th
 driver process's peak resident memory and CPU time. Only the Cluster this script started is stopped.
 
 ``--tracking off,tensorboard,mlflow,both --rounds 3`` runs the settings in turn on the same
-cluster, three times over, and prints each setting's medians against the first's: the trackers'
-cost, against a baseline timed in the same run. MLflow writes to a SQLite database beside each run's
-results, made (and migrated to the installed MLflow's schema) before the run is timed, as a user's
-``mlflow.db`` exists before most of their sweeps; ``--new-mlflow-db`` leaves its making to the run.
+cluster, three times over (each round starting one setting later), and prints each setting's
+medians against the first's: the trackers' cost, against a baseline timed in the same run. MLflow
+writes to a SQLite database beside each run's results, made (and migrated to the installed
+MLflow's schema) before the run is timed, as a user's ``mlflow.db`` exists before most of their
+sweeps; ``--new-mlflow-db`` leaves its making to the run.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
             for n in range(args.rounds):
-                for tracking in args.tracking:
+                # each round starts one setting later: a run can slow as it goes (tracking off took
+                # 50-52 s in the first rounds of one run and 63-65 s in its last), and a fixed
+                # order would charge that to the settings that come late in every round
+                for tracking in _rotated(args.tracking, n):
                     figures = _one_run(root / f"{n}-{tracking}", corpus, cluster.address, args.trials, tracking,
                                        args.windows, args.new_mlflow_db)
                     if figures is None:
@@ -119,6 +123,11 @@ def _settings(text: str) -> list[str]:
         if t not in ("off", "tensorboard", "mlflow", "both"):
             raise argparse.ArgumentTypeError(f"{t!r}: not one of off, tensorboard, mlflow, both")
     return settings
+
+
+def _rotated(settings: list[str], n: int) -> list[str]:
+    k = n % len(settings)
+    return settings[k:] + settings[:k]
 
 
 def _one_run(root: Path, corpus: Path, address: str, trials: int, tracking: str,
@@ -198,7 +207,8 @@ def _print_comparison(runs: list[dict[str, Any]], settings: list[str]) -> None:
         return statistics.median(r[key] for r in runs if r["tracking"] == setting)
 
     rounds = sum(r["tracking"] == base for r in runs)
-    print(f"\nmedians of {rounds} rounds, each setting against {base} (run in turn on the same cluster):")
+    print(f"\nmedians of {rounds} rounds, each setting against {base} (in turn on one cluster, each round "
+          "starting one setting later):")
     print(f"  {'tracking':12} {'end to end':>10} {'trials/s':>9} {'last/first':>10} {'driver CPU':>10} "
           f"{'trackers CPU':>12}   against {base}")
     for setting in settings:
