@@ -30,7 +30,8 @@ def log_points(sink: Sink, view: TrialView, points: list[Point]) -> None:
     sink.log(view, points)
 
 
-def finish(sink: Sink, report_files: list[Path]) -> None:
+def finish_job(sink: Sink, report_files: list[Path]) -> None:
+    """The job is over: the report's files, and the sink's job run ended."""
     sink.finish(report_files)
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from orchestrator.run.events import Checkpointed, Evaluated, Event
-from orchestrator.track.sinks import Sink, finish, first_line, log_points, sink_name, sync_trial, write_trial
+from orchestrator.track.sinks import Sink, finish_job, first_line, log_points, sink_name, sync_trial, write_trial
 from orchestrator.track.views import TrialView, end_of, eval_point, flatten
 from rnn.events import EvalRecord, TrialStatus
 
@@ -172,7 +172,7 @@ class Tracker:
         return len(rows)
 
     def finish(self, report_files: list[Path]) -> None:
-        self._submit(finish, report_files)
+        self._submit(finish_job, report_files)
 
     def close(self, timeout: Optional[float] = CLOSE_TIMEOUT_S) -> bool:
         """Write what is queued, then close the sinks. The wait lasts while the trackers make
