@@ -1,10 +1,10 @@
 """The trackers' process: ``python -m orchestrator.track.writer FD``, started by a
 :class:`~orchestrator.track.tracker.Tracker`, writes its sinks (TensorBoard's files, MLflow's
-database or server) away from the driver, so their CPU time (MLflow's start-up alone is about 2.7 s
-of it) and their waits never take the driver's interpreter lock.
+database or server) away from the driver, so their CPU time (a few seconds for a large sweep) and
+their waits never take the driver's interpreter lock.
 
 Its arguments after ``FD`` name modules to import before anything else (the sinks' libraries:
-MLflow's import alone is 1-2 s of CPU), so a driver that starts it early has them imported while
+MLflow's client, for a server, is 1-1.5 s of CPU to import), so a driver that starts it early has them imported while
 Ray starts. It reads pickled frames on stdin: first the sinks' openers, then lists of writes (a
 function and its arguments, each applied to every sink), then None (or the end of stdin: a driver
 that died or stopped before it had any sinks to give).
