@@ -87,7 +87,7 @@ class DbStore:
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         version = self._version()
         if version is None or version != schema_head():
-            self._made_by_mlflow(uri, version)
+            self._made_by_mlflow(version)
         meta = sa.MetaData()
         meta.reflect(self._engine, only=_TABLES)
         self._t = meta.tables
@@ -239,14 +239,14 @@ class DbStore:
             row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
         return None if row is None else str(row[0])
 
-    def _made_by_mlflow(self, uri: str, version: Optional[str]) -> None:
+    def _made_by_mlflow(self, version: Optional[str]) -> None:
         """MLflow's own store opens the database: it makes a new one's tables, or refuses one of
         another schema, saying what to do (raises). Imports MLflow (about 2 s of CPU)."""
         from mlflow import MlflowClient
 
         log.info("mlflow: the database's schema is %s, the installed MLflow's %s: opening it with MLflow",
                  version or "not made", schema_head() or "unknown")
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        MlflowClient(tracking_uri=self._uri).search_experiments(max_results=1)
         now = self._version()
         head, known = _migrations()
         if head is not None and now != head:
