@@ -45,8 +45,9 @@ browser:
 		echo "chromium is missing and this is not root: tests/test_report_browser.py will be skipped"; \
 	fi
 
+# PYTHONFAULTHANDLER: a crash of the test process prints every thread's stack, whenever it happens.
 test: lint browser
-	$(BIN)/python -m pytest -q
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -q
 
 # The fast tier: no Ray, no cluster, no browser, nothing marked slow (the markers are in pyproject.toml),
 # on two pytest-xdist workers. The whole suite stays serial: its Ray tests size themselves to the machine.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import logging
@@ -356,6 +357,33 @@ def _logger_levels() -> Iterator[None]:
     yield
     for logger, level in zip(loggers, levels, strict=True):
         logger.setLevel(level)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The test process (not an xdist worker) ends with pytest's exit status right after the
+    interpreter's exit handlers, skipping its finalisation (module teardown, the native libraries'
+    static destructors). One CI run crashed there (SIGSEGV) after all 1,014 tests had passed and
+    been reported: this process alone loads torch, Triton, Ray, MLflow, TensorBoard and pyarrow
+    together, and their teardown order is not ours to fix."""
+    if not hasattr(config, "workerinput"):
+        atexit.register(_exit_with_status, config)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def _exit_with_status(config: pytest.Config) -> None:
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:  # the session never finished: let the interpreter end as it would
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -47,7 +47,7 @@ class PageLoad:
 class Chromium:
     """One headless Chromium process; :meth:`load` opens a page in a fresh tab."""
 
-    def __init__(self, binary: str, width: int = 1280, height: int = 900, timeout_s: float = 15.0) -> None:
+    def __init__(self, binary: str, width: int = 1280, height: int = 900, timeout_s: float = 45.0) -> None:
         self.timeout_s = timeout_s
         self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
         self._log = open(Path(self._profile.name) / "stderr.txt", "wb")
