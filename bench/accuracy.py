@@ -97,10 +97,11 @@ def fit_steps(cfg: RunConfig, device: torch.device, budget_s: float, *, warmup: 
             torch.cuda.synchronize(device)
 
     rows = eval_batch_size(tc.batch_size, cfg.data.seq_len, data.vocab_size)
-    evaluate(model, data, step.autocast, rows)  # the first call sets up kernels for the evaluation shape
+    # The first call sets up kernels for the evaluation shape.
+    evaluate(model, data, step.autocast, rows, cfg.data.val_mode)
     sync()
     start = time.perf_counter()
-    evaluate(model, data, step.autocast, rows)
+    evaluate(model, data, step.autocast, rows, cfg.data.val_mode)
     sync()
     eval_s = time.perf_counter() - start
     assert step.optimizer is not None

@@ -30,6 +30,9 @@ Cell = Literal["lstm", "gru", "rnn", "mingru", "minlstm"]
 #: ``model.dropout_mode``: a fresh mask per element (standard) or one per sequence, the same at every step (locked).
 DropoutMode = Literal["standard", "locked"]
 Level = Literal["char", "bpe", "word"]
+#: ``data.val_mode``: validation windows each from a zero state, or the held-out split read as contiguous
+#: streams with the recurrent state carried from window to window (see :mod:`rnn.evaluate`).
+ValMode = Literal["windows", "stream"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "plateau", "step", "constant"]
 #: What a schedule's progress counts: optimiser steps of the step budget, or training seconds of max_time_s.
@@ -120,6 +123,10 @@ class DataConfig:
     # big corpus a full pass dominates the run. The split itself does not move. The default is
     # more than Tiny Shakespeare's whole held-out split (111,540 characters).
     val_max_chars: Optional[Annotated[int, Ge(1), Le(10**12)]] = DEFAULT_VAL_MAX_CHARS
+    # windows: each validation window of seq_len tokens starts from a zero state (comparable with every
+    # earlier figure); stream: the split is read as contiguous streams, the state carried across windows,
+    # so every token is predicted with all the text before it in its stream (how AWD-LSTM reports).
+    val_mode: ValMode = "windows"
 
     def resolved_vocab_size(self) -> Optional[int]:
         """The vocabulary cap for bpe/word, or None for char (see :func:`resolved_vocab_size`)."""
@@ -181,6 +188,10 @@ class TrainConfig:
     # None disables clipping (the engine also reads 0 that way; a spec asks for null, which says so)
     clip_grad_norm: Optional[Annotated[float, Gt(0)]] = 1.0
     label_smoothing: Fraction = 0.0
+    # Truncated BPTT: the batch's rows are contiguous streams of the training split, each step reads the
+    # next seq_len tokens of every stream and starts from the state the last step ended in (detached).
+    # False: independent random windows, each from a zero state.
+    stateful: bool = False
     amp: Amp = "auto"
     compile: Compile = "auto"  # off | auto | on; YAML's bare off/on (booleans) mean the same
     early_stopping: Optional[EarlyStopping] = None

@@ -41,10 +41,13 @@ class LMOutput(NamedTuple):
     ``backward_logits``: ``[B, L-1, V]``, the backward direction's prediction of
     ``window[:, :-1]`` (position t has read ``window[:, t+1:]`` only), or None when the model
     is unidirectional.
+    ``state``: the forward stack's state after the window's last input (``window[:, -2]``), which
+    the next window of the same stream continues from (truncated BPTT, ``train.stateful``).
     """
 
     logits: Tensor
     backward_logits: Optional[Tensor] = None
+    state: Optional[RecurrentState] = None
 
 
 def _validate(cfg: ModelConfig, vocab_size: int) -> None:
@@ -192,11 +195,12 @@ class LanguageModel(nn.Module):
         out, state = stack(x, state)
         return out, state
 
-    def forward(self, window: Tensor, backward: bool = True) -> LMOutput:
+    def forward(self, window: Tensor, backward: bool = True, state: Optional[RecurrentState] = None) -> LMOutput:
         """Logits for a window ``[B, L]`` of token ids (``L >= 2``); see :class:`LMOutput`.
 
         ``backward=False`` skips a bidirectional model's backward stack and head (evaluation
-        scores the forward direction only); ``backward_logits`` is then None.
+        scores the forward direction only); ``backward_logits`` is then None. ``state``: where the
+        forward stack starts (None: zero), the ``state`` of the window before in the same stream.
         """
         if window.dim() != 2 or window.shape[1] < 2:
             raise ValueError(
@@ -204,7 +208,7 @@ class LanguageModel(nn.Module):
             )
         emb = self._embed(window)  # [B, L, E]
 
-        out, _ = self._run(self.forward_rnn, emb[:, :-1])  # [B, L-1, H]; step t has read window[:, :t+1]
+        out, last = self._run(self.forward_rnn, emb[:, :-1], state)  # [B, L-1, H]; step t has read window[:, :t+1]
         logits = self.head(self._dropout(out))  # [B, L-1, V]
 
         backward_logits = None
@@ -213,7 +217,7 @@ class LanguageModel(nn.Module):
             # flipping back, position t has read window[:, t+1:] and predicts window[:, t].
             rev, _ = self._run(self.backward_rnn, emb[:, 1:].flip(1))  # [B, L-1, H], reversed time
             backward_logits = self.head(self._dropout(rev.flip(1)))  # [B, L-1, V]
-        return LMOutput(logits, backward_logits)
+        return LMOutput(logits, backward_logits, last)
 
     def step(
         self, tokens: Tensor, state: Optional[RecurrentState] = None

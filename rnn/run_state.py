@@ -2,8 +2,9 @@
 
 :class:`Run` holds what the trainer builds once (data, model, step, schedule) and what changes
 (:class:`RunState`, device-side sums). :func:`checkpoint_state` and :func:`restore_run` turn it
-into a plain dict and back: weights, optimiser, schedule, scaler, RNG states, progress, and the
-config and tokenizer that rebuild the model.
+into a plain dict and back: weights, optimiser, schedule, scaler, RNG states, progress, with
+``train.stateful`` the streams' position and the carried state, and the config and tokenizer that
+rebuild the model.
 
 Exactness. On the CPU a resumed run is the uninterrupted one bit for bit. On CUDA and MPS the
 device's default generator is saved and restored too (dropout draws from it), as is the
@@ -27,7 +28,7 @@ from rnn.config import RunConfig
 from rnn.data import LMData
 from rnn.errors import CheckpointError
 from rnn.events import EvalRecord, TrialStatus
-from rnn.models import LanguageModel
+from rnn.models import LanguageModel, RecurrentState
 from rnn.step import TrainStep
 
 #: Schedules whose shape depends on the step budget: a resume with another budget is refused.
@@ -153,6 +154,7 @@ def checkpoint_state(run: Run, config: RunConfig) -> dict[str, Any]:
         },
         "evals": [asdict(r) for r in st.evals],
         "rng": capture_rng(ts.generator),
+        "streams": _streams_state(ts),
         "tokenizer": run.data.tokenizer.to_state(),
         "vocab_size": run.data.vocab_size,
         "corpus_sha256": run.data.corpus.sha256,
@@ -199,8 +201,27 @@ def restore_run(ckpt: dict[str, Any], run: Run, config: RunConfig) -> None:
     st.evals = [EvalRecord(**r) for r in ckpt["evals"]]
     best_step = ckpt.get("best_step", st.step)  # a best checkpoint is written at its best step
     st.best_record = next((r for r in reversed(st.evals) if r.step == best_step), None)
+    saved_streams = ckpt.get("streams")
+    if ts.streams is not None and saved_streams is not None:  # train.stateful: where the streams were
+        ts.streams.position = saved_streams["position"]
+        ts.state = _to(saved_streams["state"], run.device)
     window = ckpt.get("window")
     if window is not None:  # a paused run resumes inside a train-loss window
         run.nll_sum.copy_(window["nll_sum"].to(run.device))
         run.objective_sum.copy_(window["objective_sum"].to(run.device))
         st.window_steps = int(window["steps"])
+
+
+def _streams_state(ts: TrainStep) -> Optional[dict[str, Any]]:
+    """train.stateful: the streams' position and the state carried into the next step."""
+    if ts.streams is None:
+        return None
+    return {"position": ts.streams.position, "state": _to(ts.state, torch.device("cpu"))}
+
+
+def _to(state: Optional[RecurrentState], device: torch.device) -> Optional[RecurrentState]:
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return (state[0].to(device), state[1].to(device))
+    return state.to(device)

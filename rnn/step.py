@@ -11,25 +11,30 @@ import torch.nn.functional as F
 from rnn.config import TrainConfig
 from rnn.data import LMData
 from rnn.device import autocast_dtype
-from rnn.models import LanguageModel
+from rnn.models import LanguageModel, RecurrentState
 from rnn.optim import build_optimizer
+from rnn.streams import TrainStreams
 
 
 class StepLosses(NamedTuple):
-    """What one step measures, both on the device (0-dim)."""
+    """What one step measures, both on the device (0-dim), and the state it ends in."""
 
     objective: torch.Tensor  # what is minimised: label smoothing, both directions when bidirectional
     nll: torch.Tensor  # the forward direction's unsmoothed cross-entropy, nats/token: val_loss's quantity
+    #: The forward stack's state after the window (in the graph), which a stateful run carries on.
+    state: Optional[RecurrentState] = None
 
 
-def lm_losses(model: LanguageModel, window: torch.Tensor, label_smoothing: float = 0.0) -> StepLosses:
-    """The training objective and the forward unsmoothed next-token loss, from one forward pass.
+def lm_losses(model: LanguageModel, window: torch.Tensor, label_smoothing: float = 0.0,
+              state: Optional[RecurrentState] = None) -> StepLosses:
+    """The training objective and the forward unsmoothed next-token loss, from one forward pass
+    starting from ``state`` (None: zero).
 
     The objective is next-token cross-entropy with ``label_smoothing``; for bidirectional models
     the mean of both directions (ELMo). ``nll`` is the quantity validation reports, so that
     ``train_loss - val_loss`` measures overfitting and nothing else.
     """
-    out = model(window)  # logits: (B, L-1, V)
+    out = model(window, state=state)  # logits: (B, L-1, V)
     logp = F.log_softmax(out.logits.float(), dim=-1).flatten(0, 1)  # (B*(L-1), V)
     nll = F.nll_loss(logp, window[:, 1:].flatten())
     # label_smoothing=eps is (1 - eps) * nll + eps * mean over classes of -log p (as in F.cross_entropy).
@@ -40,7 +45,7 @@ def lm_losses(model: LanguageModel, window: torch.Tensor, label_smoothing: float
             out.backward_logits.float().flatten(0, 1), window[:, :-1].flatten(), label_smoothing=label_smoothing
         )
         objective = 0.5 * (objective + back)
-    return StepLosses(objective, nll.detach())
+    return StepLosses(objective, nll.detach(), out.state)
 
 
 def lm_loss(model: LanguageModel, window: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -51,10 +56,11 @@ def lm_loss(model: LanguageModel, window: torch.Tensor, label_smoothing: float =
 class TrainStep:
     """One training step: the trainer's, and the one a throughput sweep times.
 
-    Draws ``batch_size`` windows on the device, runs :func:`lm_losses` under the run's
-    autocast, scales the loss for fp16, unscales and clips the gradient norm, and steps the
-    optimiser it owns. The trainer adds its bookkeeping around it (the lr schedule, loss sums,
-    a finiteness flag).
+    Draws ``batch_size`` windows on the device (with ``train.stateful``, the next window of
+    ``batch_size`` contiguous streams, started from the state the last step ended in:
+    :class:`rnn.streams.TrainStreams`), runs :func:`lm_losses` under the run's autocast, scales
+    the loss for fp16, unscales and clips the gradient norm, and steps the optimiser it owns. The
+    trainer adds its bookkeeping around it (the lr schedule, loss sums, a finiteness flag).
 
     In fp32 and bf16 nothing here reads a value back to the host. In fp16 the GradScaler does,
     every step: ``GradScaler.step`` reads whether any unscaled gradient is non-finite to decide
@@ -98,15 +104,32 @@ class TrainStep:
         #: True when the last call's optimiser step was skipped by the fp16 GradScaler
         #: (non-finite gradients); always False in fp32 and bf16.
         self.skipped = False
+        #: train.stateful: the streams the windows come from, and the state the last step ended in
+        #: (detached; None until the first step).
+        if train.stateful and model.bidirectional:
+            raise ValueError("train.stateful: a bidirectional model's backward stack reads each window from its end; "
+                             "no state carries on to the next window")
+        self.streams = TrainStreams(data.train, batch_size, data.seq_len) if train.stateful else None
+        self.state: Optional[RecurrentState] = None
+
+    def next_batch(self) -> tuple[torch.Tensor, Optional[RecurrentState]]:
+        """The next training window ``(B, T+1)`` and the state it starts from: None (zero) unless
+        the run is stateful and the window continues the last step's streams."""
+        if self.streams is None:
+            return self.data.sample_batch(self.batch_size, self.generator), None
+        window, fresh = self.streams.next(self.generator)
+        return window, None if fresh else self.state
 
     def __call__(self) -> tuple[StepLosses, torch.Tensor]:
         """Run one step; returns the detached losses and the gradient norm, all on the device."""
         assert self.optimizer is not None, "TrainStep used after release()"
         if self.cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
-        window = self.data.sample_batch(self.batch_size, self.generator)  # (B, T+1)
+        window, state = self.next_batch()  # (B, T+1)
         with self.autocast:
-            losses = lm_losses(cast(LanguageModel, self.forward_model), window, self.train.label_smoothing)
+            losses = lm_losses(cast(LanguageModel, self.forward_model), window, self.train.label_smoothing, state)
+        if self.streams is not None:
+            self.state = carried(losses.state)
         self.scaler.scale(losses.objective).backward()
         self.scaler.unscale_(self.optimizer)
         if self.train.clip_grad_norm:
@@ -131,3 +154,13 @@ class TrainStep:
         self.optimizer = None
         for p in self._params:
             p.grad = None
+
+
+def carried(state: Optional[RecurrentState]) -> Optional[RecurrentState]:
+    """A step's final state as the next step's start: cut from the graph (truncated BPTT) and
+    copied (a CUDA graph reuses the memory of its outputs), in the dtype the stack made it."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return (state[0].detach().clone(), state[1].detach().clone())
+    return state.detach().clone()

@@ -351,7 +351,8 @@ class Trainer:
         train_time = time.monotonic() - run.window_start
         assert run.train_step.optimizer is not None
         started = time.monotonic()
-        val = evaluate(run.model, run.data, run.train_step.autocast, eval_batch_size(B, T, run.data.vocab_size))
+        val = evaluate(run.model, run.data, run.train_step.autocast, eval_batch_size(B, T, run.data.vocab_size),
+                       self.config.data.val_mode)
         st.eval_time_s += time.monotonic() - started
         n = max(1, st.window_steps)
         rec = EvalRecord(

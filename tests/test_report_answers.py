@@ -100,6 +100,21 @@ def test_validation_on_part_of_the_held_out_split_is_said_plainly(tmp_path: Path
     assert "held-out split, not all of it" not in build_report(whole)[0].read_text()
 
 
+def test_the_validation_mode_is_said_and_a_mix_of_modes_is_called_incomparable(tmp_path: Path) -> None:
+    def job(folder: Path, modes: tuple[str, ...]) -> str:
+        store = ResultsStore(folder)
+        for seed, mode in enumerate(modes):
+            cfg = {**_cfg("gru", seed), "data": {"level": "char", "val_mode": mode}}
+            store.commit_trial(completed_row(f"g{seed}", 1.5, cfg), eval_curve(1.5))
+        return build_report(folder)[0].read_text()
+
+    assert "data.val_mode" not in job(tmp_path / "windows", ("windows", "windows"))
+    assert "(data.val_mode: stream), as recurrent language models are usually reported" in job(
+        tmp_path / "stream", ("stream", "stream"))
+    assert "scored in two validation modes (data.val_mode: windows and stream), and their figures do not compare" in (
+        job(tmp_path / "mixed", ("windows", "stream")))
+
+
 def test_importance_is_the_between_group_share_of_variance() -> None:
     # 2 x 2 grid, 2 seeds: cell moves the loss by 1.0, bidirectional by 0.2, seeds by ±0.05.
     rows = [{"model.cell": c, "model.bidirectional": b, "m": 1.0 + (c == "rnn") + 0.2 * b + s}

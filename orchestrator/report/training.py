@@ -223,7 +223,27 @@ def best_trials(ranked: Sequence[Mapping[str, Any]], varying: Sequence[str], col
         for i, r in enumerate(ranked[:_TOP_N], 1)
     ]
     headers = ["#", "trial", *cols, "val loss", "val bpc", "val acc", "params", "steps", "tokens/s", "time (s)"]
-    return blocks + [Table(headers, table), *_partial_validation(ranked)]
+    return blocks + [Table(headers, table), *_partial_validation(ranked), *_validation_mode(ranked)]
+
+
+def _validation_mode(rows: Sequence[Mapping[str, Any]]) -> list[Block]:
+    """A plain word when trials were scored with the state carried over the held-out split
+    (``data.val_mode: stream``): nothing when every trial used fixed windows, the default."""
+    modes = {r.get("data.val_mode") or "windows" for r in rows}
+    if modes == {"windows"}:
+        return []
+    if len(modes) > 1:
+        return [Para(
+            "These trials were scored in two validation modes (data.val_mode: windows and stream), and their "
+            "figures do not compare: reading the held-out split as streams with the state carried gives the same "
+            "weights a lower loss than fixed windows that each start from a zero state."
+        )]
+    return [Para(
+        "Validation figures read the held-out split as contiguous streams with the recurrent state carried "
+        "(data.val_mode: stream), as recurrent language models are usually reported; for the same weights they "
+        "are lower than the default fixed windows' (each from a zero state), so compare them with jobs scored "
+        "the same way."
+    )]
 
 
 def _partial_validation(rows: Sequence[Mapping[str, Any]]) -> list[Block]:

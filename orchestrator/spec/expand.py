@@ -130,6 +130,8 @@ HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (
     ("model", "dropout_mode", "standard"),
     ("model", "embedding_dropout", 0.0),
     ("model", "min_mlp", False),
+    ("data", "val_mode", "windows"),
+    ("train", "stateful", False),
 )
 
 

@@ -1,6 +1,6 @@
 """The rules of one trial config: field values as pydantic checked them, then the rules that
 read several fields at once (``layer_norm`` only with ``lstm``, ``weight_drop`` not with the
-min cells, ``tie_weights`` needs equal
+min cells, ``stateful`` training not bidirectional, ``tie_weights`` needs equal
 sizes, a training budget, a corpus file that exists, a vocabulary no smaller than the
 tokenizer's floor, a model under :data:`~orchestrator.spec.schema.MAX_PARAMETERS`).
 
@@ -115,6 +115,15 @@ def cross_problems(v: Mapping[str, Mapping[str, Any]], kind: str, res: Mapping[s
         out.append(Problem(
             "model.tie_weights", f"needs embedding_dim == hidden_size (got embedding_dim {tie[1]}, hidden_size "
             f"{tie[2]})", involves=("model.tie_weights", "model.embedding_dim", "model.hidden_size")))
+    if _ok(train["stateful"], model["bidirectional"]) and train["stateful"]:
+        if kind != "train":
+            out.append(Problem("train.stateful", "carries the state between training steps; a throughput job times "
+                               "independent steps: set stateful: false", involves=("train.stateful",)))
+        elif model["bidirectional"]:
+            out.append(Problem(
+                "train.stateful", "a bidirectional model's backward stack reads each window from its end, so no state "
+                "carries on to the next window; set stateful: false or bidirectional: false",
+                involves=("train.stateful", "model.bidirectional")))
     budget = ("max_steps", "max_epochs", "max_time_s")
     if kind == "train" and _ok(*(train[b] for b in budget)) and all(train[b] is None for b in budget):
         out.append(Problem("train", "no budget: set at least one of max_steps, max_epochs, max_time_s",
