@@ -104,11 +104,11 @@ class TrainStep:
         #: True when the last call's optimiser step was skipped by the fp16 GradScaler
         #: (non-finite gradients); always False in fp32 and bf16.
         self.skipped = False
-        #: train.stateful: the streams the windows come from, and the state the last step ended in
-        #: (detached; None until the first step).
         if train.stateful and model.bidirectional:
             raise ValueError("train.stateful: a bidirectional model's backward stack reads each window from its end; "
                              "no state carries on to the next window")
+        #: train.stateful: the streams the windows come from, and the state the last step ended in
+        #: (detached; None until the first step).
         self.streams = TrainStreams(data.train, batch_size, data.seq_len) if train.stateful else None
         self.state: Optional[RecurrentState] = None
 

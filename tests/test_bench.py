@@ -218,3 +218,22 @@ def test_big_corpus_writes_its_corpus_and_reads_first_steps_from_the_log(tmp_pat
     assert first_step_s(log) == [8.0, 11.0]  # across midnight too
     s = spec("warm", str(corpus), 250, tmp_path / "results")
     assert s["sweep"] == {"seeds": [0, 1]} and s["resources"]["max_concurrent"] == 2
+
+
+@pytest.mark.slow
+def test_eval_modes_scores_one_checkpoint_both_ways(tmp_path: Path, capsys, keep_threads) -> None:
+    from bench.eval_modes import main as eval_modes_main
+    from conftest import tiny_run
+    from rnn.train import Trainer
+
+    cfg = tiny_run(max_steps=20, eval_every=20)
+    cfg = replace(cfg, data=replace(cfg.data, val_mode="stream"))
+    result = Trainer(cfg, tmp_path).fit()
+    assert eval_modes_main([str(tmp_path / "best.pt"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{tmp_path / 'best.pt'}:"
+    assert out[1].lstrip().startswith("windows  val loss ") and out[2].lstrip().startswith("stream   val loss ")
+    stream = float(out[2].split("val loss ")[1].split()[0])
+    windows = float(out[1].split("val loss ")[1].split()[0])
+    assert stream == pytest.approx(result.best_val_loss, abs=1e-4)  # the trial was scored as streams
+    assert out[3] == f"  stream - windows: {stream - windows:+.4f} nats/token"
