@@ -363,11 +363,12 @@ _EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The test process (not an xdist worker) ends with pytest's exit status right after the
-    interpreter's exit handlers, skipping its finalisation (module teardown, the native libraries'
-    static destructors). One CI run crashed there (SIGSEGV) after all 1,014 tests had passed and
-    been reported: this process alone loads torch, Triton, Ray, MLflow, TensorBoard and pyarrow
-    together, and their teardown order is not ours to fix."""
+    """The test process (not an xdist worker) ends with pytest's exit status once the exit
+    handlers registered after this one have run (Ray's among them; logging's, registered before,
+    is called here), skipping the interpreter's finalisation (module teardown, the native
+    libraries' static destructors). One CI run crashed there (SIGSEGV) after all 1,014 tests had
+    passed and been reported: this process alone loads torch, Triton, Ray, MLflow, TensorBoard and
+    pyarrow together, and their teardown order is not ours to fix."""
     if not hasattr(config, "workerinput"):
         atexit.register(_exit_with_status, config)
 
