@@ -16,7 +16,7 @@ from rnn.corpus import Corpus, CorpusInfo, load_corpus
 from rnn.ids import encoded
 from rnn.tokenizer import build_tokenizer
 
-__all__ = ["DataError", "check_data", "check_lengths", "split_texts"]
+__all__ = ["DataError", "check_data", "check_lengths", "check_streams", "split_texts"]
 
 
 class DataError(ValueError):
@@ -30,6 +30,7 @@ _CHARS_PER_TOKEN_BOUND = 64
 
 def check_data(
     cfg: DataConfig, cache_dir: Optional[Union[str, Path]] = None, data_dir: Optional[Union[str, Path]] = None,
+    streams: int = 1,
 ) -> None:
     """What :func:`rnn.data.prepare_data` would refuse, found without holding the token streams: the corpus
     loads, the tokenizer trains (into the cache the workers on this machine then read), and each
@@ -42,13 +43,14 @@ def check_data(
     """
     corpus, train_text, val_text = split_texts(cfg, data_dir)
     tokenizer = build_tokenizer(cfg.level, train_text, cfg.resolved_vocab_size(), cache_dir=cache_dir)
-    window = cfg.seq_len + 1
-    if cfg.level == "char" or len(train_text) >= _CHARS_PER_TOKEN_BOUND * window:
-        n_train = len(train_text) if cfg.level == "char" else window
+    need = streams * cfg.seq_len + 1  # one window, or a window in each of `streams` streams side by side
+    if cfg.level == "char" or len(train_text) >= _CHARS_PER_TOKEN_BOUND * need:
+        n_train = len(train_text) if cfg.level == "char" else need
     else:
         n_train = len(encoded(tokenizer, train_text, cache_dir)[0])
     n_val = len(encoded(tokenizer, val_text, cache_dir)[0]) if cfg.val_fraction > 0 else 0
     check_lengths(cfg, corpus, n_train, n_val)
+    check_streams(n_train, streams, cfg.seq_len)
 
 
 def split_texts(cfg: DataConfig, data_dir: Optional[Union[str, Path]]) -> tuple[Corpus, str, str]:
@@ -65,6 +67,16 @@ def split_texts(cfg: DataConfig, data_dir: Optional[Union[str, Path]]) -> tuple[
     if cfg.val_max_chars is not None:  # evaluate the held-out split's head only (the split does not move)
         val_text = val_text[: cfg.val_max_chars]
     return corpus, train_text, val_text
+
+
+def check_streams(n_train: int, streams: int, seq_len: int) -> None:
+    """``train.stateful`` cuts the training split into ``streams`` streams of at least one window
+    each (:class:`rnn.streams.TrainStreams`): refuse a split too short for that."""
+    if streams > 1 and n_train < streams * seq_len + 1:
+        raise DataError(
+            f"train.stateful: the training split has {n_train} tokens, too few for {streams} streams "
+            f"(batch_size) of at least seq_len {seq_len} + 1 tokens each; lower batch_size or seq_len"
+        )
 
 
 def check_lengths(cfg: DataConfig, corpus: Union[Corpus, CorpusInfo], n_train: int, n_val: int) -> None:

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rnn.data_check import DataError
+from rnn.data_check import check_streams
 
 
 def stream_length(tokens: int, rows: int) -> int:
@@ -44,12 +44,8 @@ class TrainStreams:
     """
 
     def __init__(self, tokens: Tensor, rows: int, seq_len: int) -> None:
+        check_streams(tokens.numel(), rows, seq_len)
         self.length = stream_length(tokens.numel(), rows)
-        if self.length < seq_len:
-            raise DataError(
-                f"train.stateful: the training split has {tokens.numel()} tokens, too few for {rows} streams "
-                f"(batch_size) of at least seq_len {seq_len} + 1 tokens each; lower batch_size or seq_len"
-            )
         self.tokens, self.rows, self.seq_len = tokens, rows, seq_len
         self._starts = torch.arange(rows, device=tokens.device) * self.length  # (rows,)
         self._offsets = torch.arange(seq_len + 1, device=tokens.device)  # (L,)

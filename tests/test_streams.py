@@ -13,14 +13,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import SpecError, UsageError
+from orchestrator.run.runner import preflight_data
 from orchestrator.spec import build_job
 from orchestrator.spec.expand import trial_id_for
 from rnn.checkpoint import load_checkpoint
 from rnn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnn.corpus import load_corpus
 from rnn.data import prepare_data
-from rnn.data_check import DataError
+from rnn.data_check import DataError, check_data
 from rnn.evaluate import VAL_STREAMS, evaluate
 from rnn.events import TrialStatus
 from rnn.models import build_model
@@ -217,3 +218,23 @@ def test_the_spec_refuses_stateful_training_where_no_state_carries_naming_the_fi
     job = build_job({**base, "data": {"val_mode": "stream"}})
     trial = job.trials[0].run_config
     assert trial.train.stateful and trial.data.val_mode == "stream"
+
+
+def test_the_drivers_check_refuses_a_split_too_short_for_the_streams_as_training_would(tmp_path: Path) -> None:
+    corpus = tmp_path / "short.txt"
+    corpus.write_text(load_corpus("builtin").text[:1000], encoding="utf-8")  # 900 training characters
+    cfg = DataConfig(corpus=str(corpus), level="char", seq_len=16)
+    check_data(cfg, cache_dir=tmp_path / "tok", streams=52)  # 52 x 16 + 1 = 833 tokens fit
+    with pytest.raises(DataError) as checked:
+        check_data(cfg, cache_dir=tmp_path / "tok", streams=64)
+    with pytest.raises(DataError) as trained:
+        TrainStreams(prepare_data(cfg, cache_dir=tmp_path / "tok").train, 64, 16)
+    assert str(checked.value) == str(trained.value)
+    assert "train.stateful: the training split has 900 tokens, too few for 64 streams" in str(checked.value)
+    job = build_job({"name": "j", "data": {"corpus": str(corpus), "seq_len": 16},
+                     "model": {"hidden_size": 16, "embedding_dim": 8},
+                     "train": {"max_steps": 5, "batch_size": 64, "stateful": True}})
+    with pytest.raises(UsageError, match=r"^data: train.stateful: the training split has 900 tokens"):
+        preflight_data(job.trials)
+    preflight_data(build_job({"name": "j", "data": {"corpus": str(corpus), "seq_len": 16},
+                              "train": {"max_steps": 5, "batch_size": 64}}).trials)  # random windows: fine

@@ -65,12 +65,13 @@ def preflight_data(trials: Sequence[Trial]) -> None:
 
     seen = set()
     for trial in trials:
-        cfg = trial.run_config.data
-        if cfg in seen:
+        cfg, train = trial.run_config.data, trial.run_config.train
+        streams = train.batch_size if train.stateful else 1  # train.stateful: that many windows side by side
+        if (cfg, streams) in seen:
             continue
-        seen.add(cfg)
+        seen.add((cfg, streams))
         try:
-            check_data(cfg, data_dir=os.environ.get("RNN_DATA_DIR"))
+            check_data(cfg, data_dir=os.environ.get("RNN_DATA_DIR"), streams=streams)
         except (CorpusError, DataError) as e:
             where = "data.corpus" if isinstance(e, CorpusError) else "data"
             raise UsageError(f"{where}: {e} (trial {trial.trial_id})") from e
