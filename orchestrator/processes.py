@@ -70,14 +70,16 @@ def children(pid: int) -> list[int]:
 
 
 def end_orphans(exclude: Collection[int] = (), grace_s: float = 2.0) -> list[int]:
-    """SIGTERM every child of this process but ``exclude`` (those it had before the driver), SIGKILL
-    those still alive after ``grace_s``, and reap them; returns the pids it signalled. Call it once
-    the driver has been waited for: what is left are its orphaned descendants, re-parented here
-    by :func:`become_subreaper`."""
+    """SIGTERM every child of this process but ``exclude`` (those it had before the driver), and
+    every descendant of those, SIGKILL those still alive after ``grace_s``, and reap them; returns
+    the pids it signalled. Call it once the driver has been waited for: what is left are its
+    orphaned descendants, re-parented here by :func:`become_subreaper`. Their own children are
+    signalled too: a raylet that is slow to end would otherwise hand its agents and workers over
+    only after this has returned, and they would outlive it, re-parented to init."""
     me = os.getpid()
     ended: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        left = [p for p in children(me) if p not in exclude]
+        left = _subtrees([p for p in children(me) if p not in exclude])
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -91,6 +93,14 @@ def end_orphans(exclude: Collection[int] = (), grace_s: float = 2.0) -> list[int
     if ended:
         log.debug("ended %d orphaned process(es) of the driver: %s", len(ended), ended)
     return ended
+
+
+def _subtrees(roots: list[int]) -> list[int]:
+    """``roots`` and all their live descendants, parents first."""
+    found = list(roots)
+    for pid in found:  # grows as it goes: a breadth-first walk
+        found += [c for c in children(pid) if c not in found]
+    return found
 
 
 def _reap(pids: Collection[int]) -> bool:
