@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from rnn.config import ValMode
 from rnn.data import LMData
-from rnn.models import LanguageModel, RecurrentState
+from rnn.models import LanguageModel
+from rnn.state import RecurrentState, map_state
 from rnn.streams import stream_windows
 
 #: Validation needs no backward pass, so it runs in batches of up to this many logits
@@ -92,6 +93,4 @@ def evaluate(model: LanguageModel, data: LMData, autocast: Any, rows: int, mode:
 
 def _row(state: RecurrentState, row: int) -> RecurrentState:
     """One row of a stack's state, kept ``[layers, 1, H]``."""
-    if isinstance(state, tuple):
-        return (state[0][:, row : row + 1], state[1][:, row : row + 1])
-    return state[:, row : row + 1]
+    return map_state(state, lambda t: t[:, row : row + 1])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +24,9 @@ from rnn.device import autocast_dtype
 from rnn.lnlstm import LayerNormLSTM, LNLSTMPath
 from rnn.minstack import MinStack
 from rnn.regularize import embedding_dropout, fused_rnn_forward, sequence_dropout
+from rnn.state import RecurrentState
 
 logger = logging.getLogger(__name__)
-
-#: A stack's recurrent state: ``(h, c)`` for LSTMs, ``h`` for GRU/RNN and the min cells; each ``[num_layers, B, H]``.
-RecurrentState = Union[Tensor, tuple[Tensor, Tensor]]
 
 _FUSED: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

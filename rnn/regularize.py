@@ -20,14 +20,13 @@ with these at their defaults computes, and consumes the RNG, exactly as before t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: A fused stack's state: ``(h, c)`` for an LSTM, ``h`` for a GRU or tanh RNN; each ``[L, B, H]``.
-FusedState = Union[Tensor, tuple[Tensor, Tensor]]
+from rnn.state import RecurrentState, map_state
 
 
 def sequence_dropout(x: Tensor, p: float, training: bool, locked: bool) -> Tensor:
@@ -80,8 +79,13 @@ def _layer_weights(rnn: nn.RNNBase, layer: int, weight_drop: float, training: bo
     return weights
 
 
-def _run(rnn: nn.RNNBase, x: Tensor, hx: FusedState, weights: list[Tensor], layers: int,
-         dropout: float, training: bool) -> tuple[Tensor, FusedState]:
+def _layer_state(state: RecurrentState, k: int) -> RecurrentState:
+    """Layer ``k``'s part of a stack's state, kept ``[1, B, H]``."""
+    return map_state(state, lambda t: t[k : k + 1])
+
+
+def _run(rnn: nn.RNNBase, x: Tensor, hx: RecurrentState, weights: list[Tensor], layers: int,
+         dropout: float, training: bool) -> tuple[Tensor, RecurrentState]:
     """One call of the fused op over ``layers`` layers with ``weights`` (4 per layer)."""
     if rnn.mode == "LSTM":
         h0, c0 = hx
@@ -92,8 +96,8 @@ def _run(rnn: nn.RNNBase, x: Tensor, hx: FusedState, weights: list[Tensor], laye
 
 
 def fused_rnn_forward(
-    rnn: nn.RNNBase, x: Tensor, state: Optional[FusedState], *, weight_drop: float, locked: bool,
-) -> tuple[Tensor, FusedState]:
+    rnn: nn.RNNBase, x: Tensor, state: Optional[RecurrentState], *, weight_drop: float, locked: bool,
+) -> tuple[Tensor, RecurrentState]:
     """``rnn(x, state)`` for a unidirectional ``batch_first`` ``nn.LSTM``/``nn.GRU``/``nn.RNN`` with
     biases, with each layer's ``weight_hh`` dropped (:func:`drop_connect`, in training) and, with
     ``locked``, the between-layer dropout (``rnn.dropout``) locked over time.
@@ -119,7 +123,7 @@ def fused_rnn_forward(
     for k in range(layers):
         if k > 0:
             out = sequence_dropout(out, between, training, locked=True)
-        hx: FusedState = (state[0][k : k + 1], state[1][k : k + 1]) if isinstance(state, tuple) else state[k : k + 1]
+        hx = _layer_state(state, k)
         out, final = _run(rnn, out, hx, weights[4 * k : 4 * k + 4], 1, 0.0, training)
         if isinstance(final, tuple):
             hs.append(final[0])

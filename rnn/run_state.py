@@ -28,7 +28,8 @@ from rnn.config import RunConfig
 from rnn.data import LMData
 from rnn.errors import CheckpointError
 from rnn.events import EvalRecord, TrialStatus
-from rnn.models import LanguageModel, RecurrentState
+from rnn.models import LanguageModel
+from rnn.state import RecurrentState, map_state
 from rnn.step import TrainStep
 
 #: Schedules whose shape depends on the step budget: a resume with another budget is refused.
@@ -220,8 +221,4 @@ def _streams_state(ts: TrainStep) -> Optional[dict[str, Any]]:
 
 
 def _to(state: Optional[RecurrentState], device: torch.device) -> Optional[RecurrentState]:
-    if state is None:
-        return None
-    if isinstance(state, (tuple, list)):
-        return (state[0].to(device), state[1].to(device))
-    return state.to(device)
+    return None if state is None else map_state(state, lambda t: t.to(device))

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from rnn.config import TrainConfig
 from rnn.data import LMData
 from rnn.device import autocast_dtype
-from rnn.models import LanguageModel, RecurrentState
+from rnn.models import LanguageModel
 from rnn.optim import build_optimizer
+from rnn.state import RecurrentState, map_state
 from rnn.streams import TrainStreams
 
 
@@ -159,8 +160,4 @@ class TrainStep:
 def carried(state: Optional[RecurrentState]) -> Optional[RecurrentState]:
     """A step's final state as the next step's start: cut from the graph (truncated BPTT) and
     copied (a CUDA graph reuses the memory of its outputs), in the dtype the stack made it."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return (state[0].detach().clone(), state[1].detach().clone())
-    return state.detach().clone()
+    return None if state is None else map_state(state, lambda t: t.detach().clone())
