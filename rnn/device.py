@@ -92,6 +92,23 @@ def _cuda_bf16_supported() -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
+def _cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 natively (AVX512-BF16 or AMX) and oneDNN will use it.
+
+    Without, autocast emulates bf16: char_best's LSTM (T 100, H 512, B 32) trained 2.4x *slower*
+    than fp32 with oneDNN held to plain AVX-512 (``ONEDNN_MAX_CPU_ISA=AVX512_CORE``), and oneDNN's
+    LSTM refused bf16 outright when held to AVX2 (docs/benchmarks.md, "bf16 on the CPU").
+    """
+    native = any(
+        bool(getattr(torch.cpu, probe, lambda: False)())
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    try:
+        return native and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 #: ``amp: auto`` on CUDA turns on bf16 autocast from this many rows per batch (see below).
 AUTO_BF16_MIN_BATCH = 4096
 
@@ -104,12 +121,15 @@ def resolve_precision(amp: str, device: torch.device, batch_size: Optional[int] 
     - ``"off"``: fp32.
     - ``"fp16"`` / ``"bf16"``: as asked, where it can run. fp16 on the CPU is refused (CPU
       autocast's fp16 path is neither fast nor well covered; use bf16 there), and so is bf16
-      on a CUDA device without native bf16 (pre-Ampere), where it is emulated and slower,
-      and on MPS before macOS 14.
+      where it would be emulated and slower: a CUDA device without native bf16 (pre-Ampere),
+      a CPU without AVX512-BF16 or AMX (:func:`_cpu_bf16_supported`), and MPS before macOS 14.
     - ``"auto"``: the measured-faster choice:
 
-      - CPU and MPS: fp32 (as the seed project had it; autocast there gains little for these
-        small recurrent models and changes numerics).
+      - CPU and MPS: fp32 (as the seed project had it), on every CPU, so that a spec's numerics do
+        not depend on which CPU ran it. On a CPU with native bf16, ``amp: bf16`` is the faster
+        choice for models of char_best's size: on an AMD EPYC (Zen 4, 2 threads, T 100, E 128,
+        H 512, 2 layers, B 16-64) it trained the LSTM 1.5-1.6x and the GRU 1.7-2.1x faster
+        (``python -m bench.jobs jobs/throughput_amp_cpu.yaml``); set it in the spec.
       - CUDA: bf16 when ``batch_size >= AUTO_BF16_MIN_BATCH`` and the GPU has native bf16,
         else fp32; the same for plain cuDNN cells and the layer-norm LSTM. fp16 is never
         chosen automatically: it needs a GradScaler and can overflow in long recurrences.
@@ -125,8 +145,8 @@ def resolve_precision(amp: str, device: torch.device, batch_size: Optional[int] 
 
     Raises:
         ValueError: unknown ``amp``, or fp16 on a CPU.
-        DeviceUnavailableError: bf16 requested on a CUDA device without native bf16, or on
-            MPS before macOS 14.
+        DeviceUnavailableError: bf16 requested on a CPU or CUDA device without native bf16,
+            or on MPS before macOS 14.
     """
     if amp not in AMP_CHOICES:
         raise ValueError(f"unknown amp {amp!r}; expected one of {', '.join(AMP_CHOICES)}")
@@ -140,6 +160,11 @@ def resolve_precision(amp: str, device: torch.device, batch_size: Optional[int] 
             )
         return "fp16"
     if amp == "bf16":
+        if kind == "cpu" and not _cpu_bf16_supported():
+            raise DeviceUnavailableError(
+                f"amp 'bf16' requested but this CPU ({_cpu_name()}) has no native bf16 (AVX512-BF16 "
+                "or AMX): autocast would emulate it, slower than fp32; use amp: off or auto"
+            )
         if kind == "cuda" and not _cuda_bf16_supported():
             raise DeviceUnavailableError(
                 f"amp 'bf16' requested but {_cuda_name(device)} has no native bf16 support "
@@ -260,7 +285,8 @@ def device_report(device: Optional[torch.device] = None) -> dict[str, Any]:
         )
     else:
         report.update(
-            device_name=_cpu_name(), total_memory_bytes=_total_ram_bytes(), bf16_supported=True
+            device_name=_cpu_name(), total_memory_bytes=_total_ram_bytes(),
+            bf16_supported=_cpu_bf16_supported(),
         )
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

@@ -41,7 +41,7 @@ import torch
 from rnn.compile import compile_train_step
 from rnn.config import RunConfig, ThroughputConfig
 from rnn.data import LMData, prepare_data
-from rnn.device import detect_device, device_report, resolve_precision, use_tf32
+from rnn.device import DeviceUnavailableError, detect_device, device_report, resolve_precision, use_tf32
 from rnn.errors import is_out_of_memory
 from rnn.memory import (  # noqa: F401  (re-exported: the throughput sweep's memory guard)
     ACTIVATION_SAFETY,
@@ -108,10 +108,15 @@ class _Session:
             samples_per_s=None, tokens_per_s=None, step_time_ms=None, step_time_ms_max=None, peak_mem_mb=None
         )
         fields.update(timing)
+        try:
+            precision = self.precision(batch_size)
+        except (DeviceUnavailableError, ValueError):
+            # The row of a precision this device refuses (its error says why) names the one asked for.
+            precision = self.config.train.amp
         return ThroughputRow(
             batch_size=batch_size, status=status, device=self.device.type, device_name=self.device_name,
-            precision=self.precision(batch_size), torch_version=torch.__version__, error=error,
-            recurrence=self.model.recurrence_path(self.device, self.precision(batch_size)), tf32=self.tf32,
+            precision=precision, torch_version=torch.__version__, error=error,
+            recurrence=self.model.recurrence_path(self.device, precision), tf32=self.tf32,
             **fields,
         )
 

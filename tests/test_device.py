@@ -2,10 +2,16 @@
 
 The CPU paths run for real. MPS and CUDA are not present on the test machine, so their
 availability checks are monkeypatched: that exercises the policy (order, errors, precision
-per device), not the hardware.
+per device), not the hardware. So is the CPU's native-bf16 probe, in the fixture; one test runs
+it for real, with oneDNN held to AVX2.
 """
 
 from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -27,9 +33,11 @@ MPS = torch.device("mps")
 
 @pytest.fixture
 def machine(monkeypatch):
-    """Set which accelerators this 'machine' has: machine(mps=..., cuda=..., cuda_bf16=...)."""
+    """Set which accelerators this 'machine' has: machine(mps=..., cuda=..., cuda_bf16=..., cpu_bf16=...)."""
 
-    def set_(mps: bool = False, cuda: bool = False, cuda_bf16: bool = True, macos14: bool = True):
+    def set_(mps: bool = False, cuda: bool = False, cuda_bf16: bool = True, macos14: bool = True,
+             cpu_bf16: bool = True):
+        monkeypatch.setattr(dev, "_cpu_bf16_supported", lambda: cpu_bf16)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 if cuda else 0)
@@ -149,6 +157,41 @@ def test_bf16_on_cuda_without_support_is_refused(machine, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla V100")
     with pytest.raises(DeviceUnavailableError, match=r"Tesla V100 has no native bf16"):
         resolve_precision("bf16", CUDA)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused(machine, monkeypatch):
+    machine(cpu_bf16=False)
+    monkeypatch.setattr(dev, "_cpu_name", lambda: "Intel Xeon Gold 6148")
+    with pytest.raises(
+        DeviceUnavailableError, match=r"this CPU \(Intel Xeon Gold 6148\) has no native bf16 .*use amp: off or auto"
+    ):
+        resolve_precision("bf16", CPU)
+    assert device_report(CPU)["bf16_supported"] is False
+
+
+def test_auto_on_a_cpu_with_native_bf16_stays_fp32(machine):
+    machine(cpu_bf16=True)
+    assert resolve_precision("auto", CPU, batch_size=AUTO_BF16_MIN_BATCH) == "fp32"
+    assert device_report(CPU)["bf16_supported"] is True
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="ONEDNN_MAX_CPU_ISA names x86 ISAs")
+def test_the_cpu_probe_asks_onednn_which_isa_it_may_use():
+    """Real hardware, no patching: held to AVX2, oneDNN has no bf16 (its LSTM refuses a bf16
+    primitive there), so bf16 is refused with the fix, whatever this CPU's own flags."""
+    code = (
+        "import torch\n"
+        "from rnn.device import DeviceUnavailableError, _cpu_bf16_supported, resolve_precision\n"
+        "assert not _cpu_bf16_supported()\n"
+        "try:\n"
+        "    resolve_precision('bf16', torch.device('cpu'))\n"
+        "except DeviceUnavailableError as e:\n"
+        "    print(e)\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "has no native bf16 (AVX512-BF16 or AMX)" in out.stdout
 
 
 def test_bf16_on_old_macos_is_refused(machine):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from rnn import device as rnn_device
 from rnn.config import DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
 from rnn.throughput import (
     SKIPPED_AFTER_OOM,
@@ -108,6 +109,25 @@ def test_other_exceptions_are_error_rows_and_the_sweep_continues(tmp_path: Path)
     assert [r.status for r in rows] == ["ok", "error", "ok"]
     assert rows[1].error == "ValueError: a broken kernel at batch 8"
     assert not rows[1].is_best
+
+
+@pytest.mark.parametrize(
+    ("amp", "error"),
+    [("fp16", "ValueError: amp 'fp16' is not supported on the CPU"),
+     ("bf16", "DeviceUnavailableError: amp 'bf16' requested but this CPU")],
+)
+def test_a_precision_the_cpu_refuses_is_an_error_row_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str, error: str
+) -> None:
+    """fp16 is refused on every CPU; bf16 on one without native bf16 (the probe is patched here;
+    tests/test_device.py runs it for real under oneDNN held to AVX2)."""
+    monkeypatch.setattr(rnn_device, "_cpu_bf16_supported", lambda: False)
+    config = tiny_config()
+    config = RunConfig(data=config.data, model=config.model, train=TrainConfig(device="cpu", seed=0, amp=amp))
+    rows = run(tmp_path, tp((4, 8)), run_config=config)
+    assert [(r.status, r.precision) for r in rows] == [("error", amp), ("error", amp)]
+    assert all(r.error is not None and r.error.startswith(error) for r in rows)
+    assert not any(r.is_best for r in rows)
 
 
 def test_cpu_memory_guard_skips_an_absurd_batch_without_allocating(tmp_path: Path) -> None:
