@@ -101,6 +101,8 @@ def resolved_vocab_size(level: str, vocab_size: Optional[int]) -> Optional[int]:
     return vocab_size or DEFAULT_VOCAB_SIZE[level]
 
 
+#: ``train.min_lr_fraction``'s default: cosine decays to lr / 10, nanoGPT's ``min_lr``.
+DEFAULT_MIN_LR_FRACTION = 0.1
 #: ``data.val_max_chars``'s default: what an evaluation reads of a big corpus's held-out split, so
 #: that at the default ``eval_every`` and batch shape it costs a small share of training time
 #: (docs/benchmarks.md, "A 100 MB corpus"). Tiny Shakespeare's whole split is far below it.
@@ -182,6 +184,8 @@ class TrainConfig:
     weight_decay: NonNegative = 0.01
     scheduler: Scheduler = "onecycle"
     warmup_fraction: Fraction = 0.05  # cosine warmup; onecycle's pct_start
+    # cosine: the lr it decays to at the end, as a fraction of lr (nanoGPT's min_lr = lr / 10)
+    min_lr_fraction: Fraction = DEFAULT_MIN_LR_FRACTION
     # steps: onecycle/cosine/step span the step budget. time: they span max_time_s of training time
     # (evaluations and checkpoints excluded), which then ends the run, whatever the machine's speed.
     schedule_by: ScheduleBy = "steps"

@@ -13,8 +13,6 @@ from rnn.config import TrainConfig
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "step", "constant")
 
-#: Cosine decays to this fraction of the peak lr (nanoGPT's min_lr = lr / 10).
-COSINE_FLOOR = 0.1
 #: Plateau: multiply the lr by this factor when validation stops improving.
 PLATEAU_FACTOR = 0.5
 #: Step: multiply the lr by STEP_GAMMA at these fractions of the run.
@@ -74,13 +72,13 @@ def build_scheduler(
             optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct
         )
     if name == "cosine":
-        warmup = int(cfg.warmup_fraction * total_steps)
+        warmup, floor = int(cfg.warmup_fraction * total_steps), cfg.min_lr_fraction
 
         def cosine(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
             progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     milestones = [max(1, int(f * total_steps)) for f in STEP_MILESTONES]

@@ -106,6 +106,20 @@ def test_settings_added_later_keep_the_ids_of_jobs_that_do_not_use_them() -> Non
     assert expand(spec_with(train={**train, "schedule_by": "steps"}))[0].trial_id == base_id  # the default
     timed = spec_with(train={**train, "schedule_by": "time", "max_steps": None, "max_time_s": 60.0})
     assert trial_config(expand(timed)[0])["train"]["schedule_by"] == "time" and expand(timed)[0].trial_id != base_id
+    cosine = {**train, "scheduler": "cosine"}
+    cosine_id = expand(spec_with(train=cosine))[0].trial_id
+    assert expand(spec_with(train={**cosine, "min_lr_fraction": 0.1}))[0].trial_id == cosine_id  # the default
+    assert expand(spec_with(train={**cosine, "min_lr_fraction": 0.35}))[0].trial_id != cosine_id
+
+
+def test_a_cosine_floor_is_refused_for_a_schedule_without_one() -> None:
+    from orchestrator.errors import SpecError
+
+    with pytest.raises(SpecError, match="train.min_lr_fraction: is the lr a cosine schedule ends at; scheduler "
+                                        "onecycle does not decay to one"):
+        spec_with(train={"scheduler": "onecycle", "min_lr_fraction": 0.35})
+    ok = spec_with(train={"scheduler": "cosine", "min_lr_fraction": 0.35})
+    assert ok.trials[0].run_config.train.min_lr_fraction == 0.35
 
 
 def test_a_time_schedule_is_checked_where_it_is_written() -> None:

@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY_RUN, tiny_run
 from rnn.checkpoint import load_checkpoint, save_checkpoint
-from rnn.config import DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainConfig
+from rnn.config import DEFAULT_MIN_LR_FRACTION, DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainConfig
 from rnn.data import prepare_data
 from rnn.errors import CheckpointError, is_out_of_memory
 from rnn.events import EventKind, TrainEvent, TrialStatus
@@ -340,20 +340,18 @@ def _time_run(max_time_s: float, scheduler: str = "cosine") -> RunConfig:
 
 def test_a_time_schedule_ends_with_the_time_budget(tmp_path: Path) -> None:
     """One clock second per reading: the schedule's progress is training time over max_time_s,
-    whatever the steps cost, and the run ends when the budget is spent."""
-    from rnn.optim import COSINE_FLOOR
-
-    result = Trainer(_time_run(60.0), tmp_path, clock=_FakeClock()).fit()
+    whatever the steps cost, and the run ends when the budget is spent, at the cosine's floor."""
+    cfg = _time_run(60.0)
+    cfg = replace(cfg, train=replace(cfg.train, min_lr_fraction=0.35))
+    result = Trainer(cfg, tmp_path, clock=_FakeClock()).fit()
     lrs = [r.lr for r in result.evals]
     assert result.status is TrialStatus.COMPLETED
     assert 50 <= result.steps <= 60  # about a step per second, evaluations not counted
-    assert lrs[-1] == pytest.approx(0.01 * COSINE_FLOOR, rel=1e-3)  # annealed to its end, at the budget
+    assert lrs[-1] == pytest.approx(0.01 * 0.35, rel=1e-3)  # annealed to its end, at the budget
     assert lrs == sorted(lrs, reverse=True)  # past the warm-up, only down
 
 
 def test_a_resumed_time_schedule_continues_from_its_training_time(tmp_path: Path) -> None:
-    from rnn.optim import COSINE_FLOOR
-
     cfg = _time_run(60.0)
     whole = Trainer(cfg, tmp_path / "whole", clock=_FakeClock()).fit()
     first = list(Trainer(cfg, tmp_path / "a", clock=_FakeClock()).iter_fit(pause_at_step=20))
@@ -362,7 +360,7 @@ def test_a_resumed_time_schedule_continues_from_its_training_time(tmp_path: Path
     assert 15 <= ckpt["trained_s"] <= 25  # the training seconds so far travel with the checkpoint
     rest = Trainer(cfg, tmp_path / "b", clock=_FakeClock()).fit(resume_from=tmp_path / "a" / "last.pt")
     assert rest.status is TrialStatus.COMPLETED
-    assert rest.evals[-1].lr == pytest.approx(0.01 * COSINE_FLOOR, rel=1e-3)  # ends its schedule at the budget
+    assert rest.evals[-1].lr == pytest.approx(0.01 * DEFAULT_MIN_LR_FRACTION, rel=1e-3)  # ends at the budget
     assert abs(rest.steps - whole.steps) <= 3  # not bit-exact: time is not deterministic, here nearly
 
 

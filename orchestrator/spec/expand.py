@@ -42,7 +42,15 @@ from orchestrator.spec.sweep import (
     SweepSpec,
     UniformDist,
 )
-from rnn.config import DEFAULT_VAL_MAX_CHARS, DataConfig, ModelConfig, RunConfig, ThroughputConfig, TrainConfig
+from rnn.config import (
+    DEFAULT_MIN_LR_FRACTION,
+    DEFAULT_VAL_MAX_CHARS,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    ThroughputConfig,
+    TrainConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,7 @@ HASHED_UNLESS_DEFAULT: tuple[tuple[str, str, Any], ...] = (
     ("model", "min_mlp", False),
     ("data", "val_mode", "windows"),
     ("train", "stateful", False),
+    ("train", "min_lr_fraction", DEFAULT_MIN_LR_FRACTION),
 )
 
 

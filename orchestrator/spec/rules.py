@@ -21,7 +21,7 @@ from orchestrator.errors import Problem
 from orchestrator.spec.problems import problems_from_pydantic
 from orchestrator.spec.schema import MAX_PARAMETERS, SECTIONS, config_sections
 from orchestrator.spec.sections import BAD, field_names, is_section, section_values, validate_section
-from rnn.config import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, EarlyStopping, resolved_vocab_size
+from rnn.config import DEFAULT_MIN_LR_FRACTION, DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, EarlyStopping, resolved_vocab_size
 from rnn.paths import not_a_file
 
 #: Vocabulary assumed for char-level size estimates (the real one is the training split's characters).
@@ -129,6 +129,11 @@ def cross_problems(v: Mapping[str, Mapping[str, Any]], kind: str, res: Mapping[s
         out.append(Problem("train", "no budget: set at least one of max_steps, max_epochs, max_time_s",
                            involves=tuple(f"train.{b}" for b in budget)))
     by, sched, max_time = train["schedule_by"], train["scheduler"], train["max_time_s"]
+    floor = train["min_lr_fraction"]
+    if _ok(floor, sched) and floor != DEFAULT_MIN_LR_FRACTION and sched != "cosine":
+        out.append(Problem("train.min_lr_fraction", f"is the lr a cosine schedule ends at; scheduler {sched} does "
+                           "not decay to one: set scheduler: cosine or leave min_lr_fraction out", got=floor,
+                           involves=("train.min_lr_fraction", "train.scheduler")))
     if kind == "train" and _ok(by, sched, max_time) and by == "time":
         if max_time is None:
             out.append(Problem("train.schedule_by", "time needs train.max_time_s, the budget the schedule spans "
